@@ -1,0 +1,99 @@
+/* Tape-based reverse-mode autograd.
+ *
+ * While a tape is current and grad mode is on, every op whose inputs need a gradient
+ * appends a node to the tape: its backward function, the grad slots of its inputs and
+ * output, and the tensors it saved. gc_backward walks the tape from the end, calling
+ * each node whose output received a gradient; a node's saved tensors and its output's
+ * gradient are freed as soon as it has run, so memory falls as backward proceeds.
+ *
+ * Gradients accumulate (+=). A leaf's gradient (a parameter's .grad) is f32 whatever
+ * the leaf's dtype (bf16 weights have f32 gradients) and persists until zeroed; an
+ * intermediate's gradient has the tensor's dtype and lives only during backward. */
+#ifndef GC_AUTOGRAD_H
+#define GC_AUTOGRAD_H
+
+#include "../runtime/gc_tensor.h"
+
+typedef struct gc_node gc_node;
+typedef struct gc_tape gc_tape;
+
+typedef struct gc_grad_slot {
+    int refcount;
+    gc_tensor *grad;     /* accumulated gradient (contiguous), NULL until some flows */
+    gc_node *node;       /* producer on the tape; NULL for a leaf */
+    bool is_leaf;
+    /* what a gradient buffer must look like */
+    gc_dtype dtype;      /* grad dtype: f32 for leaves, the value's dtype otherwise */
+    gc_device device;
+    int ndim;
+    int64_t shape[GC_MAX_DIMS];
+} gc_grad_slot;
+
+#define GC_NODE_MAX_IN 6
+#define GC_NODE_MAX_SAVED 8
+
+/* Backward of one node: read gy (the output gradient, contiguous), and for every input
+ * i whose slot is non-NULL add its gradient through gc_grad_target(node, i, ...). */
+typedef gc_status (*gc_backward_fn)(gc_node *node, gc_tensor *gy);
+
+struct gc_node {
+    const char *op;                        /* op name, for messages */
+    gc_backward_fn backward;
+    gc_grad_slot *in[GC_NODE_MAX_IN];      /* NULL where that input needs no gradient */
+    int n_in;
+    gc_grad_slot *out;
+    gc_tensor *saved[GC_NODE_MAX_SAVED];   /* retained until the node has run */
+    int n_saved;
+    /* small op arguments */
+    int64_t iarg[8];
+    double farg[4];
+    void *aux;                              /* op-owned data, freed with aux_free */
+    void (*aux_free)(void *);
+};
+
+/* ---- grad mode and tapes ---- */
+bool gc_grad_enabled(void);
+bool gc_grad_set_enabled(bool on); /* returns the previous value: no-grad scope = set(false) ... set(prev) */
+
+gc_tape *gc_tape_init(void);
+void gc_tape_free(gc_tape *t);          /* drops unrun nodes and their saved tensors */
+void gc_tape_begin(gc_tape *t);         /* make t current (tapes nest as a stack) */
+void gc_tape_end(gc_tape *t);           /* t must be the current tape */
+gc_tape *gc_tape_current(void);
+int gc_tape_size(const gc_tape *t);     /* nodes not yet run */
+size_t gc_tape_saved_bytes(const gc_tape *t); /* bytes of tensors the tape holds */
+
+/* Runs backward over the tape from n seeds: gradient of sum_i <outs[i], grads[i]>.
+ * grads[i] == NULL means ones (only valid for one-element outs, i.e. a scalar loss).
+ * Consumes the tape: every node is run or dropped; the tape is empty afterwards. */
+gc_status gc_backward(gc_tape *t, int n, gc_tensor *const *outs, gc_tensor *const *grads);
+
+/* ---- parameters ---- */
+/* Make t a trainable leaf (allocates its f32 gradient, zeroed) or freeze it (no buffer). */
+gc_status gc_tensor_requires_grad(gc_tensor *t, bool on);
+bool gc_tensor_needs_grad(const gc_tensor *t);
+gc_tensor *gc_tensor_grad(const gc_tensor *t); /* the leaf's gradient buffer or NULL */
+gc_status gc_tensor_zero_grad(gc_tensor *t);
+
+/* ---- writing ops (used by kernels/ *.c) ---- */
+/* Should an op on these inputs record a node? (grad mode on, a tape current, some input needs grad) */
+bool gc_autograd_should_record(int n, gc_tensor *const *inputs);
+/* Record a node producing `out` from inputs; NULL inputs allowed. Saved tensors are retained.
+ * Returns the node (for iarg/farg/aux), or NULL if nothing needed recording. */
+gc_node *gc_autograd_record(const char *op, gc_backward_fn bw, gc_tensor *out,
+                            int n_in, gc_tensor *const *inputs, int n_saved, gc_tensor *const *saved);
+/* The gradient buffer for input i of node: allocated on first use. *accumulate tells
+ * whether to add to it (true) or overwrite it (false: freshly allocated, uninitialised). */
+gc_tensor *gc_grad_target(gc_node *node, int i, bool *accumulate);
+/* Convenience: add g (any strides, same shape) into input i's gradient. */
+gc_status gc_grad_accumulate(gc_node *node, int i, const gc_tensor *g);
+
+/* ---- recomputation (gradient checkpointing) ---- */
+/* A block y = fn(x, closure). gc_checkpoint runs it without recording and records one
+ * node that keeps only x; its backward re-runs fn with recording on a fresh tape and
+ * backpropagates through it. fn must be deterministic given (x, closure): random ops
+ * draw from counters (see runtime/gc_rng.h), so replays see the same numbers. */
+typedef gc_tensor *(*gc_block_fn)(gc_tensor *x, void *closure);
+gc_tensor *gc_checkpoint(gc_block_fn fn, void *closure, gc_tensor *x);
+
+#endif

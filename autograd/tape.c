@@ -1,0 +1,332 @@
+/* The tape: recording, backward, parameters and recomputation. */
+#include "gc_autograd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/gc_rng.h"
+
+struct gc_tape {
+    gc_node **nodes;
+    int n, cap;
+};
+
+static _Thread_local bool grad_on = true;
+#define TAPE_STACK_MAX 32
+static _Thread_local gc_tape *tape_stack[TAPE_STACK_MAX];
+static _Thread_local int tape_depth;
+
+bool gc_grad_enabled(void) { return grad_on; }
+bool gc_grad_set_enabled(bool on) { bool prev = grad_on; grad_on = on; return prev; }
+
+gc_tape *gc_tape_current(void) { return tape_depth ? tape_stack[tape_depth - 1] : NULL; }
+
+gc_tape *gc_tape_init(void)
+{
+    gc_tape *t = calloc(1, sizeof *t);
+    if (!t) gc_error_set(GC_ERR_OOM, "out of host memory");
+    return t;
+}
+
+void gc_tape_begin(gc_tape *t)
+{
+    if (!t) return;
+    if (tape_depth == TAPE_STACK_MAX) { gc_error_set(GC_ERR_STATE, "tapes nested deeper than %d", TAPE_STACK_MAX); return; }
+    tape_stack[tape_depth++] = t;
+}
+
+void gc_tape_end(gc_tape *t)
+{
+    if (tape_depth && tape_stack[tape_depth - 1] == t) tape_depth--;
+    else if (t) gc_error_set(GC_ERR_STATE, "gc_tape_end: the tape is not the current one");
+}
+
+int gc_tape_size(const gc_tape *t) { return t ? t->n : 0; }
+
+size_t gc_tape_saved_bytes(const gc_tape *t)
+{
+    size_t b = 0;
+    for (int i = 0; t && i < t->n; i++)
+        for (int j = 0; j < t->nodes[i]->n_saved; j++)
+            if (t->nodes[i]->saved[j]) b += gc_tensor_nbytes(t->nodes[i]->saved[j]);
+    return b;
+}
+
+/* ---------------------------------------------------------------- slots */
+
+static gc_grad_slot *slot_new(const gc_tensor *t, bool leaf, gc_dtype grad_dtype)
+{
+    gc_grad_slot *s = calloc(1, sizeof *s);
+    if (!s) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+    s->refcount = 1;
+    s->is_leaf = leaf;
+    s->dtype = grad_dtype;
+    s->device = t->device;
+    s->ndim = t->ndim;
+    memcpy(s->shape, t->shape, sizeof s->shape);
+    return s;
+}
+
+static gc_grad_slot *slot_retain(gc_grad_slot *s)
+{
+    if (s) s->refcount++;
+    return s;
+}
+
+void gc_autograd_slot_release(gc_grad_slot *s)
+{
+    if (!s || --s->refcount > 0) return;
+    gc_tensor_release(s->grad);
+    free(s);
+}
+
+static gc_tensor *slot_grad_alloc(gc_grad_slot *s, bool zero)
+{
+    if (!s->grad) {
+        s->grad = zero ? gc_tensor_zeros(s->dtype, s->device, s->ndim, s->shape)
+                       : gc_tensor_new(s->dtype, s->device, s->ndim, s->shape);
+    }
+    return s->grad;
+}
+
+/* ---------------------------------------------------------------- parameters */
+
+gc_status gc_tensor_requires_grad(gc_tensor *t, bool on)
+{
+    if (!t) return GC_PENDING();
+    if (!on) {
+        gc_autograd_slot_release(t->slot);
+        t->slot = NULL;
+        return GC_OK;
+    }
+    if (t->slot) return GC_OK;
+    if (!gc_dtype_is_float(t->dtype))
+        return gc_error_set(GC_ERR_DTYPE, "%s: only floating tensors can require a gradient (got %s)",
+                            gc_tensor_label(t), gc_dtype_name(t->dtype));
+    t->slot = slot_new(t, true, GC_F32);
+    if (!t->slot) return GC_PENDING();
+    if (!slot_grad_alloc(t->slot, true)) {
+        gc_autograd_slot_release(t->slot);
+        t->slot = NULL;
+        return GC_PENDING();
+    }
+    return GC_OK;
+}
+
+bool gc_tensor_needs_grad(const gc_tensor *t) { return t && t->slot; }
+gc_tensor *gc_tensor_grad(const gc_tensor *t) { return t && t->slot ? t->slot->grad : NULL; }
+
+gc_status gc_tensor_zero_grad(gc_tensor *t)
+{
+    if (!t) return GC_PENDING();
+    if (!t->slot || !t->slot->grad) return GC_OK;
+    return gc_tensor_fill_zero(t->slot->grad);
+}
+
+/* ---------------------------------------------------------------- recording */
+
+bool gc_autograd_should_record(int n, gc_tensor *const *inputs)
+{
+    if (!grad_on || !gc_tape_current()) return false;
+    for (int i = 0; i < n; i++)
+        if (inputs[i] && inputs[i]->slot) return true;
+    return false;
+}
+
+static void node_free(gc_node *nd)
+{
+    if (!nd) return;
+    for (int i = 0; i < nd->n_saved; i++) gc_tensor_release(nd->saved[i]);
+    for (int i = 0; i < nd->n_in; i++) gc_autograd_slot_release(nd->in[i]);
+    if (nd->out) {
+        if (nd->out->node == nd) nd->out->node = NULL;
+        if (!nd->out->is_leaf) { /* an intermediate's gradient is needed no longer */
+            gc_tensor_release(nd->out->grad);
+            nd->out->grad = NULL;
+        }
+        gc_autograd_slot_release(nd->out);
+    }
+    if (nd->aux_free) nd->aux_free(nd->aux);
+    free(nd);
+}
+
+static gc_node *record(const char *op, gc_backward_fn bw, gc_tensor *out, int n_in, gc_tensor *const *inputs,
+                       int n_saved, gc_tensor *const *saved)
+{
+    gc_tape *tp = gc_tape_current();
+    if (n_in > GC_NODE_MAX_IN || n_saved > GC_NODE_MAX_SAVED) {
+        gc_error_set(GC_ERR_STATE, "%s: too many inputs or saved tensors for a node", op);
+        return NULL;
+    }
+    if (out->slot) {
+        gc_error_set(GC_ERR_STATE, "%s: output already has autograd history", op);
+        return NULL;
+    }
+    if (tp->n == tp->cap) {
+        int cap = tp->cap ? tp->cap * 2 : 256;
+        gc_node **nn = realloc(tp->nodes, (size_t)cap * sizeof *nn);
+        if (!nn) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+        tp->nodes = nn;
+        tp->cap = cap;
+    }
+    gc_node *nd = calloc(1, sizeof *nd);
+    gc_grad_slot *os = slot_new(out, false, out->dtype);
+    if (!nd || !os) { free(nd); free(os); gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+    nd->op = op;
+    nd->backward = bw;
+    nd->n_in = n_in;
+    for (int i = 0; i < n_in; i++) nd->in[i] = inputs[i] ? slot_retain(inputs[i]->slot) : NULL;
+    nd->n_saved = n_saved;
+    for (int i = 0; i < n_saved; i++) nd->saved[i] = gc_tensor_retain(saved[i]);
+    out->slot = os;             /* the tensor's reference */
+    nd->out = slot_retain(os);  /* the node's reference */
+    os->node = nd;
+    tp->nodes[tp->n++] = nd;
+    return nd;
+}
+
+gc_node *gc_autograd_record(const char *op, gc_backward_fn bw, gc_tensor *out, int n_in, gc_tensor *const *inputs,
+                            int n_saved, gc_tensor *const *saved)
+{
+    if (!out || !gc_autograd_should_record(n_in, inputs)) return NULL;
+    return record(op, bw, out, n_in, inputs, n_saved, saved);
+}
+
+gc_tensor *gc_grad_target(gc_node *node, int i, bool *accumulate)
+{
+    gc_grad_slot *s = node->in[i];
+    if (!s) return NULL;
+    *accumulate = s->grad != NULL;
+    return slot_grad_alloc(s, false);
+}
+
+gc_status gc_grad_accumulate(gc_node *node, int i, const gc_tensor *g)
+{
+    bool acc;
+    gc_tensor *t = gc_grad_target(node, i, &acc);
+    if (!node->in[i]) return GC_OK;
+    if (!t) return GC_PENDING();
+    return gc_tensor_copy_into(t, g, acc);
+}
+
+/* ---------------------------------------------------------------- backward */
+
+void gc_tape_free(gc_tape *t)
+{
+    if (!t) return;
+    for (int i = t->n - 1; i >= 0; i--) node_free(t->nodes[i]);
+    free(t->nodes);
+    free(t);
+}
+
+gc_status gc_backward(gc_tape *t, int n, gc_tensor *const *outs, gc_tensor *const *grads)
+{
+    if (!t) return gc_error_set(GC_ERR_STATE, "backward without a tape");
+    gc_status st = GC_OK;
+    for (int i = 0; i < n && st == GC_OK; i++) {
+        gc_tensor *y = outs[i];
+        if (!y) { st = GC_PENDING(); break; }
+        if (!y->slot) {
+            st = gc_error_set(GC_ERR_STATE, "backward from %s, which does not depend on any trainable tensor",
+                              gc_tensor_label(y));
+            break;
+        }
+        gc_grad_slot *s = y->slot;
+        bool acc = s->grad != NULL;
+        gc_tensor *g = slot_grad_alloc(s, false);
+        if (!g) { st = GC_PENDING(); break; }
+        if (grads && grads[i]) {
+            st = gc_tensor_copy_into(g, grads[i], acc);
+        } else if (gc_tensor_numel(y) != 1) {
+            st = gc_error_set(GC_ERR_SHAPE, "backward from %s with %lld elements needs an output gradient",
+                              gc_tensor_label(y), (long long)gc_tensor_numel(y));
+        } else if (acc) {
+            gc_tensor *one = gc_tensor_new(s->dtype, s->device, s->ndim, s->shape);
+            st = one ? gc_tensor_fill(one, 1.0) : GC_PENDING();
+            if (st == GC_OK) st = gc_tensor_copy_into(g, one, true);
+            gc_tensor_release(one);
+        } else {
+            st = gc_tensor_fill(g, 1.0);
+        }
+    }
+    int i = t->n - 1;
+    for (; i >= 0 && st == GC_OK; i--) {
+        gc_node *nd = t->nodes[i];
+        t->n = i; /* the node leaves the tape whatever happens */
+        if (nd->out->grad) {
+            gc_pool *p = gc_pool_push();
+            st = nd->backward(nd, nd->out->grad);
+            if (st != GC_OK && gc_error_code() == GC_OK) st = gc_error_set(st, "backward of %s failed", nd->op);
+            gc_pool_pop(p);
+        }
+        node_free(nd);
+    }
+    for (; i >= 0; i--) node_free(t->nodes[i]); /* after an error: drop the rest */
+    t->n = 0;
+    return st;
+}
+
+/* ---------------------------------------------------------------- recomputation */
+
+typedef struct ckpt_aux {
+    gc_block_fn fn;
+    void *closure;
+    gc_rand_context rng;
+} ckpt_aux;
+
+gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
+
+static gc_status ckpt_backward(gc_node *nd, gc_tensor *gy)
+{
+    ckpt_aux *a = nd->aux;
+    gc_tensor *x = nd->saved[0];
+    gc_status st = GC_OK;
+    gc_tensor *xd = gc_tensor_view_of(x, x->ndim, x->shape, x->stride, x->offset);
+    if (!xd) return GC_PENDING();
+    if (nd->in[0]) { /* x needs a gradient: make its copy a leaf with a lazily made gradient */
+        xd->slot = slot_new(xd, true, nd->in[0]->dtype);
+        if (!xd->slot) { gc_tensor_release(xd); return GC_PENDING(); }
+    }
+    gc_rand_context saved_rng = gc_rand_context_get();
+    gc_rand_context_set(a->rng);
+    gc_tape *sub = gc_tape_init();
+    if (!sub) { gc_tensor_release(xd); return GC_PENDING(); }
+    bool prev = gc_grad_set_enabled(true);
+    gc_tape_begin(sub);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = a->fn(xd, a->closure);
+    gc_tape_end(sub);
+    gc_grad_set_enabled(prev);
+    if (!y) st = GC_PENDING();
+    else if (!gc_shape_eq(y, gy)) st = gc_error_set(GC_ERR_SHAPE, "checkpointed block gave a different shape on recompute");
+    else if (y->slot) st = gc_backward(sub, 1, &y, &gy);
+    gc_pool_pop(p);
+    gc_tape_free(sub);
+    gc_rand_context_set(saved_rng);
+    if (st == GC_OK && xd->slot && xd->slot->grad) st = gc_grad_accumulate(nd, 0, xd->slot->grad);
+    gc_tensor_release(xd);
+    return st;
+}
+
+gc_tensor *gc_checkpoint(gc_block_fn fn, void *closure, gc_tensor *x)
+{
+    if (!x) return NULL;
+    if (!grad_on || !gc_tape_current()) return fn(x, closure);
+    bool prev = gc_grad_set_enabled(false);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = fn(x, closure);
+    /* a fresh header, so the node's output slot never lands on x itself */
+    gc_tensor *out = y ? gc_tensor_view_of(y, y->ndim, y->shape, y->stride, y->offset) : NULL;
+    gc_pool_pop(p);
+    gc_grad_set_enabled(prev);
+    if (!out) return NULL;
+    gc_pool_add(out);
+    ckpt_aux *a = malloc(sizeof *a);
+    if (!a) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+    *a = (ckpt_aux){fn, closure, gc_rand_context_get()};
+    gc_node *nd = record("checkpoint", ckpt_backward, out, 1, &x, 1, &x);
+    if (!nd) { free(a); return NULL; }
+    nd->aux = a;
+    nd->aux_free = free;
+    return out;
+}

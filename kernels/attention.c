@@ -1,0 +1,1 @@
+/* kernels/attention.c: being written */

@@ -1,0 +1,1 @@
+/* kernels/dropout.c: being written */

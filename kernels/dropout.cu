@@ -1,0 +1,1 @@
+// kernels/dropout.cu: being written

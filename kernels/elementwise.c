@@ -1,0 +1,1 @@
+/* kernels/elementwise.c: being written */

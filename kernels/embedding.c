@@ -1,0 +1,1 @@
+/* kernels/embedding.c: being written */

@@ -1,0 +1,1 @@
+// kernels/embedding.cu: being written

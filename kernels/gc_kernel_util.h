@@ -1,0 +1,38 @@
+/* Internal helpers for writing ops (kernels/ *.c). */
+#ifndef GC_KERNEL_UTIL_H
+#define GC_KERNEL_UTIL_H
+
+#include <stdio.h>
+
+#include "../autograd/gc_autograd.h"
+#include "../runtime/gc_cuda.h"
+#include "../runtime/gc_tensor.h"
+#include "gc_ops.h"
+
+/* A view of x's storage with the given geometry (runtime/tensor.c); caller owns it. */
+gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
+
+/* New op output on x's device: owned by the innermost pool. */
+static inline gc_tensor *gc_op_new(gc_dtype dt, gc_device dev, int ndim, const int64_t *shape)
+{
+    return gc_pool_add(gc_tensor_new(dt, dev, ndim, shape));
+}
+
+/* Argument checks for ops: each returns false with the error set. */
+bool gc_check_same_device(const char *op, int n, gc_tensor *const *ts);
+bool gc_check_float(const char *op, const gc_tensor *t);  /* f32 (CPU) or f32/bf16 (CUDA) */
+bool gc_check_same_dtype(const char *op, const gc_tensor *a, const gc_tensor *b);
+bool gc_check_index(const char *op, const gc_tensor *t);  /* i32 or i64 */
+
+/* On CUDA builds: `call` on the GPU; elsewhere an error. Use as
+ *   if (x->device.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_foo(...)); */
+#ifdef GC_WITH_CUDA
+#define GC_CUDA_DISPATCH(call) (call)
+#else
+#define GC_CUDA_DISPATCH(call) gc_error_set(GC_ERR_DEVICE, "%s: this build has no CUDA backend", __func__)
+#endif
+
+/* A contiguous tensor from x (x itself if already), for kernels that need one. */
+gc_tensor *gc_contiguous_raw(gc_tensor *x); /* non-differentiable, pool-owned */
+
+#endif

@@ -1,0 +1,1 @@
+// kernels/loss.cu: being written

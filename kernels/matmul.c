@@ -1,0 +1,232 @@
+/* The GEMM wrapper (CPU reference here, cuBLASLt in matmul.cu) and the ops on it:
+ * matmul and linear, forward and backward. */
+#include <string.h>
+
+#include "gc_kernel_util.h"
+
+#ifdef GC_WITH_CUDA
+gc_status gc_cuda_gemm(const gc_gemm_args *g);                         /* matmul.cu */
+gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, gc_dtype ddt, int64_t rows, int64_t cols,
+                           bool accumulate);                            /* matmul.cu */
+#endif
+
+/* ---------------------------------------------------------------- CPU reference */
+
+/* Row-major, f32, C = alpha op(A) op(B) + beta C (+ bias). Loop orders keep the inner
+ * loop contiguous so the compiler vectorises it. */
+static void cpu_gemm_one(const gc_gemm_args *g, const float *a, const float *b, float *c)
+{
+    const int64_t m = g->m, n = g->n, k = g->k;
+    const float alpha = g->alpha, beta = g->beta;
+#pragma omp parallel for schedule(static) if (m * n * k > 32768)
+    for (int64_t i = 0; i < m; i++) {
+        float *cr = c + i * g->ldc;
+        if (beta == 0.0f) memset(cr, 0, sizeof(float) * (size_t)n);
+        else if (beta != 1.0f)
+            for (int64_t j = 0; j < n; j++) cr[j] *= beta;
+        if (!g->trans_b) { /* C[i,:] += A(i,p) B[p,:] */
+            for (int64_t p = 0; p < k; p++) {
+                float aip = alpha * (g->trans_a ? a[p * g->lda + i] : a[i * g->lda + p]);
+                const float *br = b + p * g->ldb;
+                for (int64_t j = 0; j < n; j++) cr[j] += aip * br[j];
+            }
+        } else if (!g->trans_a) { /* C[i,j] += A[i,:] . B[j,:] */
+            const float *ar = a + i * g->lda;
+            for (int64_t j = 0; j < n; j++) {
+                const float *br = b + j * g->ldb;
+                float s = 0.0f;
+                for (int64_t p = 0; p < k; p++) s += ar[p] * br[p];
+                cr[j] += alpha * s;
+            }
+        } else {
+            for (int64_t j = 0; j < n; j++) {
+                float s = 0.0f;
+                for (int64_t p = 0; p < k; p++) s += a[p * g->lda + i] * b[j * g->ldb + p];
+                cr[j] += alpha * s;
+            }
+        }
+        if (g->epilogue == GC_EPI_BIAS)
+            for (int64_t j = 0; j < n; j++) cr[j] += ((const float *)g->bias)[j];
+    }
+}
+
+gc_status gc_gemm(gc_device dev, const gc_gemm_args *g)
+{
+    if (g->m < 0 || g->n < 0 || g->k < 0) return gc_error_set(GC_ERR_SHAPE, "gemm: negative size");
+    if (g->epilogue == GC_EPI_BIAS && !g->bias) return gc_error_set(GC_ERR_INVALID, "gemm: bias epilogue without a bias");
+    if (dev.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_gemm(g));
+    if (g->ab_dtype != GC_F32 || g->c_dtype != GC_F32)
+        return gc_error_set(GC_ERR_DTYPE, "gemm on the CPU computes in f32 only (got %s x %s -> %s)",
+                            gc_dtype_name(g->ab_dtype), gc_dtype_name(g->ab_dtype), gc_dtype_name(g->c_dtype));
+    int64_t batch = g->batch > 1 ? g->batch : 1;
+    for (int64_t z = 0; z < batch; z++)
+        cpu_gemm_one(g, (const float *)g->a + z * g->stride_a, (const float *)g->b + z * g->stride_b,
+                     (float *)g->c + z * g->stride_c);
+    return GC_OK;
+}
+
+/* dst[cols] (+)= sum over rows of src[rows, cols]: the bias gradient. */
+static gc_status sum_rows(gc_device dev, const gc_tensor *src, gc_tensor *dst, bool acc)
+{
+    int64_t rows = gc_tensor_rows(src), cols = gc_tensor_cols(src);
+    if (dev.type == GC_DEVICE_CUDA)
+        return GC_CUDA_DISPATCH(gc_cuda_sum_rows(gc_tensor_data(src), src->dtype, gc_tensor_data(dst), dst->dtype, rows,
+                                                 cols, acc));
+    const float *s = gc_tensor_data(src);
+    float *d = gc_tensor_data(dst);
+    for (int64_t j = 0; j < cols; j++) {
+        double t = 0;
+        for (int64_t r = 0; r < rows; r++) t += s[r * cols + j];
+        d[j] = (float)(acc ? d[j] + t : t);
+    }
+    return GC_OK;
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+/* One GEMM over contiguous row-major operands. A is [m,k] (or [k,m] if ta), etc. */
+static gc_status gemm_plain(gc_device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const gc_tensor *A,
+                            const gc_tensor *B, gc_tensor *C, bool acc, int64_t batch, bool b_shared)
+{
+    gc_gemm_args g = {
+        .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k,
+        .a = gc_tensor_data(A), .lda = ta ? m : k,
+        .b = gc_tensor_data(B), .ldb = tb ? k : n,
+        .c = gc_tensor_data(C), .ldc = n,
+        .ab_dtype = A->dtype, .c_dtype = C->dtype,
+        .alpha = 1.0f, .beta = acc ? 1.0f : 0.0f,
+        .batch = batch, .stride_a = m * k, .stride_b = b_shared ? 0 : k * n, .stride_c = m * n,
+    };
+    return gc_gemm(dev, &g);
+}
+
+/* iarg: 0 ta, 1 tb, 2 M, 3 N, 4 K, 5 batch. saved: a, b (contiguous). */
+static gc_status matmul_backward(gc_node *nd, gc_tensor *gy)
+{
+    gc_tensor *a = nd->saved[0], *b = nd->saved[1];
+    bool ta = nd->iarg[0], tb = nd->iarg[1];
+    int64_t M = nd->iarg[2], N = nd->iarg[3], K = nd->iarg[4], batch = nd->iarg[5];
+    bool acc;
+    gc_tensor *ga = gc_grad_target(nd, 0, &acc);
+    if (ga) { /* op(A) grad = gy op(B)^T */
+        gc_status st = !ta ? gemm_plain(a->device, false, !tb, M, K, N, gy, b, ga, acc, batch, false)
+                           : gemm_plain(a->device, tb, true, K, M, N, b, gy, ga, acc, batch, false);
+        if (st != GC_OK) return st;
+    } else if (nd->in[0]) return GC_PENDING();
+    gc_tensor *gb = gc_grad_target(nd, 1, &acc);
+    if (gb) { /* op(B) grad = op(A)^T gy */
+        gc_status st = !tb ? gemm_plain(a->device, !ta, false, K, N, M, a, gy, gb, acc, batch, false)
+                           : gemm_plain(a->device, true, ta, N, K, M, gy, a, gb, acc, batch, false);
+        if (st != GC_OK) return st;
+    } else if (nd->in[1]) return GC_PENDING();
+    return GC_OK;
+}
+
+gc_tensor *gc_matmul(gc_tensor *a, gc_tensor *b, bool ta, bool tb)
+{
+    if (!a || !b) return NULL;
+    gc_tensor *ins[2] = {a, b};
+    if (!gc_check_same_device("matmul", 2, ins) || !gc_check_float("matmul", a) || !gc_check_same_dtype("matmul", a, b))
+        return NULL;
+    char sa[GC_SHAPE_STR_LEN], sb[GC_SHAPE_STR_LEN];
+    if (a->ndim < 2 || b->ndim < 2) goto bad;
+    int64_t M = ta ? a->shape[a->ndim - 1] : a->shape[a->ndim - 2];
+    int64_t K = ta ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1];
+    int64_t Kb = tb ? b->shape[b->ndim - 1] : b->shape[b->ndim - 2];
+    int64_t N = tb ? b->shape[b->ndim - 2] : b->shape[b->ndim - 1];
+    if (K != Kb) goto bad;
+    if (b->ndim == 2 && a->ndim > 2) {
+        if (ta) goto bad;
+        /* b shared by every batch entry: one GEMM over all rows of a */
+        gc_tensor *a2 = gc_view(a, 2, GC_SHAPE(gc_tensor_rows(a), K));
+        gc_tensor *y2 = gc_matmul(a2, b, false, tb);
+        int64_t sh[GC_MAX_DIMS];
+        memcpy(sh, a->shape, sizeof sh);
+        sh[a->ndim - 1] = N;
+        return gc_view(y2, a->ndim, sh);
+    }
+    if (a->ndim != b->ndim) goto bad;
+    int64_t batch = 1;
+    for (int i = 0; i < a->ndim - 2; i++) {
+        if (a->shape[i] != b->shape[i]) goto bad;
+        batch *= a->shape[i];
+    }
+    gc_tensor *ac = gc_contiguous(a), *bc = gc_contiguous(b);
+    if (!ac || !bc) return NULL;
+    int64_t sh[GC_MAX_DIMS];
+    memcpy(sh, a->shape, sizeof sh);
+    sh[a->ndim - 2] = M;
+    sh[a->ndim - 1] = N;
+    gc_tensor *y = gc_op_new(a->dtype, a->device, a->ndim, sh);
+    if (!y || gemm_plain(a->device, ta, tb, M, N, K, ac, bc, y, false, batch, false) != GC_OK) return NULL;
+    gc_tensor *in[2] = {ac, bc};
+    gc_node *nd = gc_autograd_record("matmul", matmul_backward, y, 2, in, 2, in);
+    if (nd) {
+        int64_t args[6] = {ta, tb, M, N, K, batch};
+        memcpy(nd->iarg, args, sizeof args);
+    }
+    return y;
+bad:
+    gc_error_set(GC_ERR_SHAPE, "matmul: %s %s%s and %s %s%s do not multiply", gc_tensor_label(a), gc_shape_str(a, sa, sizeof sa),
+                 ta ? "^T" : "", gc_tensor_label(b), gc_shape_str(b, sb, sizeof sb), tb ? "^T" : "");
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- linear */
+
+/* saved: x2 [R, in], w [out, in]. inputs: x, w, b. */
+static gc_status linear_backward(gc_node *nd, gc_tensor *gy)
+{
+    gc_tensor *x = nd->saved[0], *w = nd->saved[1];
+    int64_t R = x->shape[0], in = x->shape[1], out = w->shape[0];
+    gc_device dev = x->device;
+    bool acc;
+    gc_status st;
+    gc_tensor *gx = gc_grad_target(nd, 0, &acc);
+    if (gx && (st = gemm_plain(dev, false, false, R, in, out, gy, w, gx, acc, 1, false)) != GC_OK) return st;
+    gc_tensor *gw = gc_grad_target(nd, 1, &acc);
+    if (gw && (st = gemm_plain(dev, true, false, out, in, R, gy, x, gw, acc, 1, false)) != GC_OK) return st;
+    gc_tensor *gb = gc_grad_target(nd, 2, &acc);
+    if (gb && (st = sum_rows(dev, gy, gb, acc)) != GC_OK) return st;
+    for (int i = 0; i < 3; i++)
+        if (nd->in[i] && !nd->in[i]->grad) return GC_PENDING();
+    return GC_OK;
+}
+
+gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
+{
+    if (!x || !w) return NULL;
+    gc_tensor *ins[3] = {x, w, b};
+    if (!gc_check_same_device("linear", 3, ins) || !gc_check_float("linear", x) || !gc_check_same_dtype("linear", x, w) ||
+        (b && !gc_check_same_dtype("linear", x, b)))
+        return NULL;
+    int64_t in = gc_tensor_cols(x), out = w->ndim == 2 ? w->shape[0] : -1;
+    if (x->ndim < 1 || w->ndim != 2 || w->shape[1] != in || (b && (b->ndim != 1 || b->shape[0] != out))) {
+        char sx[GC_SHAPE_STR_LEN], sw[GC_SHAPE_STR_LEN];
+        gc_error_set(GC_ERR_SHAPE, "linear: input %s %s does not fit weight %s %s%s", gc_tensor_label(x),
+                     gc_shape_str(x, sx, sizeof sx), gc_tensor_label(w), gc_shape_str(w, sw, sizeof sw),
+                     b && b->ndim == 1 && b->shape[0] != out ? " (or its bias)" : "");
+        return NULL;
+    }
+    int64_t R = gc_tensor_rows(x);
+    gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(R, in)); /* a view: records nothing extra when x is contiguous */
+    gc_tensor *wc = gc_contiguous(w);
+    if (!x2 || !wc) return NULL;
+    int64_t sh[GC_MAX_DIMS];
+    memcpy(sh, x->shape, sizeof sh);
+    sh[x->ndim - 1] = out;
+    gc_tensor *y = gc_op_new(x->dtype, x->device, x->ndim, sh);
+    if (!y) return NULL;
+    gc_gemm_args g = {
+        .trans_a = false, .trans_b = true, .m = R, .n = out, .k = in,
+        .a = gc_tensor_data(x2), .lda = in, .b = gc_tensor_data(wc), .ldb = in, .c = gc_tensor_data(y), .ldc = out,
+        .ab_dtype = x->dtype, .c_dtype = y->dtype, .alpha = 1.0f, .beta = 0.0f,
+        .epilogue = b ? GC_EPI_BIAS : GC_EPI_NONE, .bias = b ? gc_tensor_data(b) : NULL,
+    };
+    gc_tensor *bc = b ? gc_contiguous(b) : NULL;
+    if (b) { if (!bc) return NULL; g.bias = gc_tensor_data(bc); }
+    if (gc_gemm(x->device, &g) != GC_OK) return NULL;
+    gc_tensor *in3[3] = {x2, wc, bc}, *sv[2] = {x2, wc};
+    gc_autograd_record("linear", linear_backward, y, 3, in3, 2, sv);
+    return y;
+}

@@ -1,0 +1,1 @@
+/* kernels/norm.c: being written */

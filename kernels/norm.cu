@@ -1,0 +1,1 @@
+// kernels/norm.cu: being written

@@ -1,0 +1,1 @@
+/* kernels/reduce.c: being written */

@@ -1,0 +1,1 @@
+// kernels/reduce.cu: being written

@@ -1,0 +1,1 @@
+/* kernels/rope.c: being written */

@@ -1,0 +1,1 @@
+// kernels/softmax.cu: being written

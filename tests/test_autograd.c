@@ -1,0 +1,224 @@
+/* The tape: recording, +=, seeds, frozen params, detach, memory release,
+ * recomputation; and finite-difference checks of matmul, linear and the views. */
+#include "gc_test.h"
+
+#include <string.h>
+
+static gc_tensor *f_matmul(gc_tensor *const *in, void *ctx)
+{
+    const int *t = ctx;
+    return gc_matmul(in[0], in[1], t[0], t[1]);
+}
+
+START_TEST(test_matmul_grad)
+{
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int ctx[2] = {ta, tb};
+            gc_tensor *a = gc_test_param(3, ta ? GC_SHAPE(2, 4, 3) : GC_SHAPE(2, 3, 4), 1, 1.0);
+            gc_tensor *b = gc_test_param(3, tb ? GC_SHAPE(2, 5, 4) : GC_SHAPE(2, 4, 5), 2, 1.0);
+            gc_tensor *in[2] = {a, b};
+            GC_ASSERT_GRADCHECK(f_matmul, ctx, 2, in, NULL);
+            gc_tensor_release(a);
+            gc_tensor_release(b);
+        }
+    /* 2-D b shared across the batch */
+    int ctx[2] = {0, 1};
+    gc_tensor *a = gc_test_param(3, GC_SHAPE(2, 3, 4), 3, 1.0), *b = gc_test_param(2, GC_SHAPE(6, 4), 4, 1.0);
+    gc_tensor *in[2] = {a, b};
+    GC_ASSERT_GRADCHECK(f_matmul, ctx, 2, in, NULL);
+    gc_tensor_release(a);
+    gc_tensor_release(b);
+}
+END_TEST
+
+START_TEST(test_matmul_values)
+{
+    /* [[1,2],[3,4]] @ [[5,6],[7,8]] = [[19,22],[43,50]] */
+    gc_pool *p = gc_pool_push();
+    gc_tensor *a = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 2, GC_SHAPE(2, 2), (float[]){1, 2, 3, 4}));
+    gc_tensor *b = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 2, GC_SHAPE(2, 2), (float[]){5, 6, 7, 8}));
+    float out[4];
+    ck_assert_int_eq(gc_tensor_to_host_f32(gc_matmul(a, b, false, false), out), GC_OK);
+    ck_assert_float_eq(out[0], 19);
+    ck_assert_float_eq(out[3], 50);
+    ck_assert_int_eq(gc_tensor_to_host_f32(gc_matmul(a, b, true, false), out), GC_OK); /* a^T b */
+    ck_assert_float_eq(out[0], 26);
+    ck_assert_float_eq(out[1], 30);
+    ck_assert_ptr_null(gc_matmul(a, gc_pool_add(gc_tensor_zeros(GC_F32, GC_CPU, 2, GC_SHAPE(3, 2))), false, false));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_SHAPE);
+    gc_pool_pop(p);
+}
+END_TEST
+
+static gc_tensor *f_linear(gc_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return gc_linear(in[0], in[1], in[2]);
+}
+
+START_TEST(test_linear_grad)
+{
+    gc_tensor *x = gc_test_param(3, GC_SHAPE(2, 3, 5), 1, 1.0);
+    gc_tensor *w = gc_test_param(2, GC_SHAPE(4, 5), 2, 0.5);
+    gc_tensor *b = gc_test_param(1, GC_SHAPE(4), 3, 0.5);
+    gc_tensor *in[3] = {x, w, b};
+    GC_ASSERT_GRADCHECK(f_linear, NULL, 3, in, NULL);
+    in[2] = NULL; /* no bias */
+    GC_ASSERT_GRADCHECK(f_linear, NULL, 3, in, NULL);
+    gc_tensor_release(x);
+    gc_tensor_release(w);
+    gc_tensor_release(b);
+}
+END_TEST
+
+/* permute -> slice -> view -> concat -> contiguous -> matmul: every view's backward */
+static gc_tensor *f_views(gc_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    gc_tensor *t = gc_permute(in[0], (const int[]){2, 0, 1});      /* [4,2,3] */
+    gc_tensor *s = gc_slice(t, 2, 1, 3);                            /* [4,2,2] */
+    gc_tensor *v = gc_view(s, 2, GC_SHAPE(4, 4));                   /* copies: s is strided */
+    gc_tensor *r = gc_rows(in[1], 1, 3);                            /* [2,4] */
+    gc_tensor *c = gc_concat(2, (gc_tensor *[]){v, r}, 0);          /* [6,4] */
+    gc_tensor *tt = gc_transpose(c, 0, 1);                          /* [4,6] */
+    return gc_matmul(gc_contiguous(tt), in[2], false, false);       /* [4,3] */
+}
+
+START_TEST(test_view_grads)
+{
+    gc_tensor *a = gc_test_param(3, GC_SHAPE(2, 3, 4), 5, 1.0);
+    gc_tensor *b = gc_test_param(2, GC_SHAPE(3, 4), 6, 1.0);
+    gc_tensor *c = gc_test_param(2, GC_SHAPE(6, 3), 7, 1.0);
+    gc_tensor *in[3] = {a, b, c};
+    GC_ASSERT_GRADCHECK(f_views, NULL, 3, in, NULL);
+    gc_tensor_release(a);
+    gc_tensor_release(b);
+    gc_tensor_release(c);
+}
+END_TEST
+
+/* y = sum-like output through a linear; seed gradient supplied. */
+START_TEST(test_accumulate_seed_frozen_detach)
+{
+    gc_pool *p = gc_pool_push();
+    gc_tensor *w = gc_pool_add(gc_test_param(2, GC_SHAPE(3, 4), 1, 1.0));
+    gc_tensor *frozen = gc_pool_add(gc_test_randn(2, GC_SHAPE(3, 3), 2, 1.0));
+    gc_tensor *x = gc_pool_add(gc_test_randn(2, GC_SHAPE(2, 4), 3, 1.0));
+    gc_tensor *g = gc_pool_add(gc_test_randn(2, GC_SHAPE(2, 3), 4, 1.0));
+    float g1[12], g2[12];
+    for (int rep = 0; rep < 2; rep++) {
+        gc_tape *t = gc_tape_init();
+        gc_tape_begin(t);
+        gc_tensor *y = gc_linear(x, w, NULL);
+        gc_tensor *z = gc_linear(y, frozen, NULL);             /* frozen: no grad buffer */
+        ck_assert_ptr_null(gc_tensor_grad(frozen));
+        gc_tensor *d = gc_detach(z);
+        ck_assert(!gc_tensor_needs_grad(d));
+        gc_tape_end(t);
+        ck_assert_int_eq(gc_tape_size(t), 2);
+        ck_assert_int_eq(gc_backward(t, 1, &z, &g), GC_OK);
+        ck_assert_int_eq(gc_tape_size(t), 0);
+        gc_tape_free(t);
+        gc_tensor_to_host_f32(gc_tensor_grad(w), rep ? g2 : g1);
+    }
+    for (int i = 0; i < 12; i++) ck_assert_float_eq_tol(g2[i], 2 * g1[i], 1e-5); /* += */
+    ck_assert_int_eq(gc_tensor_zero_grad(w), GC_OK);
+    gc_tensor_to_host_f32(gc_tensor_grad(w), g1);
+    for (int i = 0; i < 12; i++) ck_assert_float_eq(g1[i], 0);
+    /* no-grad scope records nothing */
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    bool prev = gc_grad_set_enabled(false);
+    gc_tensor *y = gc_linear(x, w, NULL);
+    gc_grad_set_enabled(prev);
+    gc_tape_end(t);
+    ck_assert_int_eq(gc_tape_size(t), 0);
+    ck_assert(!gc_tensor_needs_grad(y));
+    ck_assert_int_eq(gc_backward(t, 1, &y, &g), GC_ERR_STATE); /* names the problem */
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "does not depend"));
+    gc_tape_free(t);
+    gc_pool_pop(p);
+}
+END_TEST
+
+START_TEST(test_saved_tensors_released)
+{
+    gc_tensor *w1 = gc_test_param(2, GC_SHAPE(64, 64), 1, 0.1), *w2 = gc_test_param(2, GC_SHAPE(64, 64), 2, 0.1);
+    gc_tensor *x = gc_test_randn(2, GC_SHAPE(128, 64), 3, 1.0);
+    size_t base = gc_memory_stats_get(GC_CPU).current;
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *h = x;
+    for (int i = 0; i < 8; i++) h = gc_linear(h, i % 2 ? w2 : w1, NULL);
+    gc_tensor *y = gc_pool_keep(h);
+    gc_pool_pop(p); /* intermediates now live only through the tape */
+    gc_tape_end(t);
+    ck_assert_uint_gt(gc_tape_saved_bytes(t), 7 * 128 * 64 * 4);
+    ck_assert_uint_gt(gc_memory_stats_get(GC_CPU).current, base + 7 * 128 * 64 * 4);
+    gc_tensor *g = gc_test_randn(2, GC_SHAPE(128, 64), 4, 1.0);
+    ck_assert_int_eq(gc_backward(t, 1, &y, &g), GC_OK);
+    ck_assert_uint_eq(gc_tape_saved_bytes(t), 0);
+    gc_tape_free(t);
+    gc_tensor_release(g);
+    /* only y (kept by the root pool) remains beyond the baseline */
+    ck_assert_uint_eq(gc_memory_stats_get(GC_CPU).current, base + 128 * 64 * 4);
+    gc_tensor_release(w1);
+    gc_tensor_release(w2);
+    gc_tensor_release(x);
+}
+END_TEST
+
+/* Recompute: gradients through gc_checkpoint equal those without it. */
+static gc_tensor *block(gc_tensor *x, void *closure)
+{
+    gc_tensor **w = closure;
+    return gc_linear(gc_linear(x, w[0], w[1]), w[2], NULL);
+}
+
+START_TEST(test_checkpoint_matches)
+{
+    gc_tensor *w[3] = {gc_test_param(2, GC_SHAPE(6, 5), 1, 0.5), gc_test_param(1, GC_SHAPE(6), 2, 0.5),
+                       gc_test_param(2, GC_SHAPE(5, 6), 3, 0.5)};
+    gc_tensor *x = gc_test_param(2, GC_SHAPE(4, 5), 4, 1.0);
+    gc_tensor *g = gc_test_randn(2, GC_SHAPE(4, 5), 5, 1.0);
+    float ref[4][36], got[4][36];
+    for (int mode = 0; mode < 2; mode++) {
+        for (int i = 0; i < 3; i++) gc_tensor_zero_grad(w[i]);
+        gc_tensor_zero_grad(x);
+        gc_tape *t = gc_tape_init();
+        gc_tape_begin(t);
+        gc_pool *p = gc_pool_push();
+        gc_tensor *y = mode ? gc_checkpoint(block, w, gc_checkpoint(block, w, x)) : block(block(x, w), w);
+        gc_tape_end(t);
+        if (mode) ck_assert_int_eq(gc_tape_size(t), 2); /* only the two block nodes */
+        ck_assert_int_eq(gc_backward(t, 1, &y, &g), GC_OK);
+        gc_pool_pop(p);
+        gc_tape_free(t);
+        for (int i = 0; i < 3; i++) gc_tensor_to_host_f32(gc_tensor_grad(w[i]), mode ? got[i] : ref[i]);
+        gc_tensor_to_host_f32(gc_tensor_grad(x), mode ? got[3] : ref[3]);
+    }
+    int sizes[4] = {30, 6, 30, 20};
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < sizes[i]; j++) ck_assert_float_eq_tol(got[i][j], ref[i][j], 1e-5);
+    for (int i = 0; i < 3; i++) gc_tensor_release(w[i]);
+    gc_tensor_release(x);
+    gc_tensor_release(g);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("autograd");
+    TCase *tc = tcase_create("tape");
+    tcase_add_test(tc, test_matmul_values);
+    tcase_add_test(tc, test_matmul_grad);
+    tcase_add_test(tc, test_linear_grad);
+    tcase_add_test(tc, test_view_grads);
+    tcase_add_test(tc, test_accumulate_seed_frozen_detach);
+    tcase_add_test(tc, test_saved_tensors_released);
+    tcase_add_test(tc, test_checkpoint_matches);
+    suite_add_tcase(s, tc);
+    return gc_test_run(s);
+}
