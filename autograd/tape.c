@@ -113,6 +113,16 @@ gc_status gc_tensor_requires_grad(gc_tensor *t, bool on)
     return GC_OK;
 }
 
+gc_status gc_tensor_make_leaf(gc_tensor *t)
+{
+    if (!t) return GC_PENDING();
+    if (!gc_dtype_is_float(t->dtype))
+        return gc_error_set(GC_ERR_DTYPE, "%s: only floating tensors can require a gradient", gc_tensor_label(t));
+    gc_autograd_slot_release(t->slot);
+    t->slot = slot_new(t, true, GC_F32);
+    return t->slot ? GC_OK : GC_PENDING();
+}
+
 bool gc_tensor_needs_grad(const gc_tensor *t) { return t && t->slot; }
 gc_tensor *gc_tensor_grad(const gc_tensor *t) { return t && t->slot ? t->slot->grad : NULL; }
 

@@ -1,3 +1,242 @@
-/* gcache: being written */
+/* gcache: the command line.
+ *   gcache grad  --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16] [--seed S]
+ *   gcache embed --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16]
+ * Any failure prints one line naming the file and the problem, and exits 1. */
+#include <stdarg.h>
 #include <stdio.h>
-int main(void) { fprintf(stderr, "gcache: not implemented yet\n"); return 1; }
+#include <stdlib.h>
+#include <string.h>
+
+#include "../gradcache/gc_clip_task.h"
+#include "../models/gc_safetensors.h"
+#include "gc_cli.h"
+
+static const char *USAGE =
+    "usage: gcache <command> [options]\n"
+    "commands:\n"
+    "  grad   --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16] [--seed S]\n"
+    "         loss, embeddings, logits and every parameter gradient of one batch (the gradient cache with --chunk)\n"
+    "  embed  --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16]\n"
+    "         L2-normalised image and text embeddings, no graph\n"
+    "  train  CONFIG.yaml [--resume DIR] [key=value ...]   train (see configs/)\n"
+    "  bench  --model clip-vit-b16|clip-vit-b32 --batch B --chunk C [--no-cache] [--checkpointing] [--lora R]\n"
+    "         [--steps N] [--warmup N]   time training steps on the GPU\n";
+
+int gc_cli_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("gcache: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+int gc_cli_fail_status(const char *what)
+{
+    const char *m = gc_error_message();
+    return gc_cli_fail("%s%s%s", what ? what : "", what && *m ? ": " : "", *m ? m : "failed");
+}
+
+/* ---------------------------------------------------------------- options */
+
+typedef struct grad_args {
+    const char *model, *inputs, *out, *device, *dtype;
+    int64_t chunk;
+    uint64_t seed;
+} grad_args;
+
+static int parse_i64(const char *flag, const char *v, int64_t *out)
+{
+    char *end;
+    long long x = strtoll(v, &end, 10);
+    if (!*v || *end) return gc_cli_fail("%s: '%s' is not an integer", flag, v);
+    *out = x;
+    return 0;
+}
+
+static int parse_grad_args(int argc, char **argv, grad_args *a)
+{
+    *a = (grad_args){.device = "cpu", .dtype = "f32", .chunk = 0, .seed = 0};
+    for (int i = 0; i < argc; i++) {
+        const char *f = argv[i];
+        const char **dst = NULL;
+        if (!strcmp(f, "--model")) dst = &a->model;
+        else if (!strcmp(f, "--inputs")) dst = &a->inputs;
+        else if (!strcmp(f, "--out")) dst = &a->out;
+        else if (!strcmp(f, "--device")) dst = &a->device;
+        else if (!strcmp(f, "--dtype")) dst = &a->dtype;
+        else if (!strcmp(f, "--chunk") || !strcmp(f, "--seed")) {
+            if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
+            int64_t v;
+            if (parse_i64(f, argv[++i], &v)) return 1;
+            if (!strcmp(f, "--chunk")) {
+                if (v <= 0) return gc_cli_fail("--chunk %lld: the chunk size must be positive", (long long)v);
+                a->chunk = v;
+            } else a->seed = (uint64_t)v;
+            continue;
+        } else return gc_cli_fail("unknown option '%s'\n%s", f, USAGE);
+        if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
+        *dst = argv[++i];
+    }
+    if (!a->model || !a->inputs || !a->out) return gc_cli_fail("--model, --inputs and --out are required\n%s", USAGE);
+    return 0;
+}
+
+int gc_cli_parse_dtype(const char *s, gc_dtype *dt)
+{
+    if (!strcmp(s, "f32")) *dt = GC_F32;
+    else if (!strcmp(s, "bf16")) *dt = GC_BF16;
+    else return gc_cli_fail("--dtype '%s': expected f32 or bf16", s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- inputs */
+
+/* pixel_values F32 [B,C,H,W] and input_ids I32/I64 [B,L]; either may be absent (NULL). */
+static int load_inputs(const char *path, gc_tensor **pixels, gc_tensor **ids)
+{
+    *pixels = *ids = NULL;
+    gc_st_file *f;
+    if (gc_st_open(path, &f) != GC_OK) return gc_cli_fail_status(NULL);
+    const gc_st_entry *pe = gc_st_find(f, "pixel_values"), *ie = gc_st_find(f, "input_ids");
+    int rc = 0;
+    if (!pe && !ie) rc = gc_cli_fail("%s: holds neither pixel_values nor input_ids", path);
+    if (!rc && pe && (pe->ndim != 4 || !gc_dtype_is_float(pe->dtype)))
+        rc = gc_cli_fail("%s: pixel_values must be a float tensor [B, 3, H, W]", path);
+    if (!rc && ie && (ie->ndim != 2 || (ie->dtype != GC_I64 && ie->dtype != GC_I32)))
+        rc = gc_cli_fail("%s: input_ids must be I64 or I32 [B, L]", path);
+    if (!rc && pe && !(*pixels = gc_st_load(f, "pixel_values", GC_F32, GC_CPU))) rc = gc_cli_fail_status(path);
+    if (!rc && ie && !(*ids = gc_st_load(f, "input_ids", GC_I64, GC_CPU))) rc = gc_cli_fail_status(path);
+    gc_st_close(f);
+    return rc;
+}
+
+static int open_model(const grad_args *a, gc_clip **m)
+{
+    gc_clip_options opt = {0};
+    if (gc_cli_parse_dtype(a->dtype, &opt.dtype)) return 1;
+    if (gc_device_parse(a->device, &opt.device) != GC_OK) return gc_cli_fail_status("--device");
+    if (opt.device.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
+        gc_error_clear();
+        return gc_cli_fail("--device cuda: %s", gc_cuda_built() ? "no usable CUDA device" : "this build has no CUDA backend");
+    }
+    if (gc_clip_load(m, a->model, &opt) != GC_OK) return gc_cli_fail_status(NULL);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- grad */
+
+static int cmd_grad(int argc, char **argv)
+{
+    grad_args a;
+    if (parse_grad_args(argc, argv, &a)) return 1;
+    gc_tensor *pixels, *ids;
+    if (load_inputs(a.inputs, &pixels, &ids)) return 1;
+    if (!pixels || !ids) return gc_cli_fail("%s: grad needs both pixel_values and input_ids", a.inputs);
+    gc_clip *m;
+    if (open_model(&a, &m)) return 1;
+    int rc = 0;
+    gc_clip_task task;
+    gc_clip_task_init(&task, m, pixels, ids, a.chunk);
+    gc_params *ps = gc_clip_params(m);
+    gc_gradcache_result res;
+    gc_rand_context rng = {a.seed, 0, 0};
+    if (gc_params_zero_grad(ps) != GC_OK || gc_clip_task_step(&task, rng, &res) != GC_OK) {
+        rc = gc_cli_fail_status(NULL);
+        goto out;
+    }
+    /* outputs as transformers' CLIPOutput gives them */
+    gc_pool *p = gc_pool_push();
+    gc_tensor *i_n = gc_l2normalize(res.reps[0], 1e-12), *t_n = gc_l2normalize(res.reps[1], 1e-12);
+    gc_tensor *logits = gc_mul(gc_matmul(i_n, t_n, false, true), gc_exp(gc_clip_logit_scale(m)));
+    double lv = res.loss;
+    float lf = (float)lv;
+    gc_tensor *loss = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 1, GC_SHAPE(1), &lf));
+    int n = 4 + ps->n;
+    const char **names = calloc((size_t)n, sizeof *names);
+    char **owned = calloc((size_t)n, sizeof *owned);
+    gc_tensor **ts = calloc((size_t)n, sizeof *ts);
+    if (!names || !owned || !ts || !logits || !loss) rc = gc_cli_fail_status("computing outputs");
+    int k = 0;
+    if (!rc) {
+        names[k] = "loss"; ts[k++] = loss;
+        names[k] = "image_embeds"; ts[k++] = i_n;
+        names[k] = "text_embeds"; ts[k++] = t_n;
+        names[k] = "logits_per_image"; ts[k++] = logits;
+        for (int i = 0; i < ps->n; i++) {
+            gc_tensor *g = gc_tensor_grad(ps->items[i].value);
+            if (!g) continue; /* frozen */
+            size_t len = strlen(ps->items[i].name) + 6;
+            owned[k] = malloc(len);
+            snprintf(owned[k], len, "grad.%s", ps->items[i].name);
+            names[k] = owned[k];
+            ts[k++] = g;
+        }
+        for (int i = 0; i < k && !rc; i++) {
+            gc_tensor *h = gc_pool_add(gc_tensor_to(ts[i], GC_CPU, GC_F32));
+            if (!h) rc = gc_cli_fail_status("copying outputs");
+            ts[i] = h;
+        }
+        if (!rc && gc_st_save(a.out, k, names, ts, 0, NULL) != GC_OK) rc = gc_cli_fail_status(NULL);
+    }
+    if (!rc) printf("loss %.6f  batch %lld  chunk %lld  %s %s -> %s\n", lv, (long long)pixels->shape[0],
+                    (long long)(a.chunk ? a.chunk : pixels->shape[0]), a.device, a.dtype, a.out);
+    for (int i = 0; i < n; i++) free(owned[i]);
+    free(owned);
+    free(names);
+    free(ts);
+    gc_pool_pop(p);
+    gc_gradcache_result_clear(&res);
+out:
+    gc_clip_free(m);
+    gc_tensor_release(pixels);
+    gc_tensor_release(ids);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- embed */
+
+static int cmd_embed(int argc, char **argv)
+{
+    grad_args a;
+    if (parse_grad_args(argc, argv, &a)) return 1;
+    gc_tensor *pixels, *ids;
+    if (load_inputs(a.inputs, &pixels, &ids)) return 1;
+    gc_clip *m;
+    if (open_model(&a, &m)) return 1;
+    gc_clip_set_training(m, false);
+    gc_tensor *img = NULL, *txt = NULL;
+    int rc = 0;
+    if (gc_clip_task_embed(m, pixels, ids, a.chunk, &img, &txt) != GC_OK) rc = gc_cli_fail_status(NULL);
+    if (!rc) {
+        const char *names[2];
+        gc_tensor *ts[2];
+        int k = 0;
+        if (img) { names[k] = "image_embeds"; ts[k++] = gc_tensor_to(img, GC_CPU, GC_F32); }
+        if (txt) { names[k] = "text_embeds"; ts[k++] = gc_tensor_to(txt, GC_CPU, GC_F32); }
+        if (gc_st_save(a.out, k, names, ts, 0, NULL) != GC_OK) rc = gc_cli_fail_status(NULL);
+        for (int i = 0; i < k; i++) gc_tensor_release(ts[i]);
+    }
+    gc_tensor_release(img);
+    gc_tensor_release(txt);
+    gc_clip_free(m);
+    gc_tensor_release(pixels);
+    gc_tensor_release(ids);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 1 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "grad")) return cmd_grad(argc - 2, argv + 2);
+    if (!strcmp(cmd, "embed")) return cmd_embed(argc - 2, argv + 2);
+    if (!strcmp(cmd, "train")) return gc_cli_train(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) return gc_cli_bench(argc - 2, argv + 2);
+    return gc_cli_fail("unknown command '%s'\n%s", cmd, USAGE);
+}

@@ -1,0 +1,43 @@
+/* Layers shared by the models: a linear layer with an optional LoRA adapter, and the
+ * pre-LN transformer block used by CLIP (both towers) and DINOv3. */
+#ifndef GC_LAYERS_H
+#define GC_LAYERS_H
+
+#include "../kernels/gc_ops.h"
+
+/* y = x W^T + b  (+ (alpha/r) * dropout(x) A^T B^T when a LoRA adapter is attached) */
+typedef struct gc_lin {
+    gc_tensor *w;        /* [out, in] */
+    gc_tensor *b;        /* [out] or NULL */
+    gc_tensor *lora_a;   /* [r, in] or NULL */
+    gc_tensor *lora_b;   /* [out, r] */
+    double lora_scale;   /* alpha / r */
+    double lora_dropout;
+} gc_lin;
+
+gc_tensor *gc_lin_forward(const gc_lin *l, gc_tensor *x, uint32_t dropout_op);
+
+typedef struct gc_block {
+    gc_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    gc_lin q, k, v, o, fc1, fc2;
+    gc_tensor *ls1, *ls2;  /* layer scale [D] (DINOv3), or NULL */
+    int64_t heads;
+    gc_act act;
+    double eps;
+    double attn_dropout;   /* active only when the model is training */
+    bool causal;
+    uint32_t op_base;      /* random-stream ids: op_base + site */
+    /* rotary embedding of tokens rope_start.. (DINOv3), not owned; NULL for none */
+    gc_tensor *rope_cos, *rope_sin;
+    int64_t rope_start;
+} gc_block;
+
+/* x [B, L, D] -> [B, L, D]:  h = x + ls1*o(attn(ln1 x));  y = h + ls2*fc2(act(fc1(ln2 h))) */
+gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x);
+/* The same through gc_checkpoint when `checkpoint` is set (keeps only x; recomputes in backward). */
+gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint);
+
+/* Deterministic N(0, std^2) host values for initialising weights. */
+void gc_init_normal(float *out, int64_t n, double std, uint64_t seed, uint32_t stream);
+
+#endif

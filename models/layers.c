@@ -1,0 +1,58 @@
+#include "gc_layers.h"
+
+#include <math.h>
+
+#include "../runtime/gc_rng.h"
+
+gc_tensor *gc_lin_forward(const gc_lin *l, gc_tensor *x, uint32_t dropout_op)
+{
+    gc_tensor *y = gc_linear(x, l->w, l->b);
+    if (!l->lora_a) return y;
+    /* LoRA: the low-rank path sees its own dropout of x, as in PEFT */
+    gc_tensor *xd = gc_dropout(x, l->lora_dropout, dropout_op);
+    gc_tensor *d = gc_linear(gc_linear(xd, l->lora_a, NULL), l->lora_b, NULL);
+    return gc_add(y, gc_scale(d, l->lora_scale));
+}
+
+gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
+{
+    if (!x) return NULL;
+    int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2], H = b->heads;
+    gc_pool *pool = gc_pool_push(); /* the block's intermediates die here unless the tape keeps them */
+    gc_tensor *h = gc_layernorm(x, b->ln1_w, b->ln1_b, b->eps);
+    gc_tensor *q = gc_view(gc_lin_forward(&b->q, h, b->op_base + 1), 4, GC_SHAPE(B, L, H, D / H));
+    gc_tensor *k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
+    gc_tensor *v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
+    if (b->rope_cos) {
+        q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
+        k = gc_rope(k, b->rope_cos, b->rope_sin, b->rope_start);
+    }
+    gc_attn_opts ao = {.causal = b->causal, .dropout = b->attn_dropout, .dropout_op = b->op_base};
+    gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, L, D));
+    a = gc_lin_forward(&b->o, a, b->op_base + 4);
+    if (b->ls1) a = gc_mul(a, b->ls1);
+    gc_tensor *r = gc_add(x, a);
+    gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
+    m = gc_activation(gc_lin_forward(&b->fc1, m, b->op_base + 5), b->act);
+    m = gc_lin_forward(&b->fc2, m, b->op_base + 6);
+    if (b->ls2) m = gc_mul(m, b->ls2);
+    gc_tensor *y = gc_pool_keep(gc_add(r, m));
+    gc_pool_pop(pool);
+    return y;
+}
+
+static gc_tensor *block_fn(gc_tensor *x, void *closure) { return gc_block_forward(closure, x); }
+
+gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint)
+{
+    return checkpoint ? gc_checkpoint(block_fn, (void *)b, x) : gc_block_forward(b, x);
+}
+
+void gc_init_normal(float *out, int64_t n, double std, uint64_t seed, uint32_t stream)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double u1 = gc_rand_uniform(seed, 0, stream, 1, 2 * (uint64_t)i) + 1.0 / 33554432.0;
+        double u2 = gc_rand_uniform(seed, 0, stream, 1, 2 * (uint64_t)i + 1);
+        out[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    }
+}

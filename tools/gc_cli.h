@@ -1,0 +1,14 @@
+/* Shared by the gcache subcommands (tools/). */
+#ifndef GC_CLI_H
+#define GC_CLI_H
+
+#include "../runtime/gc_tensor.h"
+
+int gc_cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* prints "gcache: ...", returns 1 */
+int gc_cli_fail_status(const char *what);                                    /* the pending library error */
+int gc_cli_parse_dtype(const char *s, gc_dtype *dt);
+
+int gc_cli_train(int argc, char **argv); /* tools/train.c */
+int gc_cli_bench(int argc, char **argv); /* tools/bench.c */
+
+#endif
