@@ -52,6 +52,10 @@ typedef struct gc_gradcache {
     gc_loss_fn loss;
     void *loss_user;                             /* labels, hard negatives, loss parameters */
     bool use_cache;                              /* false: one plain forward per tower */
+    /* optional: called as each phase begins ("embed", "loss", "replay") and with "done"
+     * at the end, e.g. to record timers */
+    void (*on_phase)(void *user, const char *phase);
+    void *phase_user;
 } gc_gradcache;
 
 typedef struct gc_gradcache_result {

@@ -12,6 +12,11 @@ gc_rand_context gc_gradcache_chunk_rng(gc_rand_context r, int tower, int64_t row
     return r;
 }
 
+static void mark(gc_gradcache *gc, const char *phase)
+{
+    if (gc->on_phase) gc->on_phase(gc->phase_user, phase);
+}
+
 static int64_t batch_rows(const gc_gradcache_tower *t) { return t->inputs[0]->shape[0]; }
 
 static gc_status check_towers(const gc_gradcache *gc)
@@ -92,8 +97,9 @@ gc_status gc_gradcache_embed(gc_gradcache *gc, gc_rand_context rng, gc_tensor **
     return st;
 }
 
-/* The loss on leaves `reps`, backpropagated: fills their gradients (the cache). */
-static gc_status loss_backward(gc_gradcache *gc, gc_tensor **reps, double *loss_out)
+/* The loss on leaves `reps`, backpropagated: fills their gradients (the cache).
+ * *loss_out is the loss tensor (read after phase 3, so the step has no mid-way sync). */
+static gc_status loss_backward(gc_gradcache *gc, gc_tensor **reps, gc_tensor **loss_out)
 {
     gc_tape *tape = gc_tape_init();
     if (!tape) return GC_PENDING();
@@ -104,7 +110,7 @@ static gc_status loss_backward(gc_gradcache *gc, gc_tensor **reps, double *loss_
     gc_status st = GC_OK;
     if (!loss) st = GC_PENDING();
     else if (gc_tensor_numel(loss) != 1) st = gc_error_set(GC_ERR_SHAPE, "gradient cache: the loss must be one number");
-    if (st == GC_OK) st = gc_tensor_item(loss, loss_out);
+    if (st == GC_OK) *loss_out = gc_tensor_to(loss, loss->device, GC_F32);
     if (st == GC_OK) st = gc_backward(tape, 1, &loss, NULL);
     gc_pool_pop(p);
     gc_tape_free(tape);
@@ -145,21 +151,27 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
     gc_rand_context saved = gc_rand_context_get();
     gc_status st;
     if (!gc->use_cache) {
+        mark(gc, "full");
         st = step_full_batch(gc, rng, res);
+        mark(gc, "done");
         gc_rand_context_set(saved);
         if (st != GC_OK) gc_gradcache_result_clear(res);
         return st;
     }
     /* 1. representations, chunk by chunk, without a graph */
+    mark(gc, "embed");
     st = gc_gradcache_embed(gc, rng, res->reps);
     /* 2. the loss on the full batch; the representations' gradient is the cache */
+    mark(gc, "loss");
+    gc_tensor *loss = NULL;
     for (int t = 0; t < gc->n_towers && st == GC_OK; t++) st = gc_tensor_make_leaf(res->reps[t]);
-    if (st == GC_OK) st = loss_backward(gc, res->reps, &res->loss);
+    if (st == GC_OK) st = loss_backward(gc, res->reps, &loss);
     for (int t = 0; t < gc->n_towers && st == GC_OK; t++)
         if (!gc_tensor_grad(res->reps[t]))
             st = gc_error_set(GC_ERR_STATE, "gradient cache: the loss gave %s %d's representations no gradient",
                               gc->towers[t].func.name ? gc->towers[t].func.name : "tower", t);
     /* 3. replay each chunk with its RandContext and backpropagate its rows of the cache */
+    mark(gc, "replay");
     for (int t = 0; t < gc->n_towers && st == GC_OK; t++) {
         gc_gradcache_tower *tw = &gc->towers[t];
         int64_t B = batch_rows(tw), C = chunk_of(tw);
@@ -183,6 +195,9 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
         }
     }
     for (int t = 0; t < gc->n_towers && res->reps[t]; t++) gc_tensor_requires_grad(res->reps[t], false);
+    if (st == GC_OK) st = gc_tensor_item(loss, &res->loss);
+    gc_tensor_release(loss);
+    mark(gc, "done");
     gc_rand_context_set(saved);
     if (st != GC_OK) gc_gradcache_result_clear(res);
     return st;

@@ -1,1 +1,394 @@
-/* kernels/elementwise.c: being written */
+/* Elementwise ops: add / sub / mul with numpy broadcasting, scale, exp, activations.
+ *
+ * Binary ops read their inputs through broadcast strides (stride 0 on a broadcast dim),
+ * so strided inputs need no copy. The backward of an operand that was broadcast sums
+ * the output gradient over its broadcast dims; that sum is deterministic (fixed order on
+ * the CPU, fixed chunking + second pass on the GPU, never float atomics). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gc_kernel_util.h"
+
+#ifdef GC_WITH_CUDA
+/* elementwise.cu. Geometry arrays have `ndim` entries over the output's shape; strides
+ * are in elements (0 on broadcast dims); tensors' data pointers include their offsets. */
+gc_status gc_cuda_add_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape,
+                          const int64_t *sa, const int64_t *sb, float alpha);
+gc_status gc_cuda_mul_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape,
+                          const int64_t *sa, const int64_t *sb);
+gc_status gc_cuda_binary_bwd(gc_tensor *g, const gc_tensor *gy, const gc_tensor *other, int ndim, const int64_t *shape,
+                             const int64_t *s_other, const int64_t *s_g, float scale, bool acc);
+gc_status gc_cuda_scale_fwd(gc_tensor *y, const gc_tensor *x, float s);
+gc_status gc_cuda_scale_bwd(gc_tensor *gx, const gc_tensor *gy, float s, bool acc);
+gc_status gc_cuda_exp_fwd(gc_tensor *y, const gc_tensor *x);
+gc_status gc_cuda_exp_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *y, bool acc);
+gc_status gc_cuda_act_fwd(gc_tensor *y, const gc_tensor *x, gc_act act);
+gc_status gc_cuda_act_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *x, gc_act act, bool acc);
+#endif
+
+/* ---------------------------------------------------------------- broadcasting */
+
+/* The output's shape and each operand's strides over it (0 where broadcast). */
+typedef struct bcast {
+    int ndim;
+    int64_t shape[GC_MAX_DIMS];
+    int64_t sa[GC_MAX_DIMS], sb[GC_MAX_DIMS];
+} bcast;
+
+/* Size and stride of x along output dim d of an n-dim output (x aligned to the right). */
+static void dim_of(const gc_tensor *x, int n, int d, int64_t *size, int64_t *stride)
+{
+    int xd = d - (n - x->ndim);
+    *size = xd < 0 ? 1 : x->shape[xd];
+    *stride = xd < 0 || *size == 1 ? 0 : x->stride[xd];
+}
+
+static bool bcast_make(const char *op, const gc_tensor *a, const gc_tensor *b, bcast *m)
+{
+    int n = a->ndim > b->ndim ? a->ndim : b->ndim;
+    m->ndim = n;
+    for (int d = 0; d < n; d++) {
+        int64_t na, nb;
+        dim_of(a, n, d, &na, &m->sa[d]);
+        dim_of(b, n, d, &nb, &m->sb[d]);
+        if (na != nb && na != 1 && nb != 1) {
+            char s1[GC_SHAPE_STR_LEN], s2[GC_SHAPE_STR_LEN];
+            gc_error_set(GC_ERR_SHAPE, "%s: %s %s and %s %s do not broadcast (dim %d: %lld vs %lld)", op,
+                         gc_tensor_label(a), gc_shape_str(a, s1, sizeof s1), gc_tensor_label(b),
+                         gc_shape_str(b, s2, sizeof s2), d, (long long)na, (long long)nb);
+            return false;
+        }
+        m->shape[d] = na == 1 ? nb : na;
+    }
+    return true;
+}
+
+/* Strides of a contiguous gradient buffer of slot shape `s`, over an n-dim output:
+ * 0 on the dims the operand was broadcast along (the ones its gradient sums over). */
+static void grad_strides(const gc_grad_slot *s, int n, int64_t *st)
+{
+    int64_t c[GC_MAX_DIMS], acc = 1;
+    for (int i = s->ndim - 1; i >= 0; i--) { c[i] = acc; acc *= s->shape[i]; }
+    for (int d = 0; d < n; d++) {
+        int sd = d - (n - s->ndim);
+        st[d] = sd < 0 || s->shape[sd] == 1 ? 0 : c[sd];
+    }
+}
+
+/* Strides of operand x over an output of rank n and the given shape (0 where broadcast). */
+static void operand_strides(const gc_tensor *x, int n, int64_t *st)
+{
+    for (int d = 0; d < n; d++) {
+        int64_t size;
+        dim_of(x, n, d, &size, &st[d]);
+    }
+}
+
+/* ---------------------------------------------------------------- CPU reference: binary */
+
+/* Walks an n-dim index space in row-major order carrying up to 3 strided offsets. */
+static inline void odometer_next(int n, const int64_t *shape, int64_t *c, int k, const int64_t *const *st, int64_t *off)
+{
+    for (int d = n - 1; d >= 0; d--) {
+        if (++c[d] < shape[d]) {
+            for (int j = 0; j < k; j++) off[j] += st[j][d];
+            return;
+        }
+        c[d] = 0;
+        for (int j = 0; j < k; j++) off[j] -= st[j][d] * (shape[d] - 1);
+    }
+}
+
+static int64_t shape_numel(int n, const int64_t *shape)
+{
+    int64_t t = 1;
+    for (int d = 0; d < n; d++) t *= shape[d];
+    return t;
+}
+
+/* y = a + alpha b (alpha = +-1) or y = a * b, y contiguous over m's shape. */
+static void cpu_binary_fwd(const bcast *m, const float *a, const float *b, float *y, bool mul, float alpha)
+{
+    int64_t n = shape_numel(m->ndim, m->shape), c[GC_MAX_DIMS] = {0}, off[2] = {0, 0};
+    const int64_t *st[2] = {m->sa, m->sb};
+    for (int64_t i = 0; i < n; i++) {
+        float va = a[off[0]], vb = b[off[1]];
+        y[i] = mul ? va * vb : va + alpha * vb;
+        odometer_next(m->ndim, m->shape, c, 2, st, off);
+    }
+}
+
+/* g[t] (+)= scale * sum over the output elements i that map to t of gy[i] * other[i]
+ * (other may be NULL: 1). g is contiguous; s_g maps output coords to t (0 on summed dims). */
+static gc_status cpu_binary_bwd(int ndim, const int64_t *shape, const float *gy, const float *other, const int64_t *s_other,
+                                const int64_t *s_g, float *g, int64_t ng, float scale, bool acc)
+{
+    double *sum = calloc((size_t)(ng > 0 ? ng : 1), sizeof *sum);
+    if (!sum) return gc_error_set(GC_ERR_OOM, "out of host memory");
+    static const int64_t zero[GC_MAX_DIMS] = {0};
+    const int64_t *st[2] = {s_g, other ? s_other : zero};
+    int64_t n = shape_numel(ndim, shape), c[GC_MAX_DIMS] = {0}, off[2] = {0, 0};
+    for (int64_t i = 0; i < n; i++) { /* ascending i: a fixed summation order */
+        sum[off[0]] += other ? (double)gy[i] * other[off[1]] : gy[i];
+        odometer_next(ndim, shape, c, 2, st, off);
+    }
+    for (int64_t t = 0; t < ng; t++) g[t] = (float)(acc ? g[t] + scale * sum[t] : scale * sum[t]);
+    free(sum);
+    return GC_OK;
+}
+
+/* g (+)= scale * reduce(gy * other) to the shape of `g`: the gradient of one operand. */
+static gc_status binary_grad(gc_tensor *g, bool acc, const gc_grad_slot *slot, gc_tensor *gy, gc_tensor *other, float scale)
+{
+    int n = gy->ndim;
+    int64_t s_g[GC_MAX_DIMS], s_o[GC_MAX_DIMS] = {0};
+    grad_strides(slot, n, s_g);
+    if (other) operand_strides(other, n, s_o);
+    if (!other && scale == 1.0f && gc_tensor_numel(g) == gc_tensor_numel(gy)) { /* plain copy (+ dtype change) */
+        gc_tensor *v = gc_tensor_view_of(gy, g->ndim, g->shape, g->stride, gy->offset);
+        if (!v) return GC_PENDING();
+        gc_status st = gc_tensor_copy_into(g, v, acc);
+        gc_tensor_release(v);
+        return st;
+    }
+    if (gy->device.type == GC_DEVICE_CUDA)
+        return GC_CUDA_DISPATCH(gc_cuda_binary_bwd(g, gy, other, n, gy->shape, s_o, s_g, scale, acc));
+    return cpu_binary_bwd(n, gy->shape, gc_tensor_data(gy), other ? gc_tensor_data(other) : NULL, s_o, s_g,
+                          gc_tensor_data(g), gc_tensor_numel(g), scale, acc);
+}
+
+/* ---------------------------------------------------------------- add / sub / mul */
+
+/* add/sub: farg[0] = alpha (the sign of b). No saved tensors. */
+static gc_status add_backward(gc_node *nd, gc_tensor *gy)
+{
+    for (int i = 0; i < 2; i++) {
+        bool acc;
+        gc_tensor *g = gc_grad_target(nd, i, &acc);
+        if (!nd->in[i]) continue;
+        if (!g) return GC_PENDING();
+        GC_TRY(binary_grad(g, acc, nd->in[i], gy, NULL, i ? (float)nd->farg[0] : 1.0f));
+    }
+    return GC_OK;
+}
+
+/* mul: saved[0] = b (if a needs a gradient), saved[1] = a (if b does). */
+static gc_status mul_backward(gc_node *nd, gc_tensor *gy)
+{
+    for (int i = 0; i < 2; i++) {
+        bool acc;
+        gc_tensor *g = gc_grad_target(nd, i, &acc);
+        if (!nd->in[i]) continue;
+        if (!g) return GC_PENDING();
+        GC_TRY(binary_grad(g, acc, nd->in[i], gy, nd->saved[i], 1.0f));
+    }
+    return GC_OK;
+}
+
+static gc_tensor *binary(const char *op, gc_tensor *a, gc_tensor *b, bool mul, float alpha)
+{
+    if (!a || !b) return NULL;
+    gc_tensor *ins[2] = {a, b};
+    if (!gc_check_same_device(op, 2, ins) || !gc_check_same_dtype(op, a, b) || !gc_check_float(op, a)) return NULL;
+    bcast m;
+    if (!bcast_make(op, a, b, &m)) return NULL;
+    gc_tensor *y = gc_op_new(a->dtype, a->device, m.ndim, m.shape);
+    if (!y) return NULL;
+    if (gc_tensor_numel(y) > 0) {
+        gc_status st;
+        if (a->device.type == GC_DEVICE_CUDA)
+            st = mul ? GC_CUDA_DISPATCH(gc_cuda_mul_fwd(y, a, b, m.ndim, m.shape, m.sa, m.sb))
+                     : GC_CUDA_DISPATCH(gc_cuda_add_fwd(y, a, b, m.ndim, m.shape, m.sa, m.sb, alpha));
+        else {
+            cpu_binary_fwd(&m, gc_tensor_data(a), gc_tensor_data(b), gc_tensor_data(y), mul, alpha);
+            st = GC_OK;
+        }
+        if (st != GC_OK) return NULL;
+    }
+    if (mul) {
+        gc_tensor *sv[2] = {a->slot ? b : NULL, b->slot ? a : NULL}; /* only what a gradient needs */
+        gc_autograd_record(op, mul_backward, y, 2, ins, 2, sv);
+    } else {
+        gc_node *nd = gc_autograd_record(op, add_backward, y, 2, ins, 0, NULL);
+        if (nd) nd->farg[0] = alpha;
+    }
+    return y;
+}
+
+gc_tensor *gc_add(gc_tensor *a, gc_tensor *b) { return binary("add", a, b, false, 1.0f); }
+gc_tensor *gc_sub(gc_tensor *a, gc_tensor *b) { return binary("sub", a, b, false, -1.0f); }
+gc_tensor *gc_mul(gc_tensor *a, gc_tensor *b) { return binary("mul", a, b, true, 1.0f); }
+
+/* ---------------------------------------------------------------- scale */
+
+/* farg[0] = s */
+static gc_status scale_backward(gc_node *nd, gc_tensor *gy)
+{
+    bool acc;
+    gc_tensor *gx = gc_grad_target(nd, 0, &acc);
+    if (!gx) return GC_PENDING();
+    float s = (float)nd->farg[0];
+    if (gy->device.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_scale_bwd(gx, gy, s, acc));
+    const float *g = gc_tensor_data(gy);
+    float *d = gc_tensor_data(gx);
+    for (int64_t i = 0, n = gc_tensor_numel(gy); i < n; i++) d[i] = acc ? d[i] + s * g[i] : s * g[i];
+    return GC_OK;
+}
+
+gc_tensor *gc_scale(gc_tensor *x, double s)
+{
+    if (!x || !gc_check_float("scale", x)) return NULL;
+    gc_tensor *xc = gc_contiguous(x);
+    if (!xc) return NULL;
+    gc_tensor *y = gc_op_new(x->dtype, x->device, x->ndim, x->shape);
+    if (!y) return NULL;
+    float sf = (float)s;
+    if (x->device.type == GC_DEVICE_CUDA) {
+        if (GC_CUDA_DISPATCH(gc_cuda_scale_fwd(y, xc, sf)) != GC_OK) return NULL;
+    } else {
+        const float *xv = gc_tensor_data(xc);
+        float *yv = gc_tensor_data(y);
+        for (int64_t i = 0, n = gc_tensor_numel(y); i < n; i++) yv[i] = sf * xv[i];
+    }
+    gc_node *nd = gc_autograd_record("scale", scale_backward, y, 1, &xc, 0, NULL);
+    if (nd) nd->farg[0] = sf;
+    return y;
+}
+
+/* ---------------------------------------------------------------- exp */
+
+/* saved[0] = y (dy/dx = y) */
+static gc_status exp_backward(gc_node *nd, gc_tensor *gy)
+{
+    bool acc;
+    gc_tensor *gx = gc_grad_target(nd, 0, &acc), *y = nd->saved[0];
+    if (!gx) return GC_PENDING();
+    if (gy->device.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_exp_bwd(gx, gy, y, acc));
+    const float *g = gc_tensor_data(gy), *yv = gc_tensor_data(y);
+    float *d = gc_tensor_data(gx);
+    for (int64_t i = 0, n = gc_tensor_numel(gy); i < n; i++) d[i] = acc ? d[i] + g[i] * yv[i] : g[i] * yv[i];
+    return GC_OK;
+}
+
+gc_tensor *gc_exp(gc_tensor *x)
+{
+    if (!x || !gc_check_float("exp", x)) return NULL;
+    gc_tensor *xc = gc_contiguous(x);
+    if (!xc) return NULL;
+    gc_tensor *y = gc_op_new(x->dtype, x->device, x->ndim, x->shape);
+    if (!y) return NULL;
+    if (x->device.type == GC_DEVICE_CUDA) {
+        if (GC_CUDA_DISPATCH(gc_cuda_exp_fwd(y, xc)) != GC_OK) return NULL;
+    } else {
+        const float *xv = gc_tensor_data(xc);
+        float *yv = gc_tensor_data(y);
+        for (int64_t i = 0, n = gc_tensor_numel(y); i < n; i++) yv[i] = (float)exp(xv[i]);
+    }
+    gc_autograd_record("exp", exp_backward, y, 1, &xc, 1, &y);
+    return y;
+}
+
+/* ---------------------------------------------------------------- activations */
+
+#define GC_SQRT1_2 0.70710678118654752440
+#define GC_INV_SQRT_2PI 0.39894228040143267794
+#define GC_SQRT_2_OVER_PI 0.79788456080286535588
+#define GC_GELU_TANH_C 0.044715
+#define GC_QUICK_GELU_C 1.702
+
+static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+static double act_f(gc_act act, double x)
+{
+    switch (act) {
+    case GC_ACT_GELU_ERF: return 0.5 * x * (1.0 + erf(x * GC_SQRT1_2));
+    case GC_ACT_GELU_TANH: return 0.5 * x * (1.0 + tanh(GC_SQRT_2_OVER_PI * (x + GC_GELU_TANH_C * x * x * x)));
+    case GC_ACT_QUICK_GELU: return x * sigmoid(GC_QUICK_GELU_C * x);
+    case GC_ACT_SILU: return x * sigmoid(x);
+    default: return x;
+    }
+}
+
+static double act_df(gc_act act, double x)
+{
+    switch (act) {
+    case GC_ACT_GELU_ERF: return 0.5 * (1.0 + erf(x * GC_SQRT1_2)) + x * GC_INV_SQRT_2PI * exp(-0.5 * x * x);
+    case GC_ACT_GELU_TANH: {
+        double t = tanh(GC_SQRT_2_OVER_PI * (x + GC_GELU_TANH_C * x * x * x));
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GC_SQRT_2_OVER_PI * (1.0 + 3.0 * GC_GELU_TANH_C * x * x);
+    }
+    case GC_ACT_QUICK_GELU: {
+        double s = sigmoid(GC_QUICK_GELU_C * x);
+        return s + GC_QUICK_GELU_C * x * s * (1.0 - s);
+    }
+    case GC_ACT_SILU: {
+        double s = sigmoid(x);
+        return s * (1.0 + x * (1.0 - s));
+    }
+    default: return 1.0;
+    }
+}
+
+/* saved[0] = x (the derivative is recomputed from it); iarg[0] = act */
+static gc_status act_backward(gc_node *nd, gc_tensor *gy)
+{
+    bool acc;
+    gc_tensor *gx = gc_grad_target(nd, 0, &acc), *x = nd->saved[0];
+    gc_act act = (gc_act)nd->iarg[0];
+    if (!gx) return GC_PENDING();
+    if (gy->device.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_act_bwd(gx, gy, x, act, acc));
+    const float *g = gc_tensor_data(gy), *xv = gc_tensor_data(x);
+    float *d = gc_tensor_data(gx);
+    for (int64_t i = 0, n = gc_tensor_numel(gy); i < n; i++) {
+        double v = g[i] * act_df(act, xv[i]);
+        d[i] = (float)(acc ? d[i] + v : v);
+    }
+    return GC_OK;
+}
+
+gc_tensor *gc_activation(gc_tensor *x, gc_act act)
+{
+    if (!x) return NULL;
+    if ((unsigned)act > GC_ACT_SILU) {
+        gc_error_set(GC_ERR_INVALID, "activation: unknown activation %d", (int)act);
+        return NULL;
+    }
+    if (!gc_check_float("activation", x)) return NULL;
+    if (act == GC_ACT_NONE) return gc_pool_add(gc_tensor_retain(x)); /* identity */
+    gc_tensor *xc = gc_contiguous(x);
+    if (!xc) return NULL;
+    gc_tensor *y = gc_op_new(x->dtype, x->device, x->ndim, x->shape);
+    if (!y) return NULL;
+    if (x->device.type == GC_DEVICE_CUDA) {
+        if (GC_CUDA_DISPATCH(gc_cuda_act_fwd(y, xc, act)) != GC_OK) return NULL;
+    } else {
+        const float *xv = gc_tensor_data(xc);
+        float *yv = gc_tensor_data(y);
+        for (int64_t i = 0, n = gc_tensor_numel(y); i < n; i++) yv[i] = (float)act_f(act, xv[i]);
+    }
+    gc_node *nd = gc_autograd_record("activation", act_backward, y, 1, &xc, 1, &xc);
+    if (nd) nd->iarg[0] = act;
+    return y;
+}
+
+gc_status gc_act_parse(const char *hf_name, gc_act *out)
+{
+    static const struct { const char *name; gc_act act; } names[] = {
+        {"gelu", GC_ACT_GELU_ERF},          {"gelu_python", GC_ACT_GELU_ERF},
+        {"gelu_new", GC_ACT_GELU_TANH},     {"gelu_pytorch_tanh", GC_ACT_GELU_TANH},
+        {"gelu_fast", GC_ACT_GELU_TANH},    {"gelu_accurate", GC_ACT_GELU_TANH},
+        {"quick_gelu", GC_ACT_QUICK_GELU},  {"silu", GC_ACT_SILU},
+        {"swish", GC_ACT_SILU},             {"linear", GC_ACT_NONE},
+        {"identity", GC_ACT_NONE},
+    };
+    if (!hf_name) return gc_error_set(GC_ERR_INVALID, "activation: no name given");
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(hf_name, names[i].name)) {
+            if (out) *out = names[i].act;
+            return GC_OK;
+        }
+    return gc_error_set(GC_ERR_INVALID,
+                        "unknown activation \"%s\" (supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, "
+                        "silu, swish)", hf_name);
+}

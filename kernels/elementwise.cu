@@ -1,1 +1,508 @@
-// kernels/elementwise.cu: being written
+// Elementwise kernels: broadcast add/mul, the deterministic broadcast-gradient
+// reduction, scale, exp and the activations. Values are f32 or bf16 (T), gradients f32
+// or bf16 (G, f32 for leaves); all arithmetic is in f32.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+extern "C" {
+#include "../runtime/gc_cuda.h"
+#include "gc_ops.h"
+}
+
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f(T v) { return (float)v; }
+template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v) { return (T)v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T> struct Tag { using type = T; };
+
+// Calls f(Tag<T>{}) for the storage type of dt (f32 or bf16).
+template <typename F> gc_status with_type(gc_dtype dt, const char *what, F &&f)
+{
+    switch (dt) {
+    case GC_F32: return f(Tag<float>{});
+    case GC_BF16: return f(Tag<__nv_bfloat16>{});
+    default: return gc_error_set(GC_ERR_DTYPE, "%s on the GPU: dtype %s (f32/bf16 only)", what, gc_dtype_name(dt));
+    }
+}
+
+// Calls f(Tag<T>{}, Tag<G>{}) for a value dtype and a gradient dtype.
+template <typename F> gc_status with_types(gc_dtype vt, gc_dtype gt, const char *what, F &&f)
+{
+    return with_type(vt, what, [&](auto tv) {
+        return with_type(gt, what, [&](auto tg) { return f(tv, tg); });
+    });
+}
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t n)
+{
+    int64_t blocks = (n + kThreads - 1) / kThreads, cap = (int64_t)gc_cuda_sm_count() * 32;
+    if (blocks > cap) blocks = cap;
+    return (unsigned)(blocks > 0 ? blocks : 1);
+}
+
+// ------------------------------------------------------------------ broadcast geometry
+
+// Row-major index space of `n` dims with two strided operands.
+struct Geom2 {
+    int n;
+    int64_t shape[GC_MAX_DIMS];
+    int64_t s0[GC_MAX_DIMS], s1[GC_MAX_DIMS];
+};
+
+// Drop size-1 dims and merge neighbours that both operands walk contiguously (as one
+// dim): fewer dims, fewer divisions per element. The row-major order is unchanged.
+void collapse2(Geom2 &g)
+{
+    int m = 0;
+    for (int d = 0; d < g.n; d++) {
+        if (g.shape[d] == 1) continue;
+        if (m > 0 && g.s0[m - 1] == g.s0[d] * g.shape[d] && g.s1[m - 1] == g.s1[d] * g.shape[d]) {
+            g.shape[m - 1] *= g.shape[d];
+            g.s0[m - 1] = g.s0[d];
+            g.s1[m - 1] = g.s1[d];
+            continue;
+        }
+        g.shape[m] = g.shape[d];
+        g.s0[m] = g.s0[d];
+        g.s1[m] = g.s1[d];
+        m++;
+    }
+    g.n = m; // 0: a single element
+}
+
+__device__ __forceinline__ void offsets2(const Geom2 &g, int64_t i, int64_t &o0, int64_t &o1)
+{
+    o0 = 0;
+    o1 = 0;
+    for (int d = g.n - 1; d >= 0; d--) {
+        int64_t c = i % g.shape[d];
+        i /= g.shape[d];
+        o0 += c * g.s0[d];
+        o1 += c * g.s1[d];
+    }
+}
+
+// y[i] = a + alpha b  (MUL: a * b); y contiguous. CONTIG: both operands contiguous too.
+template <typename T, bool MUL, bool CONTIG>
+__global__ void binary_fwd_kernel(T *__restrict__ y, const T *__restrict__ a, const T *__restrict__ b, Geom2 g, int64_t n,
+                                  float alpha)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t oa = i, ob = i;
+        if (!CONTIG) offsets2(g, i, oa, ob);
+        float va = to_f(a[oa]), vb = to_f(b[ob]);
+        y[i] = from_f<T>(MUL ? va * vb : va + alpha * vb);
+    }
+}
+
+template <bool MUL>
+gc_status binary_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape, const int64_t *sa,
+                     const int64_t *sb, float alpha)
+{
+    Geom2 g;
+    g.n = ndim;
+    for (int d = 0; d < ndim; d++) {
+        g.shape[d] = shape[d];
+        g.s0[d] = sa[d];
+        g.s1[d] = sb[d];
+    }
+    collapse2(g);
+    const int64_t n = gc_tensor_numel(y);
+    if (n == 0) return GC_OK;
+    const bool contig = g.n == 0 ? false : (g.n == 1 && g.s0[0] == 1 && g.s1[0] == 1);
+    return with_type(y->dtype, MUL ? "mul" : "add", [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        auto *yp = (T *)gc_tensor_data(y);
+        auto *ap = (const T *)gc_tensor_data(a);
+        auto *bp = (const T *)gc_tensor_data(b);
+        if (contig)
+            binary_fwd_kernel<T, MUL, true><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, g, n, alpha);
+        else
+            binary_fwd_kernel<T, MUL, false><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, g, n, alpha);
+        GC_CUDA_LAUNCH_CHECK();
+        return GC_OK;
+    });
+}
+
+// ------------------------------------------------------------------ broadcast gradient
+
+// The gradient of one operand: g[t] (+)= scale * sum_r gy[o(t,r)] * other[o(t,r)].
+// The output's dims split into kept ones (indexed by t, the position in the contiguous
+// g) and summed ones (r). k_* / r_* are strides of gy and other along each.
+struct GeomR {
+    int nk, nr;
+    int64_t ksh[GC_MAX_DIMS], k_gy[GC_MAX_DIMS], k_o[GC_MAX_DIMS];
+    int64_t rsh[GC_MAX_DIMS], r_gy[GC_MAX_DIMS], r_o[GC_MAX_DIMS];
+};
+
+__device__ __forceinline__ void offsets_k(const GeomR &g, int64_t t, int64_t &oy, int64_t &oo)
+{
+    oy = 0;
+    oo = 0;
+    for (int d = g.nk - 1; d >= 0; d--) {
+        int64_t c = t % g.ksh[d];
+        t /= g.ksh[d];
+        oy += c * g.k_gy[d];
+        oo += c * g.k_o[d];
+    }
+}
+
+__device__ __forceinline__ void offsets_r(const GeomR &g, int64_t r, int64_t &oy, int64_t &oo)
+{
+    oy = 0;
+    oo = 0;
+    for (int d = g.nr - 1; d >= 0; d--) {
+        int64_t c = r % g.rsh[d];
+        r /= g.rsh[d];
+        oy += c * g.r_gy[d];
+        oo += c * g.r_o[d];
+    }
+}
+
+template <typename T, bool HAS_O>
+__device__ __forceinline__ float term(const T *gy, const T *o, int64_t oy, int64_t oo)
+{
+    return HAS_O ? to_f(gy[oy]) * to_f(o[oo]) : to_f(gy[oy]);
+}
+
+template <typename G> __device__ __forceinline__ void store_grad(G *g, int64_t t, float v, bool acc)
+{
+    if (acc) v += to_f(g[t]);
+    g[t] = from_f<G>(v);
+}
+
+// R == 1 (nothing summed): one thread per element.
+template <typename T, typename G, bool HAS_O>
+__global__ void bcast_grad_map_kernel(G *__restrict__ g, const T *__restrict__ gy, const T *__restrict__ o, GeomR geo,
+                                      int64_t nt, float scale, bool acc)
+{
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < nt; t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t oy, oo;
+        offsets_k(geo, t, oy, oo);
+        store_grad(g, t, scale * term<T, HAS_O>(gy, o, oy, oo), acc);
+    }
+}
+
+// Few targets: block (256) per (t, chunk of r); fixed-shape tree reduction. part != NULL:
+// write the unscaled chunk sum to part[chunk * nt + t] for a second pass.
+template <typename T, typename G, bool HAS_O>
+__global__ void bcast_grad_rows_kernel(G *__restrict__ g, float *__restrict__ part, const T *__restrict__ gy,
+                                       const T *__restrict__ o, GeomR geo, int64_t nt, int64_t R, int64_t rpc, float scale,
+                                       bool acc)
+{
+    __shared__ float red[kThreads];
+    const int64_t t = blockIdx.x, chunk = blockIdx.y;
+    int64_t ky, ko;
+    offsets_k(geo, t, ky, ko);
+    const int64_t r0 = chunk * rpc, r1 = r0 + rpc < R ? r0 + rpc : R;
+    float s = 0.0f;
+    for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads) {
+        int64_t ry, ro;
+        offsets_r(geo, r, ry, ro);
+        s += term<T, HAS_O>(gy, o, ky + ry, ko + ro);
+    }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        if (part) part[chunk * nt + t] = red[0];
+        else store_grad(g, t, scale * red[0], acc);
+    }
+}
+
+// Many targets: block (32, 8) = 32 consecutive t, 8 lanes over a chunk of r, lanes added
+// in order (deterministic). part as above.
+template <typename T, typename G, bool HAS_O>
+__global__ void bcast_grad_cols_kernel(G *__restrict__ g, float *__restrict__ part, const T *__restrict__ gy,
+                                       const T *__restrict__ o, GeomR geo, int64_t nt, int64_t R, int64_t rpc, float scale,
+                                       bool acc)
+{
+    __shared__ float red[8][33];
+    const int64_t t = (int64_t)blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
+    const int64_t r0 = chunk * rpc, r1 = r0 + rpc < R ? r0 + rpc : R;
+    float s = 0.0f;
+    if (t < nt) {
+        int64_t ky, ko;
+        offsets_k(geo, t, ky, ko);
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+            int64_t ry, ro;
+            offsets_r(geo, r, ry, ro);
+            s += term<T, HAS_O>(gy, o, ky + ry, ko + ro);
+        }
+    }
+    red[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && t < nt) {
+        float v = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) v += red[i][threadIdx.x];
+        if (part) part[chunk * nt + t] = v;
+        else store_grad(g, t, scale * v, acc);
+    }
+}
+
+// Second pass: g[t] (+)= scale * sum over chunks of part[c * nt + t], chunks in order.
+template <typename G>
+__global__ void bcast_grad_finish_kernel(G *__restrict__ g, const float *__restrict__ part, int64_t nt, int64_t chunks,
+                                         float scale, bool acc)
+{
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < nt; t += (int64_t)gridDim.x * blockDim.x) {
+        float v = 0.0f;
+        for (int64_t c = 0; c < chunks; c++) v += part[c * nt + t];
+        store_grad(g, t, scale * v, acc);
+    }
+}
+
+// Append dim (size, stride gy, stride other) to a list, merging with the previous entry
+// when both strides continue it.
+void push_dim(int &n, int64_t *sh, int64_t *sy, int64_t *so, int64_t size, int64_t y, int64_t o)
+{
+    if (n > 0 && sy[n - 1] == y * size && so[n - 1] == o * size) {
+        sh[n - 1] *= size;
+        sy[n - 1] = y;
+        so[n - 1] = o;
+        return;
+    }
+    sh[n] = size;
+    sy[n] = y;
+    so[n] = o;
+    n++;
+}
+
+template <typename T, typename G, bool HAS_O>
+gc_status bcast_grad(gc_tensor *gt, const gc_tensor *gyt, const gc_tensor *ot, const GeomR &geo, int64_t nt, int64_t R,
+                     float scale, bool acc)
+{
+    cudaStream_t st = gc_cuda_stream();
+    G *g = (G *)gc_tensor_data(gt);
+    const T *gy = (const T *)gc_tensor_data(gyt);
+    const T *o = HAS_O ? (const T *)gc_tensor_data(ot) : nullptr;
+    if (R == 1) {
+        bcast_grad_map_kernel<T, G, HAS_O><<<grid_for(nt), kThreads, 0, st>>>(g, gy, o, geo, nt, scale, acc);
+        GC_CUDA_LAUNCH_CHECK();
+        return GC_OK;
+    }
+    // Chunking depends on the shape only, so the summation order is reproducible.
+    const bool rows = nt < 32;
+    int64_t rpc = rows ? (int64_t)kThreads * 16 : 256;
+    const int64_t max_chunks = rows ? 1024 : 65535;
+    if ((R + rpc - 1) / rpc > max_chunks) rpc = (R + max_chunks - 1) / max_chunks;
+    const int64_t chunks = (R + rpc - 1) / rpc;
+    gc_tensor *part = nullptr;
+    if (chunks > 1) {
+        int64_t n = chunks * nt;
+        part = gc_tensor_new(GC_F32, gt->device, 1, &n);
+        if (!part) return GC_PENDING();
+    }
+    float *pp = part ? (float *)gc_tensor_data(part) : nullptr;
+    const int64_t col_blocks = (nt + 31) / 32;
+    if (col_blocks > 0x7fffffffLL) {
+        gc_tensor_release(part);
+        return gc_error_set(GC_ERR_SHAPE, "broadcast gradient: %lld targets is too many", (long long)nt);
+    }
+    if (rows)
+        bcast_grad_rows_kernel<T, G, HAS_O><<<dim3((unsigned)nt, (unsigned)chunks), kThreads, 0, st>>>(g, pp, gy, o, geo, nt,
+                                                                                                       R, rpc, scale, acc);
+    else
+        bcast_grad_cols_kernel<T, G, HAS_O><<<dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, st>>>(
+            g, pp, gy, o, geo, nt, R, rpc, scale, acc);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && part) {
+        bcast_grad_finish_kernel<G><<<grid_for(nt), kThreads, 0, st>>>(g, pp, nt, chunks, scale, acc);
+        e = cudaGetLastError();
+    }
+    gc_tensor_release(part); // stream order: the block is reused only by later work
+    if (e != cudaSuccess)
+        return gc_error_set(GC_ERR_CUDA, "broadcast gradient (%lld targets, %lld summed) launch failed: %s", (long long)nt,
+                            (long long)R, cudaGetErrorString(e));
+    return GC_OK;
+}
+
+// ------------------------------------------------------------------ unary
+
+constexpr float kSqrt1_2 = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+constexpr float kGeluTanhC = 0.044715f;
+constexpr float kQuickGeluC = 1.702f;
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float act_f(int act, float x)
+{
+    switch (act) {
+    case GC_ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * kSqrt1_2));
+    case GC_ACT_GELU_TANH: return 0.5f * x * (1.0f + tanhf(kSqrt2OverPi * (x + kGeluTanhC * x * x * x)));
+    case GC_ACT_QUICK_GELU: return x * sigmoidf(kQuickGeluC * x);
+    case GC_ACT_SILU: return x * sigmoidf(x);
+    default: return x;
+    }
+}
+
+__device__ __forceinline__ float act_df(int act, float x)
+{
+    switch (act) {
+    case GC_ACT_GELU_ERF: return 0.5f * (1.0f + erff(x * kSqrt1_2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+    case GC_ACT_GELU_TANH: {
+        float t = tanhf(kSqrt2OverPi * (x + kGeluTanhC * x * x * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * x * x);
+    }
+    case GC_ACT_QUICK_GELU: {
+        float s = sigmoidf(kQuickGeluC * x);
+        return s + kQuickGeluC * x * s * (1.0f - s);
+    }
+    case GC_ACT_SILU: {
+        float s = sigmoidf(x);
+        return s * (1.0f + x * (1.0f - s));
+    }
+    default: return 1.0f;
+    }
+}
+
+enum UnaryOp { U_SCALE, U_EXP, U_ACT };
+
+// y = f(x), contiguous
+template <typename T, int OP>
+__global__ void unary_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t n, float s, int act)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float v = to_f(x[i]);
+        y[i] = from_f<T>(OP == U_SCALE ? s * v : OP == U_EXP ? expf(v) : act_f(act, v));
+    }
+}
+
+// gx (+)= gy * f'(.): scale: s; exp: saved y; activation: recomputed from saved x
+template <typename T, typename G, int OP>
+__global__ void unary_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ saved, int64_t n, float s,
+                                 int act, bool acc)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float g = to_f(gy[i]);
+        float v = OP == U_SCALE ? s * g : OP == U_EXP ? g * to_f(saved[i]) : g * act_df(act, to_f(saved[i]));
+        if (acc) v += to_f(gx[i]);
+        gx[i] = from_f<G>(v);
+    }
+}
+
+template <int OP> gc_status unary_fwd(gc_tensor *y, const gc_tensor *x, float s, int act, const char *what)
+{
+    const int64_t n = gc_tensor_numel(y);
+    if (n == 0) return GC_OK;
+    return with_type(y->dtype, what, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        unary_fwd_kernel<T, OP><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>((T *)gc_tensor_data(y),
+                                                                               (const T *)gc_tensor_data(x), n, s, act);
+        GC_CUDA_LAUNCH_CHECK();
+        return GC_OK;
+    });
+}
+
+template <int OP>
+gc_status unary_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *saved, float s, int act, bool acc, const char *what)
+{
+    const int64_t n = gc_tensor_numel(gy);
+    if (n == 0) return GC_OK;
+    return with_types(gy->dtype, gx->dtype, what, [&](auto tv, auto tg) {
+        using T = typename decltype(tv)::type;
+        using G = typename decltype(tg)::type;
+        unary_bwd_kernel<T, G, OP><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(
+            (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), saved ? (const T *)gc_tensor_data(saved) : nullptr, n, s,
+            act, acc);
+        GC_CUDA_LAUNCH_CHECK();
+        return GC_OK;
+    });
+}
+
+} // namespace
+
+extern "C" gc_status gc_cuda_add_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape,
+                                     const int64_t *sa, const int64_t *sb, float alpha)
+{
+    return binary_fwd<false>(y, a, b, ndim, shape, sa, sb, alpha);
+}
+
+extern "C" gc_status gc_cuda_mul_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape,
+                                     const int64_t *sa, const int64_t *sb)
+{
+    return binary_fwd<true>(y, a, b, ndim, shape, sa, sb, 1.0f);
+}
+
+// g: the operand's contiguous gradient buffer; gy: contiguous over `shape`; other: the
+// other operand (NULL for add/sub) with strides s_other over `shape`; s_g: g's strides
+// over `shape`, 0 on the dims the operand was broadcast along.
+extern "C" gc_status gc_cuda_binary_bwd(gc_tensor *g, const gc_tensor *gy, const gc_tensor *other, int ndim,
+                                        const int64_t *shape, const int64_t *s_other, const int64_t *s_g, float scale, bool acc)
+{
+    if (other && other->dtype != gy->dtype)
+        return gc_error_set(GC_ERR_DTYPE, "broadcast gradient: operand %s but gradient %s", gc_dtype_name(other->dtype),
+                            gc_dtype_name(gy->dtype));
+    GeomR geo;
+    geo.nk = geo.nr = 0;
+    int64_t s_gy[GC_MAX_DIMS], acc_st = 1, nt = 1, R = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        s_gy[d] = acc_st;
+        acc_st *= shape[d];
+    }
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] == 1) continue;
+        int64_t so = other ? s_other[d] : 0;
+        if (s_g[d] == 0) {
+            push_dim(geo.nr, geo.rsh, geo.r_gy, geo.r_o, shape[d], s_gy[d], so);
+            R *= shape[d];
+        } else {
+            push_dim(geo.nk, geo.ksh, geo.k_gy, geo.k_o, shape[d], s_gy[d], so);
+            nt *= shape[d];
+        }
+    }
+    if (nt != gc_tensor_numel(g))
+        return gc_error_set(GC_ERR_SHAPE, "broadcast gradient: %lld targets for a gradient of %lld elements", (long long)nt,
+                            (long long)gc_tensor_numel(g));
+    if (nt == 0) return GC_OK;
+    if (R == 0) { // an empty sum
+        if (acc) return GC_OK;
+        return gc_cuda_memzero(gc_tensor_data(g), gc_tensor_nbytes(g));
+    }
+    return with_types(gy->dtype, g->dtype, "broadcast gradient", [&](auto tv, auto tg) {
+        using T = typename decltype(tv)::type;
+        using G = typename decltype(tg)::type;
+        return other ? bcast_grad<T, G, true>(g, gy, other, geo, nt, R, scale, acc)
+                     : bcast_grad<T, G, false>(g, gy, other, geo, nt, R, scale, acc);
+    });
+}
+
+extern "C" gc_status gc_cuda_scale_fwd(gc_tensor *y, const gc_tensor *x, float s)
+{
+    return unary_fwd<U_SCALE>(y, x, s, 0, "scale");
+}
+
+extern "C" gc_status gc_cuda_scale_bwd(gc_tensor *gx, const gc_tensor *gy, float s, bool acc)
+{
+    return unary_bwd<U_SCALE>(gx, gy, nullptr, s, 0, acc, "scale backward");
+}
+
+extern "C" gc_status gc_cuda_exp_fwd(gc_tensor *y, const gc_tensor *x) { return unary_fwd<U_EXP>(y, x, 0.0f, 0, "exp"); }
+
+extern "C" gc_status gc_cuda_exp_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *y, bool acc)
+{
+    return unary_bwd<U_EXP>(gx, gy, y, 0.0f, 0, acc, "exp backward");
+}
+
+extern "C" gc_status gc_cuda_act_fwd(gc_tensor *y, const gc_tensor *x, gc_act act)
+{
+    return unary_fwd<U_ACT>(y, x, 0.0f, (int)act, "activation");
+}
+
+extern "C" gc_status gc_cuda_act_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *x, gc_act act, bool acc)
+{
+    return unary_bwd<U_ACT>(gx, gy, x, 0.0f, (int)act, acc, "activation backward");
+}

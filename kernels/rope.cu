@@ -1,1 +1,168 @@
-// kernels/rope.cu: being written
+// CUDA kernel of the rotary embedding (rope.c has the formulas and the CPU reference).
+// One thread per V pairs (d, d + D/2) of a row of x [B, L, H, D]; 16-byte vector
+// accesses when D/2 and the pointers allow it. The forward and the backward (the
+// transposed map) share the kernel.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <stdint.h>
+
+extern "C" {
+#include "../runtime/gc_cuda.h"
+}
+
+namespace {
+
+// (the load/store helpers are the same as in norm.cu)
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Bytes moved per memory instruction for V elements of T: 16 or 8 when the span allows.
+template <typename T, int V> struct vec_io {
+    static constexpr int bytes = (V * sizeof(T)) % 16 == 0 ? 16 : (V * sizeof(T)) % 8 == 0 ? 8 : (int)sizeof(T);
+    static constexpr int per = bytes / (int)sizeof(T);
+};
+
+// V consecutive elements at p as floats; p is aligned to the access width (see vec_io).
+template <int V, typename T> __device__ __forceinline__ void load_v(const T *__restrict__ p, float *f)
+{
+    constexpr int per = vec_io<T, V>::per;
+#pragma unroll
+    for (int c = 0; c < V; c += per) {
+        if constexpr (vec_io<T, V>::bytes == 16) {
+            uint4 u = *reinterpret_cast<const uint4 *>(p + c);
+            const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) f[c + k] = to_f(e[k]);
+        } else if constexpr (vec_io<T, V>::bytes == 8) {
+            uint2 u = *reinterpret_cast<const uint2 *>(p + c);
+            const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) f[c + k] = to_f(e[k]);
+        } else {
+            f[c] = to_f(p[c]);
+        }
+    }
+}
+
+// p[0..V) = f (or += f when acc)
+template <int V, typename T> __device__ __forceinline__ void store_v(T *__restrict__ p, const float *f, bool acc)
+{
+    float v[V];
+    if (acc) {
+        load_v<V>(p, v);
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] += f[k];
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] = f[k];
+    }
+    constexpr int per = vec_io<T, V>::per;
+#pragma unroll
+    for (int c = 0; c < V; c += per) {
+        if constexpr (vec_io<T, V>::bytes == 16) {
+            uint4 u;
+            T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) e[k] = from_f<T>(v[c + k]);
+            *reinterpret_cast<uint4 *>(p + c) = u;
+        } else if constexpr (vec_io<T, V>::bytes == 8) {
+            uint2 u;
+            T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) e[k] = from_f<T>(v[c + k]);
+            *reinterpret_cast<uint2 *>(p + c) = u;
+        } else {
+            p[c] = from_f<T>(v[c]);
+        }
+    }
+}
+
+// y (+)= rope(x) or its transpose (inverse); cs/sn f32 [(B,) n, D]
+template <typename T, typename G, int V>
+__global__ void rope_kernel(const T *__restrict__ x, const float *__restrict__ cs, const float *__restrict__ sn,
+                            bool per_sample, int64_t B, int64_t L, int64_t H, int64_t D, int64_t n, int64_t start,
+                            bool inverse, G *__restrict__ y, bool acc)
+{
+    int64_t h = D / 2, per_row = h / V, total = B * L * H * per_row;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t row = i / per_row, d = (i % per_row) * V;
+        int64_t b = row / (L * H), t = (row / H) % L - start;
+        const T *xr = x + row * D;
+        G *yr = y + row * D;
+        float lo[V], hi[V], o1[V], o2[V];
+        load_v<V>(xr + d, lo);
+        load_v<V>(xr + d + h, hi);
+        if (t < 0 || t >= n) {
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                o1[k] = lo[k];
+                o2[k] = hi[k];
+            }
+        } else {
+            int64_t base = ((per_sample ? b * n : 0) + t) * D;
+            float c1[V], c2[V], s1[V], s2[V];
+            load_v<V>(cs + base + d, c1);
+            load_v<V>(cs + base + d + h, c2);
+            load_v<V>(sn + base + d, s1);
+            load_v<V>(sn + base + d + h, s2);
+            if (!inverse) {
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    o1[k] = lo[k] * c1[k] - hi[k] * s1[k];
+                    o2[k] = hi[k] * c2[k] + lo[k] * s2[k];
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    o1[k] = lo[k] * c1[k] + hi[k] * s2[k];
+                    o2[k] = hi[k] * c2[k] - lo[k] * s1[k];
+                }
+            }
+        }
+        store_v<V>(yr + d, o1, acc);
+        store_v<V>(yr + d + h, o2, acc);
+    }
+}
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+template <typename T, typename G>
+gc_status rope_typed(const T *x, const float *cs, const float *sn, bool per_sample, int64_t B, int64_t L, int64_t H,
+                     int64_t D, int64_t n, int64_t start, bool inverse, G *y, bool acc)
+{
+    constexpr int VT = 16 / sizeof(T);
+    bool vec = (D / 2) % VT == 0 && aligned16(x) && aligned16(cs) && aligned16(sn) && aligned16(y);
+    int64_t threads = B * L * H * (D / 2) / (vec ? VT : 1);
+    int64_t blocks = (threads + 255) / 256, cap = (int64_t)gc_cuda_sm_count() * 16;
+    unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
+    if (vec)
+        rope_kernel<T, G, VT><<<grid, 256, 0, gc_cuda_stream()>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse,
+                                                                  y, acc);
+    else
+        rope_kernel<T, G, 1><<<grid, 256, 0, gc_cuda_stream()>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse,
+                                                                 y, acc);
+    GC_CUDA_LAUNCH_CHECK();
+    return GC_OK;
+}
+
+} // namespace
+
+extern "C" gc_status gc_cuda_rope(const void *x, gc_dtype dt, const float *cs, const float *sn, bool per_sample,
+                                  int64_t B, int64_t L, int64_t H, int64_t D, int64_t n, int64_t start, bool inverse,
+                                  void *y, gc_dtype y_dt, bool acc)
+{
+    if (B * L * H * D == 0) return GC_OK;
+#define GC_ROPE_CALL(T, G)                                                                                             \
+    return rope_typed<T, G>((const T *)x, cs, sn, per_sample, B, L, H, D, n, start, inverse, (G *)y, acc)
+    if (dt == GC_F32 && y_dt == GC_F32) GC_ROPE_CALL(float, float);
+    if (dt == GC_BF16 && y_dt == GC_BF16) GC_ROPE_CALL(__nv_bfloat16, __nv_bfloat16);
+    if (dt == GC_BF16 && y_dt == GC_F32) GC_ROPE_CALL(__nv_bfloat16, float);
+    if (dt == GC_F32 && y_dt == GC_BF16) GC_ROPE_CALL(float, __nv_bfloat16);
+#undef GC_ROPE_CALL
+    return gc_error_set(GC_ERR_DTYPE, "rope on cuda: %s input into %s output", gc_dtype_name(dt), gc_dtype_name(y_dt));
+}

@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -29,12 +30,10 @@ struct gc_clip {
 
 static gc_status tower_load(const cJSON *root, const char *key, bool vision, gc_clip_tower_config *t, const char *path)
 {
-    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (o && !cJSON_IsObject(o)) return gc_error_set(GC_ERR_FORMAT, "%s: %s must be an object", path, key);
+    const cJSON *o = NULL; /* absent: every field falls back to transformers' default */
+    GC_TRY(gc_json_get_object(root, key, false, &o, path));
     char ctx[256];
-    snprintf(ctx, sizeof ctx, "%s: %s", path, key);
-    static const cJSON empty_obj = {0};
-    if (!o) o = &empty_obj; /* every field falls back to transformers' default */
+    gc_json_path(ctx, sizeof ctx, path, key);
     const char *act = NULL;
     GC_TRY(gc_json_get_int(o, "hidden_size", vision ? 768 : 512, false, &t->hidden, ctx));
     GC_TRY(gc_json_get_int(o, "intermediate_size", vision ? 3072 : 2048, false, &t->intermediate, ctx));
@@ -184,47 +183,13 @@ gc_status gc_clip_config_named(const char *name, gc_clip_config *c)
 
 static gc_tensor *decl(gc_clip *m, const char *name, int ndim, const int64_t *shape)
 {
-    int i = gc_params_add(&m->params, name, ndim, shape);
-    return i < 0 ? NULL : m->params.items[i].value;
-}
-
-static bool lora_targets(const gc_clip_options *o, const char *site)
-{
-    if (!o->lora_r) return false;
-    const char *list = o->lora_targets && *o->lora_targets ? o->lora_targets : "q_proj,v_proj";
-    size_t n = strlen(site);
-    for (const char *p = list; *p;) {
-        const char *e = strchr(p, ',');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        if (len == n && !strncmp(p, site, n)) return true;
-        if (!e) break;
-        p = e + 1;
-    }
-    return false;
+    return gc_param_declare(&m->params, name, ndim, shape);
 }
 
 static gc_status decl_lin(gc_clip *m, gc_lin *l, const char *prefix, const char *site, int64_t out, int64_t in, bool bias)
 {
-    char name[256];
-    snprintf(name, sizeof name, "%s.%s.weight", prefix, site);
-    l->w = decl(m, name, 2, GC_SHAPE(out, in));
-    if (bias) {
-        snprintf(name, sizeof name, "%s.%s.bias", prefix, site);
-        l->b = decl(m, name, 1, GC_SHAPE(out));
-    }
-    if (!l->w || (bias && !l->b)) return GC_PENDING();
-    if (lora_targets(&m->opt, site)) {
-        int64_t r = m->opt.lora_r;
-        /* PEFT's names: base_model.model.<prefix>.<site>.lora_A.weight; kept here without the wrapper prefix */
-        snprintf(name, sizeof name, "%s.%s.lora_A.weight", prefix, site);
-        l->lora_a = decl(m, name, 2, GC_SHAPE(r, in));
-        snprintf(name, sizeof name, "%s.%s.lora_B.weight", prefix, site);
-        l->lora_b = decl(m, name, 2, GC_SHAPE(out, r));
-        if (!l->lora_a || !l->lora_b) return GC_PENDING();
-        l->lora_scale = m->opt.lora_alpha > 0 ? m->opt.lora_alpha / (double)r : 1.0;
-        l->lora_dropout = m->opt.lora_dropout;
-    }
-    return GC_OK;
+    gc_lora_options lo = {m->opt.lora_r, m->opt.lora_alpha, m->opt.lora_dropout, m->opt.lora_targets};
+    return gc_lin_declare(&m->params, l, prefix, site, out, in, bias, &lo);
 }
 
 static gc_status decl_tower(gc_clip *m, bool vision)
@@ -287,14 +252,7 @@ static gc_status decl_all(gc_clip *m)
     return GC_OK;
 }
 
-/* LoRA: every base parameter frozen; adapters trainable. */
-static gc_status apply_lora_freeze(gc_clip *m)
-{
-    if (!m->opt.lora_r) return GC_OK;
-    for (int i = 0; i < m->params.n; i++)
-        if (!strstr(m->params.items[i].name, ".lora_")) GC_TRY(gc_params_set_trainable(&m->params, i, false));
-    return GC_OK;
-}
+static gc_status apply_lora_freeze(gc_clip *m) { return m->opt.lora_r ? gc_params_freeze_base(&m->params) : GC_OK; }
 
 static gc_status clip_new(gc_clip **out, const gc_clip_config *cfg, const gc_clip_options *opt)
 {

@@ -4,6 +4,7 @@
 #define GC_LAYERS_H
 
 #include "../kernels/gc_ops.h"
+#include "gc_params.h"
 
 /* y = x W^T + b  (+ (alpha/r) * dropout(x) A^T B^T when a LoRA adapter is attached) */
 typedef struct gc_lin {
@@ -16,6 +17,24 @@ typedef struct gc_lin {
 } gc_lin;
 
 gc_tensor *gc_lin_forward(const gc_lin *l, gc_tensor *x, uint32_t dropout_op);
+
+/* LoRA (Hu et al. 2021) as PEFT configures it: rank, alpha (scale alpha/r), dropout,
+ * and the target modules by their HF names ("q_proj,v_proj"). r == 0: no adapters. */
+typedef struct gc_lora_options {
+    int r;
+    double alpha, dropout;
+    const char *targets;  /* comma list; NULL or "": q_proj,v_proj (PEFT's default for these models) */
+} gc_lora_options;
+
+/* Declares "<prefix>.<site>.weight" [out, in] (and .bias [out]) in ps, plus the LoRA
+ * pair "<prefix>.<site>.lora_A.weight" [r, in] / "lora_B.weight" [out, r] when `site`
+ * is a target. */
+gc_status gc_lin_declare(gc_params *ps, gc_lin *l, const char *prefix, const char *site, int64_t out, int64_t in,
+                         bool bias, const gc_lora_options *lora);
+/* Declares one parameter and returns its value tensor (NULL on error). */
+gc_tensor *gc_param_declare(gc_params *ps, const char *name, int ndim, const int64_t *shape);
+/* LoRA training: freeze every parameter that is not an adapter. */
+gc_status gc_params_freeze_base(gc_params *ps);
 
 typedef struct gc_block {
     gc_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;

@@ -1,6 +1,8 @@
 #include "gc_layers.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "../runtime/gc_rng.h"
 
@@ -55,4 +57,56 @@ void gc_init_normal(float *out, int64_t n, double std, uint64_t seed, uint32_t s
         double u2 = gc_rand_uniform(seed, 0, stream, 1, 2 * (uint64_t)i + 1);
         out[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
     }
+}
+
+gc_tensor *gc_param_declare(gc_params *ps, const char *name, int ndim, const int64_t *shape)
+{
+    int i = gc_params_add(ps, name, ndim, shape);
+    return i < 0 ? NULL : ps->items[i].value;
+}
+
+static bool lora_targets(const gc_lora_options *o, const char *site)
+{
+    if (!o || o->r <= 0) return false;
+    const char *list = o->targets && *o->targets ? o->targets : "q_proj,v_proj";
+    size_t n = strlen(site);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        while (len && *p == ' ') { p++; len--; }
+        if (len == n && !strncmp(p, site, n)) return true;
+        if (!e) break;
+        p = e + 1;
+    }
+    return false;
+}
+
+gc_status gc_lin_declare(gc_params *ps, gc_lin *l, const char *prefix, const char *site, int64_t out, int64_t in,
+                         bool bias, const gc_lora_options *lora)
+{
+    char name[320];
+    memset(l, 0, sizeof *l);
+    snprintf(name, sizeof name, "%s.%s.weight", prefix, site);
+    if (!(l->w = gc_param_declare(ps, name, 2, GC_SHAPE(out, in)))) return GC_PENDING();
+    if (bias) {
+        snprintf(name, sizeof name, "%s.%s.bias", prefix, site);
+        if (!(l->b = gc_param_declare(ps, name, 1, GC_SHAPE(out)))) return GC_PENDING();
+    }
+    if (lora_targets(lora, site)) {
+        int64_t r = lora->r;
+        snprintf(name, sizeof name, "%s.%s.lora_A.weight", prefix, site);
+        if (!(l->lora_a = gc_param_declare(ps, name, 2, GC_SHAPE(r, in)))) return GC_PENDING();
+        snprintf(name, sizeof name, "%s.%s.lora_B.weight", prefix, site);
+        if (!(l->lora_b = gc_param_declare(ps, name, 2, GC_SHAPE(out, r)))) return GC_PENDING();
+        l->lora_scale = lora->alpha > 0 ? lora->alpha / (double)r : 1.0;
+        l->lora_dropout = lora->dropout;
+    }
+    return GC_OK;
+}
+
+gc_status gc_params_freeze_base(gc_params *ps)
+{
+    for (int i = 0; i < ps->n; i++)
+        if (!strstr(ps->items[i].name, ".lora_")) GC_TRY(gc_params_set_trainable(ps, i, false));
+    return GC_OK;
 }

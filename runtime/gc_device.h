@@ -46,4 +46,12 @@ void gc_memory_reset_peak(gc_device d);
 /* Return cached free blocks to the system. */
 void gc_memory_release_cached(gc_device d);
 
+/* Timing: CUDA events on the GPU (no synchronisation until read), the host clock on the CPU. */
+typedef struct gc_timer gc_timer;
+gc_timer *gc_timer_create(gc_device d);
+void gc_timer_free(gc_timer *t);
+gc_status gc_timer_record(gc_timer *t);
+/* Milliseconds from `start` to `end` (waits for `end`). */
+gc_status gc_timer_elapsed_ms(gc_timer *start, gc_timer *end, double *ms);
+
 #endif

@@ -1,5 +1,6 @@
 /* The gradient cache: chunked gradients equal full-batch gradients (any chunk size,
  * with dropout on), the row-blocked CLIP loss equals the plain one, misuse is reported. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "../gradcache/gc_clip_loss.h"

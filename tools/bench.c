@@ -1,3 +1,235 @@
-/* gcache bench: being written (issue 4) */
+/* gcache bench: times full training steps (gradient cache forward/backward + AdamW)
+ * of a named architecture with random weights on synthetic data, and reports the
+ * median step time, peak device memory, pairs/s, achieved TFLOP/s and utilisation
+ * against a bf16 GEMM ceiling measured at start-up on this GPU. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../autograd/gc_optim.h"
+#include "../gradcache/gc_clip_task.h"
 #include "gc_cli.h"
-int gc_cli_bench(int argc, char **argv) { (void)argc; (void)argv; return gc_cli_fail("bench: not implemented yet"); }
+
+typedef struct bench_args {
+    const char *model, *device, *dtype;
+    int64_t batch, chunk, steps, warmup;
+    bool no_cache, checkpointing;
+    int lora;
+} bench_args;
+
+#define MAX_PHASES 8
+typedef struct phase_log {
+    gc_timer *t[MAX_PHASES];
+    const char *name[MAX_PHASES];
+    int n;
+} phase_log;
+
+static void on_phase(void *user, const char *phase)
+{
+    phase_log *pl = user;
+    if (pl->n >= MAX_PHASES) return;
+    pl->name[pl->n] = phase;
+    gc_timer_record(pl->t[pl->n++]);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n ? (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])) : 0;
+}
+
+/* Forward GFLOP of one (image, text) pair: matmuls only, 2 per multiply-add. */
+static double clip_pair_flops(const gc_clip_config *c, int64_t text_len)
+{
+    double fl = 0;
+    const gc_clip_tower_config *v = &c->vision, *t = &c->text;
+    double gp = (double)(v->image_size / v->patch), N = gp * gp + 1, D = (double)v->hidden, F = (double)v->intermediate;
+    fl += (double)v->layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D);
+    fl += 2 * (N - 1) * (double)(v->channels * v->patch * v->patch) * D + 2 * D * (double)c->projection_dim;
+    double L = (double)text_len, Dt = (double)t->hidden, Ft = (double)t->intermediate;
+    fl += (double)t->layers * (8 * L * Dt * Dt + 4 * L * Dt * Ft + 4 * L * L * Dt);
+    fl += 2 * Dt * (double)c->projection_dim;
+    return fl;
+}
+
+/* bf16 GEMM ceiling: 8192^3 through the library's GEMM wrapper, random operands. */
+static double gemm_ceiling(gc_device dev)
+{
+    const int64_t n = 8192;
+    gc_tensor *a = gc_tensor_new(GC_BF16, dev, 2, GC_SHAPE(n, n)), *b = gc_tensor_new(GC_BF16, dev, 2, GC_SHAPE(n, n));
+    gc_tensor *c = gc_tensor_new(GC_BF16, dev, 2, GC_SHAPE(n, n));
+    uint16_t *h = malloc(sizeof(uint16_t) * (size_t)(n * n));
+    double tf = 0;
+    if (a && b && c && h) {
+        for (int64_t i = 0; i < n * n; i++)
+            h[i] = gc_f32_to_bf16(gc_rand_uniform(3, 0, 0, 0, (uint64_t)i) - 0.5f);
+        gc_memcpy(dev, gc_tensor_data(a), GC_CPU, h, sizeof(uint16_t) * (size_t)(n * n));
+        gc_memcpy(dev, gc_tensor_data(b), GC_CPU, h, sizeof(uint16_t) * (size_t)(n * n));
+        gc_gemm_args g = {.trans_b = true, .m = n, .n = n, .k = n, .a = gc_tensor_data(a), .lda = n, .b = gc_tensor_data(b),
+                          .ldb = n, .c = gc_tensor_data(c), .ldc = n, .ab_dtype = GC_BF16, .c_dtype = GC_BF16,
+                          .alpha = 1, .beta = 0};
+        gc_timer *t0 = gc_timer_create(dev), *t1 = gc_timer_create(dev);
+        for (int i = 0; i < 3; i++) gc_gemm(dev, &g);
+        gc_timer_record(t0);
+        for (int i = 0; i < 10; i++) gc_gemm(dev, &g);
+        gc_timer_record(t1);
+        double ms = 0;
+        if (gc_timer_elapsed_ms(t0, t1, &ms) == GC_OK && ms > 0) tf = 2.0 * (double)n * n * n * 10 / (ms * 1e-3) / 1e12;
+        gc_timer_free(t0);
+        gc_timer_free(t1);
+    }
+    free(h);
+    gc_tensor_release(a);
+    gc_tensor_release(b);
+    gc_tensor_release(c);
+    gc_memory_release_cached(dev);
+    return tf;
+}
+
+static int parse(int argc, char **argv, bench_args *a)
+{
+    *a = (bench_args){.model = "clip-vit-b16", .device = "cuda", .dtype = "bf16", .batch = 128, .chunk = 64, .steps = 8,
+                      .warmup = 2};
+    for (int i = 0; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--no-cache")) { a->no_cache = true; continue; }
+        if (!strcmp(f, "--checkpointing")) { a->checkpointing = true; continue; }
+        if (i + 1 >= argc) return gc_cli_fail("bench: %s needs a value (or is unknown)", f);
+        const char *v = argv[++i];
+        char *end = NULL;
+        long long x = strtoll(v, &end, 10);
+        bool num = *v && !*end;
+        if (!strcmp(f, "--model")) a->model = v;
+        else if (!strcmp(f, "--device")) a->device = v;
+        else if (!strcmp(f, "--dtype")) a->dtype = v;
+        else if (!num) return gc_cli_fail("bench: %s '%s': expected an integer (or unknown option)", f, v);
+        else if (!strcmp(f, "--batch")) a->batch = x;
+        else if (!strcmp(f, "--chunk")) a->chunk = x;
+        else if (!strcmp(f, "--steps")) a->steps = x;
+        else if (!strcmp(f, "--warmup")) a->warmup = x;
+        else if (!strcmp(f, "--lora")) a->lora = (int)x;
+        else return gc_cli_fail("bench: unknown option '%s'", f);
+    }
+    if (a->batch < 2 || a->chunk < 1 || a->steps < 1 || a->warmup < 0 || a->lora < 0 || a->chunk > a->batch)
+        return gc_cli_fail("bench: need batch >= 2, 1 <= chunk <= batch, steps >= 1, warmup >= 0, lora >= 0");
+    return 0;
+}
+
+int gc_cli_bench(int argc, char **argv)
+{
+    bench_args a;
+    if (parse(argc, argv, &a)) return 1;
+    gc_clip_config cfg;
+    if (gc_clip_config_named(a.model, &cfg) != GC_OK) return gc_cli_fail_status("bench --model");
+    gc_clip_options opt = {.checkpointing = a.checkpointing, .lora_r = a.lora, .lora_alpha = 2.0 * a.lora,
+                           .lora_targets = "q_proj,k_proj,v_proj,out_proj"};
+    if (gc_cli_parse_dtype(a.dtype, &opt.dtype)) return 1;
+    if (gc_device_parse(a.device, &opt.device) != GC_OK) return gc_cli_fail_status("bench --device");
+    if (opt.device.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
+        gc_error_clear();
+        return gc_cli_fail("bench: no usable CUDA device (use --device cpu --dtype f32 with a small --model)");
+    }
+    gc_device dev = opt.device;
+    double peak_tf = dev.type == GC_DEVICE_CUDA ? gemm_ceiling(dev) : 0;
+    gc_clip *m;
+    if (gc_clip_init(&m, &cfg, &opt, 42) != GC_OK) return gc_cli_fail_status("bench");
+    gc_adamw adam;
+    gc_adamw_config ac = {.lr = 1e-5, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-6, .weight_decay = 0.1, .max_grad_norm = 1.0};
+    if (gc_adamw_init(&adam, gc_clip_params(m), &ac) != GC_OK) { gc_clip_free(m); return gc_cli_fail_status("bench"); }
+    /* synthetic batch: normal pixels on the device; 77 random tokens ending in the EOT id */
+    int64_t B = a.batch, S = cfg.vision.image_size, L = cfg.text.max_positions;
+    float *px = malloc(sizeof(float) * (size_t)(B * 3 * S * S));
+    int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * L));
+    for (int64_t i = 0; i < B * 3 * S * S; i++) px[i] = gc_rand_uniform(9, 0, 0, 0, (uint64_t)i) * 2 - 1;
+    for (int64_t i = 0; i < B * L; i++)
+        ids[i] = i % L == L - 1 ? cfg.text.vocab - 1 : (int64_t)(gc_rand_uniform(9, 0, 1, 0, (uint64_t)i) * (double)(cfg.text.vocab - 2));
+    gc_tensor *pixels = gc_tensor_from_data(GC_F32, dev, 4, GC_SHAPE(B, 3, S, S), px);
+    gc_tensor *tokens = gc_tensor_from_data(GC_I64, GC_CPU, 2, GC_SHAPE(B, L), ids); /* pooling reads ids on the host */
+    free(px);
+    free(ids);
+    gc_clip_task task;
+    gc_clip_task_init(&task, m, pixels, tokens, a.no_cache ? 0 : a.chunk);
+    phase_log pl = {0};
+    for (int i = 0; i < MAX_PHASES; i++) pl.t[i] = gc_timer_create(dev);
+    task.gc.on_phase = on_phase;
+    task.gc.phase_user = &pl;
+    gc_timer *t0 = gc_timer_create(dev), *t1 = gc_timer_create(dev);
+    int64_t total = a.warmup + a.steps;
+    double *step_ms = calloc((size_t)total, sizeof(double)), *ph_ms[MAX_PHASES];
+    for (int i = 0; i < MAX_PHASES; i++) ph_ms[i] = calloc((size_t)total, sizeof(double));
+    const char *ph_names[MAX_PHASES] = {0};
+    int n_ph = 0, rc = 0;
+    uint64_t allocs_after_warmup = 0;
+    for (int64_t s = 0; s < total && !rc; s++) {
+        if (s == a.warmup) {
+            gc_device_sync(dev);
+            gc_memory_reset_peak(dev);
+            allocs_after_warmup = gc_memory_stats_get(dev).system_allocs;
+        }
+        pl.n = 0;
+        gc_gradcache_result res;
+        gc_timer_record(t0);
+        gc_status st = gc_params_zero_grad(gc_clip_params(m));
+        if (st == GC_OK) st = gc_clip_task_step(&task, (gc_rand_context){1, (uint32_t)s, 0}, &res);
+        if (st == GC_OK) st = gc_adamw_step(&adam, ac.lr);
+        gc_timer_record(t1);
+        if (st != GC_OK) { rc = gc_cli_fail_status("bench step"); break; }
+        gc_gradcache_result_clear(&res);
+        gc_timer_elapsed_ms(t0, t1, &step_ms[s]);
+        n_ph = pl.n;
+        for (int i = 0; i + 1 < pl.n; i++) {
+            ph_names[i] = pl.name[i];
+            gc_timer_elapsed_ms(pl.t[i], pl.t[i + 1], &ph_ms[i][s]);
+        }
+        if (pl.n) {
+            double opt_ms;
+            gc_timer_elapsed_ms(pl.t[pl.n - 1], t1, &opt_ms);
+            ph_ms[MAX_PHASES - 1][s] = opt_ms;
+        }
+    }
+    if (!rc) {
+        gc_memory_stats ms = gc_memory_stats_get(dev);
+        double med = median(step_ms + a.warmup, (int)a.steps);
+        double fwd = clip_pair_flops(&cfg, L);
+        int passes = (a.no_cache ? 3 : 4) + (a.checkpointing ? 1 : 0) - (a.lora ? 1 : 0);
+        double tflops = fwd * passes * (double)B / (med * 1e-3) / 1e12;
+        char mode[96];
+        if (a.no_cache) snprintf(mode, sizeof mode, "no cache");
+        else snprintf(mode, sizeof mode, "chunk %lld", (long long)a.chunk);
+        if (a.checkpointing) strncat(mode, ", checkpointing", sizeof mode - strlen(mode) - 1);
+        if (a.lora) snprintf(mode + strlen(mode), sizeof mode - strlen(mode), ", LoRA r=%d", a.lora);
+        printf("gcache bench  %s  batch %lld  %s  %s %s\n", a.model, (long long)B, mode, a.device, a.dtype);
+        printf("  step          %8.1f ms (median of %lld after %lld warm-up)\n", med, (long long)a.steps, (long long)a.warmup);
+        for (int i = 0; i + 1 < n_ph; i++)
+            printf("    %-10s  %8.1f ms\n", ph_names[i], median(ph_ms[i] + a.warmup, (int)a.steps));
+        printf("    %-10s  %8.1f ms\n", "optimizer", median(ph_ms[MAX_PHASES - 1] + a.warmup, (int)a.steps));
+        printf("  peak memory   %8.2f GiB   (reserved %.2f GiB; %llu new allocations after warm-up)\n",
+               (double)ms.peak / (1 << 30), (double)ms.reserved / (1 << 30),
+               (unsigned long long)(ms.system_allocs - allocs_after_warmup));
+        printf("  pairs/s       %8.0f\n", (double)B / (med * 1e-3));
+        printf("  TFLOP/s       %8.1f   (%d passes x %.1f GFLOP/pair)\n", tflops, passes, fwd / 1e9);
+        if (peak_tf > 0) printf("  utilisation   %8.1f %%  of the measured bf16 GEMM ceiling %.0f TFLOP/s\n", 100 * tflops / peak_tf, peak_tf);
+        printf("{\"model\":\"%s\",\"batch\":%lld,\"chunk\":%lld,\"cache\":%s,\"checkpointing\":%s,\"lora\":%d,"
+               "\"step_ms\":%.2f,\"peak_GiB\":%.3f,\"pairs_per_s\":%.1f,\"tflops\":%.1f,\"gemm_peak_tflops\":%.1f,"
+               "\"new_allocs_after_warmup\":%llu}\n",
+               a.model, (long long)B, (long long)a.chunk, a.no_cache ? "false" : "true", a.checkpointing ? "true" : "false",
+               a.lora, med, (double)ms.peak / (1 << 30), (double)B / (med * 1e-3), tflops, peak_tf,
+               (unsigned long long)(ms.system_allocs - allocs_after_warmup));
+    }
+    for (int i = 0; i < MAX_PHASES; i++) { gc_timer_free(pl.t[i]); free(ph_ms[i]); }
+    free(step_ms);
+    gc_timer_free(t0);
+    gc_timer_free(t1);
+    gc_tensor_release(pixels);
+    gc_tensor_release(tokens);
+    gc_adamw_free(&adam);
+    gc_clip_free(m);
+    return rc;
+}

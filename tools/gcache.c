@@ -69,7 +69,7 @@ static int parse_grad_args(int argc, char **argv, grad_args *a)
         else if (!strcmp(f, "--dtype")) dst = &a->dtype;
         else if (!strcmp(f, "--chunk") || !strcmp(f, "--seed")) {
             if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
-            int64_t v;
+            int64_t v = 0;
             if (parse_i64(f, argv[++i], &v)) return 1;
             if (!strcmp(f, "--chunk")) {
                 if (v <= 0) return gc_cli_fail("--chunk %lld: the chunk size must be positive", (long long)v);

@@ -1,0 +1,350 @@
+/* DINOv3 ViT: config, parameters (HF names), rotary tables, forward. */
+#include "gc_dinov3.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "gc_json.h"
+
+#define MAX_LAYERS 64
+
+struct gc_dinov3 {
+    gc_dinov3_config cfg;
+    gc_dinov3_options opt;
+    gc_params params;
+    gc_tensor *cls, *mask_token, *registers, *patch_w, *patch_b, *norm_w, *norm_b;
+    gc_block blocks[MAX_LAYERS];
+    /* rotary tables for the last grid size seen: f32 [N, head_dim] on the device */
+    gc_tensor *rope_cos, *rope_sin;
+    int64_t rope_gh, rope_gw;
+};
+
+/* ---------------------------------------------------------------- config */
+
+gc_status gc_dinov3_config_load(const char *path, gc_dinov3_config *c)
+{
+    cJSON *o = NULL;
+    GC_TRY(gc_json_load_file(path, &o));
+    memset(c, 0, sizeof *c);
+    const char *mt = NULL, *act = NULL;
+    bool gated = false;
+    gc_status st = gc_json_get_string(o, "model_type", "dinov3_vit", false, &mt, path);
+    if (st == GC_OK && strcmp(mt, "dinov3_vit"))
+        st = gc_error_set(GC_ERR_FORMAT, "%s: model_type is '%s', not dinov3_vit", path, mt);
+#define GI(k, d, f) if (st == GC_OK) st = gc_json_get_int(o, k, d, false, &c->f, path)
+#define GD(k, d, f) if (st == GC_OK) st = gc_json_get_double(o, k, d, false, &c->f, path)
+#define GB(k, d, f) if (st == GC_OK) st = gc_json_get_bool(o, k, d, false, &c->f, path)
+    GI("hidden_size", 384, hidden);
+    GI("num_hidden_layers", 12, layers);
+    GI("num_attention_heads", 6, heads);
+    GI("intermediate_size", 1536, intermediate);
+    GI("image_size", 224, image_size);
+    GI("patch_size", 16, patch);
+    GI("num_channels", 3, channels);
+    GI("num_register_tokens", 0, registers);
+    GD("layer_norm_eps", 1e-5, eps);
+    GD("attention_dropout", 0.0, attn_dropout);
+    GD("rope_theta", 100.0, rope_theta);
+    GD("layerscale_value", 1.0, layerscale);
+    GB("query_bias", true, query_bias);
+    GB("key_bias", false, key_bias);
+    GB("value_bias", true, value_bias);
+    GB("proj_bias", true, proj_bias);
+    GB("mlp_bias", true, mlp_bias);
+#undef GI
+#undef GD
+#undef GB
+    if (st == GC_OK) st = gc_json_get_bool(o, "use_gated_mlp", false, false, &gated, path);
+    if (st == GC_OK && gated) st = gc_error_set(GC_ERR_FORMAT, "%s: use_gated_mlp (SwiGLU) is not supported yet", path);
+    if (st == GC_OK) st = gc_json_get_string(o, "hidden_act", "gelu", false, &act, path);
+    if (st == GC_OK && gc_act_parse(act, &c->act) != GC_OK) {
+        gc_error_clear();
+        st = gc_error_set(GC_ERR_FORMAT, "%s: hidden_act: unsupported activation '%s'", path, act);
+    }
+    cJSON_Delete(o);
+    GC_TRY(st);
+    if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads || (c->hidden / c->heads) % 4 || c->layers < 0 ||
+        c->layers > MAX_LAYERS || c->patch <= 0 || c->registers < 0 || c->intermediate <= 0 || c->eps <= 0 ||
+        c->rope_theta <= 0)
+        return gc_error_set(GC_ERR_FORMAT, "%s: impossible sizes (hidden %lld, heads %lld, layers %lld, patch %lld)", path,
+                            (long long)c->hidden, (long long)c->heads, (long long)c->layers, (long long)c->patch);
+    return GC_OK;
+}
+
+gc_status gc_dinov3_config_save(const gc_dinov3_config *c, const char *path)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "architectures", cJSON_CreateStringArray((const char *[]){"DINOv3ViTModel"}, 1));
+    cJSON_AddStringToObject(o, "model_type", "dinov3_vit");
+    cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden);
+    cJSON_AddNumberToObject(o, "num_hidden_layers", (double)c->layers);
+    cJSON_AddNumberToObject(o, "num_attention_heads", (double)c->heads);
+    cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate);
+    cJSON_AddNumberToObject(o, "image_size", (double)c->image_size);
+    cJSON_AddNumberToObject(o, "patch_size", (double)c->patch);
+    cJSON_AddNumberToObject(o, "num_channels", (double)c->channels);
+    cJSON_AddNumberToObject(o, "num_register_tokens", (double)c->registers);
+    cJSON_AddNumberToObject(o, "layer_norm_eps", c->eps);
+    cJSON_AddNumberToObject(o, "attention_dropout", c->attn_dropout);
+    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    cJSON_AddNumberToObject(o, "layerscale_value", c->layerscale);
+    cJSON_AddBoolToObject(o, "query_bias", c->query_bias);
+    cJSON_AddBoolToObject(o, "key_bias", c->key_bias);
+    cJSON_AddBoolToObject(o, "value_bias", c->value_bias);
+    cJSON_AddBoolToObject(o, "proj_bias", c->proj_bias);
+    cJSON_AddBoolToObject(o, "mlp_bias", c->mlp_bias);
+    cJSON_AddBoolToObject(o, "use_gated_mlp", 0);
+    cJSON_AddStringToObject(o, "hidden_act", c->act == GC_ACT_GELU_TANH ? "gelu_pytorch_tanh" : "gelu");
+    cJSON_AddStringToObject(o, "torch_dtype", "float32");
+    gc_status st = gc_json_save_file(path, o);
+    cJSON_Delete(o);
+    return st;
+}
+
+gc_status gc_dinov3_config_named(const char *name, gc_dinov3_config *c)
+{
+    *c = (gc_dinov3_config){.hidden = 768, .layers = 12, .heads = 12, .intermediate = 3072, .image_size = 224, .patch = 16,
+                            .channels = 3, .registers = 4, .act = GC_ACT_GELU_ERF, .eps = 1e-5, .rope_theta = 100,
+                            .layerscale = 1.0, .query_bias = true, .value_bias = true, .proj_bias = true, .mlp_bias = true};
+    if (!strcmp(name, "dinov3-vit-b16")) return GC_OK;
+    if (!strcmp(name, "dinov3-tiny")) {
+        c->hidden = 64; c->layers = 2; c->heads = 4; c->intermediate = 128; c->image_size = 32; c->patch = 8;
+        return GC_OK;
+    }
+    return gc_error_set(GC_ERR_INVALID, "unknown model '%s' (known: dinov3-vit-b16, dinov3-tiny)", name);
+}
+
+/* ---------------------------------------------------------------- parameters */
+
+static gc_status declare(gc_dinov3 *m)
+{
+    const gc_dinov3_config *c = &m->cfg;
+    gc_params *ps = &m->params;
+    int64_t D = c->hidden, F = c->intermediate;
+    m->cls = gc_param_declare(ps, "embeddings.cls_token", 3, GC_SHAPE(1, 1, D));
+    m->mask_token = gc_param_declare(ps, "embeddings.mask_token", 3, GC_SHAPE(1, 1, D));
+    if (c->registers) m->registers = gc_param_declare(ps, "embeddings.register_tokens", 3, GC_SHAPE(1, c->registers, D));
+    m->patch_w = gc_param_declare(ps, "embeddings.patch_embeddings.weight", 4, GC_SHAPE(D, c->channels, c->patch, c->patch));
+    m->patch_b = gc_param_declare(ps, "embeddings.patch_embeddings.bias", 1, GC_SHAPE(D));
+    if (!m->cls || !m->mask_token || (c->registers && !m->registers) || !m->patch_w || !m->patch_b) return GC_PENDING();
+    char p[128], n[192];
+    for (int64_t i = 0; i < c->layers; i++) {
+        gc_block *b = &m->blocks[i];
+        memset(b, 0, sizeof *b);
+        snprintf(p, sizeof p, "layer.%lld", (long long)i);
+        snprintf(n, sizeof n, "%s.norm1.weight", p); b->ln1_w = gc_param_declare(ps, n, 1, GC_SHAPE(D));
+        snprintf(n, sizeof n, "%s.norm1.bias", p);   b->ln1_b = gc_param_declare(ps, n, 1, GC_SHAPE(D));
+        char ap[160];
+        snprintf(ap, sizeof ap, "%s.attention", p);
+        GC_TRY(gc_lin_declare(ps, &b->q, ap, "q_proj", D, D, c->query_bias, &m->opt.lora));
+        GC_TRY(gc_lin_declare(ps, &b->k, ap, "k_proj", D, D, c->key_bias, &m->opt.lora));
+        GC_TRY(gc_lin_declare(ps, &b->v, ap, "v_proj", D, D, c->value_bias, &m->opt.lora));
+        GC_TRY(gc_lin_declare(ps, &b->o, ap, "o_proj", D, D, c->proj_bias, &m->opt.lora));
+        snprintf(n, sizeof n, "%s.layer_scale1.lambda1", p); b->ls1 = gc_param_declare(ps, n, 1, GC_SHAPE(D));
+        snprintf(n, sizeof n, "%s.norm2.weight", p); b->ln2_w = gc_param_declare(ps, n, 1, GC_SHAPE(D));
+        snprintf(n, sizeof n, "%s.norm2.bias", p);   b->ln2_b = gc_param_declare(ps, n, 1, GC_SHAPE(D));
+        snprintf(ap, sizeof ap, "%s.mlp", p);
+        GC_TRY(gc_lin_declare(ps, &b->fc1, ap, "up_proj", F, D, c->mlp_bias, &m->opt.lora));
+        GC_TRY(gc_lin_declare(ps, &b->fc2, ap, "down_proj", D, F, c->mlp_bias, &m->opt.lora));
+        snprintf(n, sizeof n, "%s.layer_scale2.lambda1", p); b->ls2 = gc_param_declare(ps, n, 1, GC_SHAPE(D));
+        if (!b->ln1_w || !b->ln1_b || !b->ln2_w || !b->ln2_b || !b->ls1 || !b->ls2) return GC_PENDING();
+        b->heads = c->heads;
+        b->act = c->act;
+        b->eps = c->eps;
+        b->op_base = (3u << 16) | ((uint32_t)i << 4);
+        b->rope_start = 1 + c->registers; /* the class and register tokens are not rotated */
+    }
+    m->norm_w = gc_param_declare(ps, "norm.weight", 1, GC_SHAPE(D));
+    m->norm_b = gc_param_declare(ps, "norm.bias", 1, GC_SHAPE(D));
+    return m->norm_w && m->norm_b ? GC_OK : GC_PENDING();
+}
+
+static gc_status dinov3_new(gc_dinov3 **out, const gc_dinov3_config *cfg, const gc_dinov3_options *opt)
+{
+    *out = NULL;
+    if (opt->dtype != GC_F32 && !(opt->dtype == GC_BF16 && opt->device.type == GC_DEVICE_CUDA))
+        return gc_error_set(GC_ERR_DTYPE, "compute dtype %s on %s is not supported (use f32, or bf16 on cuda)",
+                            gc_dtype_name(opt->dtype), gc_device_name(opt->device));
+    if (cfg->layers > MAX_LAYERS) return gc_error_set(GC_ERR_INVALID, "more than %d layers", MAX_LAYERS);
+    gc_dinov3 *m = calloc(1, sizeof *m);
+    if (!m) return gc_error_set(GC_ERR_OOM, "out of host memory");
+    m->cfg = *cfg;
+    m->opt = *opt;
+    m->opt.lora.targets = opt->lora.targets ? strdup(opt->lora.targets) : NULL;
+    gc_params_init(&m->params, opt->device, opt->dtype);
+    gc_status st = declare(m);
+    if (st != GC_OK) { gc_dinov3_free(m); return st; }
+    gc_dinov3_set_training(m, true);
+    *out = m;
+    return GC_OK;
+}
+
+struct init_ctx { const gc_dinov3_config *c; uint64_t seed; int idx; };
+
+/* transformers' DINOv3ViTPreTrainedModel._init_weights: trunc-normal 0.02 (here plain normal) */
+static void init_param(const char *name, int ndim, const int64_t *shape, float *out, void *user)
+{
+    struct init_ctx *ic = user;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    double fill = NAN;
+    if (strstr(name, "lambda1")) fill = ic->c->layerscale;
+    else if (strstr(name, "norm") && strstr(name, ".weight")) fill = 1.0;
+    else if (strstr(name, ".bias") || strstr(name, "mask_token") || strstr(name, "lora_B")) fill = 0.0;
+    if (!isnan(fill)) {
+        for (int64_t i = 0; i < n; i++) out[i] = (float)fill;
+    } else {
+        double std = strstr(name, "lora_A") ? pow((double)shape[1], -0.5) : 0.02;
+        gc_init_normal(out, n, std, ic->seed, (uint32_t)ic->idx);
+    }
+    ic->idx++;
+}
+
+gc_status gc_dinov3_init(gc_dinov3 **out, const gc_dinov3_config *cfg, const gc_dinov3_options *opt, uint64_t seed)
+{
+    gc_dinov3 *m;
+    GC_TRY(dinov3_new(&m, cfg, opt));
+    struct init_ctx ic = {&m->cfg, seed, 0};
+    gc_status st = gc_params_init_values(&m->params, init_param, &ic);
+    if (st == GC_OK && opt->lora.r) st = gc_params_freeze_base(&m->params);
+    if (st != GC_OK) { gc_dinov3_free(m); return st; }
+    *out = m;
+    return GC_OK;
+}
+
+gc_status gc_dinov3_load(gc_dinov3 **out, const char *dir, const gc_dinov3_options *opt)
+{
+    *out = NULL;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    gc_dinov3_config cfg;
+    GC_TRY(gc_dinov3_config_load(path, &cfg));
+    gc_dinov3 *m;
+    GC_TRY(dinov3_new(&m, &cfg, opt));
+    gc_status st = GC_OK;
+    if (opt->lora.r) {
+        struct init_ctx ic = {&m->cfg, 0x10ea, 0};
+        st = gc_params_init_values(&m->params, init_param, &ic);
+    }
+    static const char *const ignore[] = {"inv_freq", NULL};
+    if (st == GC_OK) st = gc_params_load(&m->params, dir, ignore, ".lora_");
+    if (st == GC_OK && opt->lora.r) st = gc_params_freeze_base(&m->params);
+    if (st != GC_OK) { gc_dinov3_free(m); return st; }
+    *out = m;
+    return GC_OK;
+}
+
+gc_status gc_dinov3_save(gc_dinov3 *m, const char *dir)
+{
+    mkdir(dir, 0755);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    GC_TRY(gc_dinov3_config_save(&m->cfg, path));
+    return gc_params_save(&m->params, dir, ".lora_");
+}
+
+void gc_dinov3_free(gc_dinov3 *m)
+{
+    if (!m) return;
+    gc_params_free(&m->params);
+    gc_tensor_release(m->rope_cos);
+    gc_tensor_release(m->rope_sin);
+    free((char *)m->opt.lora.targets);
+    free(m);
+}
+
+gc_params *gc_dinov3_params(gc_dinov3 *m) { return &m->params; }
+const gc_dinov3_config *gc_dinov3_get_config(const gc_dinov3 *m) { return &m->cfg; }
+
+void gc_dinov3_set_training(gc_dinov3 *m, bool on)
+{
+    for (int64_t i = 0; i < m->cfg.layers; i++) {
+        gc_block *b = &m->blocks[i];
+        b->attn_dropout = on ? m->cfg.attn_dropout : 0;
+        gc_lin *ls[6] = {&b->q, &b->k, &b->v, &b->o, &b->fc1, &b->fc2};
+        for (int j = 0; j < 6; j++) ls[j]->lora_dropout = on ? m->opt.lora.dropout : 0;
+    }
+}
+
+/* ---------------------------------------------------------------- rotary tables */
+
+/* Patch centres normalised per axis to (-1, 1); inv_freq[k] = theta^(-4k/head_dim);
+ * angle = 2 pi coord inv_freq, laid out [y(0..hd/4), x(0..hd/4)] and tiled twice. */
+static gc_status rope_tables(gc_dinov3 *m, int64_t gh, int64_t gw)
+{
+    if (m->rope_cos && m->rope_gh == gh && m->rope_gw == gw) return GC_OK;
+    int64_t hd = m->cfg.hidden / m->cfg.heads, q = hd / 4, N = gh * gw;
+    float *c = malloc(sizeof(float) * (size_t)(N * hd)), *s = malloc(sizeof(float) * (size_t)(N * hd));
+    if (!c || !s) { free(c); free(s); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
+    for (int64_t i = 0; i < gh; i++)
+        for (int64_t j = 0; j < gw; j++) {
+            double y = ((double)i + 0.5) / (double)gh * 2.0 - 1.0, x = ((double)j + 0.5) / (double)gw * 2.0 - 1.0;
+            float *cr = c + (i * gw + j) * hd, *sr = s + (i * gw + j) * hd;
+            for (int64_t k = 0; k < q; k++) {
+                float inv = (float)(1.0 / pow(m->cfg.rope_theta, (double)(4 * k) / (double)hd));
+                /* float32 as transformers computes it */
+                float ay = (float)(2.0 * M_PI) * (float)y * inv, ax = (float)(2.0 * M_PI) * (float)x * inv;
+                for (int rep = 0; rep < 2; rep++) {
+                    cr[rep * 2 * q + k] = cosf(ay);
+                    sr[rep * 2 * q + k] = sinf(ay);
+                    cr[rep * 2 * q + q + k] = cosf(ax);
+                    sr[rep * 2 * q + q + k] = sinf(ax);
+                }
+            }
+        }
+    gc_tensor_release(m->rope_cos);
+    gc_tensor_release(m->rope_sin);
+    m->rope_cos = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), c);
+    m->rope_sin = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), s);
+    free(c);
+    free(s);
+    if (!m->rope_cos || !m->rope_sin) return GC_PENDING();
+    m->rope_gh = gh;
+    m->rope_gw = gw;
+    for (int64_t i = 0; i < m->cfg.layers; i++) {
+        m->blocks[i].rope_cos = m->rope_cos;
+        m->blocks[i].rope_sin = m->rope_sin;
+    }
+    return GC_OK;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
+{
+    if (!pixels) return NULL;
+    const gc_dinov3_config *c = &m->cfg;
+    if (pixels->ndim != 4 || pixels->shape[1] != c->channels || pixels->shape[2] % c->patch || pixels->shape[3] % c->patch ||
+        pixels->shape[2] < c->patch || pixels->shape[3] < c->patch) {
+        char s[GC_SHAPE_STR_LEN];
+        gc_error_set(GC_ERR_SHAPE, "pixel_values %s: the model expects [B, %lld, H, W] with H and W multiples of %lld",
+                     gc_shape_str(pixels, s, sizeof s), (long long)c->channels, (long long)c->patch);
+        return NULL;
+    }
+    if (rope_tables(m, pixels->shape[2] / c->patch, pixels->shape[3] / c->patch) != GC_OK) return NULL;
+    int64_t B = pixels->shape[0], D = c->hidden;
+    gc_pool *pool = gc_pool_push();
+    gc_tensor *x = gc_pool_add(gc_tensor_to(pixels, m->opt.device, m->opt.dtype));
+    x = gc_patch_embed(x, m->patch_w, m->patch_b);                                  /* [B, N, D] */
+    gc_tensor *zeros = gc_pool_add(gc_tensor_zeros(m->opt.dtype, m->opt.device, 3, GC_SHAPE(B, 1 + c->registers, D)));
+    gc_tensor *prefix = c->registers ? gc_concat(2, (gc_tensor *[]){m->cls, m->registers}, 1) : m->cls; /* [1, 1+R, D] */
+    gc_tensor *h = gc_concat(2, (gc_tensor *[]){gc_add(zeros, prefix), x}, 1);     /* [B, 1+R+N, D] */
+    for (int64_t i = 0; i < c->layers; i++) h = gc_block_run(&m->blocks[i], h, m->opt.checkpointing);
+    gc_tensor *y = gc_pool_keep(gc_layernorm(h, m->norm_w, m->norm_b, c->eps));
+    gc_pool_pop(pool);
+    return y;
+}
+
+gc_tensor *gc_dinov3_encode(gc_dinov3 *m, gc_tensor *pixels)
+{
+    gc_tensor *h = gc_dinov3_forward(m, pixels);
+    if (!h) return NULL;
+    int64_t B = h->shape[0], D = h->shape[2];
+    if (m->opt.pool == GC_DINOV3_POOL_MEAN)
+        return gc_mean_dim(gc_slice(h, 1, 1 + m->cfg.registers, h->shape[1]), 1);
+    return gc_view(gc_slice(h, 1, 0, 1), 2, GC_SHAPE(B, D));
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# gcache on bad input: every failure is one line that names the file or key, exit 1,
+# never a crash. And a good run of grad/embed on a fixture. Usage: test_cli.sh GCACHE FIXTURES
+set -u
+gcache=$1
+fx=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+# expect_fail DESCRIPTION PATTERN CMD...: exit status 1, one line on stderr matching PATTERN
+expect_fail() {
+  local what=$1 pat=$2
+  shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$?
+  local lines
+  lines=$(wc -l <"$tmp/err")
+  if [ $rc -ne 1 ] || [ "$lines" -ne 1 ] || ! grep -q -- "$pat" "$tmp/err"; then
+    echo "FAIL: $what: exit $rc, $lines lines on stderr (wanted 1 matching '$pat'):"
+    cat "$tmp/err"
+    fail=1
+  else
+    echo "ok: $what: $(cat "$tmp/err")"
+  fi
+}
+
+m=$fx/clip_quickgelu_legacy
+expect_fail "missing model dir" "$tmp/nope" "$gcache" grad --model "$tmp/nope" --inputs "$m/inputs.safetensors" --out "$tmp/o"
+expect_fail "missing inputs" "$tmp/none.safetensors" "$gcache" grad --model "$m" --inputs "$tmp/none.safetensors" --out "$tmp/o"
+printf 'garbage' >"$tmp/bad.safetensors"
+expect_fail "corrupt inputs" "bad.safetensors" "$gcache" grad --model "$m" --inputs "$tmp/bad.safetensors" --out "$tmp/o"
+expect_fail "non-positive chunk" "chunk" "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/o" --chunk 0
+expect_fail "bad dtype" "dtype" "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/o" --dtype f8
+expect_fail "unknown option" "unknown option" "$gcache" grad --model "$m" --frobnicate
+expect_fail "unknown command" "unknown command" "$gcache" frobnicate
+mkdir -p "$tmp/badcfg"
+cp "$m/model.safetensors" "$tmp/badcfg/"
+echo '{"text_config": {"hidden_size": 33}}' >"$tmp/badcfg/config.json"
+expect_fail "config does not fit checkpoint" "badcfg" "$gcache" grad --model "$tmp/badcfg" --inputs "$m/inputs.safetensors" --out "$tmp/o"
+echo '{"vision_config": ' >"$tmp/badcfg/config.json"
+expect_fail "malformed config.json" "config.json" "$gcache" grad --model "$tmp/badcfg" --inputs "$m/inputs.safetensors" --out "$tmp/o"
+if [ -e "$fx/clip_gelu_eos/inputs.safetensors" ]; then
+  expect_fail "inputs of another model" "pixel_values" "$gcache" grad --model "$m" --inputs "$fx/clip_b16_shape/inputs.safetensors" --out "$tmp/o"
+fi
+expect_fail "output dir missing" "$tmp/no/such/dir" "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/no/such/dir/o.safetensors"
+
+# good runs
+if ! "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/g.safetensors" --chunk 4 >"$tmp/out" 2>"$tmp/err"; then
+  echo "FAIL: grad: $(cat "$tmp/err")"; fail=1
+else echo "ok: grad: $(cat "$tmp/out")"; fi
+if ! "$gcache" embed --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/e.safetensors" >"$tmp/out" 2>"$tmp/err"; then
+  echo "FAIL: embed: $(cat "$tmp/err")"; fail=1
+else echo "ok: embed"; fi
+exit $fail

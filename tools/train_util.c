@@ -1,0 +1,243 @@
+#include "gc_train_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../kernels/gc_ops.h"
+#include "../models/gc_safetensors.h"
+
+gc_status gc_recall_at_k(gc_tensor *a, gc_tensor *b, double r[6])
+{
+    int64_t N = a->shape[0];
+    gc_pool *p = gc_pool_push();
+    bool prev = gc_grad_set_enabled(false);
+    gc_tensor *sim = gc_matmul(gc_cast(a, GC_F32), gc_cast(b, GC_F32), false, true); /* [N, N] */
+    gc_grad_set_enabled(prev);
+    double *s = sim ? malloc(sizeof(double) * (size_t)(N * N)) : NULL;
+    gc_status st = s ? gc_tensor_to_host_f64(sim, s) : GC_PENDING();
+    static const int ks[3] = {1, 5, 10};
+    for (int i = 0; i < 6; i++) r[i] = 0;
+    for (int64_t i = 0; st == GC_OK && i < N; i++) {
+        /* rank of the true match among row i (a->b) and column i (b->a); ties count against */
+        int64_t rank_ab = 0, rank_ba = 0;
+        for (int64_t j = 0; j < N; j++) {
+            if (j == i) continue;
+            if (s[i * N + j] >= s[i * N + i]) rank_ab++;
+            if (s[j * N + i] >= s[i * N + i]) rank_ba++;
+        }
+        for (int k = 0; k < 3; k++) {
+            r[k] += rank_ab < ks[k];
+            r[3 + k] += rank_ba < ks[k];
+        }
+    }
+    for (int i = 0; i < 6 && N; i++) r[i] /= (double)N;
+    free(s);
+    gc_pool_pop(p);
+    return st;
+}
+
+gc_status gc_adamw_save(gc_adamw *o, const char *path)
+{
+    gc_params *ps = o->params;
+    int n = 0;
+    const char **names = calloc((size_t)(2 * ps->n + 1), sizeof *names);
+    char **owned = calloc((size_t)(2 * ps->n + 1), sizeof *owned);
+    gc_tensor **ts = calloc((size_t)(2 * ps->n + 1), sizeof *ts);
+    gc_status st = names && owned && ts ? GC_OK : gc_error_set(GC_ERR_OOM, "out of host memory");
+    double stepd = (double)o->step;
+    gc_tensor *step = st == GC_OK ? gc_tensor_from_data(GC_F64, GC_CPU, 1, GC_SHAPE(1), &stepd) : NULL;
+    if (st == GC_OK && step) { names[n] = "step"; ts[n++] = step; }
+    for (int i = 0; st == GC_OK && i < ps->n; i++) {
+        if (!o->m[i]) continue;
+        for (int k = 0; k < 2; k++) {
+            size_t len = strlen(ps->items[i].name) + 8;
+            owned[n] = malloc(len);
+            if (!owned[n]) { st = gc_error_set(GC_ERR_OOM, "out of host memory"); break; }
+            snprintf(owned[n], len, "%s.%s", k ? "exp_avg_sq" : "exp_avg", ps->items[i].name);
+            names[n] = owned[n];
+            ts[n] = gc_tensor_to(k ? o->v[i] : o->m[i], GC_CPU, GC_F32);
+            if (!ts[n]) { st = GC_PENDING(); break; }
+            n++;
+        }
+    }
+    if (st == GC_OK) st = gc_st_save(path, n, names, ts, 0, NULL);
+    for (int i = 0; i < n; i++) { gc_tensor_release(ts[i]); free(owned[i]); }
+    free(names);
+    free(owned);
+    free(ts);
+    return st;
+}
+
+gc_status gc_adamw_load(gc_adamw *o, const char *path)
+{
+    gc_st_file *f;
+    GC_TRY(gc_st_open(path, &f));
+    gc_params *ps = o->params;
+    gc_status st = GC_OK;
+    gc_tensor *step = gc_st_load(f, "step", GC_F64, GC_CPU);
+    if (!step) st = GC_PENDING();
+    else o->step = (int64_t)*(double *)gc_tensor_data(step);
+    gc_tensor_release(step);
+    for (int i = 0; st == GC_OK && i < ps->n; i++) {
+        if (!o->m[i]) continue;
+        for (int k = 0; k < 2 && st == GC_OK; k++) {
+            char name[600];
+            snprintf(name, sizeof name, "%s.%s", k ? "exp_avg_sq" : "exp_avg", ps->items[i].name);
+            if (!gc_st_find(f, name)) { st = gc_error_set(GC_ERR_FORMAT, "%s: no %s", path, name); break; }
+            gc_tensor *t = gc_st_load(f, name, GC_F32, GC_CPU);
+            st = t ? gc_tensor_copy_into(k ? o->v[i] : o->m[i], t, false) : GC_PENDING();
+            gc_tensor_release(t);
+        }
+    }
+    gc_st_close(f);
+    return st;
+}
+
+gc_status gc_mkdirs(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST) return gc_error_set(GC_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) && errno != EEXIST) return gc_error_set(GC_ERR_IO, "%s: cannot create: %s", buf, strerror(errno));
+    return GC_OK;
+}
+
+gc_status gc_fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return gc_error_set(GC_ERR_IO, "%s: cannot open for fsync: %s", path, strerror(errno));
+    int rc = fsync(fd);
+    close(fd);
+    if (rc && errno != EINVAL) return gc_error_set(GC_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+    return GC_OK;
+}
+
+static void parent_of(const char *path, char *out, size_t n)
+{
+    snprintf(out, n, "%s", path);
+    char *s = strrchr(out, '/');
+    if (s && s != out) *s = 0;
+    else snprintf(out, n, "%s", s ? "/" : ".");
+}
+
+gc_status gc_dir_commit(const char *tmp, const char *dst)
+{
+    GC_TRY(gc_fsync_path(tmp));
+    char old[4200];
+    snprintf(old, sizeof old, "%s.old", dst);
+    struct stat sb;
+    bool had = stat(dst, &sb) == 0;
+    if (had && rename(dst, old)) return gc_error_set(GC_ERR_IO, "%s: cannot move aside: %s", dst, strerror(errno));
+    if (rename(tmp, dst)) return gc_error_set(GC_ERR_IO, "%s: cannot rename to %s: %s", tmp, dst, strerror(errno));
+    char parent[4096];
+    parent_of(dst, parent, sizeof parent);
+    GC_TRY(gc_fsync_path(parent));
+    if (had) {
+        char cmd[8600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", old);
+        if (system(cmd)) return gc_error_set(GC_ERR_IO, "%s: could not remove", old);
+    }
+    return GC_OK;
+}
+
+gc_status gc_write_text(const char *path, const char *text)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return gc_error_set(GC_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    size_t n = strlen(text);
+    bool ok = fwrite(text, 1, n, f) == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path)) return gc_error_set(GC_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return GC_OK;
+}
+
+char *gc_read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) { gc_error_set(GC_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
+    fclose(f);
+    if (!s) { gc_error_set(GC_ERR_IO, "%s: read failed", path); return NULL; }
+    s[n] = 0;
+    return s;
+}
+
+/* ---------------------------------------------------------------- SVG */
+
+static void range_of(const gc_series *s, int n, double *x0, double *x1, double *y0, double *y1)
+{
+    *x0 = *y0 = INFINITY;
+    *x1 = *y1 = -INFINITY;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < s[i].n; j++) {
+            if (!isfinite(s[i].y[j])) continue;
+            *x0 = fmin(*x0, s[i].x[j]); *x1 = fmax(*x1, s[i].x[j]);
+            *y0 = fmin(*y0, s[i].y[j]); *y1 = fmax(*y1, s[i].y[j]);
+        }
+    if (!isfinite(*x0)) { *x0 = 0; *x1 = 1; *y0 = 0; *y1 = 1; }
+    if (*x1 <= *x0) *x1 = *x0 + 1;
+    if (*y1 <= *y0) *y1 = *y0 + 1;
+}
+
+gc_status gc_svg_plot(const char *path, const char *title, const gc_series *left, int n_left, const char *left_label,
+                      const gc_series *right, int n_right, const char *right_label)
+{
+    static const char *colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+    const double W = 720, H = 420, L = 70, R = 70, T = 40, Bm = 50;
+    size_t cap = 1 << 20, n = 0;
+    char *o = malloc(cap);
+    if (!o) return gc_error_set(GC_ERR_OOM, "out of host memory");
+#define P(...) do { if (n < cap) n += (size_t)snprintf(o + n, cap - n, __VA_ARGS__); } while (0)
+    P("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    P("<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"%.0f\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">%s</text>\n", W / 2, title);
+    P("<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#444\"/>\n", L, T, W - L - R, H - T - Bm);
+    double gx0, gx1, gy0, gy1;
+    range_of(left, n_left, &gx0, &gx1, &gy0, &gy1);
+    if (n_right) { double a, b, c, d; range_of(right, n_right, &a, &b, &c, &d); gx0 = fmin(gx0, a); gx1 = fmax(gx1, b); }
+    for (int side = 0; side < 2; side++) {
+        const gc_series *ss = side ? right : left;
+        int ns = side ? n_right : n_left;
+        if (!ns) continue;
+        double x0, x1, y0, y1;
+        range_of(ss, ns, &x0, &x1, &y0, &y1);
+        if (side) { y0 = 0; y1 = fmax(y1, 1e-9); }
+        for (int t = 0; t <= 4; t++) { /* axis ticks */
+            double v = y0 + (y1 - y0) * t / 4, y = H - Bm - (H - T - Bm) * t / 4;
+            P("<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"%s\">%.3g</text>\n", side ? W - R + 6 : L - 6, y + 4, side ? "start" : "end", v);
+        }
+        P("<text transform=\"translate(%.0f,%.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n", side ? W - 12 : 14,
+          (H - Bm + T) / 2, side ? right_label : left_label);
+        for (int i = 0; i < ns; i++) {
+            const char *col = colors[(side * 3 + i) % 6];
+            P("<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\"%s points=\"", col, side ? " stroke-dasharray=\"5,3\"" : "");
+            for (int j = 0; j < ss[i].n; j++) {
+                if (!isfinite(ss[i].y[j])) continue;
+                double x = L + (W - L - R) * (ss[i].x[j] - gx0) / (gx1 - gx0);
+                double y = H - Bm - (H - T - Bm) * (ss[i].y[j] - y0) / (y1 - y0);
+                P("%.1f,%.1f ", x, y);
+            }
+            P("\"/>\n<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\">%s</text>\n", L + 10 + 150 * (side * 3 + i) % 600, H - 12.0, col, ss[i].name);
+        }
+    }
+    P("<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">step (%.0f .. %.0f)</text>\n</svg>\n", W / 2, H - 28, gx0, gx1);
+#undef P
+    gc_status st = n < cap ? gc_write_text(path, o) : gc_error_set(GC_ERR_INVALID, "plot too large");
+    free(o);
+    return st;
+}
