@@ -452,8 +452,12 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
                      (long long)g.H, gc_tensor_label(q), sq, (long long)g.Hkv, gc_tensor_label(k), sk);
         return NULL;
     }
-    if (!(opts->dropout >= 0 && opts->dropout < 1) || !isfinite(opts->scale)) {
-        gc_error_set(GC_ERR_INVALID, "attention: dropout %g outside [0, 1) or scale %g not finite", opts->dropout, opts->scale);
+    if (!(opts->dropout >= 0 && opts->dropout < 1)) {
+        gc_error_set(GC_ERR_INVALID, "attention: dropout probability %g outside [0, 1)", opts->dropout);
+        return NULL;
+    }
+    if (!isfinite(opts->scale)) {
+        gc_error_set(GC_ERR_INVALID, "attention: scale %g is not finite", opts->scale);
         return NULL;
     }
     g.scale = opts->scale != 0 ? opts->scale : 1.0 / sqrt((double)(g.D > 0 ? g.D : 1));

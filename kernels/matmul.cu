@@ -135,8 +135,7 @@ gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t
     if (g->epilogue == GC_EPI_BIAS) {
         uint32_t epi = CUBLASLT_EPILOGUE_BIAS;
         LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-        int32_t bt = (int32_t)tc; // the bias has C's dtype (cuBLASLt's default, said explicitly)
-        LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+        // the bias has D's dtype: cuBLASLt's default for CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE
         // the heuristic reads the pointer's alignment
         LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias));
     }

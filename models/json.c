@@ -69,8 +69,8 @@ gc_status gc_json_load_file(const char *path, cJSON **out)
         bad = end ? end : cJSON_GetErrorPtr();
         why = "not valid JSON";
     } else {
-        while (end && end < buf + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
-        if (end && end < buf + len) { bad = end; why = "unexpected data after the JSON value"; }
+        while (end && end < stop && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+        if (end && end < stop) { bad = end; why = "unexpected data after the JSON value"; }
         else if (!cJSON_IsObject(root)) why = "expected a JSON object at the top level";
     }
     if (why) {

@@ -568,6 +568,15 @@ static int64_t convert(void *dst, gc_dtype d, const uint8_t *src, gc_dtype s, si
 {
     size_t ss = gc_dtype_size(s), ds = gc_dtype_size(d);
     uint8_t *o = dst;
+    if (s == GC_BF16 && d == GC_F32) { /* the common case (bf16 checkpoints, f32 weights): keep it tight */
+        float *of = dst;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            of[i] = gc_bf16_to_f32(h);
+        }
+        return -1;
+    }
     for (size_t i = 0; i < n; i++, src += ss, o += ds) {
         if (gc_dtype_is_float(s)) {
             double v;

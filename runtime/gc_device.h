@@ -11,6 +11,10 @@
 
 #include "gc_error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum gc_device_type { GC_DEVICE_CPU = 0, GC_DEVICE_CUDA = 1 } gc_device_type;
 
 typedef struct gc_device {
@@ -53,5 +57,9 @@ void gc_timer_free(gc_timer *t);
 gc_status gc_timer_record(gc_timer *t);
 /* Milliseconds from `start` to `end` (waits for `end`). */
 gc_status gc_timer_elapsed_ms(gc_timer *start, gc_timer *end, double *ms);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,6 +4,10 @@
 #ifndef GC_ERROR_H
 #define GC_ERROR_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum gc_status {
     GC_OK = 0,
     GC_ERR_INVALID,     /* bad argument or value */
@@ -30,5 +34,9 @@ const char *gc_status_name(gc_status s);
 #define GC_TRY_NULL(expr) do { if ((expr) != GC_OK) return NULL; } while (0)
 /* Pointer-returning code that found a NULL: report the pending error (or a generic one). */
 #define GC_PENDING() (gc_error_code() != GC_OK ? gc_error_code() : gc_error_set(GC_ERR_STATE, "unexpected NULL result"))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

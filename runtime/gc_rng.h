@@ -17,6 +17,10 @@
 #define GC_HD
 #endif
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define GC_PHILOX_M0 0xD2511F53u
 #define GC_PHILOX_M1 0xCD9E8D57u
 #define GC_PHILOX_W0 0x9E3779B9u
@@ -62,5 +66,9 @@ typedef struct gc_rand_context {
 
 gc_rand_context gc_rand_context_get(void);      /* the calling thread's current state */
 void gc_rand_context_set(gc_rand_context ctx);  /* restore a captured state */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -14,6 +14,10 @@
 #include "gc_device.h"
 #include "gc_error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define GC_MAX_DIMS 5
 
 typedef enum gc_dtype { GC_F32 = 0, GC_BF16, GC_F16, GC_I32, GC_I64, GC_F64, GC_DTYPE_COUNT } gc_dtype;
@@ -118,5 +122,9 @@ gc_tensor *gc_detach(gc_tensor *x);                                      /* same
 
 #define GC_SHAPE(...) ((const int64_t[]){__VA_ARGS__})
 #define GC_NDIM(...) ((int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

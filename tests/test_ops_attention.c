@@ -273,6 +273,11 @@ START_TEST(test_known_values)
                 ck_assert_msg(fabs(out[e] - want[t][e]) < 1e-5, "%s case %d [%d]: %.7f want %.7f", impls[mi], t, e, out[e],
                               want[t][e]);
         }
+        /* a mask of another floating dtype is taken as f32 */
+        gc_tensor *m64 = gc_pool_add(gc_tensor_to(m, GC_CPU, GC_F64));
+        float out[4];
+        ck_assert_int_eq(gc_tensor_to_host_f32(gc_attention(q, k, v, &(gc_attn_opts){.mask = m64, .scale = 0.5}), out), GC_OK);
+        for (int e = 0; e < 4; e++) ck_assert(fabs(out[e] - want[2][e]) < 1e-5);
         gc_pool_pop(p);
     }
 }
@@ -445,6 +450,9 @@ START_TEST(test_errors)
                       gc_error_message());
         ck_assert(strchr(gc_error_message(), '\n') == NULL && strstr(gc_error_message(), "attention"));
     }
+    gc_error_clear();
+    ck_assert_ptr_null(gc_attention(q, k, k, &(gc_attn_opts){.scale = INFINITY}));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_INVALID);
     /* a NULL input returns NULL and keeps the pending error */
     gc_error_clear();
     gc_error_set(GC_ERR_IO, "earlier failure");

@@ -76,11 +76,11 @@ static int parse_grad_args(int argc, char **argv, grad_args *a)
                 a->chunk = v;
             } else a->seed = (uint64_t)v;
             continue;
-        } else return gc_cli_fail("unknown option '%s'\n%s", f, USAGE);
+        } else return gc_cli_fail("unknown option '%s' (see gcache --help)", f);
         if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
         *dst = argv[++i];
     }
-    if (!a->model || !a->inputs || !a->out) return gc_cli_fail("--model, --inputs and --out are required\n%s", USAGE);
+    if (!a->model || !a->inputs || !a->out) return gc_cli_fail("--model, --inputs and --out are required (see gcache --help)");
     return 0;
 }
 
@@ -238,5 +238,5 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 2, argv + 2);
     if (!strcmp(cmd, "train")) return gc_cli_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return gc_cli_bench(argc - 2, argv + 2);
-    return gc_cli_fail("unknown command '%s'\n%s", cmd, USAGE);
+    return gc_cli_fail("unknown command '%s' (see gcache --help)", cmd);
 }
