@@ -33,7 +33,7 @@ typedef struct gc_gemm_args {
     float alpha, beta;   /* beta 0: overwrite; 1: accumulate */
     int64_t batch, stride_a, stride_b, stride_c; /* batch 0 or 1: single */
     gc_epilogue epilogue;
-    const void *bias;    /* [n], ab_dtype on CUDA bf16 paths, c_dtype otherwise */
+    const void *bias;    /* [n], in c_dtype */
 } gc_gemm_args;
 gc_status gc_gemm(gc_device dev, const gc_gemm_args *g);
 
@@ -98,6 +98,8 @@ gc_tensor *gc_rope(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start);
 /* ---- shape.c: views (gc_tensor.h), copies and assembly ---- */
 gc_tensor *gc_concat(int n, gc_tensor *const *xs, int dim);
 gc_tensor *gc_cast(gc_tensor *x, gc_dtype dt);                      /* differentiable dtype change */
+
+/* ---- patch.c ---- */
 /* pixels [B, C, H, W] -> patches [B, (H/P)*(W/P), C*P*P], patch rows row-major, each patch
  * flattened (c, y, x) to match a conv weight [D, C, P, P] viewed as [D, C*P*P]. */
 gc_tensor *gc_unfold_patches(gc_tensor *pixels, int64_t patch);

@@ -1437,6 +1437,9 @@ enum { CACHE_SLOTS = 1 << 16, CACHE_MAX = 1 << 15, CACHE_KEY_MAX = 256 };
 
 struct gc_tokenizer {
     int32_t bos, eos;
+    /* tokenizers' AddedToken.normalized of <|startoftext|>, <|endoftext|>: matched in the
+     * normalised text (true) or in the raw text (false, CLIPTokenizer's default) */
+    bool special_normalized[2];
     int64_t vocab_size;
     int32_t byte_id[256], byte_eow_id[256]; /* the symbol of byte b, and of b + "</w>" */
     merge_slot *merges;
@@ -1583,6 +1586,29 @@ static gc_status load_vocab(gc_tokenizer *t, const char *path, cJSON *root, voca
     return GC_OK;
 }
 
+/* tokenizer.json, when beside vocab.json: only its added_tokens' "normalized" flags
+ * are used (transformers takes them from there; the vocab and merges are the same). */
+static gc_status load_added_tokens(gc_tokenizer *t, const char *path)
+{
+    cJSON *root = NULL;
+    GC_TRY(gc_json_load_file(path, &root));
+    const cJSON *added = gc_json_member(root, "added_tokens");
+    gc_status st = GC_OK;
+    if (added && !cJSON_IsArray(added))
+        st = gc_error_set(GC_ERR_FORMAT, "%s: added_tokens: expected an array, got %s", path, gc_json_type_name(added));
+    for (const cJSON *a = added ? added->child : NULL; st == GC_OK && a; a = a->next) {
+        const char *content;
+        bool norm;
+        st = gc_json_get_string(a, "content", NULL, true, &content, path);
+        if (st == GC_OK) st = gc_json_get_bool(a, "normalized", false, false, &norm, path);
+        if (st != GC_OK) break;
+        if (!strcmp(content, "<|startoftext|>")) t->special_normalized[0] = norm;
+        else if (!strcmp(content, "<|endoftext|>")) t->special_normalized[1] = norm;
+    }
+    cJSON_Delete(root);
+    return st;
+}
+
 static gc_status load_merges(gc_tokenizer *t, const char *path, const vocab_map *v)
 {
     char *buf;
@@ -1648,7 +1674,7 @@ gc_status gc_tokenizer_load(const char *dir_or_vocab, const char *merges, gc_tok
     *out = NULL;
     if (!dir_or_vocab) return gc_error_set(GC_ERR_INVALID, "gc_tokenizer_load: no vocab path");
     pthread_once(&ascii_once, ascii_init);
-    char vpath[4096], mpath[4096];
+    char vpath[4096], mpath[4096], jpath[4096] = "";
     if (merges) {
         snprintf(vpath, sizeof vpath, "%s", dir_or_vocab);
         snprintf(mpath, sizeof mpath, "%s", merges);
@@ -1660,8 +1686,10 @@ gc_status gc_tokenizer_load(const char *dir_or_vocab, const char *merges, gc_tok
             return gc_error_set(GC_ERR_INVALID, "%s: not a directory (give the vocab.json and merges.txt paths instead)",
                                 dir_or_vocab);
         if ((size_t)snprintf(vpath, sizeof vpath, "%s/vocab.json", dir_or_vocab) >= sizeof vpath ||
-            (size_t)snprintf(mpath, sizeof mpath, "%s/merges.txt", dir_or_vocab) >= sizeof mpath)
+            (size_t)snprintf(mpath, sizeof mpath, "%s/merges.txt", dir_or_vocab) >= sizeof mpath ||
+            (size_t)snprintf(jpath, sizeof jpath, "%s/tokenizer.json", dir_or_vocab) >= sizeof jpath)
             return gc_error_set(GC_ERR_INVALID, "%s: path too long", dir_or_vocab);
+        if (access(jpath, F_OK) != 0) jpath[0] = 0;
     }
     gc_tokenizer *t = calloc(1, sizeof *t);
     if (!t) return gc_error_set(GC_ERR_OOM, "gc_tokenizer_load: out of host memory");
@@ -1671,6 +1699,7 @@ gc_status gc_tokenizer_load(const char *dir_or_vocab, const char *merges, gc_tok
     gc_status st = gc_json_load_file(vpath, &root);
     if (st == GC_OK) st = load_vocab(t, vpath, root, &v);
     if (st == GC_OK) st = load_merges(t, mpath, &v);
+    if (st == GC_OK && jpath[0]) st = load_added_tokens(t, jpath);
     vocab_map_free(&v);
     cJSON_Delete(root);
     if (st != GC_OK) {
@@ -1934,7 +1963,20 @@ static gc_status encode_normalised(gc_tokenizer *t, const uint32_t *s, size_t n,
     return GC_OK;
 }
 
-/* NFC + lowercase of one stretch of raw text between special tokens, then its words */
+static const size_t SPECIAL_LEN[2] = {15, 13};
+
+/* 0 (<|startoftext|>) or 1 (<|endoftext|>) if s starts with one whose normalized flag
+ * is `normalized`, else -1 */
+static int special_at(const gc_tokenizer *t, const uint32_t *s, size_t n, bool normalized)
+{
+    if (n < 13 || s[0] != '<') return -1;
+    if (t->special_normalized[0] == normalized && cps_match(s, n, "<|startoftext|>")) return 0;
+    if (t->special_normalized[1] == normalized && cps_match(s, n, "<|endoftext|>")) return 1;
+    return -1;
+}
+
+/* NFC + lowercase of one stretch of raw text between (raw) special tokens, split at the
+ * normalised special tokens, then its words */
 static gc_status encode_segment(gc_tokenizer *t, const uint32_t *cps, size_t n, uint32_t *nfc, uint8_t *cls,
                                 scratch *sc, emitter *e)
 {
@@ -1951,7 +1993,17 @@ static gc_status encode_segment(gc_tokenizer *t, const uint32_t *cps, size_t n, 
         for (size_t i = 0, k = 0; i < m; i++) k += (size_t)uc_lower(nfc[i], tmp + k);
         low = tmp;
     }
-    gc_status st = encode_normalised(t, low, lm, sc, e);
+    gc_status st = GC_OK;
+    size_t seg = 0;
+    for (size_t i = 0; st == GC_OK && !emit_full(e) && i <= lm; i++) {
+        int sp = special_at(t, low + i, lm - i, true);
+        if (sp < 0 && i < lm) continue;
+        st = encode_normalised(t, low + seg, i - seg, sc, e);
+        if (i == lm) break;
+        emit(e, sp ? t->eos : t->bos);
+        i += SPECIAL_LEN[sp] - 1;
+        seg = i + 1;
+    }
     free(tmp);
     return st;
 }
@@ -1975,21 +2027,16 @@ gc_status gc_tokenizer_encode(gc_tokenizer *t, const char *utf8, int64_t ctx_len
     else if ((n = utf8_decode((const uint8_t *)utf8, len, cps, &bad)) < 0)
         st = gc_error_set(GC_ERR_INVALID, "tokenizer: invalid UTF-8 at byte %zu (0x%02X) of the text", bad,
                           (unsigned)(uint8_t)utf8[bad]);
-    /* special tokens are matched in the raw text, before normalisation */
-    size_t seg = 0, i = 0;
-    while (st == GC_OK && !emit_full(&e)) {
-        int64_t sp = -1;
-        size_t sl = 0;
-        if (i < (size_t)n && cps[i] == '<') {
-            if (cps_match(cps + i, (size_t)n - i, "<|startoftext|>")) { sp = t->bos; sl = 15; }
-            else if (cps_match(cps + i, (size_t)n - i, "<|endoftext|>")) { sp = t->eos; sl = 13; }
-        }
-        if (i < (size_t)n && sp < 0) { i++; continue; }
+    /* special tokens (not normalized) are matched in the raw text */
+    size_t seg = 0;
+    for (size_t i = 0; st == GC_OK && !emit_full(&e) && i <= (size_t)n; i++) {
+        int sp = special_at(t, cps + i, (size_t)n - i, false);
+        if (sp < 0 && i < (size_t)n) continue;
         st = encode_segment(t, cps + seg, i - seg, nfc, cls, &sc, &e);
-        if (i >= (size_t)n) break;
-        if (st == GC_OK) emit(&e, sp);
-        i += sl;
-        seg = i;
+        if (i == (size_t)n) break;
+        emit(&e, sp ? t->eos : t->bos);
+        i += SPECIAL_LEN[sp] - 1;
+        seg = i + 1;
     }
     free(cps);
     free(nfc);

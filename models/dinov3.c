@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "gc_json.h"
+#include "gc_safetensors.h"
 
 #define MAX_LAYERS 64
 
@@ -17,13 +18,31 @@ struct gc_dinov3 {
     gc_dinov3_options opt;
     gc_params params;
     gc_tensor *cls, *mask_token, *registers, *patch_w, *patch_b, *norm_w, *norm_b;
-    gc_block blocks[MAX_LAYERS];
-    /* rotary tables for the last grid size seen: f32 [N, head_dim] on the device */
-    gc_tensor *rope_cos, *rope_sin;
-    int64_t rope_gh, rope_gw;
+    gc_block blocks[MAX_LAYERS]; /* as declared; rope_cos/rope_sin unset */
+    /* one entry per patch grid seen: the rotary tables and a copy of the blocks that
+     * points at them. A checkpointed block recomputes in the backward through its
+     * gc_block, so each grid keeps its own, alive until the model is freed (towers of
+     * different image sizes may be in one graph). */
+    struct rope_grid **grids;
+    int n_grids;
+};
+
+struct rope_grid {
+    int64_t gh, gw;
+    gc_tensor *cos, *sin; /* f32 [gh*gw, head_dim] on the device */
+    gc_block blocks[];
 };
 
 /* ---------------------------------------------------------------- config */
+
+/* pos_embed_*: null means None (0) here, not "the default": HF writes null for None */
+static gc_status get_optional(const cJSON *o, const char *key, double dflt, double *out, const char *path)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) { *out = dflt; return GC_OK; }
+    if (cJSON_IsNull(v)) { *out = 0; return GC_OK; }
+    return gc_json_get_double(o, key, dflt, false, out, path);
+}
 
 gc_status gc_dinov3_config_load(const char *path, gc_dinov3_config *c)
 {
@@ -55,10 +74,15 @@ gc_status gc_dinov3_config_load(const char *path, gc_dinov3_config *c)
     GB("value_bias", true, value_bias);
     GB("proj_bias", true, proj_bias);
     GB("mlp_bias", true, mlp_bias);
+    GD("drop_path_rate", 0.0, drop_path);
 #undef GI
 #undef GD
 #undef GB
+    if (st == GC_OK) st = get_optional(o, "pos_embed_shift", 0, &c->pos_embed_shift, path);
+    if (st == GC_OK) st = get_optional(o, "pos_embed_jitter", 0, &c->pos_embed_jitter, path);
+    if (st == GC_OK) st = get_optional(o, "pos_embed_rescale", 2.0, &c->pos_embed_rescale, path);
     if (st == GC_OK) st = gc_json_get_bool(o, "use_gated_mlp", false, false, &gated, path);
+    if (st == GC_OK && !gated) st = gc_json_get_bool(o, "use_swiglu_ffn", false, false, &gated, path); /* older name */
     if (st == GC_OK && gated) st = gc_error_set(GC_ERR_FORMAT, "%s: use_gated_mlp (SwiGLU) is not supported yet", path);
     if (st == GC_OK) st = gc_json_get_string(o, "hidden_act", "gelu", false, &act, path);
     if (st == GC_OK && gc_act_parse(act, &c->act) != GC_OK) {
@@ -73,6 +97,16 @@ gc_status gc_dinov3_config_load(const char *path, gc_dinov3_config *c)
         return gc_error_set(GC_ERR_FORMAT, "%s: impossible sizes (hidden %lld, heads %lld, layers %lld, patch %lld)", path,
                             (long long)c->hidden, (long long)c->heads, (long long)c->layers, (long long)c->patch);
     return GC_OK;
+}
+
+static const char *act_name(gc_act a)
+{
+    switch (a) {
+    case GC_ACT_GELU_TANH: return "gelu_pytorch_tanh";
+    case GC_ACT_QUICK_GELU: return "quick_gelu";
+    case GC_ACT_SILU: return "silu";
+    default: return "gelu";
+    }
 }
 
 gc_status gc_dinov3_config_save(const gc_dinov3_config *c, const char *path)
@@ -98,7 +132,12 @@ gc_status gc_dinov3_config_save(const gc_dinov3_config *c, const char *path)
     cJSON_AddBoolToObject(o, "proj_bias", c->proj_bias);
     cJSON_AddBoolToObject(o, "mlp_bias", c->mlp_bias);
     cJSON_AddBoolToObject(o, "use_gated_mlp", 0);
-    cJSON_AddStringToObject(o, "hidden_act", c->act == GC_ACT_GELU_TANH ? "gelu_pytorch_tanh" : "gelu");
+    cJSON_AddNumberToObject(o, "drop_path_rate", c->drop_path);
+    const char *aug[3] = {"pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale"};
+    const double augv[3] = {c->pos_embed_shift, c->pos_embed_jitter, c->pos_embed_rescale};
+    for (int i = 0; i < 3; i++)
+        cJSON_AddItemToObject(o, aug[i], augv[i] > 0 ? cJSON_CreateNumber(augv[i]) : cJSON_CreateNull());
+    cJSON_AddStringToObject(o, "hidden_act", act_name(c->act));
     cJSON_AddStringToObject(o, "torch_dtype", "float32");
     gc_status st = gc_json_save_file(path, o);
     cJSON_Delete(o);
@@ -109,7 +148,8 @@ gc_status gc_dinov3_config_named(const char *name, gc_dinov3_config *c)
 {
     *c = (gc_dinov3_config){.hidden = 768, .layers = 12, .heads = 12, .intermediate = 3072, .image_size = 224, .patch = 16,
                             .channels = 3, .registers = 4, .act = GC_ACT_GELU_ERF, .eps = 1e-5, .rope_theta = 100,
-                            .layerscale = 1.0, .query_bias = true, .value_bias = true, .proj_bias = true, .mlp_bias = true};
+                            .layerscale = 1.0, .query_bias = true, .value_bias = true, .proj_bias = true, .mlp_bias = true,
+                            .pos_embed_rescale = 2.0};
     if (!strcmp(name, "dinov3-vit-b16")) return GC_OK;
     if (!strcmp(name, "dinov3-tiny")) {
         c->hidden = 64; c->layers = 2; c->heads = 4; c->intermediate = 128; c->image_size = 32; c->patch = 8;
@@ -177,6 +217,13 @@ static gc_status dinov3_new(gc_dinov3 **out, const gc_dinov3_config *cfg, const 
     m->opt.lora.targets = opt->lora.targets ? strdup(opt->lora.targets) : NULL;
     gc_params_init(&m->params, opt->device, opt->dtype);
     gc_status st = declare(m);
+    /* The mask token only replaces patches under bool_masked_pos (masked-image
+     * pretraining), which gradcache has no use for: it never receives a gradient. HF
+     * leaves its .grad None and torch's AdamW skips it; frozen, ours skips it too. */
+    if (st == GC_OK) {
+        int mask = (int)(gc_params_find(&m->params, "embeddings.mask_token") - m->params.items);
+        st = gc_params_set_trainable(&m->params, mask, false);
+    }
     if (st != GC_OK) { gc_dinov3_free(m); return st; }
     gc_dinov3_set_training(m, true);
     *out = m;
@@ -216,6 +263,23 @@ gc_status gc_dinov3_init(gc_dinov3 **out, const gc_dinov3_config *cfg, const gc_
     return GC_OK;
 }
 
+static gc_status empty_tensor_present(const char *dir, const char *name, bool *empty)
+{
+    gc_st_dir *d;
+    GC_TRY(gc_st_dir_open(dir, &d));
+    gc_st_file *f;
+    const gc_st_entry *e;
+    gc_status st = gc_st_dir_lookup(d, name, &f, &e);
+    *empty = false;
+    if (st == GC_OK && e) {
+        int64_t n = 1;
+        for (int i = 0; i < e->ndim; i++) n *= e->shape[i];
+        *empty = n == 0;
+    }
+    gc_st_dir_close(d);
+    return st;
+}
+
 gc_status gc_dinov3_load(gc_dinov3 **out, const char *dir, const gc_dinov3_options *opt)
 {
     *out = NULL;
@@ -230,7 +294,11 @@ gc_status gc_dinov3_load(gc_dinov3 **out, const char *dir, const gc_dinov3_optio
         struct init_ctx ic = {&m->cfg, 0x10ea, 0};
         st = gc_params_init_values(&m->params, init_param, &ic);
     }
-    static const char *const ignore[] = {"inv_freq", NULL};
+    /* HF keeps register_tokens [1, 0, D] as a parameter when there are no registers and
+     * save_pretrained writes it: accept it when empty (anything else is "unexpected") */
+    bool empty_regs = false;
+    if (st == GC_OK && !cfg.registers) st = empty_tensor_present(dir, "embeddings.register_tokens", &empty_regs);
+    const char *const ignore[] = {"inv_freq", empty_regs ? "embeddings.register_tokens" : NULL, NULL};
     if (st == GC_OK) st = gc_params_load(&m->params, dir, ignore, ".lora_");
     if (st == GC_OK && opt->lora.r) st = gc_params_freeze_base(&m->params);
     if (st != GC_OK) { gc_dinov3_free(m); return st; }
@@ -251,8 +319,12 @@ void gc_dinov3_free(gc_dinov3 *m)
 {
     if (!m) return;
     gc_params_free(&m->params);
-    gc_tensor_release(m->rope_cos);
-    gc_tensor_release(m->rope_sin);
+    for (int i = 0; i < m->n_grids; i++) {
+        gc_tensor_release(m->grids[i]->cos);
+        gc_tensor_release(m->grids[i]->sin);
+        free(m->grids[i]);
+    }
+    free(m->grids);
     free((char *)m->opt.lora.targets);
     free(m);
 }
@@ -273,43 +345,70 @@ void gc_dinov3_set_training(gc_dinov3 *m, bool on)
 /* ---------------------------------------------------------------- rotary tables */
 
 /* Patch centres normalised per axis to (-1, 1); inv_freq[k] = theta^(-4k/head_dim);
- * angle = 2 pi coord inv_freq, laid out [y(0..hd/4), x(0..hd/4)] and tiled twice. */
-static gc_status rope_tables(gc_dinov3 *m, int64_t gh, int64_t gw)
+ * angle = 2 pi coord inv_freq, laid out [y(0..hd/4), x(0..hd/4)] and tiled twice.
+ * The coordinates, 2 pi coord and inv_freq are rounded to f32 step by step as
+ * transformers computes them (get_patches_center_coordinates, the inv_freq buffer);
+ * the product and cos/sin are taken in double (transformers: f32, ~1 ulp apart). */
+static gc_status rope_tables(const gc_dinov3 *m, int64_t gh, int64_t gw, gc_tensor **cos_out, gc_tensor **sin_out)
 {
-    if (m->rope_cos && m->rope_gh == gh && m->rope_gw == gw) return GC_OK;
     int64_t hd = m->cfg.hidden / m->cfg.heads, q = hd / 4, N = gh * gw;
     float *c = malloc(sizeof(float) * (size_t)(N * hd)), *s = malloc(sizeof(float) * (size_t)(N * hd));
-    if (!c || !s) { free(c); free(s); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
+    float *inv = malloc(sizeof(float) * (size_t)q);
+    if (!c || !s || !inv) { free(c); free(s); free(inv); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
+    for (int64_t k = 0; k < q; k++) /* 1 / theta ** arange(0, 1, 4 / hd) */
+        inv[k] = 1.0f / (float)pow(m->cfg.rope_theta, (double)(float)((double)k * (4.0 / (double)hd)));
+    const float two_pi = (float)(2.0 * M_PI);
     for (int64_t i = 0; i < gh; i++)
         for (int64_t j = 0; j < gw; j++) {
-            double y = ((double)i + 0.5) / (double)gh * 2.0 - 1.0, x = ((double)j + 0.5) / (double)gw * 2.0 - 1.0;
+            float y = ((float)i + 0.5f) / (float)gh, x = ((float)j + 0.5f) / (float)gw;
+            y = two_pi * (2.0f * y - 1.0f);
+            x = two_pi * (2.0f * x - 1.0f);
             float *cr = c + (i * gw + j) * hd, *sr = s + (i * gw + j) * hd;
             for (int64_t k = 0; k < q; k++) {
-                float inv = (float)(1.0 / pow(m->cfg.rope_theta, (double)(4 * k) / (double)hd));
-                /* float32 as transformers computes it */
-                float ay = (float)(2.0 * M_PI) * (float)y * inv, ax = (float)(2.0 * M_PI) * (float)x * inv;
+                double ay = (double)y * inv[k], ax = (double)x * inv[k];
                 for (int rep = 0; rep < 2; rep++) {
-                    cr[rep * 2 * q + k] = cosf(ay);
-                    sr[rep * 2 * q + k] = sinf(ay);
-                    cr[rep * 2 * q + q + k] = cosf(ax);
-                    sr[rep * 2 * q + q + k] = sinf(ax);
+                    cr[rep * 2 * q + k] = (float)cos(ay);
+                    sr[rep * 2 * q + k] = (float)sin(ay);
+                    cr[rep * 2 * q + q + k] = (float)cos(ax);
+                    sr[rep * 2 * q + q + k] = (float)sin(ax);
                 }
             }
         }
-    gc_tensor_release(m->rope_cos);
-    gc_tensor_release(m->rope_sin);
-    m->rope_cos = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), c);
-    m->rope_sin = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), s);
+    free(inv);
+    *cos_out = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), c);
+    *sin_out = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), s);
     free(c);
     free(s);
-    if (!m->rope_cos || !m->rope_sin) return GC_PENDING();
-    m->rope_gh = gh;
-    m->rope_gw = gw;
-    for (int64_t i = 0; i < m->cfg.layers; i++) {
-        m->blocks[i].rope_cos = m->rope_cos;
-        m->blocks[i].rope_sin = m->rope_sin;
+    if (*cos_out && *sin_out) return GC_OK;
+    gc_tensor_release(*cos_out);
+    gc_tensor_release(*sin_out);
+    return GC_PENDING();
+}
+
+/* The blocks to run a gh x gw grid with: the declared blocks (their current dropout
+ * settings) plus that grid's tables. */
+static const gc_block *grid_blocks(gc_dinov3 *m, int64_t gh, int64_t gw)
+{
+    struct rope_grid *g = NULL;
+    for (int i = 0; i < m->n_grids && !g; i++)
+        if (m->grids[i]->gh == gh && m->grids[i]->gw == gw) g = m->grids[i];
+    if (!g) {
+        struct rope_grid **gs = realloc(m->grids, sizeof *gs * (size_t)(m->n_grids + 1));
+        if (!gs) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+        m->grids = gs;
+        g = calloc(1, sizeof *g + sizeof(gc_block) * (size_t)m->cfg.layers);
+        if (!g) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+        if (rope_tables(m, gh, gw, &g->cos, &g->sin) != GC_OK) { free(g); return NULL; }
+        g->gh = gh;
+        g->gw = gw;
+        m->grids[m->n_grids++] = g;
     }
-    return GC_OK;
+    for (int64_t i = 0; i < m->cfg.layers; i++) {
+        g->blocks[i] = m->blocks[i];
+        g->blocks[i].rope_cos = g->cos;
+        g->blocks[i].rope_sin = g->sin;
+    }
+    return g->blocks;
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -325,7 +424,8 @@ gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
                      gc_shape_str(pixels, s, sizeof s), (long long)c->channels, (long long)c->patch);
         return NULL;
     }
-    if (rope_tables(m, pixels->shape[2] / c->patch, pixels->shape[3] / c->patch) != GC_OK) return NULL;
+    const gc_block *blocks = grid_blocks(m, pixels->shape[2] / c->patch, pixels->shape[3] / c->patch);
+    if (!blocks) return NULL;
     int64_t B = pixels->shape[0], D = c->hidden;
     gc_pool *pool = gc_pool_push();
     gc_tensor *x = gc_pool_add(gc_tensor_to(pixels, m->opt.device, m->opt.dtype));
@@ -333,7 +433,7 @@ gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
     gc_tensor *zeros = gc_pool_add(gc_tensor_zeros(m->opt.dtype, m->opt.device, 3, GC_SHAPE(B, 1 + c->registers, D)));
     gc_tensor *prefix = c->registers ? gc_concat(2, (gc_tensor *[]){m->cls, m->registers}, 1) : m->cls; /* [1, 1+R, D] */
     gc_tensor *h = gc_concat(2, (gc_tensor *[]){gc_add(zeros, prefix), x}, 1);     /* [B, 1+R+N, D] */
-    for (int64_t i = 0; i < c->layers; i++) h = gc_block_run(&m->blocks[i], h, m->opt.checkpointing);
+    for (int64_t i = 0; i < c->layers; i++) h = gc_block_run(&blocks[i], h, m->opt.checkpointing);
     gc_tensor *y = gc_pool_keep(gc_layernorm(h, m->norm_w, m->norm_b, c->eps));
     gc_pool_pop(pool);
     return y;

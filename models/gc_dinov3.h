@@ -13,6 +13,10 @@ typedef struct gc_dinov3_config {
     gc_act act;
     double eps, attn_dropout, rope_theta, layerscale;
     bool query_bias, key_bias, value_bias, proj_bias, mlp_bias;
+    /* HF's train-mode RoPE coordinate augmentation (0: None) and stochastic depth: read
+     * from and written back to config.json, NOT applied here (gradcache never augments
+     * the coordinates nor drops paths; the hub checkpoints say rescale 2.0, drop_path 0). */
+    double pos_embed_shift, pos_embed_jitter, pos_embed_rescale, drop_path;
 } gc_dinov3_config;
 
 gc_status gc_dinov3_config_load(const char *path, gc_dinov3_config *cfg);

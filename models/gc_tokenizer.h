@@ -5,7 +5,11 @@
  * Pipeline, as in tokenizers:
  *  1. "<|startoftext|>" and "<|endoftext|>" written in the raw text (case-sensitive)
  *     are special tokens and become their ids; the text between them is processed
- *     piece by piece as below.
+ *     piece by piece as below. Exception: a special token that the directory's
+ *     tokenizer.json marks "normalized": true in added_tokens (as tokenizers' converter
+ *     writes them, e.g. in HF CLIP checkpoints) is matched after step 2 instead, so
+ *     case-insensitively; transformers does the same. With vocab.json + merges.txt alone
+ *     both are matched raw (CLIPTokenizer's default).
  *  2. Normalisation: Unicode NFC, then per-code point lowercase (Rust's
  *     char::to_lowercase). No ftfy, no html unescaping, no accent stripping.
  *  3. Pre-tokenisation: whitespace (\s) separates; runs of letters (\p{L}), single
@@ -32,6 +36,8 @@
 typedef struct gc_tokenizer gc_tokenizer;
 
 /* merges == NULL: dir_or_vocab is a directory holding vocab.json and merges.txt.
+ * If the directory also holds tokenizer.json, only its added_tokens' "normalized" flags
+ * are read (see step 1 above).
  * Otherwise dir_or_vocab is the vocab.json path and merges the merges.txt path.
  * Errors name the file (and the line or key): GC_ERR_IO when it cannot be read,
  * GC_ERR_FORMAT when its content is malformed (bad JSON, a non-integer id, a merges

@@ -215,7 +215,7 @@ END_TEST
 /* A checkpoint that does not fit names every problem. */
 START_TEST(test_bad_checkpoints_are_named)
 {
-    char dir[] = "/tmp/gc_clip_bad_XXXXXX", path[1200], src[1200];
+    char dir[] = "/tmp/gc_clip_bad_XXXXXX", path[2600], src[1200];
     ck_assert_ptr_nonnull(mkdtemp(dir));
     snprintf(src, sizeof src, "%s/%s", GC_FIXTURES_DIR, CASES[0]);
     /* take the fixture's tensors, drop one, reshape one, add one */

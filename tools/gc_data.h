@@ -201,12 +201,14 @@ void gc_loader_permutation(uint64_t seed, int64_t epoch, int64_t n, int64_t *out
 
 /* ================================================================ synthetic data (synth.c) */
 
-/* Writes dir/images/NNNNNN.png (n images, image_size^2, 1-2 shapes: circle, square or
- * triangle in red, green, blue, yellow, purple or orange, small or large, the second
- * "above" or "left of" the first's partner) and dir/manifest.tsv ("filepath<TAB>title",
- * captions like "a small red circle above a blue square"), plus dir/synth.txt recording
- * (n, size, seed). Does nothing if that record matches; refuses a dir/manifest.tsv it
- * did not write. Same arguments give the same bytes. */
+/* Writes dir/images/NNNNNN.png (n images of image_size^2 pixels: on a plain gray
+ * background one shape, or two shapes with the first "above" or "left of" the second;
+ * shapes circle/square/triangle, colours red/green/blue/yellow/purple/orange, sizes
+ * small/large), dir/manifest.tsv ("filepath<TAB>title" header; captions like "a large
+ * green triangle" or "a small red circle above a large blue square") and dir/synth.txt
+ * recording (n, size, seed). Does nothing when the manifest exists and the record
+ * matches; regenerates a set it wrote with other arguments; refuses to overwrite a
+ * manifest it did not write. The same arguments give the same bytes. */
 gc_status gc_synth_make(const char *dir, int64_t n, int image_size, uint64_t seed);
 /* root/train (seed) and root/val (a seed derived from it) */
 gc_status gc_synth_make_splits(const char *root, int64_t n_train, int64_t n_val, int image_size, uint64_t seed);

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# On the GPU machine: build with CUDA, run the gpu suite (every CUDA op against its
+# CPU reference; the HF fixtures in f32 and bf16 on the GPU), then optional benchmarks.
+# Usage: tools/device_check.sh [tests|bench|all] ; logs under $OUT (or ./out)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+what=${1:-all}
+. tools/gpu_env.sh
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+[ -f build-gpu/build.ninja ] || meson setup build-gpu -Dcuda=enabled >"$OUT/setup.log" 2>&1 || { tail -30 "$OUT/setup.log"; exit 1; }
+if ! ninja -C build-gpu >"$OUT/build.log" 2>&1; then grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; fi
+echo "build ok"
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 3 >"$OUT/gpu_tests.log" 2>&1
+  grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log"
+  grep -hE "rel err|worst|FAIL|fail|Assertion|error" build-gpu/meson-logs/testlog.txt | grep -vE "rel err [0-9.]+e-0[5-9]|rel err 0.00e" | head -60
+  cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt"
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  shift || true
+  ./build-gpu/tools/gcache bench "$@" 2>&1 | tee -a "$OUT/bench.log"
+fi
