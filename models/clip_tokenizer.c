@@ -2,7 +2,12 @@
  *
  * Layout: Unicode tables (generated) and lookups; NFC; loading vocab.json and
  * merges.txt; BPE (the merge loop of tokenizers' Word::merge_all, so ties and stale
- * queue entries resolve the same way); the word cache; pre-tokenisation and framing. */
+ * queue entries resolve the same way); the word cache; pre-tokenisation and framing.
+ *
+ * The tables between the GENERATED markers come from probing HF tokenizers itself, code
+ * point by code point; regenerate them with
+ *   python tests/fixtures/clip_tokenizer/gen_unicode_tables.py models/clip_tokenizer.c
+ * in a venv with transformers 5.x (see that script). */
 #include "gc_tokenizer.h"
 
 #include <errno.h>
@@ -1296,6 +1301,22 @@ static uint32_t uc_compose(uint32_t a, uint32_t b)
     return 0;
 }
 
+/* Stable counting sort of a long run of marks by class (insertion sort would be
+ * quadratic on adversarial text); false if out of memory. */
+static bool nfc_sort_long(uint32_t *cp, uint8_t *cls, size_t n)
+{
+    uint32_t *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) return false;
+    size_t start[257] = {0};
+    for (size_t i = 0; i < n; i++) start[cls[i] + 1]++;
+    for (int k = 0; k < 256; k++) start[k + 1] += start[k];
+    for (size_t i = 0; i < n; i++) tmp[start[cls[i]]++] = cp[i];
+    memcpy(cp, tmp, n * sizeof *tmp);
+    for (size_t i = 0; i < n; i++) cls[i] = uc_ccc(cp[i]);
+    free(tmp);
+    return true;
+}
+
 /* NFC of in[n] into out (capacity 4n) using cls (capacity 4n) as scratch; returns the
  * length. Decompose, order marks by combining class (stable), recompose as in the
  * Unicode sample code. */
@@ -1309,15 +1330,20 @@ static size_t uc_nfc(const uint32_t *in, size_t n, uint32_t *out, uint8_t *cls)
         return n;
     }
     for (size_t i = 0; i < n; i++) m += (size_t)uc_decompose(in[i], out + m);
-    for (size_t i = 0; i < m; i++) {
-        uint8_t cc = cls[i] = uc_ccc(out[i]);
-        for (size_t j = i; cc && j > 0 && cls[j - 1] > cc; j--) {
-            uint32_t c = out[j];
-            out[j] = out[j - 1];
-            out[j - 1] = c;
-            cls[j] = cls[j - 1];
-            cls[j - 1] = cc;
-        }
+    for (size_t i = 0; i < m; i++) cls[i] = uc_ccc(out[i]);
+    for (size_t a = 0, b; a < m; a = b + 1) { /* each run of marks [a, b), stably by class */
+        for (b = a; b < m && cls[b]; b++) {}
+        if (b - a < 2) continue;
+        if (b - a > 32 && nfc_sort_long(out + a, cls + a, b - a)) continue;
+        for (size_t i = a + 1; i < b; i++) /* insertion sort (the long-run fallback on OOM too) */
+            for (size_t j = i; j > a && cls[j - 1] > cls[j]; j--) {
+                uint32_t c = out[j];
+                uint8_t k = cls[j];
+                out[j] = out[j - 1];
+                out[j - 1] = c;
+                cls[j] = cls[j - 1];
+                cls[j - 1] = k;
+            }
     }
     if (m == 0) return 0;
     size_t starter = 0, w = 1;
@@ -1539,7 +1565,7 @@ static gc_status load_vocab(gc_tokenizer *t, const char *path, cJSON *root, voca
     int64_t max_id = -1;
     for (const cJSON *e = root->child; e; e = e->next) {
         double d = cJSON_IsNumber(e) ? e->valuedouble : -1.0;
-        if (!cJSON_IsNumber(e) || d != (double)(int64_t)d || d < 0 || d > INT32_MAX)
+        if (!cJSON_IsNumber(e) || !(d >= 0 && d <= INT32_MAX) || d != (double)(int32_t)d)
             return gc_error_set(GC_ERR_FORMAT, "%s: \"%s\": expected a token id (an integer in [0, 2^31)), got %s", path,
                                 e->string, cJSON_IsNumber(e) ? "another number" : gc_json_type_name(e));
         if ((int64_t)d > max_id) max_id = (int64_t)d;

@@ -517,8 +517,8 @@ static gc_status merge_one(const lora_mod *mod, double scale)
         if (st == GC_OK) st = gc_tensor_copy_into(w->value, w32, false);
     }
     /* B = 0: the merged adapter adds nothing more */
-    if (st == GC_OK) st = gc_tensor_fill(b->value, 0);
-    if (st == GC_OK && b->master && b->master != b->value) st = gc_tensor_fill(b->master, 0);
+    if (st == GC_OK) st = gc_tensor_fill_zero(b->value);
+    if (st == GC_OK && b->master && b->master != b->value) st = gc_tensor_fill_zero(b->master);
     gc_pool_pop(pool);
     return st;
 }

@@ -303,7 +303,7 @@ START_TEST(test_checkpointing_two_grids)
     double *got = step_grads(mc, f.pa, pt, 0, &l1);
     double e = vec_rel(got, ref, n);
     printf("two grids, checkpointed vs not: loss %.10f / %.10f, gradients rel err %.2e\n", l1, l0, e);
-    ck_assert_msg(e < tolerance() / 10 && fabs(l0 - l1) < 1e-6, "checkpointed gradients differ by %.3g", e);
+    ck_assert_msg(e < tolerance() / 10 && fabs(l0 - l1) < tolerance() / 10, "checkpointed gradients differ by %.3g", e);
     free(ref);
     free(got);
     gc_dinov3_free(mc);
@@ -347,7 +347,8 @@ START_TEST(test_mean_pooling)
     double *g0 = step_grads(f.m, f.pa, f.pb, 0, &l0), *g1 = step_grads(f.m, f.pa, f.pb, 1, &l1);
     e = vec_rel(g1, g0, n);
     printf("%-40s mean pooling: loss %.6f, chunk 1 vs none: gradients rel err %.2e\n", CASES[_i], l0, e);
-    ck_assert_msg(isfinite(l0) && fabs(l0 - l1) < 1e-5 && e < tolerance() / 10, "chunked gradients differ by %.3g", e);
+    ck_assert_msg(isfinite(l0) && fabs(l0 - l1) < tolerance() / 10 && e < tolerance() / 10,
+                  "chunk 1 vs none: loss %.8f vs %.8f, gradients differ by %.3g", l1, l0, e);
     free(g0);
     free(g1);
     free(want);

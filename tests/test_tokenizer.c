@@ -171,6 +171,8 @@ static void tmp_remove(const tmpdir *d)
     unlink(p);
     snprintf(p, sizeof p, "%s/merges.txt", d->path);
     unlink(p);
+    snprintf(p, sizeof p, "%s/tokenizer.json", d->path);
+    unlink(p);
     rmdir(d->path);
 }
 
@@ -523,6 +525,42 @@ START_TEST(test_fuzz)
 }
 END_TEST
 
+/* tokenizer.json beside the vocab marks the special tokens normalized: they are then
+ * matched after NFC + lowercasing (expected ids from transformers with such a file) */
+START_TEST(test_specials_normalized)
+{
+    tmpdir d;
+    tmp_make(&d);
+    char p[128];
+    snprintf(p, sizeof p, "%s/vocab.json", d.path);
+    ck_assert_int_eq(symlink(TOK_DIR "/vocab.json", p), 0);
+    snprintf(p, sizeof p, "%s/merges.txt", d.path);
+    ck_assert_int_eq(symlink(TOK_DIR "/merges.txt", p), 0);
+    /* a malformed tokenizer.json is an error naming it */
+    snprintf(p, sizeof p, "%s/tokenizer.json", d.path);
+    tmp_write(&d, "tokenizer.json", "{\"added_tokens\": [{\"content\": 5}]}");
+    expect_load_error(d.path, GC_ERR_FORMAT, p, "content");
+    tmp_write(&d, "tokenizer.json",
+              "{\"added_tokens\": [{\"id\": 49406, \"content\": \"<|startoftext|>\", \"normalized\": true},"
+              " {\"id\": 49407, \"content\": \"<|endoftext|>\", \"normalized\": true}], \"model\": {}}");
+    gc_tokenizer *t = NULL;
+    ck_assert_msg(gc_tokenizer_load(d.path, NULL, &t) == GC_OK, "%s", gc_error_message());
+    ASSERT_TOKENS(t, "a<|ENDOFTEXT|>b", "a</w> <|endoftext|> b</w>");
+    int count;
+    row *rows = read_rows("specials_normalized.jsonl", &count);
+    ck_assert_int_ge(count, 20);
+    int bad = check_rows(t, "specials_normalized.jsonl", rows, count, CTX, EOS, true);
+    free_rows(rows, count);
+    gc_tokenizer_free(t);
+    /* without it (the default), the same text is not a special token */
+    t = load_clip();
+    ASSERT_TOKENS(t, "a<|ENDOFTEXT|>b", "a</w> < |</w> endof text</w> | ></w> b</w>");
+    gc_tokenizer_free(t);
+    tmp_remove(&d);
+    ck_assert_msg(bad == 0, "%d mismatches against transformers (see stderr)", bad);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- threads and speed */
 
 typedef struct thread_arg {
@@ -616,6 +654,7 @@ int main(void)
     TCase *hf = tcase_create("transformers");
     tcase_add_test(hf, test_corpus);
     tcase_add_test(hf, test_fuzz);
+    tcase_add_test(hf, test_specials_normalized);
     tcase_add_test(hf, test_threads);
     tcase_add_test(hf, test_speed);
     suite_add_tcase(s, hf);

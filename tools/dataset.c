@@ -161,7 +161,8 @@ gc_status gc_dataset_image_bytes(const gc_dataset *ds, int64_t i, uint8_t **data
         if (r <= 0) {
             free(buf);
             close(fd);
-            return gc_error_set(GC_ERR_IO, "cannot read %s:%s: %s", shard, s->name, r < 0 ? strerror(errno) : "file is truncated");
+            return gc_error_set(GC_ERR_IO, "cannot read %s:%s: %s", shard, s->name,
+                                r < 0 ? strerror(errno) : "file is truncated");
         }
         got += (size_t)r;
     }
@@ -744,7 +745,10 @@ static gc_status tar_scan(gc_dataset *ds, int shard)
         char ext[16];
         size_t ext_n = strlen(dot + 1);
         if (ext_n >= sizeof ext) ext_n = sizeof ext - 1;
-        for (size_t i = 0; i < ext_n; i++) ext[i] = (char)((dot[1 + i] >= 'A' && dot[1 + i] <= 'Z') ? dot[1 + i] + 32 : dot[1 + i]);
+        for (size_t i = 0; i < ext_n; i++) {
+            char ch = dot[1 + i];
+            ext[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        }
         ext[ext_n] = 0;
         if (!g.key || strlen(g.key) != key_n || memcmp(g.key, member, key_n) != 0) {
             if ((s = group_flush(ds, shard, &g)) != GC_OK) {

@@ -63,7 +63,10 @@ typedef enum gc_resize_mode {
     GC_RESIZE_SQUARE,        /* DINOv3: resize to exactly S x S */
 } gc_resize_mode;
 
-/* What a sample goes through between decoding and the model. */
+/* What a sample goes through between decoding and the model. The image is RGB before
+ * it is resized (as HF CLIPImageProcessor's convert_rgb); open_clip resizes in the
+ * file's own mode and converts after the crop, which gives other pixels only for RGBA
+ * (PIL resizes premultiplied), palette (PIL resizes "P" with NEAREST) and 16-bit gray. */
 typedef struct gc_preprocess {
     int size;               /* S: output is [3, S, S] */
     gc_resize_mode mode;
@@ -76,7 +79,7 @@ typedef struct gc_preprocess {
                                replaces resize + center crop by crop + resize to S x S */
     float crop_ratio[2];    /* aspect ratio range; {0, 0} means {3/4, 4/3} */
     float hflip;            /* probability of a horizontal flip */
-    float brightness, contrast, saturation; /* ColorJitter strengths (factor in [1-s, 1+s]) */
+    float brightness, contrast, saturation; /* ColorJitter-like, fixed order (factor in [1-s, 1+s]) */
 } gc_preprocess;
 
 /* CLIP (open_clip / HF): bicubic, shortest side + center crop, the OpenAI mean/std. */

@@ -595,7 +595,8 @@ static void rrc_params(const gc_preprocess *p, int w, int h, uint64_t seed, uint
     double lr0 = log(r0), lr1 = log(r1);
     uint32_t d = 0;
     for (int attempt = 0; attempt < 10; attempt++) {
-        double target = area * (p->crop_scale[0] + (p->crop_scale[1] - p->crop_scale[0]) * aug_uniform(seed, epoch, sample, d++));
+        double frac = p->crop_scale[0] + (p->crop_scale[1] - p->crop_scale[0]) * aug_uniform(seed, epoch, sample, d++);
+        double target = area * frac;
         double ar = exp(lr0 + (lr1 - lr0) * aug_uniform(seed, epoch, sample, d++));
         int ww = (int)lround(sqrt(target * ar)), hh = (int)lround(sqrt(target / ar));
         double u = aug_uniform(seed, epoch, sample, d++), v = aug_uniform(seed, epoch, sample, d++);
@@ -623,23 +624,29 @@ static inline uint8_t round8(double v) { return (uint8_t)(v <= 0 ? 0 : v >= 255 
 
 /* ColorJitter-like: brightness, contrast, saturation in that order, PIL ImageEnhance
  * blends (towards black, the mean gray, the grayscale image) */
+static double jitter_factor(float s, uint64_t seed, uint32_t epoch, uint64_t sample, uint32_t draw)
+{
+    double lo = fmax(0.0, 1.0 - s);
+    return lo + (1.0 + s - lo) * aug_uniform(seed, epoch, sample, draw);
+}
+
 static void color_jitter(gc_image *im, const gc_preprocess *p, uint64_t seed, uint32_t epoch, uint64_t sample)
 {
     size_t np = (size_t)im->w * im->h;
     uint8_t *px = im->rgb;
     if (p->brightness > 0) {
-        double lo = fmax(0.0, 1.0 - p->brightness), f = lo + (1.0 + p->brightness - lo) * aug_uniform(seed, epoch, sample, 101);
+        double f = jitter_factor(p->brightness, seed, epoch, sample, 101);
         for (size_t i = 0; i < 3 * np; i++) px[i] = round8(px[i] * f);
     }
     if (p->contrast > 0) {
-        double lo = fmax(0.0, 1.0 - p->contrast), f = lo + (1.0 + p->contrast - lo) * aug_uniform(seed, epoch, sample, 102);
+        double f = jitter_factor(p->contrast, seed, epoch, sample, 102);
         double mean = 0;
         for (size_t i = 0; i < np; i++) mean += (px[3 * i] * 299 + px[3 * i + 1] * 587 + px[3 * i + 2] * 114) / 1000.0;
         mean = floor(mean / (double)np + 0.5);
         for (size_t i = 0; i < 3 * np; i++) px[i] = round8(mean + (px[i] - mean) * f);
     }
     if (p->saturation > 0) {
-        double lo = fmax(0.0, 1.0 - p->saturation), f = lo + (1.0 + p->saturation - lo) * aug_uniform(seed, epoch, sample, 103);
+        double f = jitter_factor(p->saturation, seed, epoch, sample, 103);
         for (size_t i = 0; i < np; i++) {
             double g = (px[3 * i] * 299 + px[3 * i + 1] * 587 + px[3 * i + 2] * 114) / 1000.0;
             for (int c = 0; c < 3; c++) px[3 * i + c] = round8(g + (px[3 * i + c] - g) * f);
@@ -696,13 +703,16 @@ void gc_image_normalize(const gc_image *im, const gc_preprocess *p, float *out)
 {
     size_t np = (size_t)im->w * im->h;
     for (int c = 0; c < 3; c++) {
-        float m = p->mean[c], sd = p->std[c];
-        float *o = out + c * np;
-        /* f32 throughout, one rounding per operation: x / 255 (ToTensor), (x - m) / sd (Normalize) */
-        for (size_t i = 0; i < np; i++) {
-            float x = (float)im->rgb[3 * i + c] / 255.0f;
-            o[i] = (x - m) / sd;
+        /* f32 throughout, one rounding per operation: x / 255 (ToTensor), (x - m) / sd
+         * (Normalize); a pure function of the byte, so tabulated */
+        float lut[256], m = p->mean[c], sd = p->std[c];
+        for (int v = 0; v < 256; v++) {
+            float x = (float)v / 255.0f;
+            lut[v] = (x - m) / sd;
         }
+        float *o = out + c * np;
+        const uint8_t *px = im->rgb + c;
+        for (size_t i = 0; i < np; i++) o[i] = lut[px[3 * i]];
     }
 }
 

@@ -309,8 +309,13 @@ gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts)
     int64_t N = gc_dataset_size(ds);
     if (o->batch_size <= 0 || o->workers <= 0 || o->workers > 1024 || o->prefetch <= 0 || o->prefetch > 64 ||
         o->pre.size <= 0 || o->epochs < 0) {
-        gc_error_set(GC_ERR_INVALID, "loader: bad options (batch size %d, workers %d, prefetch %d, image size %d, epochs %lld)",
+        gc_error_set(GC_ERR_INVALID,
+                     "loader: bad options (batch size %d, workers %d, prefetch %d, image size %d, epochs %lld)",
                      o->batch_size, o->workers, o->prefetch, o->pre.size, (long long)o->epochs);
+        return NULL;
+    }
+    if (N <= 0) {
+        gc_error_set(GC_ERR_INVALID, "loader: the data set is empty");
         return NULL;
     }
     if (N < o->batch_size && !o->keep_last) {
@@ -326,7 +331,8 @@ gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts)
     gc_loader_pos st = o->start;
     if (st.cursor < 0) st.cursor = st.batch * o->batch_size;
     if (st.epoch < 0 || st.batch < 0 || st.cursor > N) {
-        gc_error_set(GC_ERR_INVALID, "loader: bad start position (epoch %lld, batch %lld, cursor %lld) for %lld samples",
+        gc_error_set(GC_ERR_INVALID,
+                     "loader: bad start position (epoch %lld, batch %lld, cursor %lld) for %lld samples",
                      (long long)st.epoch, (long long)st.batch, (long long)st.cursor, (long long)N);
         return NULL;
     }

@@ -162,7 +162,8 @@ static gc_status write_file(const char *path, const char *text, size_t n)
         unlink(tmp);
         return gc_error_set(GC_ERR_IO, "cannot write %s", tmp);
     }
-    if (rename(tmp, path) != 0) return gc_error_set(GC_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    if (rename(tmp, path) != 0)
+        return gc_error_set(GC_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
     return GC_OK;
 }
 
@@ -207,7 +208,8 @@ gc_status gc_synth_make(const char *dir, int64_t n, int image_size, uint64_t see
     /* the manifest is written last: it marks a complete data set */
     size_t cap = 64 + (size_t)n * 96, used = 0;
     char *text = malloc(cap);
-    if (!text) return gc_error_set(GC_ERR_OOM, "synthetic data: out of memory for the manifest of %lld samples", (long long)n);
+    if (!text)
+        return gc_error_set(GC_ERR_OOM, "synthetic data: out of memory for the manifest of %lld samples", (long long)n);
     used += (size_t)snprintf(text, cap, "filepath\ttitle\n");
     for (int64_t i = 0; i < n; i++) {
         char caption[200];
