@@ -18,6 +18,12 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   grep -hE "rel err|worst|FAIL|fail|Assertion|error" build-gpu/meson-logs/testlog.txt | grep -vE "rel err [0-9.]+e-0[5-9]|rel err 0.00e" | head -60
   cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt"
 fi
+if [ "$what" = fixtures ]; then
+  meson test -C build-gpu --print-errorlogs clip_cuda_f32 clip_cuda_bf16 dinov3_cuda_f32 dinov3_cuda_bf16 lora_cuda_f32 lora_cuda_bf16 >"$OUT/fixture_tests.log" 2>&1
+  grep -E "^ *[0-9]+/[0-9]+ " "$OUT/fixture_tests.log"
+  grep -hE "worst|Assert|fail" build-gpu/meson-logs/testlog.txt | head -60
+  cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt"
+fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   shift || true
   ./build-gpu/tools/gcache bench "$@" 2>&1 | tee -a "$OUT/bench.log"
