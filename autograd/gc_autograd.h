@@ -71,7 +71,7 @@ gc_status gc_backward(gc_tape *t, int n, gc_tensor *const *outs, gc_tensor *cons
 /* ---- parameters ---- */
 /* Make t a trainable leaf (allocates its f32 gradient, zeroed) or freeze it (no buffer). */
 gc_status gc_tensor_requires_grad(gc_tensor *t, bool on);
-/* A leaf whose f32 gradient buffer appears with the first gradient that reaches it:
+/* A leaf whose gradient buffer (of the tensor's dtype) appears with the first gradient that reaches it:
  * gc_tensor_grad stays NULL if none does (the gradient cache checks that every tower's
  * representations received one). */
 gc_status gc_tensor_make_leaf(gc_tensor *t);

@@ -18,7 +18,13 @@ typedef struct gc_adamw {
     gc_tensor **m, **v;     /* per parameter; NULL where frozen */
     int64_t step;           /* steps taken */
     gc_tensor *norm;        /* [] f32: the last global gradient norm (before clipping), on the device */
+    /* GPU: the chunk table of the fused kernels (autograd/gc_optim_cuda.h) */
+    gc_tensor *table, *chunks, *partial, *coef;
+    int n_chunks;
 } gc_adamw;
+
+/* Weight decay applies to matrices (ndim >= 2), not to biases, norms and scalars
+ * such as logit_scale (open_clip's rule). */
 
 gc_status gc_adamw_init(gc_adamw *o, gc_params *ps, const gc_adamw_config *cfg);
 void gc_adamw_free(gc_adamw *o);

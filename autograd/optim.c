@@ -6,12 +6,46 @@
 
 #include "../runtime/gc_cuda.h"
 
-#ifdef GC_WITH_CUDA
-gc_status gc_cuda_sumsq_accumulate(const float *g, int64_t n, float *acc);  /* optim.cu */
-gc_status gc_cuda_clip_coef(float *sumsq_to_norm, float max_norm, float *coef);
-gc_status gc_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1, float b2, float eps,
-                        float wd, float bc1, float bc2, const float *coef);
-#endif
+#include "gc_optim_cuda.h"
+
+static bool decays(const gc_param *p) { return p->master && p->master->ndim >= 2; }
+
+/* GPU: the chunk table over every trainable parameter, uploaded once. */
+static gc_status build_table(gc_adamw *o)
+{
+    gc_params *ps = o->params;
+    int nt = 0;
+    int64_t nc = 0;
+    for (int i = 0; i < ps->n; i++)
+        if (o->m[i]) { nt++; nc += (gc_tensor_numel(o->m[i]) + GC_ADAM_CHUNK - 1) / GC_ADAM_CHUNK; }
+    gc_adam_tensor *ts = calloc((size_t)nt + 1, sizeof *ts);
+    gc_adam_chunk *cs = calloc((size_t)nc + 1, sizeof *cs);
+    if (!ts || !cs) { free(ts); free(cs); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
+    int t = 0;
+    int64_t c = 0;
+    for (int i = 0; i < ps->n; i++) {
+        if (!o->m[i]) continue;
+        gc_param *p = &ps->items[i];
+        int64_t n = gc_tensor_numel(o->m[i]);
+        ts[t] = (gc_adam_tensor){gc_tensor_data(p->master), gc_tensor_data(gc_tensor_grad(p->value)), gc_tensor_data(o->m[i]),
+                                 gc_tensor_data(o->v[i]), p->value != p->master ? gc_tensor_data(p->value) : NULL, n,
+                                 decays(p) ? 1.0f : 0.0f};
+        if (ts[t].out && p->value->dtype != GC_BF16) {
+            free(ts); free(cs);
+            return gc_error_set(GC_ERR_DTYPE, "adamw: %s: compute copies must be bf16 or f32", p->name);
+        }
+        for (int64_t s = 0; s < n; s += GC_ADAM_CHUNK) cs[c++] = (gc_adam_chunk){t, s};
+        t++;
+    }
+    o->n_chunks = (int)nc;
+    o->table = gc_tensor_from_data(GC_I64, ps->device, 1, GC_SHAPE((int64_t)(sizeof(gc_adam_tensor) * (size_t)(nt + 1) / 8)), ts);
+    o->chunks = gc_tensor_from_data(GC_I64, ps->device, 1, GC_SHAPE((int64_t)(sizeof(gc_adam_chunk) * (size_t)(nc + 1) / 8)), cs);
+    o->partial = gc_tensor_new(GC_F32, ps->device, 1, GC_SHAPE(nc + 1));
+    o->coef = gc_tensor_new(GC_F32, ps->device, 0, NULL);
+    free(ts);
+    free(cs);
+    return o->table && o->chunks && o->partial && o->coef ? GC_OK : GC_PENDING();
+}
 
 gc_status gc_adamw_init(gc_adamw *o, gc_params *ps, const gc_adamw_config *cfg)
 {
@@ -30,6 +64,10 @@ gc_status gc_adamw_init(gc_adamw *o, gc_params *ps, const gc_adamw_config *cfg)
     }
     o->norm = gc_tensor_zeros(GC_F32, ps->device, 0, NULL);
     if (!o->norm) { gc_adamw_free(o); return GC_PENDING(); }
+    if (ps->device.type == GC_DEVICE_CUDA) {
+        gc_status st = build_table(o);
+        if (st != GC_OK) { gc_adamw_free(o); return st; }
+    }
     return GC_OK;
 }
 
@@ -42,6 +80,10 @@ void gc_adamw_free(gc_adamw *o)
     free(o->m);
     free(o->v);
     gc_tensor_release(o->norm);
+    gc_tensor_release(o->table);
+    gc_tensor_release(o->chunks);
+    gc_tensor_release(o->partial);
+    gc_tensor_release(o->coef);
     memset(o, 0, sizeof *o);
 }
 
@@ -61,13 +103,14 @@ static gc_status step_cpu(gc_adamw *o, double lr, double bc1, double bc2)
     for (int i = 0; i < ps->n; i++) {
         if (!o->m[i]) continue;
         float *p = gc_tensor_data(ps->items[i].master), *m = gc_tensor_data(o->m[i]), *v = gc_tensor_data(o->v[i]);
+        double wd = decays(&ps->items[i]) ? o->cfg.weight_decay : 0.0;
         const float *g = gc_tensor_data(gc_tensor_grad(ps->items[i].value));
         for (int64_t j = 0, n = gc_tensor_numel(o->m[i]); j < n; j++) {
             double gj = g[j] * coef;
             m[j] = (float)(b1 * m[j] + (1 - b1) * gj);
             v[j] = (float)(b2 * v[j] + (1 - b2) * gj * gj);
             double upd = (m[j] / bc1) / (sqrt(v[j] / bc2) + o->cfg.eps);
-            p[j] = (float)(p[j] * (1 - lr * o->cfg.weight_decay) - lr * upd);
+            p[j] = (float)(p[j] * (1 - lr * wd) - lr * upd);
         }
     }
     return GC_OK;
@@ -76,23 +119,10 @@ static gc_status step_cpu(gc_adamw *o, double lr, double bc1, double bc2)
 #ifdef GC_WITH_CUDA
 static gc_status step_cuda(gc_adamw *o, double lr, double bc1, double bc2)
 {
-    gc_params *ps = o->params;
-    float *acc = gc_tensor_data(o->norm);
-    GC_TRY(gc_tensor_fill_zero(o->norm));
-    for (int i = 0; i < ps->n; i++)
-        if (o->m[i]) GC_TRY(gc_cuda_sumsq_accumulate(gc_tensor_data(gc_tensor_grad(ps->items[i].value)), gc_tensor_numel(o->m[i]), acc));
-    gc_tensor *coef = gc_tensor_new(GC_F32, ps->device, 0, NULL);
-    if (!coef) return GC_PENDING();
-    gc_status st = gc_cuda_clip_coef(acc, (float)o->cfg.max_grad_norm, gc_tensor_data(coef));
-    for (int i = 0; i < ps->n && st == GC_OK; i++) {
-        if (!o->m[i]) continue;
-        st = gc_cuda_adamw(gc_tensor_data(ps->items[i].master), gc_tensor_data(gc_tensor_grad(ps->items[i].value)),
-                           gc_tensor_data(o->m[i]), gc_tensor_data(o->v[i]), gc_tensor_numel(o->m[i]), (float)lr,
-                           (float)o->cfg.beta1, (float)o->cfg.beta2, (float)o->cfg.eps, (float)o->cfg.weight_decay,
-                           (float)bc1, (float)bc2, gc_tensor_data(coef));
-    }
-    gc_tensor_release(coef);
-    return st;
+    return gc_cuda_adamw_multi(gc_tensor_data(o->table), gc_tensor_data(o->chunks), o->n_chunks, gc_tensor_data(o->partial),
+                               gc_tensor_data(o->norm), gc_tensor_data(o->coef), (float)o->cfg.max_grad_norm, (float)lr,
+                               (float)o->cfg.beta1, (float)o->cfg.beta2, (float)o->cfg.eps, (float)o->cfg.weight_decay,
+                               (float)bc1, (float)bc2);
 }
 #endif
 
@@ -115,7 +145,8 @@ gc_status gc_adamw_step(gc_adamw *o, double lr)
         st = step_cpu(o, lr, bc1, bc2);
     }
     GC_TRY(st);
-    return gc_params_sync_values(ps);
+    /* the GPU kernel refreshed the bf16 copies itself */
+    return ps->device.type == GC_DEVICE_CUDA ? GC_OK : gc_params_sync_values(ps);
 }
 
 gc_status gc_adamw_last_norm(gc_adamw *o, double *norm) { return gc_tensor_item(o->norm, norm); }

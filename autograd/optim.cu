@@ -1,73 +1,80 @@
-// AdamW and the global gradient norm on the GPU: f32 masters, grads and moments.
+// AdamW and the global gradient norm on the GPU, over every parameter in three
+// launches: the tensors are cut into chunks of CHUNK elements, listed once in a
+// table on the device (pointers are stable for the optimizer's life).
+//   1. sumsq: one block per chunk writes its partial sum of squares (no atomics:
+//      the norm, and so the clipping, is bitwise reproducible);
+//   2. finalize: one block sums the partials in a fixed order -> norm, clip coefficient;
+//   3. adamw: one block per chunk updates p, m, v and writes the bf16 compute copy.
 #include "../runtime/gc_cuda.h"
+#include "gc_optim_cuda.h"
 
-// sum of squares of g, added to *acc: block partial sums, one atomic per block.
-// (The norm feeds only the clipping coefficient; its last bits may vary run to run.)
-__global__ void sumsq_kernel(const float *__restrict__ g, int64_t n, float *acc)
+#include <cuda_bf16.h>
+
+__global__ void sumsq_chunks(const gc_adam_tensor *ts, const gc_adam_chunk *cs, float *partial)
 {
     __shared__ float part[32];
+    const gc_adam_chunk c = cs[blockIdx.x];
+    const gc_adam_tensor t = ts[c.t];
+    int64_t end = c.start + GC_ADAM_CHUNK < t.n ? c.start + GC_ADAM_CHUNK : t.n;
     float s = 0.0f;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        s += g[i] * g[i];
+    for (int64_t i = c.start + threadIdx.x; i < end; i += blockDim.x) s += t.g[i] * t.g[i];
     for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
     __syncthreads();
     if (threadIdx.x < 32) {
         s = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0f;
         for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (threadIdx.x == 0) atomicAdd(acc, s);
+        if (threadIdx.x == 0) partial[blockIdx.x] = s;
     }
 }
 
-__global__ void clip_coef_kernel(float *sumsq_to_norm, float max_norm, float *coef)
+__global__ void norm_finalize(const float *partial, int n, float max_norm, float *norm, float *coef)
 {
-    float norm = sqrtf(*sumsq_to_norm);
-    *sumsq_to_norm = norm;
-    *coef = (max_norm > 0.0f && norm > max_norm) ? max_norm / (norm + 1e-6f) : 1.0f;
-}
-
-__global__ void adamw_kernel(float *__restrict__ p, const float *__restrict__ g, float *__restrict__ m,
-                             float *__restrict__ v, int64_t n, float lr, float b1, float b2, float eps, float wd,
-                             float bc1, float bc2, const float *coef)
-{
-    float c = *coef;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float gi = g[i] * c;
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = p[i] * (1.0f - lr * wd) - lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+    __shared__ double part[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+    for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)(blockDim.x / 32); w++) t += part[w];
+        float nv = (float)sqrt(t);
+        *norm = nv;
+        *coef = (max_norm > 0.0f && nv > max_norm) ? max_norm / (nv + 1e-6f) : 1.0f;
     }
 }
 
-static unsigned grid_for(int64_t n)
+__global__ void adamw_chunks(const gc_adam_tensor *ts, const gc_adam_chunk *cs, float lr, float b1, float b2, float eps,
+                             float wd, float bc1, float bc2, const float *coef)
 {
-    int64_t b = (n + 255) / 256;
-    int64_t cap = (int64_t)gc_cuda_sm_count() * 8;
-    return (unsigned)(b < cap ? (b > 0 ? b : 1) : cap);
+    const gc_adam_chunk c = cs[blockIdx.x];
+    const gc_adam_tensor t = ts[c.t];
+    const float k = *coef;
+    int64_t end = c.start + GC_ADAM_CHUNK < t.n ? c.start + GC_ADAM_CHUNK : t.n;
+    for (int64_t i = c.start + threadIdx.x; i < end; i += blockDim.x) {
+        float g = t.g[i] * k;
+        float m = b1 * t.m[i] + (1.0f - b1) * g;
+        float v = b2 * t.v[i] + (1.0f - b2) * g * g;
+        t.m[i] = m;
+        t.v[i] = v;
+        float p = t.p[i] * (1.0f - lr * t.wd_scale * wd) - lr * (m / bc1) / (sqrtf(v / bc2) + eps);
+        t.p[i] = p;
+        if (t.out) ((__nv_bfloat16 *)t.out)[i] = __float2bfloat16_rn(p);
+    }
 }
 
-extern "C" gc_status gc_cuda_sumsq_accumulate(const float *g, int64_t n, float *acc)
+extern "C" gc_status gc_cuda_adamw_multi(const gc_adam_tensor *ts, const gc_adam_chunk *cs, int n_chunks, float *partial,
+                                         float *norm, float *coef, float max_norm, float lr, float b1, float b2, float eps,
+                                         float wd, float bc1, float bc2)
 {
-    if (n == 0) return GC_OK;
-    sumsq_kernel<<<grid_for(n), 256, 0, gc_cuda_stream()>>>(g, n, acc);
+    if (n_chunks == 0) return GC_OK;
+    cudaStream_t s = gc_cuda_stream();
+    sumsq_chunks<<<n_chunks, 256, 0, s>>>(ts, cs, partial);
     GC_CUDA_LAUNCH_CHECK();
-    return GC_OK;
-}
-
-extern "C" gc_status gc_cuda_clip_coef(float *sumsq_to_norm, float max_norm, float *coef)
-{
-    clip_coef_kernel<<<1, 1, 0, gc_cuda_stream()>>>(sumsq_to_norm, max_norm, coef);
+    norm_finalize<<<1, 1024, 0, s>>>(partial, n_chunks, max_norm, norm, coef);
     GC_CUDA_LAUNCH_CHECK();
-    return GC_OK;
-}
-
-extern "C" gc_status gc_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1, float b2,
-                                   float eps, float wd, float bc1, float bc2, const float *coef)
-{
-    if (n == 0) return GC_OK;
-    adamw_kernel<<<grid_for(n), 256, 0, gc_cuda_stream()>>>(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, coef);
+    adamw_chunks<<<n_chunks, 256, 0, s>>>(ts, cs, lr, b1, b2, eps, wd, bc1, bc2, coef);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }

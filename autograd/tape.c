@@ -119,7 +119,7 @@ gc_status gc_tensor_make_leaf(gc_tensor *t)
     if (!gc_dtype_is_float(t->dtype))
         return gc_error_set(GC_ERR_DTYPE, "%s: only floating tensors can require a gradient", gc_tensor_label(t));
     gc_autograd_slot_release(t->slot);
-    t->slot = slot_new(t, true, GC_F32);
+    t->slot = slot_new(t, true, t->dtype == GC_F64 ? GC_F32 : t->dtype);
     return t->slot ? GC_OK : GC_PENDING();
 }
 

@@ -132,8 +132,9 @@ gc_tensor *gc_embedding(gc_tensor *table, gc_tensor *ids)
 {
     if (!table || !ids) return NULL;
     gc_tensor *ins[2] = {table, ids};
-    if (!gc_check_same_device("embedding", 2, ins) || !gc_check_float("embedding", table) ||
-        !gc_check_index("embedding", ids))
+    /* ids may stay on the host beside a GPU table: checked there without waiting for the GPU */
+    if ((ids->device.type != GC_DEVICE_CPU && !gc_check_same_device("embedding", 2, ins)) ||
+        !gc_check_float("embedding", table) || !gc_check_index("embedding", ids))
         return NULL;
     char st[GC_SHAPE_STR_LEN], si[GC_SHAPE_STR_LEN];
     if (table->ndim != 2 || ids->ndim > GC_MAX_DIMS - 1) {
@@ -148,7 +149,8 @@ gc_tensor *gc_embedding(gc_tensor *table, gc_tensor *ids)
     gc_tensor *y = NULL, *tc = NULL, *idc = NULL;
     if (!check_range("embedding", h, N, V, ids, table, "V")) goto done;
     tc = gc_contiguous(table);
-    idc = gc_contiguous_raw(ids);
+    idc = gc_device_eq(ids->device, table->device) ? gc_contiguous_raw(ids)
+                                                   : gc_pool_add(gc_tensor_to(ids, table->device, ids->dtype));
     if (!tc || !idc) goto done;
     int64_t sh[GC_MAX_DIMS];
     memcpy(sh, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);
@@ -207,8 +209,8 @@ gc_tensor *gc_gather_rows(gc_tensor *x, gc_tensor *idx)
 {
     if (!x || !idx) return NULL;
     gc_tensor *ins[2] = {x, idx};
-    if (!gc_check_same_device("gather_rows", 2, ins) || !gc_check_float("gather_rows", x) ||
-        !gc_check_index("gather_rows", idx))
+    if ((idx->device.type != GC_DEVICE_CPU && !gc_check_same_device("gather_rows", 2, ins)) ||
+        !gc_check_float("gather_rows", x) || !gc_check_index("gather_rows", idx))
         return NULL;
     if (x->ndim != 3 || idx->ndim != 1 || idx->shape[0] != x->shape[0]) {
         char sx[GC_SHAPE_STR_LEN], si[GC_SHAPE_STR_LEN];
@@ -222,7 +224,7 @@ gc_tensor *gc_gather_rows(gc_tensor *x, gc_tensor *idx)
     gc_tensor *y = NULL, *xc = NULL, *idc = NULL;
     if (!check_range("gather_rows", h, B, L, idx, x, "L")) goto done;
     xc = gc_contiguous(x);
-    idc = gc_contiguous_raw(idx);
+    idc = gc_device_eq(idx->device, x->device) ? gc_contiguous_raw(idx) : gc_pool_add(gc_tensor_to(idx, x->device, idx->dtype));
     if (!xc || !idc) goto done;
     y = gc_op_new(x->dtype, x->device, 2, GC_SHAPE(B, D));
     if (!y) goto done;

@@ -43,6 +43,7 @@ gc_tensor *gc_matmul(gc_tensor *a, gc_tensor *b, bool trans_a, bool trans_b);
 /* x [..., in] @ w[out, in]^T + b[out] -> [..., out]; b may be NULL. */
 gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b);
 
+
 /* ---- elementwise.c ---- */
 /* numpy broadcasting over up to 5 dims */
 gc_tensor *gc_add(gc_tensor *a, gc_tensor *b);
@@ -59,6 +60,9 @@ typedef enum gc_act {
     GC_ACT_SILU,        /* x sigmoid(x) */
 } gc_act;
 gc_tensor *gc_activation(gc_tensor *x, gc_act act);
+/* linear(activation(x, act), w, b) (matmul.c), keeping only x for backward (act(x) is
+ * recomputed there): the MLP's second layer without storing its input twice. */
+gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b);
 gc_status gc_act_parse(const char *hf_name, gc_act *out); /* "gelu", "gelu_pytorch_tanh", "quick_gelu", "silu" ... */
 
 /* ---- norm.c ---- */

@@ -230,3 +230,66 @@ gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
     gc_autograd_record("linear", linear_backward, y, 3, in3, 2, sv);
     return y;
 }
+
+/* ---------------------------------------------------------------- linear of an activation */
+
+/* saved: x (pre-activation, [R, in]), w. inputs: x, w, b. iarg[0]: act.
+ * Recomputes a = act(x) on a small tape, then dW, db and da = gy W as in linear, and
+ * backpropagates da through the activation on that tape. */
+static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
+{
+    gc_tensor *x = nd->saved[0], *w = nd->saved[1];
+    int64_t R = x->shape[0], in = x->shape[1], out = w->shape[0];
+    gc_device dev = x->device;
+    gc_tensor *xd = gc_tensor_view_of(x, x->ndim, x->shape, x->stride, x->offset);
+    if (!xd) return GC_PENDING();
+    gc_pool_add(xd);
+    if (nd->in[0]) GC_TRY(gc_tensor_make_leaf(xd));
+    gc_tape *t = gc_tape_init();
+    if (!t) return GC_PENDING();
+    bool prev = gc_grad_set_enabled(true);
+    gc_tape_begin(t);
+    gc_tensor *a = gc_activation(xd, (gc_act)nd->iarg[0]);
+    gc_tape_end(t);
+    gc_grad_set_enabled(prev);
+    gc_status st = a ? GC_OK : GC_PENDING();
+    bool acc;
+    gc_tensor *gw = st == GC_OK ? gc_grad_target(nd, 1, &acc) : NULL;
+    if (gw) st = gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc, 1, false);
+    gc_tensor *gb = st == GC_OK ? gc_grad_target(nd, 2, &acc) : NULL;
+    if (gb) st = sum_rows(dev, gy, gb, acc);
+    if (st == GC_OK && nd->in[0] && a->slot) {
+        gc_tensor *da = gc_op_new(x->dtype, dev, 2, GC_SHAPE(R, in));
+        st = da ? gemm_plain(dev, false, false, R, in, out, gy, w, da, false, 1, false) : GC_PENDING();
+        if (st == GC_OK) st = gc_backward(t, 1, &a, &da);
+        if (st == GC_OK && gc_tensor_grad(xd)) st = gc_grad_accumulate(nd, 0, gc_tensor_grad(xd));
+    }
+    gc_tape_free(t);
+    return st;
+}
+
+gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b)
+{
+    if (!x || !w) return NULL;
+    gc_tensor *ins[3] = {x, w, b};
+    if (!gc_autograd_should_record(3, ins)) return gc_linear(gc_activation(x, act), w, b);
+    int64_t in = gc_tensor_cols(x);
+    gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(gc_tensor_rows(x), in));
+    if (!x2) return NULL;
+    bool prev = gc_grad_set_enabled(false); /* the node below stands for both ops */
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = gc_pool_keep(gc_linear(gc_activation(x2, act), w, b));
+    gc_pool_pop(p);
+    gc_grad_set_enabled(prev);
+    if (!y) return NULL;
+    gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL;
+    if (!wc || (b && !bc)) return NULL;
+    gc_tensor *in3[3] = {x2, wc, bc}, *sv[2] = {x2, wc};
+    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 3, in3, 2, sv);
+    if (!nd) return NULL;
+    nd->iarg[0] = act;
+    int64_t sh[GC_MAX_DIMS];
+    memcpy(sh, x->shape, sizeof sh);
+    sh[x->ndim - 1] = w->shape[0];
+    return gc_view(y, x->ndim, sh);
+}

@@ -457,10 +457,11 @@ gc_tensor *gc_clip_encode_text(gc_clip *m, gc_tensor *ids)
     if (!pos) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
     if (gc_clip_text_pool_positions(&m->cfg, ids, pos) != GC_OK) { free(pos); return NULL; }
     gc_pool *pool = gc_pool_push();
-    gc_tensor *pos_t = gc_pool_add(gc_tensor_from_data(GC_I64, m->opt.device, 1, GC_SHAPE(B), pos));
+    /* ids and positions stay on the host: the ops check them there, with no wait for the GPU */
+    gc_tensor *pos_t = gc_pool_add(gc_tensor_from_data(GC_I64, GC_CPU, 1, GC_SHAPE(B), pos));
     free(pos);
-    gc_tensor *ids_d = gc_pool_add(gc_tensor_to(ids, m->opt.device, ids->dtype));
-    gc_tensor *h = gc_embedding(m->t_tok, ids_d);                              /* [B, L, D] */
+    gc_tensor *ids_h = ids->device.type == GC_DEVICE_CPU ? ids : gc_pool_add(gc_tensor_to(ids, GC_CPU, ids->dtype));
+    gc_tensor *h = gc_embedding(m->t_tok, ids_h);                              /* [B, L, D] */
     h = gc_add(h, gc_slice(m->t_pos, 0, 0, L));
     for (int64_t i = 0; i < c->layers; i++) h = gc_block_run(&m->t_blocks[i], h, m->opt.checkpointing);
     h = gc_layernorm(h, m->t_final_w, m->t_final_b, c->eps);

@@ -35,8 +35,10 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     if (b->ls1) a = gc_mul(a, b->ls1);
     gc_tensor *r = gc_add(x, a);
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
-    m = gc_activation(gc_lin_forward(&b->fc1, m, b->op_base + 5), b->act);
-    m = gc_lin_forward(&b->fc2, m, b->op_base + 6);
+    m = gc_lin_forward(&b->fc1, m, b->op_base + 5);
+    /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
+    m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
+                      : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);
     if (b->ls2) m = gc_mul(m, b->ls2);
     gc_tensor *y = gc_pool_keep(gc_add(r, m));
     gc_pool_pop(pool);

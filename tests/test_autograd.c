@@ -72,6 +72,40 @@ START_TEST(test_linear_grad)
 }
 END_TEST
 
+static gc_tensor *f_linear_act(gc_tensor *const *in, void *ctx)
+{
+    return gc_linear_act(in[0], *(gc_act *)ctx, in[1], in[2]);
+}
+
+/* linear(act(x)) keeping only x: same values and gradients as the two ops composed */
+START_TEST(test_linear_act_grad)
+{
+    gc_tensor *x = gc_test_param(3, GC_SHAPE(2, 3, 5), 1, 1.0);
+    gc_tensor *w = gc_test_param(2, GC_SHAPE(4, 5), 2, 0.5);
+    gc_tensor *b = gc_test_param(1, GC_SHAPE(4), 3, 0.5);
+    gc_tensor *in[3] = {x, w, b};
+    gc_act acts[2] = {GC_ACT_GELU_ERF, GC_ACT_QUICK_GELU};
+    for (int i = 0; i < 2; i++) GC_ASSERT_GRADCHECK(f_linear_act, &acts[i], 3, in, NULL);
+    /* the tape keeps x, not act(x) */
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = gc_linear_act(x, GC_ACT_GELU_ERF, w, b);
+    gc_tape_end(t);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_uint_le(gc_tape_saved_bytes(t), gc_tensor_nbytes(x) + gc_tensor_nbytes(w));
+    float ref[24], got[24];
+    gc_tensor_to_host_f32(gc_linear(gc_activation(x, GC_ACT_GELU_ERF), w, b), ref);
+    gc_tensor_to_host_f32(y, got);
+    for (int k = 0; k < 24; k++) ck_assert_float_eq_tol(got[k], ref[k], 1e-6);
+    gc_pool_pop(p);
+    gc_tape_free(t);
+    gc_tensor_release(x);
+    gc_tensor_release(w);
+    gc_tensor_release(b);
+}
+END_TEST
+
 /* permute -> slice -> view -> concat -> contiguous -> matmul: every view's backward */
 static gc_tensor *f_views(gc_tensor *const *in, void *ctx)
 {
@@ -215,6 +249,7 @@ int main(void)
     tcase_add_test(tc, test_matmul_values);
     tcase_add_test(tc, test_matmul_grad);
     tcase_add_test(tc, test_linear_grad);
+    tcase_add_test(tc, test_linear_act_grad);
     tcase_add_test(tc, test_view_grads);
     tcase_add_test(tc, test_accumulate_seed_frozen_detach);
     tcase_add_test(tc, test_saved_tensors_released);

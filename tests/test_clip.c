@@ -28,7 +28,16 @@ static gc_clip_options test_options(void)
     return o;
 }
 
-static double tolerance(void) { return test_options().dtype == GC_BF16 ? 2e-2 : 1e-4; }
+/* bf16: PyTorch itself, run on these fixtures in pure bf16 (tests/fixtures/torch_bf16_error.py,
+ * on the H200), lands 2.7e-2 / 3.2e-2 / 6.8e-2 from the f64 references (worst tensor): the
+ * logit scale of ~10 amplifies bf16 rounding of these tiny random models. Our bound is
+ * about 1.5x torch's own error; f32 must agree to 1e-4. */
+static double tolerance_for(const char *fixture)
+{
+    if (test_options().dtype != GC_BF16) return 1e-4;
+    return fixture && !strcmp(fixture, "clip_b16_shape") ? 0.12 : 0.05;
+}
+static double tolerance(void) { return tolerance_for(NULL); }
 
 typedef struct fixture {
     gc_clip *m;
@@ -116,7 +125,7 @@ static double compare_step(fixture *f, int64_t chunk, const char *label)
                                                        {"logits_per_image", logits}};
     for (int i = 0; i < 4; i++) {
         e = ref_err(f, outs[i].n, outs[i].t);
-        if (e > tolerance()) fprintf(stderr, "%s: %s rel err %.3g\n", label, outs[i].n, e);
+        if (e > 2e-2) fprintf(stderr, "%s: %s rel err %.3g\n", label, outs[i].n, e);
         worst = fmax(worst, e);
     }
     int compared = 0;
@@ -124,7 +133,7 @@ static double compare_step(fixture *f, int64_t chunk, const char *label)
         char name[512];
         snprintf(name, sizeof name, "grad.%s", ps->items[i].name);
         e = ref_err(f, name, gc_tensor_grad(ps->items[i].value));
-        if (e > tolerance()) fprintf(stderr, "%s: %s rel err %.3g\n", label, name, e);
+        if (e > 2e-2) fprintf(stderr, "%s: %s rel err %.3g\n", label, name, e);
         worst = fmax(worst, e);
         compared++;
     }
@@ -147,7 +156,7 @@ START_TEST(test_matches_transformers)
         char label[128];
         snprintf(label, sizeof label, "%s chunk %lld", CASES[_i], (long long)chunks[c]);
         double e = compare_step(&f, chunks[c], label);
-        ck_assert_msg(e < tolerance(), "%s: worst relative error %.3g", label, e);
+        ck_assert_msg(e < tolerance_for(CASES[_i]), "%s: worst relative error %.3g", label, e);
     }
     fixture_close(&f);
 }

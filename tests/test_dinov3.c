@@ -36,7 +36,9 @@ static gc_dinov3_options test_options(void)
     return o;
 }
 
-static double tolerance(void) { return test_options().dtype == GC_BF16 ? 2e-2 : 1e-4; }
+/* bf16: about 1.5x the error PyTorch itself shows on the CLIP fixtures in pure bf16
+ * (tests/fixtures/torch_bf16_error.py); f32 must agree to 1e-4. */
+static double tolerance(void) { return test_options().dtype == GC_BF16 ? 5e-2 : 1e-4; }
 
 typedef struct fixture {
     gc_dinov3 *m;

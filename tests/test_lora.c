@@ -33,7 +33,9 @@ static gc_clip_options test_options(void)
 }
 
 static bool bf16(void) { return test_options().dtype == GC_BF16; }
-static double tolerance(void) { return bf16() ? 2e-2 : 1e-4; }
+/* bf16: about 1.5x the error PyTorch itself shows on the CLIP fixtures in pure bf16
+ * (tests/fixtures/torch_bf16_error.py); f32 must agree to 1e-4. */
+static double tolerance(void) { return bf16() ? 5e-2 : 1e-4; }
 
 static gc_lora_options lora_of(const gc_clip_options *o)
 {

@@ -1,0 +1,1 @@
+// kernels/flash_attention.cu: being written
