@@ -55,7 +55,7 @@ gc_status gc_adamw_save(gc_adamw *o, const char *path)
     for (int i = 0; st == GC_OK && i < ps->n; i++) {
         if (!o->m[i]) continue;
         for (int k = 0; k < 2; k++) {
-            size_t len = strlen(ps->items[i].name) + 8;
+            size_t len = strlen(ps->items[i].name) + 16;
             owned[n] = malloc(len);
             if (!owned[n]) { st = gc_error_set(GC_ERR_OOM, "out of host memory"); break; }
             snprintf(owned[n], len, "%s.%s", k ? "exp_avg_sq" : "exp_avg", ps->items[i].name);
