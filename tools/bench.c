@@ -9,6 +9,7 @@
 
 #include "../autograd/gc_optim.h"
 #include "../gradcache/gc_clip_task.h"
+#include "../gradcache/gc_dinov3_task.h"
 #include "gc_cli.h"
 
 typedef struct bench_args {
@@ -57,6 +58,86 @@ static double clip_pair_flops(const gc_clip_config *c, int64_t text_len)
     fl += (double)t->layers * (8 * L * Dt * Dt + 4 * L * Dt * Ft + 4 * L * L * Dt);
     fl += 2 * Dt * (double)c->projection_dim;
     return fl;
+}
+
+/* Forward GFLOP of one image through DINOv3 (a pair is two of these). */
+static double dinov3_image_flops(const gc_dinov3_config *c)
+{
+    double g = (double)(c->image_size / c->patch), N = g * g + 1 + (double)c->registers, D = (double)c->hidden;
+    double F = (double)c->intermediate;
+    return (double)c->layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D) +
+           2 * g * g * (double)(c->channels * c->patch * c->patch) * D;
+}
+
+/* One model under test: its parameters, and one step's forward + backward. */
+typedef struct bench_job {
+    gc_params *params;
+    double pair_flops;
+    gc_gradcache *gc;
+    gc_clip *clip;
+    gc_clip_task clip_task;
+    gc_dinov3 *dino;
+    gc_dinov3_task dino_task;
+    gc_tensor *in[2];
+} bench_job;
+
+static gc_status job_init(bench_job *j, const bench_args *a, gc_device dev, gc_dtype dt)
+{
+    memset(j, 0, sizeof *j);
+    int64_t B = a->batch, chunk = a->no_cache ? 0 : a->chunk;
+    if (!strncmp(a->model, "dinov3", 6)) {
+        gc_dinov3_config cfg;
+        GC_TRY(gc_dinov3_config_named(a->model, &cfg));
+        gc_dinov3_options o = {.device = dev, .dtype = dt, .checkpointing = a->checkpointing,
+                               .lora = {a->lora, 2.0 * a->lora, 0, "q_proj,k_proj,v_proj,o_proj"}};
+        GC_TRY(gc_dinov3_init(&j->dino, &cfg, &o, 42));
+        int64_t S = cfg.image_size, n = B * 3 * S * S;
+        float *px = malloc(sizeof(float) * (size_t)n);
+        if (!px) return gc_error_set(GC_ERR_OOM, "out of host memory");
+        for (int v = 0; v < 2; v++) {
+            for (int64_t i = 0; i < n; i++) px[i] = gc_rand_uniform(9, 0, (uint32_t)v, 0, (uint64_t)i) * 2 - 1;
+            j->in[v] = gc_tensor_from_data(GC_F32, dev, 4, GC_SHAPE(B, 3, S, S), px);
+        }
+        free(px);
+        if (!j->in[0] || !j->in[1]) return GC_PENDING();
+        GC_TRY(gc_dinov3_task_init(&j->dino_task, j->dino, j->in[0], j->in[1], chunk, 0.1));
+        j->params = gc_dinov3_params(j->dino);
+        j->pair_flops = 2 * dinov3_image_flops(&cfg);
+        j->gc = &j->dino_task.gc;
+        return GC_OK;
+    }
+    gc_clip_config cfg;
+    GC_TRY(gc_clip_config_named(a->model, &cfg));
+    gc_clip_options opt = {.device = dev, .dtype = dt, .checkpointing = a->checkpointing, .lora_r = a->lora,
+                           .lora_alpha = 2.0 * a->lora, .lora_targets = "q_proj,k_proj,v_proj,out_proj"};
+    GC_TRY(gc_clip_init(&j->clip, &cfg, &opt, 42));
+    /* synthetic batch: uniform pixels on the device; 77 random tokens ending in the EOT id */
+    int64_t S = cfg.vision.image_size, L = cfg.text.max_positions;
+    float *px = malloc(sizeof(float) * (size_t)(B * 3 * S * S));
+    int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * L));
+    if (!px || !ids) { free(px); free(ids); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
+    for (int64_t i = 0; i < B * 3 * S * S; i++) px[i] = gc_rand_uniform(9, 0, 0, 0, (uint64_t)i) * 2 - 1;
+    for (int64_t i = 0; i < B * L; i++)
+        ids[i] = i % L == L - 1 ? cfg.text.vocab - 1 : (int64_t)(gc_rand_uniform(9, 0, 1, 0, (uint64_t)i) * (double)(cfg.text.vocab - 2));
+    j->in[0] = gc_tensor_from_data(GC_F32, dev, 4, GC_SHAPE(B, 3, S, S), px);
+    j->in[1] = gc_tensor_from_data(GC_I64, GC_CPU, 2, GC_SHAPE(B, L), ids); /* pooling reads ids on the host */
+    free(px);
+    free(ids);
+    if (!j->in[0] || !j->in[1]) return GC_PENDING();
+    gc_clip_task_init(&j->clip_task, j->clip, j->in[0], j->in[1], chunk);
+    j->params = gc_clip_params(j->clip);
+    j->pair_flops = clip_pair_flops(&cfg, L);
+    j->gc = &j->clip_task.gc;
+    return GC_OK;
+}
+
+static void job_free(bench_job *j)
+{
+    if (j->dino) gc_dinov3_task_free(&j->dino_task);
+    gc_dinov3_free(j->dino);
+    gc_clip_free(j->clip);
+    gc_tensor_release(j->in[0]);
+    gc_tensor_release(j->in[1]);
 }
 
 /* bf16 GEMM ceiling: 8192^3 through the library's GEMM wrapper, random operands. */
@@ -126,10 +207,7 @@ int gc_cli_bench(int argc, char **argv)
 {
     bench_args a;
     if (parse(argc, argv, &a)) return 1;
-    gc_clip_config cfg;
-    if (gc_clip_config_named(a.model, &cfg) != GC_OK) return gc_cli_fail_status("bench --model");
-    gc_clip_options opt = {.checkpointing = a.checkpointing, .lora_r = a.lora, .lora_alpha = 2.0 * a.lora,
-                           .lora_targets = "q_proj,k_proj,v_proj,out_proj"};
+    gc_clip_options opt = {0}; /* device and dtype */
     if (gc_cli_parse_dtype(a.dtype, &opt.dtype)) return 1;
     if (gc_device_parse(a.device, &opt.device) != GC_OK) return gc_cli_fail_status("bench --device");
     if (opt.device.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
@@ -138,28 +216,16 @@ int gc_cli_bench(int argc, char **argv)
     }
     gc_device dev = opt.device;
     double peak_tf = dev.type == GC_DEVICE_CUDA ? gemm_ceiling(dev) : 0;
-    gc_clip *m;
-    if (gc_clip_init(&m, &cfg, &opt, 42) != GC_OK) return gc_cli_fail_status("bench");
+    bench_job job;
+    if (job_init(&job, &a, dev, opt.dtype) != GC_OK) { int rc = gc_cli_fail_status("bench"); job_free(&job); return rc; }
     gc_adamw adam;
     gc_adamw_config ac = {.lr = 1e-5, .beta1 = 0.9, .beta2 = 0.98, .eps = 1e-6, .weight_decay = 0.1, .max_grad_norm = 1.0};
-    if (gc_adamw_init(&adam, gc_clip_params(m), &ac) != GC_OK) { gc_clip_free(m); return gc_cli_fail_status("bench"); }
-    /* synthetic batch: normal pixels on the device; 77 random tokens ending in the EOT id */
-    int64_t B = a.batch, S = cfg.vision.image_size, L = cfg.text.max_positions;
-    float *px = malloc(sizeof(float) * (size_t)(B * 3 * S * S));
-    int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * L));
-    for (int64_t i = 0; i < B * 3 * S * S; i++) px[i] = gc_rand_uniform(9, 0, 0, 0, (uint64_t)i) * 2 - 1;
-    for (int64_t i = 0; i < B * L; i++)
-        ids[i] = i % L == L - 1 ? cfg.text.vocab - 1 : (int64_t)(gc_rand_uniform(9, 0, 1, 0, (uint64_t)i) * (double)(cfg.text.vocab - 2));
-    gc_tensor *pixels = gc_tensor_from_data(GC_F32, dev, 4, GC_SHAPE(B, 3, S, S), px);
-    gc_tensor *tokens = gc_tensor_from_data(GC_I64, GC_CPU, 2, GC_SHAPE(B, L), ids); /* pooling reads ids on the host */
-    free(px);
-    free(ids);
-    gc_clip_task task;
-    gc_clip_task_init(&task, m, pixels, tokens, a.no_cache ? 0 : a.chunk);
+    if (gc_adamw_init(&adam, job.params, &ac) != GC_OK) { int rc = gc_cli_fail_status("bench"); job_free(&job); return rc; }
+    int64_t B = a.batch;
     phase_log pl = {0};
     for (int i = 0; i < MAX_PHASES; i++) pl.t[i] = gc_timer_create(dev);
-    task.gc.on_phase = on_phase;
-    task.gc.phase_user = &pl;
+    job.gc->on_phase = on_phase;
+    job.gc->phase_user = &pl;
     gc_timer *t0 = gc_timer_create(dev), *t1 = gc_timer_create(dev);
     int64_t total = a.warmup + a.steps;
     double *step_ms = calloc((size_t)total, sizeof(double)), *ph_ms[MAX_PHASES];
@@ -176,8 +242,8 @@ int gc_cli_bench(int argc, char **argv)
         pl.n = 0;
         gc_gradcache_result res;
         gc_timer_record(t0);
-        gc_status st = gc_params_zero_grad(gc_clip_params(m));
-        if (st == GC_OK) st = gc_clip_task_step(&task, (gc_rand_context){1, (uint32_t)s, 0}, &res);
+        gc_status st = gc_params_zero_grad(job.params);
+        if (st == GC_OK) st = gc_gradcache_step(job.gc, (gc_rand_context){1, (uint32_t)s, 0}, &res);
         if (st == GC_OK) st = gc_adamw_step(&adam, ac.lr);
         gc_timer_record(t1);
         if (st != GC_OK) { rc = gc_cli_fail_status("bench step"); break; }
@@ -197,7 +263,7 @@ int gc_cli_bench(int argc, char **argv)
     if (!rc) {
         gc_memory_stats ms = gc_memory_stats_get(dev);
         double med = median(step_ms + a.warmup, (int)a.steps);
-        double fwd = clip_pair_flops(&cfg, L);
+        double fwd = job.pair_flops;
         int passes = (a.no_cache ? 3 : 4) + (a.checkpointing ? 1 : 0) - (a.lora ? 1 : 0);
         double tflops = fwd * passes * (double)B / (med * 1e-3) / 1e12;
         char mode[96];
@@ -227,9 +293,7 @@ int gc_cli_bench(int argc, char **argv)
     free(step_ms);
     gc_timer_free(t0);
     gc_timer_free(t1);
-    gc_tensor_release(pixels);
-    gc_tensor_release(tokens);
     gc_adamw_free(&adam);
-    gc_clip_free(m);
+    job_free(&job);
     return rc;
 }
