@@ -52,4 +52,12 @@ else echo "ok: grad: $(cat "$tmp/out")"; fi
 if ! "$gcache" embed --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/e.safetensors" >"$tmp/out" 2>"$tmp/err"; then
   echo "FAIL: embed: $(cat "$tmp/err")"; fail=1
 else echo "ok: embed"; fi
+d=$fx/dinov3_reg4
+if ! "$gcache" grad --model "$d" --inputs "$d/inputs.safetensors" --out "$tmp/dg.safetensors" --chunk 3 >"$tmp/out" 2>"$tmp/err"; then
+  echo "FAIL: dinov3 grad: $(cat "$tmp/err")"; fail=1
+else echo "ok: dinov3 grad: $(cat "$tmp/out")"; fi
+if ! "$gcache" embed --model "$d" --inputs "$d/inputs.safetensors" --out "$tmp/de.safetensors" >"$tmp/out" 2>"$tmp/err"; then
+  echo "FAIL: dinov3 embed: $(cat "$tmp/err")"; fail=1
+else echo "ok: dinov3 embed"; fi
+expect_fail "dinov3 without its second view" "pixel_values_b" "$gcache" grad --model "$d" --inputs "$m/inputs.safetensors" --out "$tmp/o"
 exit $fail

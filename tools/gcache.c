@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "../gradcache/gc_clip_task.h"
+#include "../gradcache/gc_dinov3_task.h"
+#include "../models/gc_json.h"
 #include "../models/gc_safetensors.h"
 #include "gc_cli.h"
 
@@ -15,7 +17,8 @@ static const char *USAGE =
     "usage: gcache <command> [options]\n"
     "commands:\n"
     "  grad   --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16] [--seed S]\n"
-    "         loss, embeddings, logits and every parameter gradient of one batch (the gradient cache with --chunk)\n"
+    "         [--temperature T]  loss, embeddings, logits and every parameter gradient of one batch (the gradient\n"
+    "         cache with --chunk); DIR is a CLIP or DINOv3 checkpoint (DINOv3: pixel_values + pixel_values_b pairs)\n"
     "  embed  --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16]\n"
     "         L2-normalised image and text embeddings, no graph\n"
     "  train  CONFIG.yaml [--resume DIR] [key=value ...]   train (see configs/)\n"
@@ -45,6 +48,7 @@ typedef struct grad_args {
     const char *model, *inputs, *out, *device, *dtype;
     int64_t chunk;
     uint64_t seed;
+    double temperature; /* DINOv3 pairs */
 } grad_args;
 
 static int parse_i64(const char *flag, const char *v, int64_t *out)
@@ -58,7 +62,7 @@ static int parse_i64(const char *flag, const char *v, int64_t *out)
 
 static int parse_grad_args(int argc, char **argv, grad_args *a)
 {
-    *a = (grad_args){.device = "cpu", .dtype = "f32", .chunk = 0, .seed = 0};
+    *a = (grad_args){.device = "cpu", .dtype = "f32", .chunk = 0, .seed = 0, .temperature = 0.1};
     for (int i = 0; i < argc; i++) {
         const char *f = argv[i];
         const char **dst = NULL;
@@ -67,7 +71,13 @@ static int parse_grad_args(int argc, char **argv, grad_args *a)
         else if (!strcmp(f, "--out")) dst = &a->out;
         else if (!strcmp(f, "--device")) dst = &a->device;
         else if (!strcmp(f, "--dtype")) dst = &a->dtype;
-        else if (!strcmp(f, "--chunk") || !strcmp(f, "--seed")) {
+        else if (!strcmp(f, "--temperature")) {
+            if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
+            char *end;
+            a->temperature = strtod(argv[++i], &end);
+            if (*end || !(a->temperature > 0)) return gc_cli_fail("--temperature '%s': expected a positive number", argv[i]);
+            continue;
+        } else if (!strcmp(f, "--chunk") || !strcmp(f, "--seed")) {
             if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
             int64_t v = 0;
             if (parse_i64(f, argv[++i], &v)) return 1;
@@ -126,12 +136,171 @@ static int open_model(const grad_args *a, gc_clip **m)
     return 0;
 }
 
+
+/* ---------------------------------------------------------------- DINOv3 */
+
+/* "clip" or "dinov3_vit" from DIR/config.json (transformers' model_type) */
+static int model_type(const char *dir, char *out, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    cJSON *c = NULL;
+    if (gc_json_load_file(path, &c) != GC_OK) return gc_cli_fail_status(NULL);
+    const char *mt = NULL;
+    gc_status st = gc_json_get_string(c, "model_type", "clip", false, &mt, path);
+    if (st == GC_OK) snprintf(out, n, "%s", mt);
+    cJSON_Delete(c);
+    return st == GC_OK ? 0 : gc_cli_fail_status(NULL);
+}
+
+/* Writes names/ts (any device) plus grad.<name> of every parameter with a gradient. */
+static int write_outputs(const char *path, int n, const char **names, gc_tensor **ts, gc_params *ps)
+{
+    int cap = n + (ps ? ps->n : 0), k = 0, rc = 0;
+    const char **nm = calloc((size_t)cap + 1, sizeof *nm);
+    char **owned = calloc((size_t)cap + 1, sizeof *owned);
+    gc_tensor **hs = calloc((size_t)cap + 1, sizeof *hs);
+    if (!nm || !owned || !hs) rc = gc_cli_fail("out of host memory");
+    for (int i = 0; !rc && i < cap; i++) {
+        gc_tensor *src = i < n ? ts[i] : gc_tensor_grad(ps->items[i - n].value);
+        if (!src) continue;
+        if (i >= n) {
+            size_t len = strlen(ps->items[i - n].name) + 6;
+            if (!(owned[k] = malloc(len))) { rc = gc_cli_fail("out of host memory"); break; }
+            snprintf(owned[k], len, "grad.%s", ps->items[i - n].name);
+            nm[k] = owned[k];
+        } else nm[k] = names[i];
+        if (!(hs[k] = gc_tensor_to(src, GC_CPU, GC_F32))) { rc = gc_cli_fail_status("copying outputs"); break; }
+        k++;
+    }
+    if (!rc && gc_st_save(path, k, nm, hs, 0, NULL) != GC_OK) rc = gc_cli_fail_status(NULL);
+    for (int i = 0; i < cap; i++) { free(owned[i]); gc_tensor_release(hs[i]); }
+    free(nm);
+    free(owned);
+    free(hs);
+    return rc;
+}
+
+/* pixel_values and pixel_values_b [B,3,H,W]: two views per sample */
+static int load_views(const char *path, gc_tensor **a, gc_tensor **b, bool need_b)
+{
+    *a = *b = NULL;
+    gc_st_file *f;
+    if (gc_st_open(path, &f) != GC_OK) return gc_cli_fail_status(NULL);
+    const char *keys[2] = {"pixel_values", "pixel_values_b"};
+    gc_tensor **out[2] = {a, b};
+    int rc = 0;
+    for (int i = 0; i < 2 && !rc; i++) {
+        const gc_st_entry *e = gc_st_find(f, keys[i]);
+        if (!e) {
+            if (i == 0 || need_b) rc = gc_cli_fail("%s: no %s (a DINOv3 %s needs pixel_values%s)", path, keys[i],
+                                                   need_b ? "pair" : "embedding", need_b ? " and pixel_values_b" : "");
+            continue;
+        }
+        if (e->ndim != 4 || !gc_dtype_is_float(e->dtype)) rc = gc_cli_fail("%s: %s must be a float tensor [B, 3, H, W]", path, keys[i]);
+        else if (!(*out[i] = gc_st_load(f, keys[i], GC_F32, GC_CPU))) rc = gc_cli_fail_status(path);
+    }
+    gc_st_close(f);
+    if (!rc && *b && (*b)->shape[0] != (*a)->shape[0])
+        rc = gc_cli_fail("%s: pixel_values has %lld rows, pixel_values_b %lld: they must pair up", path,
+                         (long long)(*a)->shape[0], (long long)(*b)->shape[0]);
+    return rc;
+}
+
+static int open_dinov3(const grad_args *a, gc_dinov3 **m)
+{
+    gc_dinov3_options opt = {0};
+    if (gc_cli_parse_dtype(a->dtype, &opt.dtype)) return 1;
+    if (gc_device_parse(a->device, &opt.device) != GC_OK) return gc_cli_fail_status("--device");
+    if (opt.device.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
+        gc_error_clear();
+        return gc_cli_fail("--device cuda: %s", gc_cuda_built() ? "no usable CUDA device" : "this build has no CUDA backend");
+    }
+    if (gc_dinov3_load(m, a->model, &opt) != GC_OK) return gc_cli_fail_status(NULL);
+    return 0;
+}
+
+static int dinov3_grad(const grad_args *a)
+{
+    gc_tensor *va, *vb;
+    if (load_views(a->inputs, &va, &vb, true)) return 1;
+    gc_dinov3 *m = NULL;
+    int rc = open_dinov3(a, &m);
+    gc_dinov3_task task;
+    gc_gradcache_result res = {0};
+    if (!rc && gc_dinov3_task_init(&task, m, va, vb, a->chunk, a->temperature) != GC_OK) rc = gc_cli_fail_status(NULL);
+    else if (!rc) {
+        gc_params *ps = gc_dinov3_params(m);
+        if (gc_params_zero_grad(ps) != GC_OK || gc_dinov3_task_step(&task, (gc_rand_context){a->seed, 0, 0}, &res) != GC_OK)
+            rc = gc_cli_fail_status(NULL);
+        gc_pool *p = gc_pool_push();
+        if (!rc) {
+            float lf = (float)res.loss;
+            gc_tensor *ea = gc_l2normalize(res.reps[0], 1e-12), *eb = gc_l2normalize(res.reps[1], 1e-12);
+            gc_tensor *outs[4] = {gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 1, GC_SHAPE(1), &lf)), ea, eb,
+                                  gc_scale(gc_matmul(ea, eb, false, true), 1.0 / a->temperature)};
+            const char *names[4] = {"loss", "embeds_a", "embeds_b", "logits"};
+            rc = outs[3] ? write_outputs(a->out, 4, names, outs, ps) : gc_cli_fail_status(NULL);
+            if (!rc) printf("loss %.6f  batch %lld  chunk %lld  %s %s -> %s\n", res.loss, (long long)va->shape[0],
+                            (long long)(a->chunk ? a->chunk : va->shape[0]), a->device, a->dtype, a->out);
+        }
+        gc_pool_pop(p);
+        gc_gradcache_result_clear(&res);
+        gc_dinov3_task_free(&task);
+    }
+    gc_dinov3_free(m);
+    gc_tensor_release(va);
+    gc_tensor_release(vb);
+    return rc;
+}
+
+static int dinov3_embed(const grad_args *a)
+{
+    gc_tensor *va, *vb;
+    if (load_views(a->inputs, &va, &vb, false)) return 1;
+    gc_dinov3 *m = NULL;
+    int rc = open_dinov3(a, &m);
+    if (!rc) {
+        gc_dinov3_set_training(m, false);
+        gc_tensor *ins[2] = {va, vb}, *outs[2] = {NULL, NULL};
+        const char *names[2] = {"embeds_a", "embeds_b"};
+        int k = 0;
+        for (int i = 0; i < 2 && !rc; i++) {
+            if (!ins[i]) continue;
+            gc_dinov3_task t;
+            if (gc_dinov3_task_init(&t, m, ins[i], ins[i], a->chunk, 1.0) != GC_OK) { rc = gc_cli_fail_status(NULL); break; }
+            t.gc.n_towers = 1;
+            gc_tensor *reps = NULL;
+            if (gc_gradcache_embed(&t.gc, gc_rand_context_get(), &reps) != GC_OK) rc = gc_cli_fail_status(NULL);
+            else {
+                gc_pool *p = gc_pool_push();
+                gc_tensor *n = gc_l2normalize(reps, 1e-12);
+                outs[k] = n ? gc_tensor_retain(n) : NULL;
+                names[k] = names[i];
+                k += outs[k] != NULL;
+                gc_pool_pop(p);
+            }
+            gc_tensor_release(reps);
+            gc_dinov3_task_free(&t);
+        }
+        if (!rc) rc = write_outputs(a->out, k, names, outs, NULL);
+        for (int i = 0; i < 2; i++) gc_tensor_release(outs[i]);
+    }
+    gc_dinov3_free(m);
+    gc_tensor_release(va);
+    gc_tensor_release(vb);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- grad */
 
 static int cmd_grad(int argc, char **argv)
 {
     grad_args a;
     if (parse_grad_args(argc, argv, &a)) return 1;
+    char mt[64];
+    if (model_type(a.model, mt, sizeof mt)) return 1;
+    if (!strcmp(mt, "dinov3_vit")) return dinov3_grad(&a);
     gc_tensor *pixels, *ids;
     if (load_inputs(a.inputs, &pixels, &ids)) return 1;
     if (!pixels || !ids) return gc_cli_fail("%s: grad needs both pixel_values and input_ids", a.inputs);
@@ -202,6 +371,9 @@ static int cmd_embed(int argc, char **argv)
 {
     grad_args a;
     if (parse_grad_args(argc, argv, &a)) return 1;
+    char mt[64];
+    if (model_type(a.model, mt, sizeof mt)) return 1;
+    if (!strcmp(mt, "dinov3_vit")) return dinov3_embed(&a);
     gc_tensor *pixels, *ids;
     if (load_inputs(a.inputs, &pixels, &ids)) return 1;
     gc_clip *m;
