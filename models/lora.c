@@ -217,6 +217,16 @@ static cJSON *py_float(double x)
     return cJSON_CreateRaw(buf);
 }
 
+/* PEFT names adapters by the module path in memory: "base_model.model." + the HF name,
+ * except that transformers 5 nests DINOv3ViTModel's layers under one more "model."
+ * (its checkpoint keys are remapped on save/load, PEFT's are not). */
+static const char *peft_prefix(gc_params *ps)
+{
+    if (gc_params_find(ps, "embeddings.cls_token") && gc_params_find(ps, "embeddings.patch_embeddings.weight"))
+        return GC_LORA_PEFT_PREFIX "model.";
+    return GC_LORA_PEFT_PREFIX;
+}
+
 /* auto_mapping, which PeftModel.save_pretrained writes when there is no task_type */
 static void add_auto_mapping(cJSON *root, gc_params *ps)
 {
@@ -322,10 +332,10 @@ gc_status gc_lora_save_peft(gc_params *ps, const gc_lora_options *o, const char 
     for (int i = 0; i < n && st == GC_OK; i++) {
         gc_param *p[2] = {m[i].a, m[i].b};
         for (int j = 0; j < 2 && st == GC_OK; j++) {
-            size_t len = strlen(GC_LORA_PEFT_PREFIX) + strlen(p[j]->name) + 1;
+            size_t len = strlen(peft_prefix(ps)) + strlen(p[j]->name) + 1;
             names[2 * i + j] = malloc(len);
             if (!names[2 * i + j]) { st = gc_error_set(GC_ERR_OOM, "out of host memory"); break; }
-            snprintf(names[2 * i + j], len, "%s%s", GC_LORA_PEFT_PREFIX, p[j]->name);
+            snprintf(names[2 * i + j], len, "%s%s", peft_prefix(ps), p[j]->name);
             ts[2 * i + j] = gc_tensor_to(p[j]->master ? p[j]->master : p[j]->value, GC_CPU, GC_F32);
             if (!ts[2 * i + j]) st = GC_PENDING();
         }
@@ -443,7 +453,7 @@ gc_status gc_lora_load_peft(gc_params *ps, const gc_lora_options *o, const char 
             gc_param *p[2] = {m[j].a, m[j].b};
             for (int q = 0; q < 2; q++) {
                 char key[512], fs[GC_SHAPE_STR_LEN], ms[GC_SHAPE_STR_LEN];
-                snprintf(key, sizeof key, "%s%s", GC_LORA_PEFT_PREFIX, p[q]->name);
+                snprintf(key, sizeof key, "%s%s", peft_prefix(ps), p[q]->name);
                 const gc_st_entry *e = gc_st_find(f, key);
                 gc_tensor *ref = p[q]->master ? p[q]->master : p[q]->value;
                 if (!e) { note(&nt, "missing %s", key); continue; }
@@ -457,10 +467,10 @@ gc_status gc_lora_load_peft(gc_params *ps, const gc_lora_options *o, const char 
                 }
             }
         }
-        size_t pl = strlen(GC_LORA_PEFT_PREFIX);
+        size_t pl = strlen(peft_prefix(ps));
         for (int i = 0; i < gc_st_count(f); i++) {
             const char *name = gc_st_entry_at(f, i)->name;
-            if (strncmp(name, GC_LORA_PEFT_PREFIX, pl) || !is_lora_param(ps, name + pl)) note(&nt, "unexpected %s", name);
+            if (strncmp(name, peft_prefix(ps), pl) || !is_lora_param(ps, name + pl)) note(&nt, "unexpected %s", name);
         }
         if (nt.bad)
             st = gc_error_set(GC_ERR_FORMAT, "%s: LoRA adapter does not match the model (%d problems): %s%s", dir, nt.bad,
@@ -471,7 +481,7 @@ gc_status gc_lora_load_peft(gc_params *ps, const gc_lora_options *o, const char 
         gc_param *p[2] = {m[j].a, m[j].b};
         for (int q = 0; q < 2 && st == GC_OK; q++) {
             char key[512];
-            snprintf(key, sizeof key, "%s%s", GC_LORA_PEFT_PREFIX, p[q]->name);
+            snprintf(key, sizeof key, "%s%s", peft_prefix(ps), p[q]->name);
             gc_tensor *h = gc_st_tensor(f, key);
             if (!h) { st = GC_PENDING(); break; }
             st = gc_tensor_copy_into(p[q]->value, h, false);

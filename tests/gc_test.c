@@ -222,6 +222,15 @@ double gc_test_compare_devices(const char *label, gc_test_fn f, void *ctx, int n
     return worst;
 }
 
+static void clear_error(void) { gc_error_clear(); }
+
+TCase *gc_test_tcase(const char *name)
+{
+    TCase *tc = tcase_create(name);
+    tcase_add_checked_fixture(tc, clear_error, NULL);
+    return tc;
+}
+
 int gc_test_run(Suite *s)
 {
     SRunner *sr = srunner_create(s);

@@ -49,6 +49,10 @@ double gc_test_compare_devices(const char *label, gc_test_fn f, void *ctx, int n
 /* ||a - b|| / ||b|| over host copies (any devices/dtypes, equal shapes) */
 double gc_test_rel_err(const gc_tensor *a, const gc_tensor *b);
 
+/* A test case whose every test starts with no pending error (the error state is
+ * per thread and outlives a test when Check does not fork, as in the GPU runs). */
+TCase *gc_test_tcase(const char *name);
+
 /* Runs a Check suite; returns the process exit status. */
 int gc_test_run(Suite *s);
 

@@ -245,7 +245,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("autograd");
-    TCase *tc = tcase_create("tape");
+    TCase *tc = gc_test_tcase("tape");
     tcase_add_test(tc, test_matmul_values);
     tcase_add_test(tc, test_matmul_grad);
     tcase_add_test(tc, test_linear_grad);

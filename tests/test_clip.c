@@ -290,7 +290,7 @@ int main(void)
     }
     printf("clip fixtures on %s in %s, tolerance %.0e\n", gc_device_name(o.device), gc_dtype_name(o.dtype), tolerance());
     Suite *s = suite_create("clip");
-    TCase *tc = tcase_create("hf");
+    TCase *tc = gc_test_tcase("hf");
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_matches_transformers, 0, 3);
     tcase_add_test(tc, test_dropout_chunk_invariance);

@@ -1068,7 +1068,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("data");
-    TCase *img = tcase_create("image");
+    TCase *img = gc_test_tcase("image");
     tcase_add_test(img, test_decode_fixtures);
     tcase_add_test(img, test_decode_errors);
     tcase_add_test(img, test_png_roundtrip);
@@ -1078,12 +1078,12 @@ int main(void)
     tcase_add_test(img, test_resize_window_exact);
     tcase_add_test(img, test_augment_deterministic);
     suite_add_tcase(s, img);
-    TCase *dsc = tcase_create("dataset");
+    TCase *dsc = gc_test_tcase("dataset");
     tcase_add_test(dsc, test_csv_manifest);
     tcase_add_test(dsc, test_brace_expand);
     tcase_add_test(dsc, test_tar_shards);
     suite_add_tcase(s, dsc);
-    TCase *ld = tcase_create("loader");
+    TCase *ld = gc_test_tcase("loader");
     tcase_add_test(ld, test_permutation);
     tcase_add_test(ld, test_loader_deterministic);
     tcase_add_test(ld, test_loader_skips_bad_samples);
@@ -1091,7 +1091,7 @@ int main(void)
     tcase_add_test(ld, test_loader_epochs_and_last);
     tcase_add_test(ld, test_loader_all_bad_and_early_free);
     suite_add_tcase(s, ld);
-    TCase *syn = tcase_create("synth");
+    TCase *syn = gc_test_tcase("synth");
     tcase_add_test(syn, test_synth);
     suite_add_tcase(s, syn);
     return gc_test_run(s);

@@ -594,7 +594,7 @@ int main(void)
     printf("dinov3 fixtures on %s in %s, tolerance %.0e\n", gc_device_name(o.device), gc_dtype_name(o.dtype),
            tolerance());
     Suite *s = suite_create("dinov3");
-    TCase *tc = tcase_create("hf");
+    TCase *tc = gc_test_tcase("hf");
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_forward_matches_transformers, 0, N_CASES);
     tcase_add_loop_test(tc, test_matches_transformers, 0, N_CASES);

@@ -993,7 +993,7 @@ int main(void)
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         if (strcmp(cur, tests[i].name)) {
             cur = tests[i].name;
-            tc = tcase_create(cur);
+            tc = gc_test_tcase(cur);
             tcase_set_timeout(tc, 300);
             suite_add_tcase(s, tc);
         }

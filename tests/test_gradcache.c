@@ -240,7 +240,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("gradcache");
-    TCase *tc = tcase_create("gradcache");
+    TCase *tc = gc_test_tcase("gradcache");
     tcase_add_test(tc, test_chunked_equals_full);
     tcase_add_test(tc, test_chunked_equals_full_with_dropout);
     tcase_add_test(tc, test_blocked_loss_matches_plain);

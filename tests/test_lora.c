@@ -483,7 +483,7 @@ int main(void)
     }
     printf("lora fixtures on %s in %s, tolerance %.0e\n", gc_device_name(o.device), gc_dtype_name(o.dtype), tolerance());
     Suite *s = suite_create("lora");
-    TCase *tc = tcase_create("peft");
+    TCase *tc = gc_test_tcase("peft");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_matches_peft);
     tcase_add_test(tc, test_save_matches_peft_and_reloads);

@@ -468,7 +468,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("ops_attention");
-    TCase *tc = tcase_create("attention");
+    TCase *tc = gc_test_tcase("attention");
     tcase_add_test(tc, test_bidirectional);
     tcase_add_test(tc, test_causal);
     tcase_add_test(tc, test_masks);

@@ -657,7 +657,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("ops_elementwise");
-    TCase *tc = tcase_create("elementwise");
+    TCase *tc = gc_test_tcase("elementwise");
     tcase_add_test(tc, test_binary_grads);
     tcase_add_test(tc, test_binary_strided_and_reuse);
     tcase_add_test(tc, test_binary_values);
@@ -667,19 +667,19 @@ int main(void)
     tcase_add_test(tc, test_activation_values);
     tcase_add_test(tc, test_act_parse);
     suite_add_tcase(s, tc);
-    TCase *tr = tcase_create("reduce_loss");
+    TCase *tr = gc_test_tcase("reduce_loss");
     tcase_add_test(tr, test_reduce_grads);
     tcase_add_test(tr, test_reduce_values);
     tcase_add_test(tr, test_cross_entropy_grads);
     tcase_add_test(tr, test_cross_entropy_values);
     suite_add_tcase(s, tr);
-    TCase *td = tcase_create("dropout");
+    TCase *td = gc_test_tcase("dropout");
     tcase_add_test(td, test_dropout_grad);
     tcase_add_test(td, test_dropout_chunking);
     tcase_add_test(td, test_dropout_statistics);
     tcase_add_test(td, test_dropout_backward_and_errors);
     suite_add_tcase(s, td);
-    TCase *tp = tcase_create("patch");
+    TCase *tp = gc_test_tcase("patch");
     tcase_add_test(tp, test_unfold_layout);
     tcase_add_test(tp, test_patch_embed);
     suite_add_tcase(s, tp);

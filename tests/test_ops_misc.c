@@ -396,7 +396,7 @@ int main(void)
     mallopt(M_PERTURB, 0x80);
 #endif
     Suite *s = suite_create("ops_misc");
-    TCase *tc = tcase_create("misc");
+    TCase *tc = gc_test_tcase("misc");
     tcase_add_test(tc, test_embedding_values_and_grad_sums);
     tcase_add_test(tc, test_embedding_grad);
     tcase_add_test(tc, test_embedding_errors);

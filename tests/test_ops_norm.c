@@ -348,7 +348,7 @@ int main(void)
     mallopt(M_PERTURB, 0x80); /* fresh host blocks hold 3.4e38s, not zeros (see test_ops_misc.c) */
 #endif
     Suite *s = suite_create("ops_norm");
-    TCase *tc = tcase_create("norm");
+    TCase *tc = gc_test_tcase("norm");
     tcase_add_test(tc, test_layernorm_values);
     tcase_add_test(tc, test_rmsnorm_l2_softmax_values);
     tcase_add_test(tc, test_layernorm_grad);

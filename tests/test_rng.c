@@ -52,7 +52,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("rng");
-    TCase *tc = tcase_create("philox");
+    TCase *tc = gc_test_tcase("philox");
     tcase_add_test(tc, test_philox_known_answers);
     tcase_add_test(tc, test_uniform_layout);
     tcase_add_test(tc, test_rand_context_roundtrip);

@@ -1023,7 +1023,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("safetensors");
-    TCase *rw = tcase_create("read_write");
+    TCase *rw = gc_test_tcase("read_write");
     tcase_add_checked_fixture(rw, setup, teardown);
     tcase_add_test(rw, test_roundtrip_every_dtype);
     tcase_add_test(rw, test_tensor_outlives_close);
@@ -1039,21 +1039,21 @@ int main(void)
     tcase_add_test(rw, test_writer_matches_python);
     suite_add_tcase(s, rw);
 
-    TCase *val = tcase_create("validation");
+    TCase *val = gc_test_tcase("validation");
     tcase_add_checked_fixture(val, setup, teardown);
     tcase_add_loop_test(val, test_malformed, 0, N_BAD);
     tcase_add_test(val, test_unreadable_files);
     tcase_add_test(val, test_accepts_edge_cases);
     suite_add_tcase(s, val);
 
-    TCase *dir = tcase_create("directories");
+    TCase *dir = gc_test_tcase("directories");
     tcase_add_checked_fixture(dir, setup, teardown);
     tcase_add_test(dir, test_dir_single_file);
     tcase_add_test(dir, test_dir_sharded);
     tcase_add_test(dir, test_dir_errors);
     suite_add_tcase(s, dir);
 
-    TCase *js = tcase_create("json");
+    TCase *js = gc_test_tcase("json");
     tcase_add_checked_fixture(js, setup, teardown);
     tcase_add_test(js, test_json_getters);
     tcase_add_test(js, test_json_files);

@@ -110,7 +110,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("tensor");
-    TCase *tc = tcase_create("core");
+    TCase *tc = gc_test_tcase("core");
     tcase_add_test(tc, test_create_and_views);
     tcase_add_test(tc, test_dtype_conversions);
     tcase_add_test(tc, test_pools_and_memory);

@@ -642,7 +642,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("tokenizer");
-    TCase *tc = tcase_create("unit");
+    TCase *tc = gc_test_tcase("unit");
     tcase_add_test(tc, test_bytes_to_unicode);
     tcase_add_test(tc, test_load_clip);
     tcase_add_test(tc, test_words);
@@ -651,7 +651,7 @@ int main(void)
     tcase_add_test(tc, test_invalid_utf8);
     tcase_add_test(tc, test_load_errors);
     suite_add_tcase(s, tc);
-    TCase *hf = tcase_create("transformers");
+    TCase *hf = gc_test_tcase("transformers");
     tcase_add_test(hf, test_corpus);
     tcase_add_test(hf, test_fuzz);
     tcase_add_test(hf, test_specials_normalized);

@@ -53,6 +53,11 @@ static const key_def KEYS[] = {
     {"workers", K_INT, F(workers), 0, 0, 256, NULL},
     {"synthetic_train", K_INT, F(synthetic_train), 0, 0, 1e8, NULL},
     {"synthetic_val", K_INT, F(synthetic_val), 0, 0, 1e8, NULL},
+    {"pair_format", K_STR, F(pair_format), S(pair_format), 0, 0, "pairs|labels"},
+    {"csv_img_b_key", K_STR, F(csv_img_b_key), S(csv_img_b_key), 0, 0, NULL},
+    {"csv_label_key", K_STR, F(csv_label_key), S(csv_label_key), 0, 0, NULL},
+    {"pool", K_STR, F(pool), S(pool), 0, 0, "cls|mean"},
+    {"augment", K_BOOL, F(augment), 0, 0, 0, NULL},
     {"output_dir", K_STR, F(output_dir), S(output_dir), 0, 0, NULL},
     {"eval_every", K_INT, F(eval_every), 0, 0, 1e12, NULL},
     {"save_every", K_INT, F(save_every), 0, 0, 1e12, NULL},
@@ -87,6 +92,11 @@ void gc_train_config_defaults(gc_train_config *c)
     snprintf(c->csv_img_key, sizeof c->csv_img_key, "filepath");
     snprintf(c->csv_caption_key, sizeof c->csv_caption_key, "title");
     c->workers = 2;
+    snprintf(c->pair_format, sizeof c->pair_format, "pairs");
+    snprintf(c->csv_img_b_key, sizeof c->csv_img_b_key, "filepath_b");
+    snprintf(c->csv_label_key, sizeof c->csv_label_key, "label");
+    snprintf(c->pool, sizeof c->pool, "cls");
+    c->augment = false;
     snprintf(c->output_dir, sizeof c->output_dir, "runs/latest");
     c->eval_every = 0;
     c->save_every = 0;

@@ -39,6 +39,11 @@ typedef struct gc_train_config {
     char csv_img_key[64], csv_caption_key[64];
     int64_t workers;
     int64_t synthetic_train, synthetic_val; /* > 0: make a synthetic shapes data set at train_data/val_data when absent */
+    /* image-image pairs (DINOv3, tools/train_pairs.c) */
+    char pair_format[16];              /* pairs: two image columns | labels: image + label, positives share the label */
+    char csv_img_b_key[64], csv_label_key[64];
+    char pool[8];                      /* cls | mean: the DINOv3 embedding */
+    bool augment;                      /* random resized crop, flip, colour jitter on both views */
     /* output */
     char output_dir[GC_CFG_STR];
     int64_t eval_every, save_every, log_every;

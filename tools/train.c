@@ -24,6 +24,7 @@
 #include "gc_cli.h"
 #include "gc_config.h"
 #include "gc_data.h"
+#include "gc_train_pairs.h"
 #include "gc_train_util.h"
 
 typedef struct trainer {
@@ -497,6 +498,7 @@ int gc_cli_train(int argc, char **argv)
             return gc_cli_fail_status(NULL);
     if (gc_train_config_validate(&t.cfg, t.cfg_path) != GC_OK) return gc_cli_fail_status(NULL);
     if (resume && !exists(resume)) return gc_cli_fail("--resume %s: no such directory", resume);
+    if (gc_train_pairs_wanted(&t.cfg)) return gc_cli_train_pairs(&t.cfg, t.cfg_path, resume); /* DINOv3: image pairs */
     if (gc_device_parse(t.cfg.device, &t.dev) != GC_OK) return gc_cli_fail_status(t.cfg_path);
     if (t.dev.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
         gc_error_clear();

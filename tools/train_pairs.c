@@ -1,0 +1,1273 @@
+/* gcache train CONFIG.yaml with a DINOv3 model: image-image contrastive training.
+ *
+ * Each training sample is a pair of images of the same thing. Both go through one DINOv3
+ * (two towers sharing the weights, gradcache/gc_dinov3_task.h); the loss is symmetric
+ * InfoNCE between the L2-normalised embeddings at a fixed `temperature`, computed over
+ * the whole batch with the gradient cache (`gradient_cache_chunk_size` rows at a time).
+ *
+ * Data (`pair_format`):
+ *   pairs   a CSV/TSV manifest with two image columns (csv_img_key, csv_img_b_key): row i
+ *           is the pair (a_i, b_i).
+ *   labels  a manifest with an image and a label column (csv_img_key, csv_label_key), or
+ *           WebDataset shards whose .txt is the label (product retrieval, e.g. Stanford
+ *           Online Products' Ebay_train.txt read with csv_separator " "). Sample i's
+ *           positive is another image of its label, drawn uniformly from the label's
+ *           other images by (seed, epoch, i): a new positive every epoch, the same for
+ *           any number of threads and after a resume. A label with a single image pairs
+ *           it with itself (only the augmentations make the two views differ).
+ * Views: DINOv3 preprocessing (bilinear resize to S x S, the ImageNet mean/std); with
+ * `augment: true` each view independently gets a random resized crop (area 0.35-1,
+ * aspect 3/4-4/3), a horizontal flip (p 0.5) and colour jitter (brightness, contrast,
+ * saturation 0.3), drawn from (seed, epoch, 2i) for view a and (seed, epoch, 2i + 1) for
+ * view b. A pair one of whose images cannot be read is dropped as a whole (counted, the
+ * first reasons reported) and the batch filled from the following pairs, so the views
+ * never fall out of step; which pairs are dropped depends only on the data.
+ *
+ * Evaluation (`val_data`, every `eval_every` steps and at the end; no augmentation):
+ *   pairs   for each validation pair, view b is retrieved among all views b from view a
+ *           (cosine similarity): i2i_recall@1/5/10 = a->b, b2a_recall@1/5/10 = b->a (ties
+ *           count against, as gc_recall_at_k).
+ *   labels  the usual product-retrieval protocol: every image queries all the other
+ *           validation images; a hit at K is an image of the query's label among the K
+ *           nearest (i2i_recall@K). Images whose label has no other image are not
+ *           queries ("queries" in the metrics line says how many were).
+ * Output as `gcache train` for CLIP: metrics.jsonl, training.svg, crash-safe checkpoints
+ * (the model in HF layout as gc_dinov3_save writes it, plus a PEFT adapter with LoRA,
+ * optimizer state, trainer_state.json with the data position, `latest`); `--resume`
+ * continues bit-exactly. */
+#include "gc_train_pairs.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "../autograd/gc_optim.h"
+#include "../gradcache/gc_dinov3_task.h"
+#include "../models/gc_json.h"
+#include "../models/gc_lora.h"
+#include "../runtime/gc_rng.h"
+#include "gc_cli.h"
+#include "gc_data.h"
+#include "gc_train_util.h"
+
+/* the augmentations of `augment: true` */
+#define AUG_CROP_SCALE_MIN 0.35f
+#define AUG_HFLIP 0.5f
+#define AUG_JITTER 0.3f
+
+static bool is_dir(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static bool exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+static void dirname_of(const char *path, char *out, size_t n)
+{
+    snprintf(out, n, "%s", path);
+    char *s = strrchr(out, '/');
+    if (s) *s = 0;
+    else snprintf(out, n, ".");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+bool gc_train_pairs_wanted(const gc_train_config *c)
+{
+    if (!is_dir(c->model)) return !strncmp(c->model, "dinov3-", 7);
+    char path[GC_CFG_STR + 16];
+    snprintf(path, sizeof path, "%s/config.json", c->model);
+    cJSON *j = NULL;
+    if (gc_json_load_file(path, &j) != GC_OK) { /* the CLIP trainer reports it */
+        gc_error_clear();
+        return false;
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(j, "model_type");
+    bool yes = cJSON_IsString(mt) && !strcmp(mt->valuestring, "dinov3_vit");
+    cJSON_Delete(j);
+    return yes;
+}
+
+/* ================================================================ pair data */
+
+typedef struct pair_set {
+    bool labels;
+    gc_dataset *a, *b;   /* pairs: the manifest read twice, images from column a, then b; labels: b NULL */
+    int64_t n;
+    /* labels: class of each sample; members of class k (ascending) are members[cstart[k] .. cstart[k+1]) */
+    int64_t *cls, *members, *cstart, *rank;
+    int64_t n_classes, n_single;
+} pair_set;
+
+typedef struct label_ref {
+    const char *s;
+    size_t n;
+    int64_t i;
+} label_ref;
+
+static int label_cmp(const void *x, const void *y)
+{
+    const label_ref *a = x, *b = y;
+    int c = memcmp(a->s, b->s, a->n < b->n ? a->n : b->n);
+    if (c) return c;
+    if (a->n != b->n) return a->n < b->n ? -1 : 1;
+    return a->i < b->i ? -1 : a->i > b->i;
+}
+
+/* groups the samples by label (leading and trailing white space ignored) */
+static gc_status pair_set_classes(pair_set *p, const char *spec)
+{
+    int64_t N = p->n;
+    label_ref *r = malloc(sizeof *r * (size_t)(N ? N : 1));
+    p->cls = malloc(sizeof(int64_t) * (size_t)(N ? N : 1));
+    p->members = malloc(sizeof(int64_t) * (size_t)(N ? N : 1));
+    p->rank = malloc(sizeof(int64_t) * (size_t)(N ? N : 1));
+    p->cstart = malloc(sizeof(int64_t) * (size_t)(N + 1));
+    if (!r || !p->cls || !p->members || !p->rank || !p->cstart) {
+        free(r);
+        return gc_error_set(GC_ERR_OOM, "%s: out of host memory for the labels of %lld samples", spec, (long long)N);
+    }
+    for (int64_t i = 0; i < N; i++) {
+        const char *s = gc_dataset_caption(p->a, i);
+        if (!s) s = "";
+        while (*s && isspace((unsigned char)*s)) s++;
+        size_t n = strlen(s);
+        while (n && isspace((unsigned char)s[n - 1])) n--;
+        if (!n) {
+            char name[512];
+            free(r);
+            return gc_error_set(GC_ERR_FORMAT, "%s: sample %lld (%s) has an empty label", spec, (long long)i,
+                                gc_dataset_image_name(p->a, i, name, sizeof name));
+        }
+        r[i] = (label_ref){s, n, i};
+    }
+    qsort(r, (size_t)N, sizeof *r, label_cmp);
+    int64_t k = -1;
+    for (int64_t j = 0; j < N; j++) {
+        if (j == 0 || r[j].n != r[j - 1].n || memcmp(r[j].s, r[j - 1].s, r[j].n)) p->cstart[++k] = j;
+        p->members[j] = r[j].i;
+        p->cls[r[j].i] = k;
+        p->rank[r[j].i] = j - p->cstart[k];
+    }
+    p->n_classes = k + 1;
+    p->cstart[p->n_classes] = N;
+    for (int64_t c = 0; c < p->n_classes; c++) p->n_single += p->cstart[c + 1] - p->cstart[c] == 1;
+    free(r);
+    return GC_OK;
+}
+
+static void pair_set_free(pair_set *p)
+{
+    gc_dataset_free(p->a);
+    gc_dataset_free(p->b);
+    free(p->cls);
+    free(p->members);
+    free(p->cstart);
+    free(p->rank);
+    memset(p, 0, sizeof *p);
+}
+
+static gc_status pair_set_open(pair_set *p, const gc_train_config *c, const char *spec)
+{
+    memset(p, 0, sizeof *p);
+    p->labels = !strcmp(c->pair_format, "labels");
+    bool tar = !strcmp(c->data_format, "webdataset");
+    char sep = c->csv_separator[0];
+    if (!p->labels) {
+        if (tar)
+            return gc_error_set(GC_ERR_INVALID, "%s: pair_format pairs reads a CSV/TSV manifest with two image columns "
+                                "(csv_img_key, csv_img_b_key); WebDataset shards work with pair_format labels "
+                                "(the .txt is the label)", spec);
+        if (!strcmp(c->csv_img_key, c->csv_img_b_key))
+            return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_img_b_key are both '%s': a pair needs two "
+                                "image columns", spec, c->csv_img_key);
+        if (!(p->a = gc_dataset_open_csv(spec, sep, c->csv_img_key, c->csv_img_b_key))) return GC_PENDING();
+        if (!(p->b = gc_dataset_open_csv(spec, sep, c->csv_img_b_key, c->csv_img_key))) return GC_PENDING();
+        p->n = gc_dataset_size(p->a);
+        return GC_OK;
+    }
+    p->a = tar ? gc_dataset_open_tar(spec) : gc_dataset_open_csv(spec, sep, c->csv_img_key, c->csv_label_key);
+    if (!p->a) return GC_PENDING();
+    p->n = gc_dataset_size(p->a);
+    return pair_set_classes(p, spec);
+}
+
+/* The other image of sample i's pair in epoch `epoch` (labels): uniform among the other
+ * images of i's label, i itself when it is alone. */
+static int64_t pair_positive(const pair_set *p, uint64_t seed, int64_t epoch, int64_t i)
+{
+    int64_t k = p->cls[i], m = p->cstart[k + 1] - p->cstart[k];
+    if (m == 1) return i;
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    uint32_t ctr[4] = {(uint32_t)i, (uint32_t)((uint64_t)i >> 32) ^ (uint32_t)((uint64_t)epoch >> 32),
+                       0x706f7369u /* "posi" */, (uint32_t)epoch};
+    uint32_t r[4];
+    gc_philox4x32_10(key, ctr, r);
+    int64_t j = (int64_t)((((uint64_t)r[0] << 32) | r[1]) % (uint64_t)(m - 1));
+    return p->members[p->cstart[k] + j + (j >= p->rank[i])];
+}
+
+/* ================================================================ pair loader */
+
+/* gc_loader's pipeline (tools/loader.c) for pairs: the epochs' orders form one stream
+ * of positions; workers decode and transform both images of position q into slot
+ * q % W, at most W positions ahead of the assembler, which walks the slots in stream
+ * order, normalises good pairs into the next rows of the batch and skips bad ones. A
+ * pair's outcome depends only on its images and the (seed, epoch, sample) draws, so
+ * batches do not depend on the number of workers or on timing. */
+
+enum { SLOT_FREE, SLOT_BUSY, SLOT_DONE };
+
+typedef struct pslot {
+    int state;
+    int64_t q, index, index_b;
+    gc_image im[2];  /* S x S, transformed; empty if the pair failed */
+    char reason[256];
+} pslot;
+
+typedef struct pair_batch {
+    int n, size;
+    float *a, *b;             /* [n, 3, S, S] each */
+    int64_t *index, *index_b; /* the pair's sample; the second image's sample (labels; = index for pairs) */
+    gc_loader_pos pos, next;
+    int64_t skipped;          /* pairs dropped while filling this batch */
+} pair_batch;
+
+typedef struct pbuf {
+    pair_batch b;
+    int n_reasons;
+    char reasons[GC_LOADER_REASONS][256];
+} pbuf;
+
+typedef struct pair_loader {
+    const pair_set *ps;
+    gc_loader_opts o;
+    int64_t N, B, S, g0, q_end;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_slot, cv_free, cv_ready;
+    int stop;
+    int64_t next_q, perm_epoch, *perm;
+    pslot *slots;
+    int W;
+    pthread_t *threads;
+    int n_threads;
+    int64_t asm_q;
+    pthread_t asm_thread;
+    int asm_started;
+    pbuf *bufs;
+    int n_bufs, *free_list, n_free, *ready, ready_head, ready_n;
+    int finished;
+    gc_status err;
+    char err_msg[512];
+    int held;
+    gc_loader_report rep;
+} pair_loader;
+
+static gc_status load_view(const pair_loader *l, const gc_dataset *ds, int64_t idx, uint32_t epoch, uint64_t sample,
+                           gc_image *out)
+{
+    gc_image im = {0};
+    gc_status st = gc_dataset_load_image(ds, idx, &im);
+    if (st == GC_OK) st = gc_image_transform(&im, &l->o.pre, l->o.seed, epoch, sample, out);
+    gc_image_free(&im);
+    return st;
+}
+
+static void *pl_worker(void *arg)
+{
+    pair_loader *l = arg;
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (!l->stop && (l->next_q >= l->q_end || l->next_q >= l->asm_q + l->W)) pthread_cond_wait(&l->cv_work, &l->mu);
+        if (l->stop) break;
+        int64_t q = l->next_q++;
+        int64_t g = l->g0 + q, epoch = g / l->N, cursor = g % l->N;
+        if (l->o.shuffle && l->perm_epoch != epoch) { /* positions are handed out in order: one epoch at a time */
+            gc_loader_permutation(l->o.seed, epoch, l->N, l->perm);
+            l->perm_epoch = epoch;
+        }
+        int64_t i = l->o.shuffle ? l->perm[cursor] : cursor;
+        pslot *s = &l->slots[q % l->W];
+        s->state = SLOT_BUSY;
+        s->q = q;
+        s->index = i;
+        pthread_mutex_unlock(&l->mu);
+
+        const pair_set *ps = l->ps;
+        int64_t j = ps->labels ? pair_positive(ps, l->o.seed, epoch, i) : i;
+        gc_image v[2] = {{0}, {0}};
+        gc_error_clear();
+        gc_status st = load_view(l, ps->a, i, (uint32_t)epoch, 2 * (uint64_t)i, &v[0]);
+        if (st == GC_OK) st = load_view(l, ps->labels ? ps->a : ps->b, j, (uint32_t)epoch, 2 * (uint64_t)i + 1, &v[1]);
+        if (st != GC_OK) { /* the messages name the file */
+            gc_image_free(&v[0]);
+            gc_image_free(&v[1]);
+            snprintf(s->reason, sizeof s->reason, "pair %lld: %s", (long long)i, gc_error_message());
+            gc_error_clear();
+        }
+
+        pthread_mutex_lock(&l->mu);
+        s->index_b = j;
+        s->im[0] = v[0];
+        s->im[1] = v[1];
+        s->state = SLOT_DONE;
+        pthread_cond_broadcast(&l->cv_slot);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static void pl_set_error(pair_loader *l, gc_status code, const char *msg)
+{
+    if (l->err == GC_OK) {
+        l->err = code;
+        snprintf(l->err_msg, sizeof l->err_msg, "%s", msg);
+    }
+    l->finished = 1;
+    pthread_cond_broadcast(&l->cv_ready);
+}
+
+static void *pl_assembler(void *arg)
+{
+    pair_loader *l = arg;
+    int64_t B = l->B, N = l->N, S = l->S;
+    size_t row = 3 * (size_t)S * (size_t)S;
+    int64_t batch_idx = l->o.start.batch, pend_skipped = 0, epoch_batches = 0, epoch_of_count = -1, epoch_good = 0;
+    int pend_n = 0;
+    char pend[GC_LOADER_REASONS][256];
+
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        if (l->asm_q >= l->q_end) {
+            l->finished = 1;
+            pthread_cond_broadcast(&l->cv_ready);
+            break;
+        }
+        while (!l->stop && l->n_free == 0) pthread_cond_wait(&l->cv_free, &l->mu);
+        if (l->stop) break;
+        int bi = l->free_list[--l->n_free];
+        pbuf *bb = &l->bufs[bi];
+        pair_batch *b = &bb->b;
+        int64_t g = l->g0 + l->asm_q, epoch = g / N, epoch_end_g = (epoch + 1) * N;
+        b->pos = (gc_loader_pos){epoch, batch_idx, g % N};
+        if (epoch_of_count != epoch) {
+            epoch_of_count = epoch;
+            epoch_batches = epoch_good = 0;
+        }
+        int rows = 0, end_of_run = 0;
+        while (rows < B) {
+            if (l->asm_q >= l->q_end) {
+                end_of_run = 1;
+                break;
+            }
+            if (l->g0 + l->asm_q >= epoch_end_g) break;
+            pslot *s = &l->slots[l->asm_q % l->W];
+            while (!l->stop && !(s->state == SLOT_DONE && s->q == l->asm_q)) pthread_cond_wait(&l->cv_slot, &l->mu);
+            if (l->stop) break;
+            pthread_mutex_unlock(&l->mu);
+            if (s->im[0].rgb && s->im[1].rgb) {
+                gc_image_normalize(&s->im[0], &l->o.pre, b->a + rows * row);
+                gc_image_normalize(&s->im[1], &l->o.pre, b->b + rows * row);
+                b->index[rows] = s->index;
+                b->index_b[rows] = s->index_b;
+                rows++;
+                epoch_good++;
+            } else {
+                pend_skipped++;
+                if (pend_n < GC_LOADER_REASONS) snprintf(pend[pend_n++], sizeof pend[0], "%s", s->reason);
+            }
+            gc_image_free(&s->im[0]);
+            gc_image_free(&s->im[1]);
+            pthread_mutex_lock(&l->mu);
+            s->state = SLOT_FREE;
+            l->asm_q++;
+            pthread_cond_broadcast(&l->cv_work);
+        }
+        if (l->stop) {
+            l->free_list[l->n_free++] = bi;
+            break;
+        }
+        int64_t g_after = l->g0 + l->asm_q;
+        int epoch_done = g_after >= epoch_end_g;
+        if (rows == B || (rows > 0 && l->o.keep_last)) {
+            b->n = rows;
+            b->skipped = pend_skipped;
+            bb->n_reasons = pend_n;
+            memcpy(bb->reasons, pend, sizeof pend[0] * (size_t)pend_n);
+            pend_skipped = 0;
+            pend_n = 0;
+            b->next = epoch_done ? (gc_loader_pos){epoch + 1, 0, 0}
+                                 : (gc_loader_pos){epoch, batch_idx + 1, g_after - epoch * N};
+            batch_idx = epoch_done ? 0 : batch_idx + 1;
+            epoch_batches++;
+            l->ready[(l->ready_head + l->ready_n) % l->n_bufs] = bi;
+            l->ready_n++;
+            pthread_cond_broadcast(&l->cv_ready);
+        } else {
+            l->free_list[l->n_free++] = bi; /* a partial last batch, dropped */
+            if (epoch_done) batch_idx = 0;
+        }
+        if (epoch_done && epoch_batches == 0 && b->pos.batch == 0 && b->pos.cursor == 0) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "pair loader: epoch %lld gave no batch: %lld of %lld pairs usable, batch size %lld%s%s",
+                     (long long)epoch, (long long)epoch_good, (long long)N, (long long)B, pend_n ? "; first skip: " : "",
+                     pend_n ? pend[0] : "");
+            pl_set_error(l, GC_ERR_FORMAT, msg);
+            break;
+        }
+        if (end_of_run) {
+            l->finished = 1;
+            pthread_cond_broadcast(&l->cv_ready);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static void pair_loader_free(pair_loader *l)
+{
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    l->stop = 1;
+    pthread_cond_broadcast(&l->cv_work);
+    pthread_cond_broadcast(&l->cv_slot);
+    pthread_cond_broadcast(&l->cv_free);
+    pthread_cond_broadcast(&l->cv_ready);
+    pthread_mutex_unlock(&l->mu);
+    for (int i = 0; i < l->n_threads; i++) pthread_join(l->threads[i], NULL);
+    if (l->asm_started) pthread_join(l->asm_thread, NULL);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->cv_work);
+    pthread_cond_destroy(&l->cv_slot);
+    pthread_cond_destroy(&l->cv_free);
+    pthread_cond_destroy(&l->cv_ready);
+    if (l->slots)
+        for (int i = 0; i < l->W; i++) {
+            gc_image_free(&l->slots[i].im[0]);
+            gc_image_free(&l->slots[i].im[1]);
+        }
+    if (l->bufs)
+        for (int i = 0; i < l->n_bufs; i++) {
+            free(l->bufs[i].b.a);
+            free(l->bufs[i].b.b);
+            free(l->bufs[i].b.index);
+            free(l->bufs[i].b.index_b);
+        }
+    free(l->bufs);
+    free(l->free_list);
+    free(l->ready);
+    free(l->slots);
+    free(l->perm);
+    free(l->threads);
+    free(l);
+}
+
+/* The options as gc_loader's: batch size, workers, prefetch, seed, shuffle, keep_last,
+ * epochs, start position, preprocessing (with the augmentations). */
+static pair_loader *pair_loader_new(const pair_set *ps, const gc_loader_opts *o)
+{
+    int64_t N = ps->n;
+    if (o->batch_size <= 0 || o->workers <= 0 || o->workers > 1024 || o->prefetch <= 0 || o->prefetch > 64 ||
+        o->pre.size <= 0 || o->epochs < 0) {
+        gc_error_set(GC_ERR_INVALID, "pair loader: bad options (batch size %d, workers %d, prefetch %d, image size %d)",
+                     o->batch_size, o->workers, o->prefetch, o->pre.size);
+        return NULL;
+    }
+    if (N <= 0) {
+        gc_error_set(GC_ERR_INVALID, "pair loader: the data set is empty");
+        return NULL;
+    }
+    if (N < o->batch_size && !o->keep_last) {
+        gc_error_set(GC_ERR_INVALID, "pair loader: %lld pairs, fewer than the batch size %d", (long long)N, o->batch_size);
+        return NULL;
+    }
+    gc_loader_pos st = o->start;
+    if (st.cursor < 0) st.cursor = st.batch * o->batch_size;
+    if (st.epoch < 0 || st.batch < 0 || st.cursor > N) {
+        gc_error_set(GC_ERR_INVALID, "pair loader: bad start position (epoch %lld, batch %lld, cursor %lld) for %lld pairs",
+                     (long long)st.epoch, (long long)st.batch, (long long)st.cursor, (long long)N);
+        return NULL;
+    }
+    if (st.cursor == N) st = (gc_loader_pos){st.epoch + 1, 0, 0};
+    pair_loader *l = calloc(1, sizeof *l);
+    if (!l) {
+        gc_error_set(GC_ERR_OOM, "pair loader: out of memory");
+        return NULL;
+    }
+    l->ps = ps;
+    l->o = *o;
+    l->o.start = st;
+    l->N = N;
+    l->B = o->batch_size;
+    l->S = o->pre.size;
+    l->g0 = st.epoch * N + st.cursor;
+    l->q_end = o->epochs > 0 ? (o->epochs * N > l->g0 ? o->epochs * N - l->g0 : 0) : INT64_MAX;
+    l->perm_epoch = -1;
+    l->held = -1;
+    l->W = 4 * o->workers + 8;
+    l->n_bufs = o->prefetch + 1;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->cv_work, NULL);
+    pthread_cond_init(&l->cv_slot, NULL);
+    pthread_cond_init(&l->cv_free, NULL);
+    pthread_cond_init(&l->cv_ready, NULL);
+    l->slots = calloc((size_t)l->W, sizeof(pslot));
+    l->perm = o->shuffle ? malloc(sizeof(int64_t) * (size_t)N) : NULL;
+    l->bufs = calloc((size_t)l->n_bufs, sizeof(pbuf));
+    l->free_list = malloc(sizeof(int) * (size_t)l->n_bufs);
+    l->ready = malloc(sizeof(int) * (size_t)l->n_bufs);
+    l->threads = calloc((size_t)o->workers, sizeof(pthread_t));
+    int oom = !l->slots || (o->shuffle && !l->perm) || !l->bufs || !l->free_list || !l->ready || !l->threads;
+    size_t px = (size_t)l->B * 3 * (size_t)l->S * (size_t)l->S;
+    for (int i = 0; i < l->n_bufs && !oom; i++) {
+        pair_batch *b = &l->bufs[i].b;
+        b->size = (int)l->S;
+        b->a = malloc(sizeof(float) * px);
+        b->b = malloc(sizeof(float) * px);
+        b->index = calloc((size_t)l->B, sizeof(int64_t));
+        b->index_b = calloc((size_t)l->B, sizeof(int64_t));
+        oom = !b->a || !b->b || !b->index || !b->index_b;
+        l->free_list[l->n_free++] = i;
+    }
+    if (oom) {
+        gc_error_set(GC_ERR_OOM, "pair loader: out of memory for %d batches of 2 x %lld x 3 x %lld x %lld floats",
+                     l->n_bufs, (long long)l->B, (long long)l->S, (long long)l->S);
+        pair_loader_free(l);
+        return NULL;
+    }
+    if (pthread_create(&l->asm_thread, NULL, pl_assembler, l) != 0) {
+        gc_error_set(GC_ERR_STATE, "pair loader: cannot start a thread");
+        pair_loader_free(l);
+        return NULL;
+    }
+    l->asm_started = 1;
+    for (int i = 0; i < o->workers; i++) {
+        if (pthread_create(&l->threads[i], NULL, pl_worker, l) != 0) {
+            gc_error_set(GC_ERR_STATE, "pair loader: cannot start worker thread %d", i);
+            pair_loader_free(l);
+            return NULL;
+        }
+        l->n_threads = i + 1;
+    }
+    return l;
+}
+
+/* The next batch, valid until the following call; *out = NULL at the end. */
+static gc_status pair_loader_next(pair_loader *l, const pair_batch **out)
+{
+    *out = NULL;
+    pthread_mutex_lock(&l->mu);
+    if (l->held >= 0) {
+        l->free_list[l->n_free++] = l->held;
+        l->held = -1;
+        pthread_cond_broadcast(&l->cv_free);
+    }
+    while (l->ready_n == 0 && !l->finished) pthread_cond_wait(&l->cv_ready, &l->mu);
+    if (l->ready_n > 0) {
+        int bi = l->ready[l->ready_head];
+        l->ready_head = (l->ready_head + 1) % l->n_bufs;
+        l->ready_n--;
+        l->held = bi;
+        pbuf *bb = &l->bufs[bi];
+        l->rep.batches++;
+        l->rep.samples += bb->b.n;
+        l->rep.skipped += bb->b.skipped;
+        for (int i = 0; i < bb->n_reasons && l->rep.n_reasons < GC_LOADER_REASONS; i++)
+            snprintf(l->rep.reasons[l->rep.n_reasons++], sizeof l->rep.reasons[0], "%s", bb->reasons[i]);
+        *out = &bb->b;
+        pthread_mutex_unlock(&l->mu);
+        return GC_OK;
+    }
+    gc_status err = l->err;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", l->err_msg);
+    pthread_mutex_unlock(&l->mu);
+    if (err != GC_OK) return gc_error_set(err, "%s", msg);
+    return GC_OK;
+}
+
+static void pair_loader_report(pair_loader *l, gc_loader_report *r)
+{
+    pthread_mutex_lock(&l->mu);
+    *r = l->rep;
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* ================================================================ synthetic pairs */
+
+#define SYNTH_TAG "gcache synthetic pairs v1"
+
+static void mirror(gc_image *im)
+{
+    for (int y = 0; y < im->h; y++) {
+        uint8_t *r = im->rgb + (size_t)y * im->w * 3;
+        for (int a = 0, b = im->w - 1; a < b; a++, b--)
+            for (int c = 0; c < 3; c++) {
+                uint8_t t = r[3 * a + c];
+                r[3 * a + c] = r[3 * b + c];
+                r[3 * b + c] = t;
+            }
+    }
+}
+
+/* A deterministic pair set from gc_synth's shapes, at `manifest` (its columns and
+ * separator those of the configuration). pairs: view a is sample i rendered at S, view
+ * b the same scene rendered at 3S/2 and mirrored. labels: sample i rendered at S,
+ * labelled with its caption ("a small red circle above a large blue square"): the
+ * one-shape captions repeat, most two-shape ones are single-image labels. Images go to
+ * <dir>/images/<manifest name>_NNNNNN[_a|_b].png. Kept when the record beside the
+ * manifest matches; a manifest without our record is never overwritten. */
+static gc_status synth_pairs_make(const gc_train_config *c, const char *manifest, int64_t n, int S, uint64_t seed)
+{
+    bool labels = !strcmp(c->pair_format, "labels");
+    if (strcmp(c->data_format, "csv"))
+        return gc_error_set(GC_ERR_INVALID, "%s: synthetic_train/synthetic_val write a CSV/TSV manifest (data_format: csv)",
+                            manifest);
+    char sep = c->csv_separator[0];
+    const char *col2 = labels ? c->csv_label_key : c->csv_img_b_key;
+    char rec[GC_CFG_STR + 16], info[512], dir[GC_CFG_STR], base[GC_CFG_STR];
+    snprintf(rec, sizeof rec, "%s.synth", manifest);
+    snprintf(info, sizeof info, "%s\nformat %s\nn %lld\nsize %d\nseed %llu\nseparator %d\ncolumns %s %s\n", SYNTH_TAG,
+             c->pair_format, (long long)n, S, (unsigned long long)seed, sep, c->csv_img_key, col2);
+    if (exists(manifest)) {
+        char *old = exists(rec) ? gc_read_text(rec) : NULL;
+        gc_error_clear();
+        bool same = old && !strcmp(old, info), ours = old && !strncmp(old, SYNTH_TAG, strlen(SYNTH_TAG));
+        free(old);
+        if (same) return GC_OK;
+        if (!ours)
+            return gc_error_set(GC_ERR_STATE, "%s exists and was not written by the synthetic pair generator; not "
+                                "overwriting it (set synthetic_train/synthetic_val to 0 to use it)", manifest);
+    }
+    dirname_of(manifest, dir, sizeof dir);
+    const char *slash = strrchr(manifest, '/');
+    snprintf(base, sizeof base, "%s", slash ? slash + 1 : manifest);
+    char *dot = strrchr(base, '.');
+    if (dot && dot != base) *dot = 0;
+    char img_dir[GC_CFG_STR + 16];
+    snprintf(img_dir, sizeof img_dir, "%s/images", dir);
+    GC_TRY(gc_mkdirs(img_dir));
+    GC_TRY(gc_write_text(rec, info)); /* the manifest, written last, marks a complete set */
+    size_t cap = 256 + (size_t)n * (2 * strlen(base) + 256), used = 0;
+    char *text = malloc(cap);
+    if (!text) return gc_error_set(GC_ERR_OOM, "synthetic pairs: out of host memory");
+    used += (size_t)snprintf(text, cap, "%s%c%s\n", c->csv_img_key, sep, col2);
+    gc_status st = GC_OK;
+    for (int64_t i = 0; i < n && st == GC_OK; i++) {
+        char caption[200], name[GC_CFG_STR * 2], name_b[GC_CFG_STR * 2], path[GC_CFG_STR * 3];
+        gc_image im = {0};
+        st = gc_synth_sample(i, S, seed, caption, sizeof caption, &im);
+        snprintf(name, sizeof name, "images/%s_%06lld%s.png", base, (long long)i, labels ? "" : "_a");
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        if (st == GC_OK) st = gc_image_save_png(path, &im);
+        gc_image_free(&im);
+        if (st != GC_OK) break;
+        if (labels) {
+            for (char *p = caption; *p; p++)
+                if (*p == sep || *p == '"') *p = '_';
+            used += (size_t)snprintf(text + used, cap - used, "%s%c%s\n", name, sep, caption);
+            continue;
+        }
+        st = gc_synth_sample(i, S * 3 / 2, seed, NULL, 0, &im);
+        snprintf(name_b, sizeof name_b, "images/%s_%06lld_b.png", base, (long long)i);
+        snprintf(path, sizeof path, "%s/%s", dir, name_b);
+        if (st == GC_OK) {
+            mirror(&im);
+            st = gc_image_save_png(path, &im);
+        }
+        gc_image_free(&im);
+        used += (size_t)snprintf(text + used, cap - used, "%s%c%s\n", name, sep, name_b);
+    }
+    if (st == GC_OK) st = gc_write_text(manifest, text);
+    free(text);
+    return st;
+}
+
+/* ================================================================ the trainer */
+
+typedef struct ptrainer {
+    gc_train_config cfg;
+    const char *cfg_path;
+    gc_device dev;
+    gc_dinov3 *model;
+    gc_lora_options lora;
+    char lora_targets[GC_CFG_STR];
+    pair_set train, val;
+    bool have_val;
+    pair_loader *loader;
+    gc_adamw opt;
+    bool opt_ready;
+    int S;
+    int64_t step, total_steps, steps_per_epoch, skipped_before;
+    gc_loader_pos next;
+    FILE *metrics;
+    bool tty;
+    double *loss_x, *loss_y, *ev_x, *ev_ab, *ev_ba;
+    int n_loss, n_ev, cap_loss, cap_ev;
+} ptrainer;
+
+static int64_t chunk_of(const ptrainer *t)
+{
+    return t->cfg.use_gradient_cache ? t->cfg.gradient_cache_chunk_size : 0;
+}
+
+/* lora_target_modules by DINOv3's HF names; the configuration's default (CLIP's
+ * q,k,v,out_proj) means DINOv3's q,k,v,o_proj */
+static gc_status lora_targets(ptrainer *t)
+{
+    static const char *const known[] = {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"};
+    const char *v = t->cfg.lora_target_modules;
+    if (!strcmp(v, "q_proj,k_proj,v_proj,out_proj")) v = "q_proj,k_proj,v_proj,o_proj";
+    snprintf(t->lora_targets, sizeof t->lora_targets, "%s", v);
+    for (const char *p = v; *p;) {
+        size_t n = strcspn(p, ",");
+        bool ok = false;
+        for (size_t k = 0; k < sizeof known / sizeof known[0] && !ok; k++) ok = strlen(known[k]) == n && !strncmp(known[k], p, n);
+        if (!ok)
+            return gc_error_set(GC_ERR_INVALID, "%s: lora_target_modules: '%.*s' is not a DINOv3 module (q_proj, "
+                                "k_proj, v_proj, o_proj, up_proj, down_proj)", t->cfg_path, (int)n, p);
+        p += n + (p[n] == ',');
+    }
+    return GC_OK;
+}
+
+static gc_status open_model(ptrainer *t)
+{
+    const gc_train_config *c = &t->cfg;
+    gc_dinov3_options o = {.device = t->dev, .dtype = strcmp(c->mixed_precision, "bf16") ? GC_F32 : GC_BF16,
+                           .checkpointing = c->gradient_checkpointing,
+                           .pool = strcmp(c->pool, "mean") ? GC_DINOV3_POOL_CLS : GC_DINOV3_POOL_MEAN};
+    if (c->use_lora) {
+        GC_TRY(lora_targets(t));
+        t->lora = (gc_lora_options){(int)c->lora_r, c->lora_alpha, c->lora_dropout, t->lora_targets};
+        o.lora = t->lora;
+    }
+    if (is_dir(c->model)) GC_TRY(gc_dinov3_load(&t->model, c->model, &o));
+    else {
+        gc_dinov3_config mc;
+        if (gc_dinov3_config_named(c->model, &mc) != GC_OK) {
+            gc_error_clear();
+            return gc_error_set(GC_ERR_INVALID, "%s: model: '%s' is neither a checkpoint directory nor a known "
+                                "architecture (dinov3-tiny, dinov3-vit-b16)", t->cfg_path, c->model);
+        }
+        GC_TRY(gc_dinov3_init(&t->model, &mc, &o, c->seed));
+    }
+    const gc_dinov3_config *mc = gc_dinov3_get_config(t->model);
+    t->S = (int)mc->image_size;
+    if (t->S % mc->patch)
+        return gc_error_set(GC_ERR_INVALID, "%s: image_size %d is not a multiple of the patch size %lld", c->model, t->S,
+                            (long long)mc->patch);
+    return GC_OK;
+}
+
+static gc_status open_data(ptrainer *t)
+{
+    const gc_train_config *c = &t->cfg;
+    if (c->synthetic_train > 0) GC_TRY(synth_pairs_make(c, c->train_data, c->synthetic_train, t->S, c->seed));
+    if (c->synthetic_val > 0 && *c->val_data)
+        GC_TRY(synth_pairs_make(c, c->val_data, c->synthetic_val, t->S, c->seed + 1000003));
+    GC_TRY(pair_set_open(&t->train, c, c->train_data));
+    if (t->train.n < c->batch_size)
+        return gc_error_set(GC_ERR_INVALID, "%s: %lld pairs, fewer than batch_size %lld", c->train_data,
+                            (long long)t->train.n, (long long)c->batch_size);
+    if (*c->val_data) {
+        GC_TRY(pair_set_open(&t->val, c, c->val_data));
+        t->have_val = true;
+        if (t->val.n < 2)
+            return gc_error_set(GC_ERR_INVALID, "%s: %lld samples; evaluation needs at least 2", c->val_data,
+                                (long long)t->val.n);
+    }
+    return GC_OK;
+}
+
+static gc_preprocess train_preprocess(const ptrainer *t)
+{
+    gc_preprocess p = gc_preprocess_dinov3(t->S);
+    if (t->cfg.augment) {
+        p.crop_scale[0] = AUG_CROP_SCALE_MIN;
+        p.crop_scale[1] = 1.0f;
+        p.hflip = AUG_HFLIP;
+        p.brightness = p.contrast = p.saturation = AUG_JITTER;
+    }
+    return p;
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+static gc_status save_checkpoint(ptrainer *t, int64_t skipped)
+{
+    char dst[GC_CFG_STR + 64], tmp[GC_CFG_STR + 80], path[GC_CFG_STR + 128];
+    snprintf(dst, sizeof dst, "%s/checkpoint-%lld", t->cfg.output_dir, (long long)t->step);
+    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+    if (exists(tmp)) {
+        snprintf(path, sizeof path, "rm -rf '%s'", tmp);
+        if (system(path)) return gc_error_set(GC_ERR_IO, "%s: cannot remove a stale temporary", tmp);
+    }
+    GC_TRY(gc_mkdirs(tmp));
+    GC_TRY(gc_dinov3_save(t->model, tmp)); /* config.json + model.safetensors (HF layout) */
+    if (t->cfg.use_lora) /* adapter_config.json + adapter_model.safetensors beside them (PEFT) */
+        GC_TRY(gc_lora_save_peft(gc_dinov3_params(t->model), &t->lora, is_dir(t->cfg.model) ? t->cfg.model : NULL, tmp));
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+    GC_TRY(gc_adamw_save(&t->opt, path));
+    cJSON *st = cJSON_CreateObject();
+    cJSON_AddNumberToObject(st, "step", (double)t->step);
+    cJSON_AddNumberToObject(st, "data_epoch", (double)t->next.epoch);
+    cJSON_AddNumberToObject(st, "data_batch", (double)t->next.batch);
+    cJSON_AddNumberToObject(st, "data_cursor", (double)t->next.cursor);
+    cJSON_AddNumberToObject(st, "seed", (double)t->cfg.seed);
+    cJSON_AddNumberToObject(st, "total_steps", (double)t->total_steps);
+    cJSON_AddStringToObject(st, "pair_format", t->cfg.pair_format);
+    cJSON_AddNumberToObject(st, "skipped_pairs", (double)skipped);
+    snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
+    gc_status s = gc_json_save_file(path, st);
+    cJSON_Delete(st);
+    GC_TRY(s);
+    char *yaml = gc_train_config_to_yaml(&t->cfg);
+    snprintf(path, sizeof path, "%s/train_config.yaml", tmp);
+    s = yaml ? gc_write_text(path, yaml) : gc_error_set(GC_ERR_OOM, "out of host memory");
+    free(yaml);
+    GC_TRY(s);
+    GC_TRY(gc_dir_commit(tmp, dst));
+    /* `latest` names the newest complete checkpoint; written last, atomically */
+    snprintf(path, sizeof path, "%s/latest", t->cfg.output_dir);
+    char name[96];
+    snprintf(name, sizeof name, "checkpoint-%lld\n", (long long)t->step);
+    return gc_write_text(path, name);
+}
+
+/* DIR is a checkpoint, or an output_dir whose `latest` names one. */
+static gc_status load_checkpoint(ptrainer *t, const char *dir)
+{
+    char ck[GC_CFG_STR * 2], path[GC_CFG_STR * 2 + 64];
+    snprintf(path, sizeof path, "%s/latest", dir);
+    if (exists(path)) {
+        char *name = gc_read_text(path);
+        if (!name) return GC_PENDING();
+        name[strcspn(name, "\n")] = 0;
+        snprintf(ck, sizeof ck, "%s/%s", dir, name);
+        free(name);
+    } else snprintf(ck, sizeof ck, "%s", dir);
+    snprintf(path, sizeof path, "%s/trainer_state.json", ck);
+    cJSON *st = NULL;
+    GC_TRY(gc_json_load_file(path, &st));
+    int64_t v[5];
+    const char *fmt = NULL;
+    gc_status s = GC_OK;
+    const char *keys[5] = {"step", "data_epoch", "data_batch", "data_cursor", "skipped_pairs"};
+    for (int i = 0; i < 5 && s == GC_OK; i++) s = gc_json_get_int(st, keys[i], 0, i < 4, &v[i], path);
+    if (s == GC_OK) s = gc_json_get_string(st, "pair_format", "", true, &fmt, path);
+    if (s == GC_OK && strcmp(fmt, t->cfg.pair_format))
+        s = gc_error_set(GC_ERR_INVALID, "%s: the checkpoint was trained with pair_format %s, the configuration says %s",
+                         ck, fmt, t->cfg.pair_format);
+    cJSON_Delete(st);
+    GC_TRY(s);
+    t->step = v[0];
+    t->next = (gc_loader_pos){v[1], v[2], v[3]};
+    t->skipped_before = v[4];
+    gc_params *ps = gc_dinov3_params(t->model);
+    static const char *const ignore[] = {"inv_freq", NULL};
+    GC_TRY(gc_params_load(ps, ck, ignore, t->cfg.use_lora ? ".lora_" : NULL));
+    if (t->cfg.use_lora) GC_TRY(gc_lora_load_peft(ps, &t->lora, ck));
+    GC_TRY(gc_params_sync_values(ps));
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", ck);
+    GC_TRY(gc_adamw_load(&t->opt, path));
+    if (t->opt.step != t->step)
+        return gc_error_set(GC_ERR_FORMAT, "%s: optimizer step %lld does not match the trainer's step %lld", ck,
+                            (long long)t->opt.step, (long long)t->step);
+    printf("resumed from %s at step %lld\n", ck, (long long)t->step);
+    return GC_OK;
+}
+
+/* Keeps only metrics lines of steps up to the resumed step (the killed run may have
+ * logged further). */
+static gc_status trim_metrics(const char *path, int64_t step)
+{
+    if (!exists(path)) return GC_OK;
+    char *text = gc_read_text(path);
+    if (!text) return GC_PENDING();
+    size_t n = strlen(text), k = 0;
+    char *out = malloc(n + 1);
+    if (!out) { free(text); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
+    for (char *line = text; *line;) {
+        char *e = strchr(line, '\n');
+        size_t len = e ? (size_t)(e - line + 1) : strlen(line);
+        const char *sp = strstr(line, "\"step\":");
+        long long s = sp ? atoll(sp + 7) : 0;
+        if (s <= step) { memcpy(out + k, line, len); k += len; }
+        line += len;
+    }
+    out[k] = 0;
+    gc_status st = gc_write_text(path, out);
+    free(out);
+    free(text);
+    return st;
+}
+
+/* ---------------------------------------------------------------- evaluation */
+
+/* L2-normalised f32 embeddings of n images per view (b may be NULL), written to rows
+ * [at, at + n) of ea (and eb). */
+static gc_status embed_into(ptrainer *t, const float *a, const float *b, int n, int S, gc_tensor *ea, gc_tensor *eb,
+                            int64_t at)
+{
+    gc_pool *p = gc_pool_push();
+    gc_tensor *pa = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), a));
+    gc_tensor *pb = b ? gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b)) : pa;
+    gc_dinov3_task task;
+    memset(&task, 0, sizeof task);
+    gc_tensor *reps[2] = {NULL, NULL};
+    gc_status st = pa && pb ? gc_dinov3_task_init(&task, t->model, pa, pb, chunk_of(t), t->cfg.temperature) : GC_PENDING();
+    if (st == GC_OK) {
+        task.gc.n_towers = b ? 2 : 1;
+        st = gc_gradcache_embed(&task.gc, gc_rand_context_get(), reps);
+    }
+    gc_tensor *dst[2] = {ea, eb};
+    bool prev = gc_grad_set_enabled(false);
+    for (int v = 0; v < (b ? 2 : 1) && st == GC_OK; v++) {
+        gc_tensor *e = gc_cast(gc_l2normalize(reps[v], 1e-12), GC_F32);
+        st = e ? gc_tensor_copy_into(gc_rows(dst[v], at, at + n), e, false) : GC_PENDING();
+    }
+    gc_grad_set_enabled(prev);
+    gc_tensor_release(reps[0]);
+    gc_tensor_release(reps[1]);
+    gc_dinov3_task_free(&task);
+    gc_pool_pop(p);
+    return st;
+}
+
+/* Calls fn(user, i, sims) with sims[j] = q_i . k_j for every row i of q [n, D] and
+ * every row j of k [n, D], a block of rows at a time (the n x n matrix never exists). */
+static gc_status sim_rows(gc_tensor *q, gc_tensor *k, int64_t n, void (*fn)(void *, int64_t, const float *, int64_t),
+                          void *user)
+{
+    int64_t blk = ((int64_t)1 << 24) / n;
+    blk = blk < 1 ? 1 : blk > n ? n : blk;
+    float *buf = malloc(sizeof(float) * (size_t)(blk * n));
+    if (!buf) return gc_error_set(GC_ERR_OOM, "evaluation: out of host memory");
+    gc_status st = GC_OK;
+    for (int64_t i0 = 0; i0 < n && st == GC_OK; i0 += blk) {
+        int64_t i1 = i0 + blk < n ? i0 + blk : n;
+        gc_pool *p = gc_pool_push();
+        bool prev = gc_grad_set_enabled(false);
+        gc_tensor *s = gc_matmul(gc_rows(q, i0, i1), gc_rows(k, 0, n), false, true); /* [i1 - i0, n] */
+        gc_grad_set_enabled(prev);
+        st = s ? gc_tensor_to_host_f32(s, buf) : GC_PENDING();
+        gc_pool_pop(p);
+        for (int64_t i = i0; i < i1 && st == GC_OK; i++) fn(user, i, buf + (i - i0) * n, n);
+    }
+    free(buf);
+    return st;
+}
+
+typedef struct recall_acc {
+    double hits[3];
+    int64_t queries;
+    const int64_t *cls; /* labels: class of each row */
+} recall_acc;
+
+static const int RECALL_K[3] = {1, 5, 10};
+
+/* pairs: the rank of the true match i among row i; ties count against */
+static void recall_pair_row(void *u, int64_t i, const float *s, int64_t n)
+{
+    recall_acc *r = u;
+    int64_t rank = 0;
+    for (int64_t j = 0; j < n; j++) rank += j != i && s[j] >= s[i];
+    for (int k = 0; k < 3; k++) r->hits[k] += rank < RECALL_K[k];
+    r->queries++;
+}
+
+/* labels: hit at K when an image of the query's class is among the K nearest others,
+ * i.e. fewer than K images of other classes are at least as close as its nearest
+ * same-class image (ties count against) */
+static void recall_label_row(void *u, int64_t i, const float *s, int64_t n)
+{
+    recall_acc *r = u;
+    float best = -INFINITY;
+    bool any = false;
+    for (int64_t j = 0; j < n; j++)
+        if (j != i && r->cls[j] == r->cls[i] && (!any || s[j] > best)) { best = s[j]; any = true; }
+    if (!any) return;
+    int64_t above = 0;
+    for (int64_t j = 0; j < n; j++) above += r->cls[j] != r->cls[i] && s[j] >= best;
+    for (int k = 0; k < 3; k++) r->hits[k] += above < RECALL_K[k];
+    r->queries++;
+}
+
+/* r[0..2]: i2i recall@1/5/10; r[3..5]: b->a (pairs); *queries */
+static gc_status evaluate(ptrainer *t, double r[6], int64_t *queries)
+{
+    const pair_set *vs = &t->val;
+    int64_t N = vs->n;
+    int B = (int)(t->cfg.batch_size < N ? t->cfg.batch_size : N);
+    gc_loader_opts lo = gc_loader_opts_default(B, t->S);
+    lo.workers = (int)(t->cfg.workers > 0 ? t->cfg.workers : 1);
+    lo.shuffle = false;
+    lo.keep_last = true;
+    lo.epochs = 1;
+    lo.pre = gc_preprocess_dinov3(t->S);
+    int64_t D = gc_dinov3_get_config(t->model)->hidden;
+    gc_tensor *ea = gc_tensor_new(GC_F32, t->dev, 2, GC_SHAPE(N, D));
+    gc_tensor *eb = vs->labels ? NULL : gc_tensor_new(GC_F32, t->dev, 2, GC_SHAPE(N, D));
+    int64_t *cls = vs->labels ? malloc(sizeof(int64_t) * (size_t)N) : NULL;
+    gc_status st = !ea || (!vs->labels && !eb) ? GC_PENDING()
+                   : vs->labels && !cls          ? gc_error_set(GC_ERR_OOM, "evaluation: out of host memory")
+                                                 : GC_OK;
+    int64_t at = 0;
+    gc_dinov3_set_training(t->model, false);
+    if (st == GC_OK && vs->labels) { /* single images: gc_loader over the labelled data set */
+        gc_loader *l = gc_loader_new(vs->a, &lo);
+        if (!l) st = GC_PENDING();
+        for (const gc_batch *b; st == GC_OK;) {
+            if ((st = gc_loader_next(l, &b)) != GC_OK || !b) break;
+            st = embed_into(t, b->pixels, NULL, b->n, t->S, ea, NULL, at);
+            for (int i = 0; i < b->n; i++) cls[at + i] = vs->cls[b->indices[i]];
+            at += b->n;
+        }
+        gc_loader_free(l);
+    } else if (st == GC_OK) {
+        pair_loader *l = pair_loader_new(vs, &lo);
+        if (!l) st = GC_PENDING();
+        for (const pair_batch *b; st == GC_OK;) {
+            if ((st = pair_loader_next(l, &b)) != GC_OK || !b) break;
+            st = embed_into(t, b->a, b->b, b->n, t->S, ea, eb, at);
+            at += b->n;
+        }
+        pair_loader_free(l);
+    }
+    gc_dinov3_set_training(t->model, true);
+    if (st == GC_OK && at < 2)
+        st = gc_error_set(GC_ERR_INVALID, "%s: the validation set gave %lld usable samples", t->cfg.val_data, (long long)at);
+    recall_acc ab = {{0}, 0, cls}, ba = {{0}, 0, NULL};
+    if (st == GC_OK && vs->labels) st = sim_rows(ea, ea, at, recall_label_row, &ab);
+    if (st == GC_OK && !vs->labels) st = sim_rows(ea, eb, at, recall_pair_row, &ab);
+    if (st == GC_OK && !vs->labels) st = sim_rows(eb, ea, at, recall_pair_row, &ba);
+    for (int k = 0; k < 3; k++) {
+        r[k] = ab.queries ? ab.hits[k] / (double)ab.queries : 0;
+        r[3 + k] = ba.queries ? ba.hits[k] / (double)ba.queries : 0;
+    }
+    *queries = ab.queries;
+    gc_tensor_release(ea);
+    gc_tensor_release(eb);
+    free(cls);
+    return st;
+}
+
+/* ---------------------------------------------------------------- logging */
+
+static void push(double **x, double **y, int *n, int *cap, double a, double b, double **z, double c)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 256;
+        *x = realloc(*x, sizeof(double) * (size_t)*cap);
+        *y = realloc(*y, sizeof(double) * (size_t)*cap);
+        if (z) *z = realloc(*z, sizeof(double) * (size_t)*cap);
+    }
+    (*x)[*n] = a;
+    (*y)[*n] = b;
+    if (z) (*z)[*n] = c;
+    (*n)++;
+}
+
+static void log_eval(ptrainer *t, const double r[6], int64_t queries)
+{
+    const char *pre = t->tty ? "\r\033[K" : "";
+    if (t->val.labels) {
+        fprintf(t->metrics, "{\"step\": %lld, \"i2i_recall@1\": %.6f, \"i2i_recall@5\": %.6f, \"i2i_recall@10\": %.6f, "
+                "\"queries\": %lld}\n", (long long)t->step, r[0], r[1], r[2], (long long)queries);
+        printf("%sstep %lld  eval  image->image (same label) R@1 %.3f R@5 %.3f R@10 %.3f  (%lld queries)\n", pre,
+               (long long)t->step, r[0], r[1], r[2], (long long)queries);
+    } else {
+        fprintf(t->metrics, "{\"step\": %lld, \"i2i_recall@1\": %.6f, \"i2i_recall@5\": %.6f, \"i2i_recall@10\": %.6f, "
+                "\"b2a_recall@1\": %.6f, \"b2a_recall@5\": %.6f, \"b2a_recall@10\": %.6f, \"queries\": %lld}\n",
+                (long long)t->step, r[0], r[1], r[2], r[3], r[4], r[5], (long long)queries);
+        printf("%sstep %lld  eval  a->b R@1 %.3f R@5 %.3f R@10 %.3f | b->a R@1 %.3f R@5 %.3f R@10 %.3f  (%lld pairs)\n",
+               pre, (long long)t->step, r[0], r[1], r[2], r[3], r[4], r[5], (long long)queries);
+    }
+    fflush(t->metrics);
+    push(&t->ev_x, &t->ev_ab, &t->n_ev, &t->cap_ev, (double)t->step, r[0], &t->ev_ba, r[3]);
+}
+
+static void write_plot(ptrainer *t)
+{
+    char path[GC_CFG_STR + 32];
+    snprintf(path, sizeof path, "%s/training.svg", t->cfg.output_dir);
+    gc_series loss = {"loss", t->loss_x, t->loss_y, t->n_loss};
+    gc_series ev[2] = {{t->val.labels ? "image->image R@1" : "a->b R@1", t->ev_x, t->ev_ab, t->n_ev},
+                       {"b->a R@1", t->ev_x, t->ev_ba, t->n_ev}};
+    int n_ev = !t->n_ev ? 0 : t->val.labels ? 1 : 2;
+    if (gc_svg_plot(path, "gcache train (DINOv3 pairs)", &loss, 1, "loss", ev, n_ev, "recall@1") != GC_OK) {
+        fprintf(stderr, "gcache: warning: %s\n", gc_error_message());
+        gc_error_clear();
+    }
+}
+
+/* ---------------------------------------------------------------- the loop */
+
+static gc_status train(ptrainer *t, const char *resume)
+{
+    gc_train_config *c = &t->cfg;
+    GC_TRY(open_model(t));
+    GC_TRY(open_data(t));
+    gc_adamw_config ac = {.lr = c->learning_rate, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                          .weight_decay = c->weight_decay, .max_grad_norm = c->max_grad_norm};
+    gc_params *ps = gc_dinov3_params(t->model);
+    GC_TRY(gc_adamw_init(&t->opt, ps, &ac));
+    t->opt_ready = true;
+    GC_TRY(gc_mkdirs(c->output_dir));
+    char mpath[GC_CFG_STR + 32];
+    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->output_dir);
+    if (resume) {
+        GC_TRY(load_checkpoint(t, resume));
+        GC_TRY(trim_metrics(mpath, t->step));
+    } else if (exists(mpath)) {
+        remove(mpath);
+    }
+    if (!(t->metrics = fopen(mpath, "a"))) return gc_error_set(GC_ERR_IO, "%s: cannot open for writing", mpath);
+    gc_loader_opts lo = gc_loader_opts_default((int)c->batch_size, t->S);
+    lo.workers = (int)(c->workers > 0 ? c->workers : 1);
+    lo.seed = c->seed;
+    lo.start = resume ? t->next : (gc_loader_pos){0, 0, 0};
+    lo.pre = train_preprocess(t);
+    if (!(t->loader = pair_loader_new(&t->train, &lo))) return GC_PENDING();
+    t->steps_per_epoch = t->train.n / c->batch_size;
+    t->total_steps = c->max_steps > 0 ? c->max_steps : c->epochs * t->steps_per_epoch;
+    int64_t chunk = chunk_of(t);
+    const char *kill_at = getenv("GC_TRAIN_KILL_AT_STEP"); /* tests: die here, as a crash would */
+    printf("gcache train: %s (DINOv3, %s pool) on %s (%s), %lld trainable parameters, %s data: %lld %s",
+           c->model, c->pool, gc_device_name(t->dev), c->mixed_precision, (long long)gc_params_count(ps, true),
+           c->pair_format, (long long)t->train.n, t->train.labels ? "images" : "pairs");
+    if (t->train.labels)
+        printf(" in %lld labels (%lld with one image, paired with itself)", (long long)t->train.n_classes,
+               (long long)t->train.n_single);
+    printf(", batch %lld%s, temperature %g, %lld steps (%lld per epoch)\n", (long long)c->batch_size,
+           chunk ? " with the gradient cache" : "", c->temperature, (long long)t->total_steps, (long long)t->steps_per_epoch);
+    double t_last = now_s(), t_start = t_last;
+    int64_t samples_since = 0, step0 = t->step;
+    while (t->step < t->total_steps) {
+        const pair_batch *b;
+        GC_TRY(pair_loader_next(t->loader, &b));
+        if (!b) break;
+        gc_pool *p = gc_pool_push();
+        int64_t n = b->n, S = b->size;
+        gc_tensor *pa = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->a));
+        gc_tensor *pb = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->b));
+        gc_dinov3_task task;
+        memset(&task, 0, sizeof task);
+        gc_gradcache_result res = {0};
+        double lr = gc_lr_schedule(c->learning_rate, t->step, c->warmup_steps, t->total_steps, 0.0);
+        gc_status st = pa && pb ? gc_dinov3_task_init(&task, t->model, pa, pb, chunk, c->temperature) : GC_PENDING();
+        if (st == GC_OK) st = gc_params_zero_grad(ps);
+        if (st == GC_OK) st = gc_dinov3_task_step(&task, (gc_rand_context){c->seed, (uint32_t)t->step, 0}, &res);
+        if (st == GC_OK) st = gc_adamw_step(&t->opt, lr);
+        gc_gradcache_result_clear(&res);
+        gc_dinov3_task_free(&task);
+        gc_pool_pop(p);
+        GC_TRY(st);
+        t->step++;
+        t->next = b->next;
+        samples_since += b->n;
+        push(&t->loss_x, &t->loss_y, &t->n_loss, &t->cap_loss, (double)t->step, res.loss, NULL, 0);
+        if (t->step % c->log_every == 0 || t->step == t->total_steps) {
+            double now = now_s(), sps = samples_since / fmax(now - t_last, 1e-9);
+            double gn = 0;
+            gc_adamw_last_norm(&t->opt, &gn);
+            gc_memory_stats ms = gc_memory_stats_get(t->dev);
+            fprintf(t->metrics,
+                    "{\"step\": %lld, \"epoch\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
+                    "\"pairs_per_s\": %.2f, \"peak_memory_bytes\": %zu}\n",
+                    (long long)t->step, (long long)b->pos.epoch, res.loss, lr, gn, sps, ms.peak);
+            fflush(t->metrics);
+            double eta = (now - t_start) / (double)(t->step - step0) * (double)(t->total_steps - t->step);
+            if (t->tty)
+                printf("\r\033[K[%lld/%lld] loss %.4f | lr %.2e | %.1f pairs/s | mem %.0f MiB | ETA %02d:%02d",
+                       (long long)t->step, (long long)t->total_steps, res.loss, lr, sps, (double)ms.peak / (1 << 20),
+                       (int)(eta / 60), (int)fmod(eta, 60));
+            else
+                printf("step %lld/%lld  loss %.4f  lr %.2e  %.1f pairs/s  peak %.0f MiB  eta %.0fs\n", (long long)t->step,
+                       (long long)t->total_steps, res.loss, lr, sps, (double)ms.peak / (1 << 20), eta);
+            fflush(stdout);
+            t_last = now;
+            samples_since = 0;
+        }
+        gc_loader_report rep;
+        pair_loader_report(t->loader, &rep);
+        if (t->have_val && c->eval_every > 0 && t->step % c->eval_every == 0 && t->step != t->total_steps) {
+            double r[6];
+            int64_t q;
+            GC_TRY(evaluate(t, r, &q));
+            log_eval(t, r, q);
+        }
+        if (c->save_every > 0 && t->step % c->save_every == 0 && t->step != t->total_steps)
+            GC_TRY(save_checkpoint(t, t->skipped_before + rep.skipped));
+        if (kill_at && t->step == atoll(kill_at)) raise(SIGKILL);
+    }
+    if (t->tty) printf("\n");
+    if (t->have_val) {
+        double r[6];
+        int64_t q;
+        GC_TRY(evaluate(t, r, &q));
+        log_eval(t, r, q);
+    }
+    gc_loader_report rep;
+    pair_loader_report(t->loader, &rep);
+    GC_TRY(save_checkpoint(t, t->skipped_before + rep.skipped));
+    write_plot(t);
+    if (t->skipped_before + rep.skipped)
+        printf("skipped %lld pairs with unreadable images%s%s\n", (long long)(t->skipped_before + rep.skipped),
+               rep.n_reasons ? "; first: " : "", rep.n_reasons ? rep.reasons[0] : "");
+    printf("done: %lld steps; %s/checkpoint-%lld, %s/metrics.jsonl, %s/training.svg\n", (long long)t->step,
+           c->output_dir, (long long)t->step, c->output_dir, c->output_dir);
+    return GC_OK;
+}
+
+static void ptrainer_free(ptrainer *t)
+{
+    pair_loader_free(t->loader);
+    if (t->metrics) fclose(t->metrics);
+    if (t->opt_ready) gc_adamw_free(&t->opt);
+    pair_set_free(&t->train);
+    pair_set_free(&t->val);
+    gc_dinov3_free(t->model);
+    free(t->loss_x); free(t->loss_y); free(t->ev_x); free(t->ev_ab); free(t->ev_ba);
+}
+
+int gc_cli_train_pairs(const gc_train_config *c, const char *cfg_path, const char *resume)
+{
+    ptrainer *t = calloc(1, sizeof *t);
+    if (!t) return gc_cli_fail("out of host memory");
+    t->cfg = *c;
+    t->cfg_path = cfg_path;
+    int rc = 0;
+    if (gc_device_parse(t->cfg.device, &t->dev) != GC_OK) rc = gc_cli_fail_status(cfg_path);
+    else if (t->dev.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
+        gc_error_clear();
+        rc = gc_cli_fail("%s: device cuda: no usable CUDA device here (set device: cpu)", cfg_path);
+    }
+    t->tty = isatty(STDOUT_FILENO);
+    if (!rc) rc = train(t, resume) == GC_OK ? 0 : gc_cli_fail_status(NULL);
+    ptrainer_free(t);
+    free(t);
+    return rc;
+}
