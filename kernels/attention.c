@@ -16,24 +16,32 @@
  * node, so backward redraws the same mask whatever the context is by then. The
  * comparison is in f32 on every device: CPU and GPU masks are bitwise equal.
  *
- * Implementations (attn_impl), picked per call; each saves q, k, v (as given: views of
- * a fused qkv cost nothing extra) and P [B, H, Lq, Lk] before dropout:
+ * Implementations (attn_impl), picked per call:
  *   ATTN_REF   CPU: the obvious loops with double accumulation, strided q/k/v. The
- *              reference everything else is tested against.
+ *              reference everything else is tested against. Saves q, k, v (as given)
+ *              and P [B, H, Lq, Lk] before dropout.
  *   ATTN_GEMM  CPU or CUDA: q/k/v copied to [B, H, L, D]; S = Q K^T (gc_gemm, f32 out);
  *              one fused row kernel for mask + causal + softmax (+ dropout) writing P
  *              (and Pd) in the activation dtype; O = P V (gc_gemm); O copied back to
  *              [B, Lq, H, D]. Backward: dPd = dO V^T (f32), one fused row kernel for dS
- *              (and Pd), then the three GEMMs of dV, dQ, dK.
+ *              (and Pd), then the three GEMMs of dV, dQ, dK. Saves the heads-major
+ *              copies Qt, Kt, Vt and P. S, P, Pd, dP, dS have rows of ldS = Lk rounded
+ *              up to 8 elements (cuBLASLt needs 16-byte aligned leading dimensions for
+ *              its fast kernels); the padding columns are never read.
  *              GQA needs no copies of K/V: the G heads of a group are consecutive in
  *              [B, H, Lq, D], so per (b, kv head) their queries form one [G Lq, D]
  *              matrix against that kv head's [Lk, D]: every GEMM is batched over
  *              B Hkv with M = G Lq, and dK, dV sum over the group through the GEMM's
  *              inner dimension.
- *   (next: ATTN_FLASH, a fused CUDA kernel saving out and the row log-sum-exp instead
- *    of P; it slots in here behind the same API.)
- * Default: REF on the CPU, GEMM on CUDA. GC_ATTN_IMPL=ref|gemm overrides (the tests run
- * GEMM on the CPU against REF; "ref" is CPU-only and ignored on CUDA). */
+ *   ATTN_FLASH CUDA, bf16, D in {32, 64, 128}, q/k/v rows 16-byte aligned with unit
+ *              inner stride (views of a fused qkv qualify): fused tensor-core kernels
+ *              (flash_attention.cu) that never materialise S or P. Saves q, k, v (as
+ *              given), out, the row log-sum-exp [B, H, Lq] and the mask; the backward
+ *              recomputes P. Dropout runs inside the kernels (same mask as above).
+ * Default: REF on the CPU; on CUDA FLASH where it applies, else GEMM (f32 storage, other
+ * head dims, unaligned or strided-innermost inputs). GC_ATTN_IMPL=ref|gemm|flash
+ * overrides: the tests run GEMM on the CPU against REF; on CUDA "gemm" forces GEMM and
+ * "flash" / "ref" mean the default (ref is CPU-only, flash CUDA-only). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,16 +50,26 @@
 #include "gc_kernel_util.h"
 
 #ifdef GC_WITH_CUDA
-/* attention.cu: the row kernels of the GEMM path; same semantics as cpu_rows_fwd/bwd */
+/* attention.cu: the row kernels of the GEMM path (rows of ld elements); same semantics
+ * as cpu_rows_fwd/bwd */
 gc_status gc_cuda_attention_fwd(const float *S, const float *mask, int64_t mask_bstride, void *P, void *Pd, gc_dtype dt,
-                                int64_t B, int64_t H, int64_t Lq, int64_t Lk, bool causal, float p, uint64_t seed,
-                                uint32_t step, uint32_t op, int64_t sample_offset);
+                                int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t ld, bool causal, float p,
+                                uint64_t seed, uint32_t step, uint32_t op, int64_t sample_offset);
 gc_status gc_cuda_attention_bwd(const void *P, const float *dP, void *dS, void *Pd, gc_dtype dt, int64_t B, int64_t H,
-                                int64_t Lq, int64_t Lk, float p, uint64_t seed, uint32_t step, uint32_t op,
+                                int64_t Lq, int64_t Lk, int64_t ld, float p, uint64_t seed, uint32_t step, uint32_t op,
                                 int64_t sample_offset);
+/* flash_attention.cu */
+bool gc_cuda_flash_attention_supported(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v);
+gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
+                                      gc_tensor *out, gc_tensor *lse, float scale, bool causal, float p, uint32_t op,
+                                      gc_rand_context rc);
+gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
+                                      const gc_tensor *out, const gc_tensor *lse, const gc_tensor *dout, gc_tensor *delta,
+                                      gc_tensor *dq, bool acc_q, gc_tensor *dk, bool acc_k, gc_tensor *dv, bool acc_v,
+                                      float scale, bool causal, float p, uint32_t op, gc_rand_context rc);
 #endif
 
-typedef enum attn_impl { ATTN_REF = 0, ATTN_GEMM } attn_impl;
+typedef enum attn_impl { ATTN_REF = 0, ATTN_GEMM, ATTN_FLASH } attn_impl;
 
 /* Everything the kernels and backward need besides the tensors (the node's aux). */
 typedef struct attn_geom {
@@ -66,12 +84,26 @@ typedef struct attn_geom {
     attn_impl impl;
 } attn_geom;
 
-static attn_impl attn_impl_pick(gc_device dev)
+static bool flash_applies(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v)
+{
+#ifdef GC_WITH_CUDA
+    return q->device.type == GC_DEVICE_CUDA && gc_cuda_flash_attention_supported(q, k, v);
+#else
+    (void)q, (void)k, (void)v;
+    return false;
+#endif
+}
+
+static attn_impl attn_impl_pick(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v)
 {
     const char *e = getenv("GC_ATTN_IMPL");
-    if (dev.type != GC_DEVICE_CPU) return ATTN_GEMM;
-    return e && !strcmp(e, "gemm") ? ATTN_GEMM : ATTN_REF;
+    const bool gemm = e && !strcmp(e, "gemm");
+    if (q->device.type == GC_DEVICE_CPU) return gemm ? ATTN_GEMM : ATTN_REF;
+    return !gemm && flash_applies(q, k, v) ? ATTN_FLASH : ATTN_GEMM;
 }
+
+/* Row stride of the GEMM path's score matrices: Lk rounded up to 8 elements. */
+static inline int64_t attn_ld(const attn_geom *g) { return (g->Lk + 7) / 8 * 8; }
 
 /* Keys j < visible(i) are seen by query i: all of them, or j <= i + Lk - Lq when causal. */
 static inline int64_t attn_visible(const attn_geom *g, int64_t i)
@@ -221,16 +253,16 @@ static gc_status ref_backward_node(gc_node *nd, const attn_geom *g, gc_tensor *g
 /* ================================================================ ATTN_GEMM (CPU or CUDA) */
 
 /* The row kernels on the CPU (f32), mirroring attention.cu.
- * Forward, row r = (b, h, i) of S [B, H, Lq, Lk] f32 (scaled scores): P = softmax(S + mask,
- * causal), Pd = dropout(P) when Pd. P may be S itself. */
+ * Forward, row r = (b, h, i) of S [B, H, Lq, ld] f32 (scaled scores; columns < Lk used):
+ * P = softmax(S + mask, causal), Pd = dropout(P) when Pd. P may be S itself. */
 static void cpu_rows_fwd(const attn_geom *g, const float *S, const float *mask, int64_t mask_bstride, float *P, float *Pd)
 {
-    const int64_t Lq = g->Lq, Lk = g->Lk, H = g->H, rows = g->B * H * Lq;
+    const int64_t Lq = g->Lq, Lk = g->Lk, H = g->H, rows = g->B * H * Lq, ld = attn_ld(g);
     const float inv_keep = 1.0f / (1.0f - g->p);
 #pragma omp parallel for schedule(static) if (rows * Lk > 65536)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = r % Lq, h = (r / Lq) % H, b = r / (Lq * H), nvis = attn_visible(g, i);
-        const float *s = S + r * Lk, *mr = mask ? mask + b * mask_bstride + i * Lk : NULL;
+        const float *s = S + r * ld, *mr = mask ? mask + b * mask_bstride + i * Lk : NULL;
         float mx = -INFINITY;
         for (int64_t j = 0; j < nvis; j++) mx = fmaxf(mx, s[j] + (mr ? mr[j] : 0.0f));
         double sum = 0;
@@ -239,8 +271,8 @@ static void cpu_rows_fwd(const attn_geom *g, const float *S, const float *mask, 
         const float inv_sum = sum > 0 ? (float)(1.0 / sum) : 0.0f;
         for (int64_t j = 0; j < Lk; j++) {
             float pj = j < nvis && mx != -INFINITY ? expf(s[j] + (mr ? mr[j] : 0.0f) - mx) * inv_sum : 0.0f;
-            P[r * Lk + j] = pj; /* after reading s[j]: P may alias S */
-            if (Pd) Pd[r * Lk + j] = attn_keep(g, b, h, i, j) ? pj * inv_keep : 0.0f;
+            P[r * ld + j] = pj; /* after reading s[j]: P may alias S */
+            if (Pd) Pd[r * ld + j] = attn_keep(g, b, h, i, j) ? pj * inv_keep : 0.0f;
         }
     }
 }
@@ -249,13 +281,13 @@ static void cpu_rows_fwd(const attn_geom *g, const float *S, const float *mask, 
  * asked (for the dV GEMM). dS may alias dPd. */
 static void cpu_rows_bwd(const attn_geom *g, const float *P, const float *dPd, float *dS, float *Pd)
 {
-    const int64_t Lq = g->Lq, Lk = g->Lk, H = g->H, rows = g->B * H * Lq;
+    const int64_t Lq = g->Lq, Lk = g->Lk, H = g->H, rows = g->B * H * Lq, ld = attn_ld(g);
     const bool drop = g->p > 0;
     const float inv_keep = 1.0f / (1.0f - g->p);
 #pragma omp parallel for schedule(static) if (rows * Lk > 65536)
     for (int64_t r = 0; r < rows; r++) {
         const int64_t i = r % Lq, h = (r / Lq) % H, b = r / (Lq * H);
-        const float *p = P + r * Lk, *dp = dPd + r * Lk;
+        const float *p = P + r * ld, *dp = dPd + r * ld;
         double c = 0;
         for (int64_t j = 0; j < Lk; j++) {
             float gj = !drop ? dp[j] : attn_keep(g, b, h, i, j) ? dp[j] * inv_keep : 0.0f;
@@ -265,8 +297,8 @@ static void cpu_rows_bwd(const attn_geom *g, const float *P, const float *dPd, f
             bool keep = !drop || attn_keep(g, b, h, i, j);
             float gj = !drop ? dp[j] : keep ? dp[j] * inv_keep : 0.0f;
             float pj = p[j];
-            dS[r * Lk + j] = pj * (gj - (float)c);
-            if (Pd) Pd[r * Lk + j] = keep ? pj * inv_keep : 0.0f;
+            dS[r * ld + j] = pj * (gj - (float)c);
+            if (Pd) Pd[r * ld + j] = keep ? pj * inv_keep : 0.0f;
         }
     }
 }
@@ -278,7 +310,8 @@ static gc_status rows_fwd(const attn_geom *g, gc_tensor *S, const gc_tensor *mas
     if (S->device.type == GC_DEVICE_CUDA)
         return GC_CUDA_DISPATCH(gc_cuda_attention_fwd(gc_tensor_data(S), m, mask_bstride, gc_tensor_data(P),
                                                       Pd ? gc_tensor_data(Pd) : NULL, P->dtype, g->B, g->H, g->Lq, g->Lk,
-                                                      g->causal, g->p, g->seed, g->step, g->op, g->sample_offset));
+                                                      attn_ld(g), g->causal, g->p, g->seed, g->step, g->op,
+                                                      g->sample_offset));
     cpu_rows_fwd(g, gc_tensor_data(S), m, mask_bstride, gc_tensor_data(P), Pd ? gc_tensor_data(Pd) : NULL);
     return GC_OK;
 }
@@ -288,7 +321,7 @@ static gc_status rows_bwd(const attn_geom *g, const gc_tensor *P, gc_tensor *dPd
     if (P->device.type == GC_DEVICE_CUDA)
         return GC_CUDA_DISPATCH(gc_cuda_attention_bwd(gc_tensor_data(P), gc_tensor_data(dPd), gc_tensor_data(dS),
                                                       Pd ? gc_tensor_data(Pd) : NULL, P->dtype, g->B, g->H, g->Lq, g->Lk,
-                                                      g->p, g->seed, g->step, g->op, g->sample_offset));
+                                                      attn_ld(g), g->p, g->seed, g->step, g->op, g->sample_offset));
     cpu_rows_bwd(g, gc_tensor_data(P), gc_tensor_data(dPd), gc_tensor_data(dS), Pd ? gc_tensor_data(Pd) : NULL);
     return GC_OK;
 }
@@ -319,55 +352,59 @@ static gc_status from_heads_major(gc_tensor *dst, const gc_tensor *src, bool acc
     return s;
 }
 
-/* For each of Z batch entries: C [m, n] = alpha op(A) op(B), all contiguous row-major
- * (A stored [m, k], or [k, m] when ta; B [k, n], or [n, k] when tb). */
-static gc_status bgemm(gc_device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const gc_tensor *A,
-                       const gc_tensor *Bm, gc_tensor *C, float alpha, int64_t Z)
+/* For each of Z batch entries: C [m, n] = alpha op(A) op(B), row-major with row strides
+ * lda, ldb, ldc (A stored [m, k], or [k, m] when ta; B [k, n], or [n, k] when tb); the
+ * entries follow each other (batch strides = stored rows x row stride). */
+static gc_status bgemm(gc_device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const gc_tensor *A, int64_t lda,
+                       const gc_tensor *Bm, int64_t ldb, gc_tensor *C, int64_t ldc, float alpha, int64_t Z)
 {
     gc_gemm_args a = {
         .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k,
-        .a = gc_tensor_data(A), .lda = ta ? m : k,
-        .b = gc_tensor_data(Bm), .ldb = tb ? k : n,
-        .c = gc_tensor_data(C), .ldc = n,
+        .a = gc_tensor_data(A), .lda = lda,
+        .b = gc_tensor_data(Bm), .ldb = ldb,
+        .c = gc_tensor_data(C), .ldc = ldc,
         .ab_dtype = A->dtype, .c_dtype = C->dtype, .alpha = alpha, .beta = 0.0f,
-        .batch = Z, .stride_a = m * k, .stride_b = k * n, .stride_c = m * n,
+        .batch = Z, .stride_a = (ta ? k : m) * lda, .stride_b = (tb ? n : k) * ldb, .stride_c = m * ldc,
     };
     return gc_gemm(dev, &a);
 }
 
-/* Returns out [B, Lq, H, D] and *P_out [B, H, Lq, Lk] (activation dtype), pool-owned. */
+/* Returns out [B, Lq, H, D], and in saved[0..3] the heads-major Qt, Kt, Vt and
+ * P [B, H, Lq, ldS] (activation dtype), pool-owned. */
 static gc_tensor *gemm_forward(const attn_geom *g, gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_tensor *mask,
-                               int64_t mask_bstride, gc_tensor **P_out)
+                               int64_t mask_bstride, gc_tensor **saved)
 {
     const gc_dtype dt = q->dtype;
     const gc_device dev = q->device;
     const int64_t B = g->B, Lq = g->Lq, Lk = g->Lk, H = g->H, D = g->D, Z = g->B * g->Hkv, M = (H / g->Hkv) * Lq;
+    const int64_t ld = attn_ld(g);
     gc_tensor *Qt = heads_major(q, dt), *Kt = heads_major(k, dt), *Vt = heads_major(v, dt);
-    gc_tensor *S = gc_op_new(GC_F32, dev, 4, GC_SHAPE(B, H, Lq, Lk)); /* scores in f32 */
+    gc_tensor *S = gc_op_new(GC_F32, dev, 4, GC_SHAPE(B, H, Lq, ld)); /* scores in f32 */
     if (!Qt || !Kt || !Vt || !S) return NULL;
-    if (bgemm(dev, false, true, M, Lk, D, Qt, Kt, S, (float)g->scale, Z) != GC_OK) return NULL; /* S = Q K^T scale */
+    if (bgemm(dev, false, true, M, Lk, D, Qt, D, Kt, D, S, ld, (float)g->scale, Z) != GC_OK) return NULL; /* S = Q K^T scale */
     gc_tensor *P = dt == GC_F32 ? S : gc_op_new(dt, dev, 4, S->shape);
     gc_tensor *Pd = g->p > 0 ? gc_op_new(dt, dev, 4, S->shape) : NULL;
     if (!P || (g->p > 0 && !Pd) || rows_fwd(g, S, mask, mask_bstride, P, Pd) != GC_OK) return NULL;
     gc_tensor *Ot = gc_op_new(dt, dev, 4, GC_SHAPE(B, H, Lq, D));
-    if (!Ot || bgemm(dev, false, false, M, D, Lk, Pd ? Pd : P, Vt, Ot, 1.0f, Z) != GC_OK) return NULL; /* O = Pd V */
+    if (!Ot || bgemm(dev, false, false, M, D, Lk, Pd ? Pd : P, ld, Vt, D, Ot, D, 1.0f, Z) != GC_OK) return NULL; /* O = Pd V */
     gc_tensor *out = gc_op_new(dt, dev, 4, GC_SHAPE(B, Lq, H, D));
     if (!out || from_heads_major(out, Ot, false) != GC_OK) return NULL;
-    *P_out = P;
+    saved[0] = Qt, saved[1] = Kt, saved[2] = Vt, saved[3] = P;
     return out;
 }
 
 static gc_status gemm_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
 {
-    gc_tensor *q = nd->saved[0], *k = nd->saved[1], *v = nd->saved[2], *P = nd->saved[3];
-    const gc_dtype dt = q->dtype;
-    const gc_device dev = q->device;
+    gc_tensor *Qt = nd->saved[0], *Kt = nd->saved[1], *Vt = nd->saved[2], *P = nd->saved[3];
+    const gc_dtype dt = Qt->dtype;
+    const gc_device dev = Qt->device;
     const int64_t B = g->B, Lq = g->Lq, Lk = g->Lk, H = g->H, Hkv = g->Hkv, D = g->D, Z = B * Hkv, M = (H / Hkv) * Lq;
+    const int64_t ld = attn_ld(g);
     const float scale = (float)g->scale;
-    gc_tensor *dOt = heads_major(gy, dt), *Vt = heads_major(v, dt);
+    gc_tensor *dOt = heads_major(gy, dt);
     gc_tensor *dP = gc_op_new(GC_F32, dev, 4, P->shape);
-    if (!dOt || !Vt || !dP) return GC_PENDING();
-    GC_TRY(bgemm(dev, false, true, M, Lk, D, dOt, Vt, dP, 1.0f, Z)); /* dPd = dO V^T */
+    if (!dOt || !dP) return GC_PENDING();
+    GC_TRY(bgemm(dev, false, true, M, Lk, D, dOt, D, Vt, D, dP, ld, 1.0f, Z)); /* dPd = dO V^T */
     gc_tensor *dS = dt == GC_F32 ? dP : gc_op_new(dt, dev, 4, P->shape);
     gc_tensor *Pd = g->p > 0 && nd->in[2] ? gc_op_new(dt, dev, 4, P->shape) : NULL;
     if (!dS || (g->p > 0 && nd->in[2] && !Pd)) return GC_PENDING();
@@ -380,28 +417,80 @@ static gc_status gemm_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
         if (!gx) return GC_PENDING();
         gc_tensor *t;
         if (i == 0) { /* dQ = dS K scale: [M, Lk] @ [Lk, D] */
-            gc_tensor *Kt = heads_major(k, dt);
             t = gc_op_new(gx->dtype, dev, 4, GC_SHAPE(B, H, Lq, D));
-            if (!Kt || !t) return GC_PENDING();
-            GC_TRY(bgemm(dev, false, false, M, D, Lk, dS, Kt, t, scale, Z));
+            if (!t) return GC_PENDING();
+            GC_TRY(bgemm(dev, false, false, M, D, Lk, dS, ld, Kt, D, t, D, scale, Z));
         } else { /* dK = dS^T Q scale, dV = Pd^T dO: [Lk, M] @ [M, D], summing the group */
-            gc_tensor *rhs = i == 1 ? heads_major(q, dt) : dOt;
             t = gc_op_new(gx->dtype, dev, 4, GC_SHAPE(B, Hkv, Lk, D));
-            if (!rhs || !t) return GC_PENDING();
-            GC_TRY(bgemm(dev, true, false, Lk, D, M, i == 1 ? dS : Pd ? Pd : P, rhs, t, i == 1 ? scale : 1.0f, Z));
+            if (!t) return GC_PENDING();
+            GC_TRY(bgemm(dev, true, false, Lk, D, M, i == 1 ? dS : Pd ? Pd : P, ld, i == 1 ? Qt : dOt, D, t, D,
+                         i == 1 ? scale : 1.0f, Z));
         }
         GC_TRY(from_heads_major(gx, t, acc));
     }
     return GC_OK;
 }
 
+/* ================================================================ ATTN_FLASH (CUDA) */
+
+static inline gc_rand_context attn_rc(const attn_geom *g)
+{
+    return (gc_rand_context){.seed = g->seed, .step = g->step, .sample_offset = g->sample_offset};
+}
+
+/* out [B, Lq, H, D] and *lse_out [B, H, Lq] f32, pool-owned. */
+static gc_tensor *flash_forward(const attn_geom *g, gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_tensor *mask,
+                                gc_tensor **lse_out)
+{
+    gc_tensor *out = gc_op_new(q->dtype, q->device, 4, GC_SHAPE(g->B, g->Lq, g->H, g->D));
+    gc_tensor *lse = gc_op_new(GC_F32, q->device, 3, GC_SHAPE(g->B, g->H, g->Lq));
+    if (!out || !lse) return NULL;
+#ifndef GC_WITH_CUDA
+    (void)k, (void)v, (void)mask; /* flash_applies was false: not reached */
+#endif
+    if (GC_CUDA_DISPATCH(gc_cuda_flash_attention_fwd(q, k, v, mask, out, lse, (float)g->scale, g->causal, g->p, g->op,
+                                                     attn_rc(g))) != GC_OK)
+        return NULL;
+    *lse_out = lse;
+    return out;
+}
+
+/* saved: q, k, v, out, lse[, mask] */
+static gc_status flash_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
+{
+    gc_tensor *q = nd->saved[0], *k = nd->saved[1], *v = nd->saved[2], *out = nd->saved[3], *lse = nd->saved[4];
+    gc_tensor *mask = nd->n_saved > 5 ? nd->saved[5] : NULL;
+    if (gy->dtype != q->dtype || !gc_tensor_is_contiguous(gy) || (uintptr_t)gc_tensor_data(gy) % 16 != 0) {
+        gy = gc_pool_add(gc_tensor_to(gy, gy->device, q->dtype)); /* the kernels read dO as q's dtype, aligned */
+        if (!gy) return GC_PENDING();
+    }
+    gc_tensor *delta = gc_op_new(GC_F32, q->device, 3, GC_SHAPE(g->B, g->H, g->Lq));
+    if (!delta) return GC_PENDING();
+    /* fetched in order q, k, v; the kernels write dQ, then dK, then dV, so a buffer shared
+     * by several of them is overwritten first and accumulated into after */
+    gc_tensor *gx[3] = {NULL, NULL, NULL};
+    bool acc[3] = {false, false, false};
+    for (int i = 0; i < 3; i++)
+        if (nd->in[i] && !(gx[i] = gc_grad_target(nd, i, &acc[i]))) return GC_PENDING();
+#ifndef GC_WITH_CUDA
+    (void)k, (void)v, (void)mask, (void)out, (void)lse, (void)acc;
+#endif
+    return GC_CUDA_DISPATCH(gc_cuda_flash_attention_bwd(q, k, v, mask, out, lse, gy, delta, gx[0], acc[0], gx[1], acc[1],
+                                                        gx[2], acc[2], (float)g->scale, g->causal, g->p, g->op,
+                                                        attn_rc(g)));
+}
+
 /* ================================================================ the op */
 
-/* saved: q, k, v, P; aux: attn_geom */
+/* saved: see each implementation; aux: attn_geom */
 static gc_status attention_backward(gc_node *nd, gc_tensor *gy)
 {
     const attn_geom *g = nd->aux;
-    return g->impl == ATTN_REF ? ref_backward_node(nd, g, gy) : gemm_backward(nd, g, gy);
+    switch (g->impl) {
+    case ATTN_REF: return ref_backward_node(nd, g, gy);
+    case ATTN_FLASH: return flash_backward(nd, g, gy);
+    default: return gemm_backward(nd, g, gy);
+    }
 }
 
 /* An empty output, or no keys at all: out is zeros and so are the gradients. */
@@ -465,7 +554,7 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
     g.seed = rc.seed;
     g.step = rc.step;
     g.sample_offset = rc.sample_offset;
-    g.impl = attn_impl_pick(q->device);
+    g.impl = attn_impl_pick(q, k, v);
 
     const gc_tensor *m = opts->mask;
     int64_t mask_bstride = 0;
@@ -486,7 +575,7 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
         mask_bstride = ok3 ? g.Lq * g.Lk : 0;
     }
 
-    gc_pool *pool = gc_pool_push(); /* temporaries die here; out is kept, P by the node */
+    gc_pool *pool = gc_pool_push(); /* temporaries die here; out is kept, the saved tensors by the node */
     gc_tensor *mc = NULL;
     if (m) { /* not differentiable: detached, as contiguous f32 */
         mc = gc_detach(opts->mask);
@@ -494,7 +583,8 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
         mc = gc_contiguous_raw(mc);
         if (!mc) return attn_fail(pool);
     }
-    gc_tensor *out = NULL, *P = NULL;
+    gc_tensor *out = NULL, *saved[6] = {NULL};
+    int n_saved = 4;
     const bool empty = g.B == 0 || g.Lq == 0 || g.H == 0 || g.D == 0 || g.Lk == 0;
     if (empty) {
         out = gc_op_new(q->dtype, q->device, 4, GC_SHAPE(g.B, g.Lq, g.H, g.D));
@@ -503,13 +593,20 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
     } else {
         if (g.impl == ATTN_REF) {
             out = gc_op_new(GC_F32, q->device, 4, GC_SHAPE(g.B, g.Lq, g.H, g.D));
-            P = gc_op_new(GC_F32, q->device, 4, GC_SHAPE(g.B, g.H, g.Lq, g.Lk));
+            gc_tensor *P = gc_op_new(GC_F32, q->device, 4, GC_SHAPE(g.B, g.H, g.Lq, g.Lk));
             if (!out || !P ||
                 ref_forward(&g, q, k, v, mc ? gc_tensor_data(mc) : NULL, mask_bstride, gc_tensor_data(out),
                             gc_tensor_data(P)) != GC_OK)
                 return attn_fail(pool);
+            saved[0] = q, saved[1] = k, saved[2] = v, saved[3] = P;
+        } else if (g.impl == ATTN_FLASH) {
+            gc_tensor *lse = NULL;
+            out = flash_forward(&g, q, k, v, mc, &lse);
+            if (!out) return attn_fail(pool);
+            saved[0] = q, saved[1] = k, saved[2] = v, saved[3] = out, saved[4] = lse, saved[5] = mc;
+            n_saved = mc ? 6 : 5;
         } else {
-            out = gemm_forward(&g, q, k, v, mc, mask_bstride, &P);
+            out = gemm_forward(&g, q, k, v, mc, mask_bstride, saved);
             if (!out) return attn_fail(pool);
         }
         if (gc_autograd_should_record(3, ins)) {
@@ -519,8 +616,7 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
                 return attn_fail(pool);
             }
             *aux = g;
-            gc_tensor *saved[4] = {q, k, v, P};
-            gc_node *nd = gc_autograd_record("attention", attention_backward, out, 3, ins, 4, saved);
+            gc_node *nd = gc_autograd_record("attention", attention_backward, out, 3, ins, n_saved, saved);
             if (!nd) {
                 free(aux);
                 return attn_fail(pool);

@@ -167,8 +167,8 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragB;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBt;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 
-// A warp's 16 x 16 accumulator to global rows: element (r, c) goes to
-// base[row_off(r) + c] (scaled), for rows r with ok(r). stage: the warp's 16 x ld f32 smem.
+// A warp's 16 x 16 accumulator to global memory: element (r, c) goes to base[row_off(r) + c]
+// (times scale), skipped where row_off(r) < 0. stage: the warp's own 16 x ld f32 smem.
 template <typename RowOff>
 __device__ __forceinline__ void frag_store_global(const FragC &f, float *stage, int ld, void *base, bool f32, bool acc,
                                                   float scale, RowOff row_off)

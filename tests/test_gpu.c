@@ -425,6 +425,260 @@ START_TEST(test_attention)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- flash attention
+ * bf16 inputs with D in {32, 64, 128} take ATTN_FLASH on the GPU (kernels/flash_attention.cu).
+ * Run alone with CK_RUN_CASE=flash (correctness) and CK_RUN_CASE=flash_bench (CLIP-sized
+ * timing, flash vs gemm). Each comparison also runs with GC_ATTN_IMPL=gemm ("... [gemm]"):
+ * if both fail, the problem is not in the flash kernels. */
+
+typedef struct flash_case {
+    int64_t B, Lq, Lk, H, Hkv, D;
+    bool causal;
+    int mask;       /* 0: none; 2: [Lq, Lk]; 3: [B, Lq, Lk]; with -inf entries and a fully masked row */
+    double dropout;
+    int layout;     /* 0: q, k, v; 1: slices of a fused qkv [B, L, 3H, D]; 2: self-attention q = k = v;
+                     * 3: two attention ops whose gradients add up in q, k and v */
+} flash_case;
+
+static gc_tensor *f_flash(gc_tensor *const *in, void *ctx)
+{
+    const flash_case *c = ctx;
+    gc_rand_context_set((gc_rand_context){.seed = 0xf1a5, .step = 2, .sample_offset = 5});
+    int nin = c->layout == 1 || c->layout == 2 ? 1 : 3;
+    gc_attn_opts o = {.causal = c->causal, .mask = c->mask ? in[nin] : NULL, .dropout = c->dropout, .dropout_op = 23};
+    switch (c->layout) {
+    case 1:
+        return gc_attention(gc_slice(in[0], 2, 0, c->H), gc_slice(in[0], 2, c->H, 2 * c->H),
+                            gc_slice(in[0], 2, 2 * c->H, 3 * c->H), &o);
+    case 2:
+        return gc_attention(in[0], in[0], in[0], &o);
+    case 3: {
+        gc_attn_opts o2 = o;
+        o2.causal = !o.causal;
+        o2.dropout_op = 24;
+        return gc_add(gc_attention(in[0], in[1], in[2], &o), gc_attention(in[0], in[2], in[1], &o2));
+    }
+    default:
+        return gc_attention(in[0], in[1], in[2], &o);
+    }
+}
+
+/* additive mask with -inf entries (key 0 spared) and row (Lq - 1 - b) of batch b fully masked */
+static gc_tensor *flash_mask(const flash_case *c, uint64_t seed)
+{
+    const bool batched = c->mask == 3;
+    gc_tensor *m = batched ? randn(3, GC_SHAPE(c->B, c->Lq, c->Lk), seed, 0.5) : randn(2, GC_SHAPE(c->Lq, c->Lk), seed, 0.5);
+    if (!m) return NULL;
+    float *v = gc_tensor_data(m);
+    for (int64_t b = 0; b < (batched ? c->B : 1); b++) {
+        float *mb = v + b * c->Lq * c->Lk;
+        for (int64_t i = 0; i < c->Lq; i++)
+            for (int64_t j = 1; j < c->Lk; j++)
+                if ((i * 7 + j * 3 + b) % 5 == 0) mb[i * c->Lk + j] = -INFINITY;
+        const int64_t full = (c->Lq - 1 - b % c->Lq);
+        for (int64_t j = 0; j < c->Lk; j++) mb[full * c->Lk + j] = -INFINITY;
+    }
+    return m;
+}
+
+static void flash_run(cmp_log *lg, const char *label, const flash_case *c, uint64_t seed)
+{
+    gc_tensor *in[4] = {NULL, NULL, NULL, NULL};
+    int n;
+    if (c->layout == 1) {
+        in[0] = param(4, GC_SHAPE(c->B, c->Lq, 3 * c->H, c->D), seed, 1.0);
+        n = 1;
+    } else if (c->layout == 2) {
+        in[0] = param(4, GC_SHAPE(c->B, c->Lq, c->H, c->D), seed, 1.0);
+        n = 1;
+    } else {
+        in[0] = param(4, GC_SHAPE(c->B, c->Lq, c->H, c->D), seed, 1.0);
+        in[1] = param(4, GC_SHAPE(c->B, c->Lk, c->Hkv, c->D), seed + 1, 1.0);
+        in[2] = param(4, GC_SHAPE(c->B, c->Lk, c->Hkv, c->D), seed + 2, 1.0);
+        n = 3;
+    }
+    if (c->mask) in[n++] = flash_mask(c, seed + 3);
+    flash_case cc = *c;
+    cmp(lg, label, f_flash, &cc, n, in, GC_BF16, TOL16);
+    char l[160];
+    snprintf(l, sizeof l, "%s [gemm]", label);
+    setenv("GC_ATTN_IMPL", "gemm", 1);
+    cmp(lg, l, f_flash, &cc, n, in, GC_BF16, TOL16);
+    unsetenv("GC_ATTN_IMPL");
+}
+
+START_TEST(test_flash_vs_cpu)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+    /* B, Lq, Lk, H, Hkv, D, causal, mask, dropout, layout */
+    flash_run(&lg, "flash [2,197,12,64]", &(flash_case){2, 197, 197, 12, 12, 64, false, 0, 0, 0}, 500);
+    flash_run(&lg, "flash causal [2,77,8,64]", &(flash_case){2, 77, 77, 8, 8, 64, true, 0, 0, 0}, 510);
+    flash_run(&lg, "flash causal+mask[B] [2,77,8,64]", &(flash_case){2, 77, 77, 8, 8, 64, true, 3, 0, 0}, 515);
+    flash_run(&lg, "flash L5 D32", &(flash_case){2, 5, 5, 2, 2, 32, false, 0, 0, 0}, 520);
+    flash_run(&lg, "flash GQA H8 Hkv2 D128 L33", &(flash_case){2, 33, 33, 8, 2, 128, false, 0, 0, 0}, 530);
+    flash_run(&lg, "flash mask[B] -inf, masked rows D64", &(flash_case){2, 40, 40, 4, 4, 64, false, 3, 0, 0}, 540);
+    flash_run(&lg, "flash mask[Lq,Lk] causal D128", &(flash_case){2, 40, 40, 2, 2, 128, true, 2, 0, 0}, 545);
+    flash_run(&lg, "flash causal Lq30 < Lk70 mask D64", &(flash_case){2, 30, 70, 4, 2, 64, true, 2, 0, 0}, 550);
+    flash_run(&lg, "flash causal Lq70 > Lk30 D32", &(flash_case){2, 70, 30, 2, 2, 32, true, 0, 0, 0}, 555);
+    flash_run(&lg, "flash dropout 0.1 [2,197,4,64]", &(flash_case){2, 197, 197, 4, 4, 64, false, 0, 0.1, 0}, 560);
+    flash_run(&lg, "flash dropout causal mask GQA D128", &(flash_case){2, 45, 45, 4, 2, 128, true, 3, 0.1, 0}, 565);
+    flash_run(&lg, "flash fused qkv slices causal [2,77,8,64]", &(flash_case){2, 77, 77, 8, 8, 64, true, 0, 0, 1}, 570);
+    flash_run(&lg, "flash fused qkv slices dropout D32", &(flash_case){2, 50, 50, 3, 3, 32, false, 3, 0.1, 1}, 575);
+    flash_run(&lg, "flash self-attention q=k=v D64", &(flash_case){2, 50, 50, 4, 4, 64, true, 0, 0, 2}, 580);
+    flash_run(&lg, "flash accumulate (2 ops) GQA D128", &(flash_case){2, 45, 45, 4, 2, 128, false, 0, 0.1, 3}, 590);
+    flash_run(&lg, "flash accumulate (2 ops) D64 L197", &(flash_case){1, 197, 197, 2, 2, 64, true, 2, 0, 3}, 595);
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
+
+/* Bytes the tape keeps for one attention on GPU leaves: tells the implementation apart
+ * (flash: q, k, v, out, lse [+ mask f32]; gemm: Qt, Kt, Vt, P [B, H, Lq, Lk rounded to 8]). */
+static size_t attn_saved(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_opts *o)
+{
+    gc_pool *p = gc_pool_push();
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_tensor *y = gc_attention(q, k, v, o);
+    gc_tape_end(t);
+    size_t b = y ? gc_tape_saved_bytes(t) : 0;
+    gc_tape_free(t);
+    gc_pool_pop(p);
+    return b;
+}
+
+static gc_tensor *gpu_leaf(gc_dtype dt, int nd, const int64_t *sh, uint64_t seed)
+{
+    gc_tensor *h = gc_test_randn(nd, sh, seed, 1.0);
+    gc_tensor *g = gc_pool_add(gc_tensor_to(h, GC_CUDA0, dt));
+    gc_tensor_release(h);
+    if (g) gc_tensor_requires_grad(g, true);
+    return g;
+}
+
+START_TEST(test_flash_dispatch)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+#define EXPECT(cond, ...) do { lg.total++; if (!(cond)) log_fail(&lg, __VA_ARGS__); } while (0)
+    const int64_t B = 2, L = 37, H = 4, ld = 40;
+    for (int di = 0; di < 4; di++) {
+        const int64_t D = (int64_t[]){32, 64, 128, 48}[di];
+        gc_tensor *q = gpu_leaf(GC_BF16, 4, GC_SHAPE(B, L, H, D), 1), *k = gpu_leaf(GC_BF16, 4, GC_SHAPE(B, L, H, D), 2),
+                  *v = gpu_leaf(GC_BF16, 4, GC_SHAPE(B, L, H, D), 3);
+        const size_t qkv = 3 * gc_tensor_nbytes(q);
+        const size_t flash = qkv + gc_tensor_nbytes(q) + (size_t)(B * H * L * 4), gemm = qkv + (size_t)(B * H * L * ld * 2);
+        size_t got = attn_saved(q, k, v, &(gc_attn_opts){.causal = true});
+        EXPECT(got == (D == 48 ? gemm : flash), "bf16 D %lld: saved %zu bytes, want %zu (%s)", (long long)D, got,
+               D == 48 ? gemm : flash, D == 48 ? "gemm: D 48 has no flash kernel" : "flash");
+        setenv("GC_ATTN_IMPL", "gemm", 1);
+        got = attn_saved(q, k, v, NULL);
+        EXPECT(got == gemm, "GC_ATTN_IMPL=gemm D %lld: saved %zu bytes, want %zu", (long long)D, got, gemm);
+        setenv("GC_ATTN_IMPL", "flash", 1);
+        got = attn_saved(q, k, v, NULL);
+        EXPECT(got == (D == 48 ? gemm : flash), "GC_ATTN_IMPL=flash D %lld: saved %zu bytes", (long long)D, got);
+        unsetenv("GC_ATTN_IMPL");
+    }
+    /* f32 storage: gemm (P is S, f32) */
+    gc_tensor *q = gpu_leaf(GC_F32, 4, GC_SHAPE(B, L, H, 64), 4);
+    size_t got = attn_saved(q, q, q, NULL), want = 3 * gc_tensor_nbytes(q) + (size_t)(B * H * L * ld * 4);
+    EXPECT(got == want, "f32: saved %zu bytes, want %zu (gemm)", got, want);
+    /* innermost stride != 1: gemm */
+    gc_tensor *x = gpu_leaf(GC_BF16, 4, GC_SHAPE(B, L, 64, H), 5);
+    gc_tensor *qt = gc_transpose(x, 2, 3); /* no tape: a plain view, made a leaf of its own */
+    gc_tensor_requires_grad(qt, true);
+    got = attn_saved(qt, qt, qt, NULL);
+    want = 3 * gc_tensor_nbytes(qt) + (size_t)(B * H * L * ld * 2);
+    EXPECT(got == want, "strided innermost: saved %zu bytes, want %zu (gemm)", got, want);
+    /* a mask is saved (as f32) by flash */
+    gc_tensor *qb = gpu_leaf(GC_BF16, 4, GC_SHAPE(B, L, H, 64), 6);
+    gc_tensor *m = gc_pool_add(gc_tensor_zeros(GC_BF16, GC_CUDA0, 3, GC_SHAPE(B, L, L)));
+    got = attn_saved(qb, qb, qb, &(gc_attn_opts){.mask = m});
+    want = 4 * gc_tensor_nbytes(qb) + (size_t)(B * H * L * 4) + (size_t)(B * L * L * 4);
+    EXPECT(got == want, "flash with mask: saved %zu bytes, want %zu", got, want);
+#undef EXPECT
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
+
+/* CLIP ViT-B/16 attention at chunk 64 (q, k, v slices of a fused bf16 qkv): flash and gemm
+ * agree, and their time and memory (printed, not asserted). */
+static gc_status flash_step(gc_tensor *qkv, int64_t H, gc_tensor *R, gc_tensor **out)
+{
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_tensor *y = gc_attention(gc_slice(qkv, 2, 0, H), gc_slice(qkv, 2, H, 2 * H), gc_slice(qkv, 2, 2 * H, 3 * H), NULL);
+    gc_tape_end(t);
+    gc_status st = y ? gc_backward(t, 1, &y, &R) : GC_PENDING();
+    gc_tape_free(t);
+    if (out) *out = y;
+    return st;
+}
+
+START_TEST(test_flash_clip_bench)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+    const int64_t B = 64, L = 197, H = 12, D = 64;
+    gc_tensor *qkv = gpu_leaf(GC_BF16, 4, GC_SHAPE(B, L, 3 * H, D), 7);
+    gc_tensor *Rh = gc_test_randn(4, GC_SHAPE(B, L, H, D), 8, 1.0);
+    gc_tensor *R = gc_pool_add(gc_tensor_to(Rh, GC_CUDA0, GC_BF16));
+    gc_tensor_release(Rh);
+    gc_tensor *outs[2] = {NULL, NULL}, *grads[2] = {NULL, NULL};
+    const char *impls[2] = {"flash", "gemm"};
+    for (int m = 0; m < 2; m++) {
+        setenv("GC_ATTN_IMPL", impls[m], 1);
+        gc_tensor_zero_grad(qkv);
+        gc_pool *it = gc_pool_push();
+        gc_tensor *y = NULL;
+        gc_status st = flash_step(qkv, H, R, &y);
+        if (st == GC_OK) outs[m] = gc_tensor_to(y, GC_CUDA0, GC_F32);
+        gc_pool_pop(it);
+        grads[m] = gc_tensor_to(gc_tensor_grad(qkv), GC_CUDA0, GC_F32);
+        lg.total++;
+        if (st != GC_OK || !outs[m] || !grads[m]) {
+            log_fail(&lg, "%s step failed: %s", impls[m], gc_error_message());
+            continue;
+        }
+        /* timing: 10 steps after the one above */
+        gc_timer *t0 = gc_timer_create(GC_CUDA0), *t1 = gc_timer_create(GC_CUDA0);
+        gc_device_sync(GC_CUDA0);
+        gc_memory_stats s0 = gc_memory_stats_get(GC_CUDA0);
+        gc_memory_reset_peak(GC_CUDA0);
+        gc_timer_record(t0);
+        for (int r = 0; r < 10 && st == GC_OK; r++) {
+            gc_pool *itp = gc_pool_push();
+            st = flash_step(qkv, H, R, NULL);
+            gc_pool_pop(itp);
+        }
+        gc_timer_record(t1);
+        double ms = 0;
+        if (st == GC_OK) st = gc_timer_elapsed_ms(t0, t1, &ms);
+        gc_memory_stats s1 = gc_memory_stats_get(GC_CUDA0);
+        printf("%-40s %-5s fwd+bwd %.3f ms/step, peak %.1f MiB above the inputs\n", "attention [64,197,12,64] bf16", impls[m],
+               ms / 10, (double)(s1.peak - s0.current) / (1 << 20));
+        gc_timer_free(t0);
+        gc_timer_free(t1);
+        if (st != GC_OK) log_fail(&lg, "%s timing failed: %s", impls[m], gc_error_message());
+    }
+    unsetenv("GC_ATTN_IMPL");
+    if (outs[0] && outs[1] && grads[0] && grads[1]) {
+        double eo = gc_test_rel_err(outs[0], outs[1]), eg = gc_test_rel_err(grads[0], grads[1]);
+        printf("%-40s flash vs gemm: out rel err %.2e, grad rel err %.2e\n", "attention [64,197,12,64] bf16", eo, eg);
+        lg.total++;
+        if (!(eo <= TOL16 && eg <= TOL16_SOFT)) log_fail(&lg, "flash vs gemm on [64,197,12,64]: out %.3g grad %.3g", eo, eg);
+    }
+    for (int m = 0; m < 2; m++) {
+        gc_tensor_release(outs[m]);
+        gc_tensor_release(grads[m]);
+    }
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- embedding, gather, rope */
 
 static gc_tensor *f_embedding(gc_tensor *const *in, void *ctx) { (void)ctx; return gc_embedding(in[0], in[1]); }
@@ -986,6 +1240,7 @@ int main(void)
         {"runtime", test_copy_fill}, {"runtime", test_allocator}, {"runtime", test_allocator_steady_state},
         {"runtime", test_gpu_errors}, {"gemm", test_gemm}, {"gemm", test_matmul_linear},
         {"elementwise", test_elementwise}, {"norm", test_norms_softmax}, {"attention", test_attention},
+        {"flash", test_flash_dispatch}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},
         {"misc", test_embedding_gather_rope}, {"misc", test_shape_ops}, {"misc", test_reduce_loss_dropout},
     };
     TCase *tc = NULL;

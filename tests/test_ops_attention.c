@@ -1,8 +1,10 @@
 /* gc_attention: finite-difference gradients of q, k, v (bidirectional, causal, masks,
  * GQA, dropout, odd sizes, non-contiguous inputs) for both implementations that run on
  * the CPU (GC_ATTN_IMPL=ref: the reference loops; gemm: the GEMM + row-kernel path that
- * CUDA runs), the two against each other, known values, the dropout stream's layout and
- * its independence of batch chunking, and argument errors. */
+ * CUDA runs, with its score rows padded to 8 elements), the two against each other, known
+ * values, the dropout stream's layout and its independence of batch chunking, and
+ * argument errors. The CUDA-only flash kernels are compared with the CPU reference in
+ * tests/test_gpu.c (CK_RUN_CASE=flash). */
 #include "gc_test.h"
 
 #include <stdlib.h>
@@ -418,6 +420,37 @@ START_TEST(test_empty)
 }
 END_TEST
 
+/* GC_ATTN_IMPL=flash names a CUDA kernel: on the CPU it means the reference, bit for bit
+ * (as does an unknown name). */
+START_TEST(test_flash_env_on_cpu)
+{
+    shp s = {2, 6, 9, 4, 2, 8};
+    gc_tensor *in[3];
+    make_qkv(s, 71, in);
+    gc_tensor *m = make_mask(s.B, s.Lq, s.Lk, true);
+    actx c = {.o = {.causal = true, .dropout = 0.2, .dropout_op = 5}, .mask = m, .rc = {3, 1, 0}};
+    const char *names[3] = {"ref", "flash", "nonsense"};
+    double *out[3], *g[3][3];
+    int64_t nout[3];
+    for (int k = 0; k < 3; k++) {
+        c.impl = names[k];
+        run_fb(&c, 3, in, &out[k], &nout[k], g[k]);
+    }
+    for (int k = 1; k < 3; k++) {
+        ck_assert_msg(memcmp(out[k], out[0], sizeof(double) * (size_t)nout[0]) == 0, "%s: out differs from ref", names[k]);
+        for (int i = 0; i < 3; i++)
+            ck_assert_msg(memcmp(g[k][i], g[0][i], sizeof(double) * (size_t)gc_tensor_numel(in[i])) == 0,
+                          "%s: grad[%d] differs from ref", names[k], i);
+    }
+    for (int k = 0; k < 3; k++) {
+        free(out[k]);
+        for (int i = 0; i < 3; i++) free(g[k][i]);
+    }
+    gc_tensor_release(m);
+    release_all(3, in);
+}
+END_TEST
+
 START_TEST(test_errors)
 {
     gc_pool *p = gc_pool_push();
@@ -481,6 +514,7 @@ int main(void)
     tcase_add_test(tc, test_dropout_stream);
     tcase_add_test(tc, test_dropout_backward_context);
     tcase_add_test(tc, test_empty);
+    tcase_add_test(tc, test_flash_env_on_cpu);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
     return gc_test_run(s);

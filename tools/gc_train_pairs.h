@@ -8,8 +8,9 @@
 
 #include "gc_config.h"
 
-/* Is c->model a DINOv3: a "dinov3-*" architecture name, or a checkpoint directory whose
- * config.json says model_type "dinov3_vit"? */
+/* Is c->model a DINOv3: a checkpoint directory whose config.json says model_type
+ * "dinov3_vit", or, when it is no directory, a name containing "dinov3" (the
+ * architectures dinov3-*, or a mistyped checkpoint path, reported by the DINOv3 trainer)? */
 bool gc_train_pairs_wanted(const gc_train_config *c);
 
 /* Trains with a loaded, overridden and validated configuration (cfg_path names it in

@@ -94,7 +94,7 @@ static double now_s(void)
 
 bool gc_train_pairs_wanted(const gc_train_config *c)
 {
-    if (!is_dir(c->model)) return !strncmp(c->model, "dinov3-", 7);
+    if (!is_dir(c->model)) return strcasestr(c->model, "dinov3") != NULL; /* a name, or a missing DINOv3 directory */
     char path[GC_CFG_STR + 16];
     snprintf(path, sizeof path, "%s/config.json", c->model);
     cJSON *j = NULL;
@@ -187,6 +187,19 @@ static void pair_set_free(pair_set *p)
     memset(p, 0, sizeof *p);
 }
 
+/* the pair keys that need no data (checked before anything is written) */
+static gc_status pair_config_check(const gc_train_config *c, const char *where)
+{
+    if (strcmp(c->pair_format, "labels") && !strcmp(c->data_format, "webdataset"))
+        return gc_error_set(GC_ERR_INVALID, "%s: pair_format pairs reads a CSV/TSV manifest with two image columns "
+                            "(csv_img_key, csv_img_b_key); WebDataset shards work with pair_format labels (the .txt "
+                            "is the label)", where);
+    if (strcmp(c->pair_format, "labels") && !strcmp(c->csv_img_key, c->csv_img_b_key))
+        return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_img_b_key are both '%s': a pair needs two image "
+                            "columns", where, c->csv_img_key);
+    return GC_OK;
+}
+
 static gc_status pair_set_open(pair_set *p, const gc_train_config *c, const char *spec)
 {
     memset(p, 0, sizeof *p);
@@ -194,13 +207,6 @@ static gc_status pair_set_open(pair_set *p, const gc_train_config *c, const char
     bool tar = !strcmp(c->data_format, "webdataset");
     char sep = c->csv_separator[0];
     if (!p->labels) {
-        if (tar)
-            return gc_error_set(GC_ERR_INVALID, "%s: pair_format pairs reads a CSV/TSV manifest with two image columns "
-                                "(csv_img_key, csv_img_b_key); WebDataset shards work with pair_format labels "
-                                "(the .txt is the label)", spec);
-        if (!strcmp(c->csv_img_key, c->csv_img_b_key))
-            return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_img_b_key are both '%s': a pair needs two "
-                                "image columns", spec, c->csv_img_key);
         if (!(p->a = gc_dataset_open_csv(spec, sep, c->csv_img_key, c->csv_img_b_key))) return GC_PENDING();
         if (!(p->b = gc_dataset_open_csv(spec, sep, c->csv_img_b_key, c->csv_img_key))) return GC_PENDING();
         p->n = gc_dataset_size(p->a);
@@ -784,6 +790,7 @@ static gc_status open_model(ptrainer *t)
 static gc_status open_data(ptrainer *t)
 {
     const gc_train_config *c = &t->cfg;
+    GC_TRY(pair_config_check(c, t->cfg_path));
     if (c->synthetic_train > 0) GC_TRY(synth_pairs_make(c, c->train_data, c->synthetic_train, t->S, c->seed));
     if (c->synthetic_val > 0 && *c->val_data)
         GC_TRY(synth_pairs_make(c, c->val_data, c->synthetic_val, t->S, c->seed + 1000003));
@@ -945,7 +952,7 @@ static gc_status embed_into(ptrainer *t, const float *a, const float *b, int n, 
     gc_tensor *dst[2] = {ea, eb};
     bool prev = gc_grad_set_enabled(false);
     for (int v = 0; v < (b ? 2 : 1) && st == GC_OK; v++) {
-        gc_tensor *e = gc_cast(gc_l2normalize(reps[v], 1e-12), GC_F32);
+        gc_tensor *e = gc_l2normalize(gc_cast(reps[v], GC_F32), 1e-12);
         st = e ? gc_tensor_copy_into(gc_rows(dst[v], at, at + n), e, false) : GC_PENDING();
     }
     gc_grad_set_enabled(prev);

@@ -232,7 +232,8 @@ gc_status gc_svg_plot(const char *path, const char *title, const gc_series *left
                 double y = H - Bm - (H - T - Bm) * (ss[i].y[j] - y0) / (y1 - y0);
                 P("%.1f,%.1f ", x, y);
             }
-            P("\"/>\n<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\">%s</text>\n", L + 10 + 150 * (side * 3 + i) % 600, H - 12.0, col, ss[i].name);
+            int slot = side ? n_left + i : i; /* legend entries side by side */
+            P("\"/>\n<text x=\"%.0f\" y=\"%.0f\" fill=\"%s\">%s</text>\n", L + 10 + 160.0 * slot, H - 12.0, col, ss[i].name);
         }
     }
     P("<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">step (%.0f .. %.0f)</text>\n</svg>\n", W / 2, H - 28, gx0, gx1);
