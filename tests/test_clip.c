@@ -162,6 +162,26 @@ START_TEST(test_matches_transformers)
 }
 END_TEST
 
+/* Gradient checkpointing recomputes every block in the backward: the same references,
+ * with and without the cache. */
+START_TEST(test_checkpointing_matches_transformers)
+{
+    gc_clip_options o = test_options();
+    o.checkpointing = true;
+    fixture f;
+    fixture_open(&f, CASES[_i], &o);
+    int64_t B = f.pixels->shape[0];
+    int64_t chunks[2] = {0, B / 2 + 1};
+    for (int c = 0; c < 2; c++) {
+        char label[128];
+        snprintf(label, sizeof label, "%s checkpointed, chunk %lld", CASES[_i], (long long)chunks[c]);
+        double e = compare_step(&f, chunks[c], label);
+        ck_assert_msg(e < tolerance_for(CASES[_i]), "%s: worst relative error %.3g", label, e);
+    }
+    fixture_close(&f);
+}
+END_TEST
+
 /* Dropout on: gradients are the same for every chunk size, and differ from dropout off. */
 START_TEST(test_dropout_chunk_invariance)
 {
@@ -293,6 +313,7 @@ int main(void)
     TCase *tc = gc_test_tcase("hf");
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_matches_transformers, 0, 3);
+    tcase_add_loop_test(tc, test_checkpointing_matches_transformers, 0, 3);
     tcase_add_test(tc, test_dropout_chunk_invariance);
     tcase_add_test(tc, test_save_reload);
     tcase_add_test(tc, test_bad_checkpoints_are_named);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine: build with CUDA, run the gpu suite (every CUDA op against its
 # CPU reference; the HF fixtures in f32 and bf16 on the GPU), then optional benchmarks.
-# Usage: tools/device_check.sh [tests|bench|all] ; logs under $OUT (or ./out)
+# Usage: tools/device_check.sh [tests|fixtures|bench ARGS|full] ; logs under $OUT (or ./out)
+# full: flash kernels first (if they fail, later steps fall back to GC_ATTN_IMPL=gemm and
+# say so), the whole gpu suite, flash vs gemm timing, then tools/bench_compare.sh.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -27,4 +29,21 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   shift || true
   ./build-gpu/tools/gcache bench "$@" 2>&1 | tee -a "$OUT/bench.log"
+fi
+if [ "$what" = full ]; then
+  t0=$(date +%s)
+  if CK_FORK=no CK_RUN_CASE=flash timeout 120 build-gpu/tests/test_gpu >"$OUT/flash.log" 2>&1; then
+    echo "flash kernels: PASS"
+  else
+    echo "flash kernels: FAIL -> GC_ATTN_IMPL=gemm for the rest"; export GC_ATTN_IMPL=gemm
+    grep -E "fail|err|Assert" "$OUT/flash.log" | head -20
+  fi
+  timeout 240 meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 4 >"$OUT/gpu_tests.log" 2>&1
+  grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log"
+  cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt"
+  grep -hE "worst|Assert|: F:|: E:" "$OUT/testlog.txt" | sort -u | head -50 >"$OUT/worst.txt"
+  echo "tests took $(( $(date +%s) - t0 )) s"
+  CK_FORK=no CK_RUN_CASE=flash_bench timeout 60 build-gpu/tests/test_gpu 2>&1 | grep -vE "^Running|^100%" | tee "$OUT/flash_bench.log"
+  timeout ${BENCH_TIMEOUT:-300} tools/bench_compare.sh
+  echo "all took $(( $(date +%s) - t0 )) s"
 fi
