@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # gcache train end to end on the CPU: a run killed mid-way (SIGKILL) and resumed from its
 # last checkpoint logs exactly the losses of the uninterrupted run; config errors name
-# file, line and key. Usage: test_train.sh GCACHE SOURCE_ROOT
+# file, line and key; the same with LoRA adapters, which checkpoints keep in PEFT layout.
+# Usage: test_train.sh GCACHE SOURCE_ROOT
 set -u
+export OMP_WAIT_POLICY=passive # no spinning OpenMP threads (2-core CI runs tests side by side)
 gcache=$1
 root=$2
 tmp=$(mktemp -d)
@@ -48,6 +50,37 @@ for f in config.json model.safetensors optimizer.safetensors trainer_state.json;
 done
 grep -q '"i2t_recall@1"' "$tmp/ref/metrics.jsonl" || { echo "FAIL: no evaluation in metrics.jsonl"; fail=1; }
 [ -s "$tmp/ref/training.svg" ] || { echo "FAIL: no plot"; fail=1; }
+
+# LoRA: the adapters (not in model.safetensors) are saved in PEFT layout in every
+# checkpoint and restored on --resume, so a killed and resumed run again matches the
+# uninterrupted one bit for bit
+lora=(use_lora=true lora_r=4 lora_alpha=8 lora_dropout=0.1 batch_size=16 max_steps=6 save_every=2 val_data=)
+"$gcache" train base.yaml "${lora[@]}" output_dir="$tmp/lref" >lref.log 2>&1 || { echo "FAIL: LoRA reference run"; cat lref.log; exit 1; }
+GC_TRAIN_KILL_AT_STEP=5 "$gcache" train base.yaml "${lora[@]}" output_dir="$tmp/lcrash" >lcrash.log 2>&1
+rc=$?
+if [ $rc -ne 137 ]; then echo "FAIL: the LoRA run was to be killed at step 5 (exit $rc)"; fail=1; fi
+[ "$(cat "$tmp/lcrash/latest")" = "checkpoint-4" ] || { echo "FAIL: LoRA: latest checkpoint is '$(cat "$tmp/lcrash/latest")', not checkpoint-4"; fail=1; }
+"$gcache" train base.yaml "${lora[@]}" output_dir="$tmp/lcrash" --resume "$tmp/lcrash" >lresume.log 2>&1 || { echo "FAIL: LoRA resume"; cat lresume.log; fail=1; }
+if [ "$(losses "$tmp/lref" | wc -l)" -eq 6 ] && diff <(losses "$tmp/lref") <(losses "$tmp/lcrash") >diff.txt; then
+  echo "ok: LoRA: killed at step 5, resumed from step 4: all 6 losses bit-identical"
+else
+  echo "FAIL: LoRA: resumed losses differ from the uninterrupted run:"; cat diff.txt; fail=1
+fi
+header() { head -c 200000 "$1" | tr -c '[:print:]' '\n'; } # the safetensors header's names
+for ck in lcrash/checkpoint-4 lcrash/checkpoint-6; do
+  for f in adapter_config.json adapter_model.safetensors model.safetensors optimizer.safetensors; do
+    [ -f "$tmp/$ck/$f" ] || { echo "FAIL: LoRA: $ck/$f missing"; fail=1; }
+  done
+  if [ -f "$tmp/$ck/adapter_model.safetensors" ]; then
+    names=$(header "$tmp/$ck/adapter_model.safetensors")
+    grep -q 'base_model\.model\.text_model\.encoder\.layers\.0\.self_attn\.q_proj\.lora_A\.weight' <<<"$names" &&
+      grep -q 'base_model\.model\.vision_model\.encoder\.layers\.0\.self_attn\.out_proj\.lora_B\.weight' <<<"$names" ||
+      { echo "FAIL: LoRA: $ck/adapter_model.safetensors lacks PEFT tensor names:"; head -c 400 <<<"$names"; echo; fail=1; }
+  fi
+  grep -q '"peft_type":[[:space:]]*"LORA"' "$tmp/$ck/adapter_config.json" 2>/dev/null && grep -q '"CLIPModel"' "$tmp/$ck/adapter_config.json" ||
+    { echo "FAIL: LoRA: $ck/adapter_config.json is not a PEFT LoRA config of CLIPModel"; fail=1; }
+  header "$tmp/$ck/model.safetensors" | grep -q 'lora_' && { echo "FAIL: LoRA: $ck/model.safetensors holds adapters"; fail=1; }
+done
 
 # configuration errors: one line naming file, line and key; exit 1
 expect() {

@@ -26,6 +26,13 @@ gc_status gc_write_text(const char *path, const char *text);
 /* Reads a whole text file (caller frees) */
 char *gc_read_text(const char *path);
 
+/* The checkpoint a --resume DIR names: DIR itself, or DIR/<name> when DIR/latest holds
+ * a name (an output_dir). Written into ck (n bytes). */
+gc_status gc_checkpoint_resolve(const char *dir, char *ck, size_t n);
+/* Keeps only the lines of metrics.jsonl at path whose "step" is at most step (a killed
+ * run may have logged past its last checkpoint); a missing file is left missing. */
+gc_status gc_metrics_trim(const char *path, int64_t step);
+
 /* An SVG line chart of up to 3 series (x, y) with a title; writes path atomically. */
 typedef struct gc_series { const char *name; const double *x, *y; int n; } gc_series;
 gc_status gc_svg_plot(const char *path, const char *title, const gc_series *left, int n_left, const char *left_label,

@@ -4,7 +4,8 @@
  * decodes and preprocesses the next batches while the model computes; every
  * `log_every` steps a metrics line, every `eval_every` steps retrieval recall on the
  * validation set, every `save_every` steps a crash-safe checkpoint (model in HF
- * layout, optimizer state, data position). A run resumed from a checkpoint continues
+ * layout, with use_lora its adapters in PEFT layout beside it, optimizer state, data
+ * position). A run resumed from a checkpoint continues
  * exactly where the saved run was: same data order, same random numbers, same losses. */
 #include <math.h>
 #include <signal.h>
@@ -20,6 +21,7 @@
 #include "../autograd/gc_optim.h"
 #include "../gradcache/gc_clip_task.h"
 #include "../models/gc_json.h"
+#include "../models/gc_lora.h"
 #include "../models/gc_tokenizer.h"
 #include "gc_cli.h"
 #include "gc_config.h"
@@ -32,6 +34,7 @@ typedef struct trainer {
     const char *cfg_path;
     gc_device dev;
     gc_clip *model;
+    gc_lora_options lora;    /* use_lora: the adapters' options (PEFT files in every checkpoint) */
     gc_tokenizer *tok;
     gc_dataset *train, *val;
     gc_loader *loader;
@@ -105,10 +108,11 @@ static gc_status open_model(trainer *t)
     gc_clip_options o = {.device = t->dev, .dtype = strcmp(c->mixed_precision, "bf16") ? GC_F32 : GC_BF16,
                          .checkpointing = c->gradient_checkpointing};
     if (c->use_lora) {
-        o.lora_r = (int)c->lora_r;
-        o.lora_alpha = c->lora_alpha;
-        o.lora_dropout = c->lora_dropout;
-        o.lora_targets = c->lora_target_modules;
+        t->lora = (gc_lora_options){(int)c->lora_r, c->lora_alpha, c->lora_dropout, c->lora_target_modules};
+        o.lora_r = t->lora.r;
+        o.lora_alpha = t->lora.alpha;
+        o.lora_dropout = t->lora.dropout;
+        o.lora_targets = t->lora.targets;
     }
     gc_clip_config mc;
     if (is_dir(c->model)) return gc_clip_load(&t->model, c->model, &o);
@@ -167,7 +171,9 @@ static gc_status save_checkpoint(trainer *t)
         if (system(path)) return gc_error_set(GC_ERR_IO, "%s: cannot remove a stale temporary", tmp);
     }
     GC_TRY(gc_mkdirs(tmp));
-    GC_TRY(gc_clip_save(t->model, tmp)); /* config.json + model.safetensors (HF layout) */
+    GC_TRY(gc_clip_save(t->model, tmp)); /* config.json + model.safetensors (HF layout), without the adapters */
+    if (t->cfg.use_lora) /* adapter_config.json + adapter_model.safetensors beside them (PEFT) */
+        GC_TRY(gc_lora_save_peft(gc_clip_params(t->model), &t->lora, is_dir(t->cfg.model) ? t->cfg.model : NULL, tmp));
     snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
     GC_TRY(gc_adamw_save(&t->opt, path));
     cJSON *st = cJSON_CreateObject();
@@ -198,14 +204,7 @@ static gc_status save_checkpoint(trainer *t)
 static gc_status load_checkpoint(trainer *t, const char *dir)
 {
     char ck[GC_CFG_STR * 2], path[GC_CFG_STR * 2 + 64];
-    snprintf(path, sizeof path, "%s/latest", dir);
-    if (exists(path)) {
-        char *name = gc_read_text(path);
-        if (!name) return GC_PENDING();
-        name[strcspn(name, "\n")] = 0;
-        snprintf(ck, sizeof ck, "%s/%s", dir, name);
-        free(name);
-    } else snprintf(ck, sizeof ck, "%s", dir);
+    GC_TRY(gc_checkpoint_resolve(dir, ck, sizeof ck));
     snprintf(path, sizeof path, "%s/trainer_state.json", ck);
     cJSON *st = NULL;
     GC_TRY(gc_json_load_file(path, &st));
@@ -217,9 +216,11 @@ static gc_status load_checkpoint(trainer *t, const char *dir)
     GC_TRY(s);
     t->step = v[0];
     t->next = (gc_loader_pos){v[1], v[2], v[3]};
+    gc_params *ps = gc_clip_params(t->model);
     static const char *const ignore[] = {"position_ids", NULL};
-    GC_TRY(gc_params_load(gc_clip_params(t->model), ck, ignore, t->cfg.use_lora ? ".lora_" : NULL));
-    GC_TRY(gc_params_sync_values(gc_clip_params(t->model)));
+    GC_TRY(gc_params_load(ps, ck, ignore, t->cfg.use_lora ? ".lora_" : NULL));
+    if (t->cfg.use_lora) GC_TRY(gc_lora_load_peft(ps, &t->lora, ck)); /* the adapters, from the PEFT files */
+    GC_TRY(gc_params_sync_values(ps));
     snprintf(path, sizeof path, "%s/optimizer.safetensors", ck);
     GC_TRY(gc_adamw_load(&t->opt, path));
     if (t->opt.step != t->step)
@@ -227,30 +228,6 @@ static gc_status load_checkpoint(trainer *t, const char *dir)
                             (long long)t->opt.step, (long long)t->step);
     printf("resumed from %s at step %lld\n", ck, (long long)t->step);
     return GC_OK;
-}
-
-/* Keep only metrics lines of steps up to the resumed step (the killed run may have
- * logged further). */
-static gc_status trim_metrics(const char *path, int64_t step)
-{
-    char *text = gc_read_text(path);
-    if (!text) { gc_error_clear(); return GC_OK; }
-    size_t n = strlen(text), k = 0;
-    char *out = malloc(n + 1);
-    if (!out) { free(text); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
-    for (char *line = text; *line;) {
-        char *e = strchr(line, '\n');
-        size_t len = e ? (size_t)(e - line + 1) : strlen(line);
-        const char *sp = strstr(line, "\"step\":");
-        long long s = sp ? atoll(sp + 7) : 0;
-        if (s <= step) { memcpy(out + k, line, len); k += len; }
-        line += len;
-    }
-    out[k] = 0;
-    gc_status st = gc_write_text(path, out);
-    free(out);
-    free(text);
-    return st;
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -370,7 +347,7 @@ static gc_status train(trainer *t, const char *resume)
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->output_dir);
     if (resume) {
         GC_TRY(load_checkpoint(t, resume));
-        GC_TRY(trim_metrics(mpath, t->step));
+        GC_TRY(gc_metrics_trim(mpath, t->step));
     } else if (exists(mpath)) {
         remove(mpath);
     }

@@ -867,14 +867,7 @@ static gc_status save_checkpoint(ptrainer *t, int64_t skipped)
 static gc_status load_checkpoint(ptrainer *t, const char *dir)
 {
     char ck[GC_CFG_STR * 2], path[GC_CFG_STR * 2 + 64];
-    snprintf(path, sizeof path, "%s/latest", dir);
-    if (exists(path)) {
-        char *name = gc_read_text(path);
-        if (!name) return GC_PENDING();
-        name[strcspn(name, "\n")] = 0;
-        snprintf(ck, sizeof ck, "%s/%s", dir, name);
-        free(name);
-    } else snprintf(ck, sizeof ck, "%s", dir);
+    GC_TRY(gc_checkpoint_resolve(dir, ck, sizeof ck));
     snprintf(path, sizeof path, "%s/trainer_state.json", ck);
     cJSON *st = NULL;
     GC_TRY(gc_json_load_file(path, &st));
@@ -904,31 +897,6 @@ static gc_status load_checkpoint(ptrainer *t, const char *dir)
                             (long long)t->opt.step, (long long)t->step);
     printf("resumed from %s at step %lld\n", ck, (long long)t->step);
     return GC_OK;
-}
-
-/* Keeps only metrics lines of steps up to the resumed step (the killed run may have
- * logged further). */
-static gc_status trim_metrics(const char *path, int64_t step)
-{
-    if (!exists(path)) return GC_OK;
-    char *text = gc_read_text(path);
-    if (!text) return GC_PENDING();
-    size_t n = strlen(text), k = 0;
-    char *out = malloc(n + 1);
-    if (!out) { free(text); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
-    for (char *line = text; *line;) {
-        char *e = strchr(line, '\n');
-        size_t len = e ? (size_t)(e - line + 1) : strlen(line);
-        const char *sp = strstr(line, "\"step\":");
-        long long s = sp ? atoll(sp + 7) : 0;
-        if (s <= step) { memcpy(out + k, line, len); k += len; }
-        line += len;
-    }
-    out[k] = 0;
-    gc_status st = gc_write_text(path, out);
-    free(out);
-    free(text);
-    return st;
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -1147,7 +1115,7 @@ static gc_status train(ptrainer *t, const char *resume)
     snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->output_dir);
     if (resume) {
         GC_TRY(load_checkpoint(t, resume));
-        GC_TRY(trim_metrics(mpath, t->step));
+        GC_TRY(gc_metrics_trim(mpath, t->step));
     } else if (exists(mpath)) {
         remove(mpath);
     }

@@ -178,6 +178,45 @@ char *gc_read_text(const char *path)
     return s;
 }
 
+gc_status gc_checkpoint_resolve(const char *dir, char *ck, size_t n)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/latest", dir);
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        char *name = gc_read_text(path);
+        if (!name) return GC_PENDING();
+        name[strcspn(name, "\n")] = 0;
+        snprintf(ck, n, "%s/%s", dir, name);
+        free(name);
+    } else snprintf(ck, n, "%s", dir);
+    return GC_OK;
+}
+
+gc_status gc_metrics_trim(const char *path, int64_t step)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) return GC_OK;
+    char *text = gc_read_text(path);
+    if (!text) return GC_PENDING();
+    size_t n = strlen(text), k = 0;
+    char *out = malloc(n + 1);
+    if (!out) { free(text); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
+    for (char *line = text; *line;) {
+        char *e = strchr(line, '\n');
+        size_t len = e ? (size_t)(e - line + 1) : strlen(line);
+        const char *sp = strstr(line, "\"step\":");
+        long long s = sp ? atoll(sp + 7) : 0;
+        if (s <= step) { memcpy(out + k, line, len); k += len; }
+        line += len;
+    }
+    out[k] = 0;
+    gc_status st = gc_write_text(path, out);
+    free(out);
+    free(text);
+    return st;
+}
+
 /* ---------------------------------------------------------------- SVG */
 
 static void range_of(const gc_series *s, int n, double *x0, double *x1, double *y0, double *y1)
