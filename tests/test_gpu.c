@@ -1187,7 +1187,18 @@ START_TEST(test_gpu_errors)
     EXPECT_ERR(gc_matmul(a_g, b_c, false, false) == NULL, GC_ERR_DEVICE);
     EXPECT_ERR(gc_linear(a_g, b_c, NULL) == NULL, GC_ERR_DEVICE);
     EXPECT_ERR(gc_layernorm(a_g, w_c, NULL, 1e-5) == NULL, GC_ERR_DEVICE);
-    EXPECT_ERR(gc_embedding(a_g, ids_c) == NULL, GC_ERR_DEVICE);
+    /* ids may stay on the host with a GPU table (the models keep them there: no sync to read
+     * them back); a CPU table with GPU ids is an error */
+    gc_tensor *ids_g = gc_pool_add(gc_tensor_to(ids_c, GC_CUDA0, GC_I64));
+    EXPECT_ERR(gc_embedding(a_c, ids_g) == NULL, GC_ERR_DEVICE);
+    {
+        gc_tensor *e_host = gc_embedding(a_g, ids_c), *e_dev = gc_embedding(a_g, ids_g);
+        lg.total++;
+        if (!e_host || !e_dev) log_fail(&lg, "embedding with host / device ids failed: %s", gc_error_message());
+        else if (gc_test_rel_err(gc_pool_add(gc_tensor_to(e_host, GC_CPU, GC_F32)), gc_pool_add(gc_tensor_to(e_dev, GC_CPU, GC_F32))) != 0)
+            log_fail(&lg, "embedding: host ids and device ids disagree");
+        gc_error_clear();
+    }
     EXPECT_ERR(gc_cross_entropy(b_g, t_c) == NULL, GC_ERR_DEVICE);
     EXPECT_ERR(gc_attention(q_g, k_c, q_g, &(gc_attn_opts){0}) == NULL, GC_ERR_DEVICE);
     EXPECT_ERR(gc_concat(2, (gc_tensor *[]){a_g, a_c}, 0) == NULL, GC_ERR_DEVICE);
