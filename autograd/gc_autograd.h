@@ -49,6 +49,7 @@ struct gc_node {
     double farg[4];
     void *aux;                              /* op-owned data, freed with aux_free */
     void (*aux_free)(void *);
+    bool grad_passed;                       /* gy was handed to an input (gc_grad_pass) */
 };
 
 /* ---- grad mode and tapes ---- */
@@ -91,6 +92,10 @@ gc_node *gc_autograd_record(const char *op, gc_backward_fn bw, gc_tensor *out,
 gc_tensor *gc_grad_target(gc_node *node, int i, bool *accumulate);
 /* Convenience: add g (any strides, same shape) into input i's gradient. */
 gc_status gc_grad_accumulate(gc_node *node, int i, const gc_tensor *g);
+/* Input i's gradient is gy itself, the node's output gradient, as in an add or a reshape
+ * (same element count, order and dtype): the first such input of the node that has no
+ * gradient yet takes gy's buffer instead of a copy; otherwise gy is added as above. */
+gc_status gc_grad_pass(gc_node *node, int i, gc_tensor *gy);
 
 /* ---- recomputation (gradient checkpointing) ---- */
 /* A block y = fn(x, closure). gc_checkpoint runs it without recording and records one

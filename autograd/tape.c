@@ -219,6 +219,35 @@ gc_status gc_grad_accumulate(gc_node *node, int i, const gc_tensor *g)
     return gc_tensor_copy_into(t, g, acc);
 }
 
+gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
+
+gc_status gc_grad_pass(gc_node *node, int i, gc_tensor *gy)
+{
+    gc_grad_slot *s = node->in[i];
+    if (!s) return GC_OK;
+    int64_t n = 1;
+    for (int d = 0; d < s->ndim; d++) n *= s->shape[d];
+    /* gy dies with this node (nothing reads an output's gradient after its producer ran),
+     * so one input may own it; a leaf's gradient stays its own buffer */
+    if (!s->grad && !s->is_leaf && !node->grad_passed && gy == node->out->grad && s->dtype == gy->dtype &&
+        gc_device_eq(s->device, gy->device) && n == gc_tensor_numel(gy) && gc_tensor_is_contiguous(gy)) {
+        int64_t st[GC_MAX_DIMS], m = 1;
+        for (int d = s->ndim - 1; d >= 0; d--) { st[d] = m; m *= s->shape[d]; }
+        s->grad = gc_tensor_view_of(gy, s->ndim, s->shape, st, gy->offset);
+        if (!s->grad) return GC_PENDING();
+        node->grad_passed = true;
+        return GC_OK;
+    }
+    bool acc;
+    gc_tensor *t = gc_grad_target(node, i, &acc);
+    if (!t) return GC_PENDING();
+    gc_tensor *v = gc_tensor_view_of(gy, t->ndim, t->shape, t->stride, gy->offset);
+    if (!v) return GC_PENDING();
+    gc_status st = gc_tensor_copy_into(t, v, acc);
+    gc_tensor_release(v);
+    return st;
+}
+
 /* ---------------------------------------------------------------- backward */
 
 void gc_tape_free(gc_tape *t)
@@ -284,7 +313,6 @@ typedef struct ckpt_aux {
     gc_rand_context rng;
 } ckpt_aux;
 
-gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
 
 static gc_status ckpt_backward(gc_node *nd, gc_tensor *gy)
 {

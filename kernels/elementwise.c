@@ -164,9 +164,16 @@ static gc_status binary_grad(gc_tensor *g, bool acc, const gc_grad_slot *slot, g
 static gc_status add_backward(gc_node *nd, gc_tensor *gy)
 {
     for (int i = 0; i < 2; i++) {
+        if (!nd->in[i]) continue;
+        const gc_grad_slot *s = nd->in[i];
+        int64_t n = 1;
+        for (int d = 0; d < s->ndim; d++) n *= s->shape[d];
+        if ((i == 0 || nd->farg[0] == 1.0) && n == gc_tensor_numel(gy) && s->dtype == gy->dtype) {
+            GC_TRY(gc_grad_pass(nd, i, gy)); /* not broadcast: the gradient is gy itself (a residual) */
+            continue;
+        }
         bool acc;
         gc_tensor *g = gc_grad_target(nd, i, &acc);
-        if (!nd->in[i]) continue;
         if (!g) return GC_PENDING();
         GC_TRY(binary_grad(g, acc, nd->in[i], gy, NULL, i ? (float)nd->farg[0] : 1.0f));
     }

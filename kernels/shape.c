@@ -98,13 +98,16 @@ gc_tensor *gc_cast(gc_tensor *x, gc_dtype dt)
 static gc_status view_backward(gc_node *nd, gc_tensor *gy)
 {
     view_geom *g = nd->aux;
+    if (!strcmp(nd->op, "view")) return gc_grad_pass(nd, 0, gy); /* a reshape: same elements, same order */
     bool acc;
     gc_tensor *gx = gc_grad_target(nd, 0, &acc);
     if (!gx) return GC_PENDING();
-    if (!acc && gc_tensor_fill_zero(gx) != GC_OK) return GC_PENDING();
+    /* a permute covers every element: overwrite; a slice leaves the rest at zero */
+    bool covers = gc_tensor_numel(gy) == gc_tensor_numel(gx);
+    if (!acc && !covers && gc_tensor_fill_zero(gx) != GC_OK) return GC_PENDING();
     gc_tensor *dst = gc_tensor_view_of(gx, g->ndim, g->shape, g->stride, gx->offset + g->offset);
     if (!dst) return GC_PENDING();
-    gc_status st = gc_tensor_copy_into(dst, gy, true);
+    gc_status st = gc_tensor_copy_into(dst, gy, acc || !covers);
     gc_tensor_release(dst);
     return st;
 }

@@ -15,7 +15,8 @@
 #error "GC_FIXTURES_DIR must be defined by the build"
 #endif
 
-static const char *CASES[] = {"clip_quickgelu_legacy", "clip_gelu_eos", "clip_b16_shape"};
+static const char *const CASES[] = {"clip_quickgelu_legacy", "clip_gelu_eos", "clip_b16_shape"};
+#define N_CASES ((int)(sizeof CASES / sizeof CASES[0]))
 
 /* GC_TEST_DEVICE=cuda and GC_TEST_DTYPE=bf16 run the same comparisons on the GPU
  * (the gpu suite does); the tolerance follows the dtype. */
@@ -149,12 +150,12 @@ static double compare_step(fixture *f, int64_t chunk, const char *label)
 START_TEST(test_matches_transformers)
 {
     fixture f;
-    fixture_open(&f, CASES[_i], NULL);
+    fixture_open(&f, CASES[_i % N_CASES], NULL);
     int64_t B = f.pixels->shape[0];
     int64_t chunks[4] = {0, 1, B / 2 + 1 /* uneven */, B};
     for (int c = 0; c < 4; c++) {
         char label[128];
-        snprintf(label, sizeof label, "%s chunk %lld", CASES[_i], (long long)chunks[c]);
+        snprintf(label, sizeof label, "%s chunk %lld", CASES[_i % N_CASES], (long long)chunks[c]);
         double e = compare_step(&f, chunks[c], label);
         ck_assert_msg(e < tolerance_for(CASES[_i]), "%s: worst relative error %.3g", label, e);
     }
@@ -169,12 +170,12 @@ START_TEST(test_checkpointing_matches_transformers)
     gc_clip_options o = test_options();
     o.checkpointing = true;
     fixture f;
-    fixture_open(&f, CASES[_i], &o);
+    fixture_open(&f, CASES[_i % N_CASES], &o);
     int64_t B = f.pixels->shape[0];
     int64_t chunks[2] = {0, B / 2 + 1};
     for (int c = 0; c < 2; c++) {
         char label[128];
-        snprintf(label, sizeof label, "%s checkpointed, chunk %lld", CASES[_i], (long long)chunks[c]);
+        snprintf(label, sizeof label, "%s checkpointed, chunk %lld", CASES[_i % N_CASES], (long long)chunks[c]);
         double e = compare_step(&f, chunks[c], label);
         ck_assert_msg(e < tolerance_for(CASES[_i]), "%s: worst relative error %.3g", label, e);
     }
@@ -182,7 +183,8 @@ START_TEST(test_checkpointing_matches_transformers)
 }
 END_TEST
 
-/* Dropout on: gradients are the same for every chunk size, and differ from dropout off. */
+/* Dropout on: gradients are the same for every chunk size, and differ from dropout off
+ * (by ~35% here: far above any rounding, f32 or bf16). */
 START_TEST(test_dropout_chunk_invariance)
 {
     fixture f;
@@ -211,7 +213,7 @@ START_TEST(test_dropout_chunk_invariance)
         for (int64_t i = 0; i < total; i++) { num += (got[i] - ref[i]) * (got[i] - ref[i]); den += ref[i] * ref[i]; }
         double e = sqrt(num / den);
         if (mode < 4) ck_assert_msg(e < tolerance() / 10, "dropout on, chunk %lld: gradients differ by %.3g", (long long)chunks[mode], e);
-        else ck_assert_msg(e > 10 * tolerance(), "dropout off gives the same gradients as dropout on (%.3g): dropout is inactive", e);
+        else ck_assert_msg(e > 0.1, "dropout off gives the same gradients as dropout on (%.3g): dropout is inactive", e);
     }
     free(ref);
     free(got);
