@@ -33,6 +33,8 @@
 #include <mma.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <cstdint>
 
 // See runtime/cuda.cu: the C headers have no extern "C" guards of their own.
@@ -317,6 +319,186 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FlashArgs a)
         bf16 *orow = a.o + (((int64_t)b * a.Lq + i) * a.H + h) * D;
         for (int c = lane; c < D; c += 32) orow[c] = __float2bfloat16_rn(sO[row * C::LDO + c] * inv);
         if (lane == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = l > 0.f ? sM[row] + log2f(l) : INFINITY;
+    }
+}
+
+// ---------------------------------------------------------------- forward on mma.sync
+//
+// The same forward as flash_fwd_kernel with everything a warp computes kept in registers
+// (FlashAttention-2): S, P and the O accumulator never touch shared memory, only the Q, K
+// and V tiles do. m16n8k16 bf16 tensor-core instructions; fragment layouts from the PTX ISA
+// (g = lane / 4, t = lane % 4):
+//   A 16x16: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
+//   B 16x8:  b[0] = (k 2t..2t+1, n g), b[1] = (k 2t+8.., n g)
+//   C 16x8:  c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
+// so the C fragments of two adjacent 8-key tiles of S, rounded to bf16, are the A fragment
+// of P for one 16-key step of P V. ldmatrix loads A (Q rows) and B (K rows; V through .trans).
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+// c += A B (16x16 by 16x8, f32 accumulate)
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// two floats as a bf16 pair, the first in the low half (the lower matrix index)
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+template <int D> struct MmaFwdCfg {
+    static constexpr int NT = 128, BM = 64, BN = 64; // 4 warps x 16 query rows; 64 keys per tile
+    static constexpr int LD = D + 8;                  // smem row stride: 16-byte pad, no ldmatrix bank conflicts
+    static constexpr size_t bytes = sizeof(bf16) * (size_t)(BM + 2 * BN) * LD; // Q, K, V tiles
+};
+
+template <int D, bool DROP> // DROP: a.p > 0 (the Philox code costs registers when compiled in)
+__global__ void __launch_bounds__(128) flash_fwd_mma_kernel(const FlashArgs a)
+{
+    typedef MmaFwdCfg<D> C;
+    constexpr int BM = C::BM, BN = C::BN, LD = C::LD, NT = C::NT;
+    constexpr int KD = D / 16; // k-steps of S = Q K^T
+    constexpr int NS = BN / 8; // 8-key tiles of S
+    constexpr int NO = D / 8;  // 8-column tiles of O
+    bf16 *sQ = reinterpret_cast<bf16 *>(flash_smem);
+    bf16 *sK = sQ + BM * LD, *sV = sK + BN * LD;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int q0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z, hk = h / a.G;
+    const bf16 *qg = a.q + b * a.qs0 + h * a.qs2;
+    const bf16 *kg = a.k + b * a.ks0 + hk * a.ks2;
+    const bf16 *vg = a.v + b * a.vs0 + hk * a.vs2;
+
+    load_tile<BM, D, LD, NT>(sQ, qg, a.qs1, q0, a.Lq);
+    __syncthreads();
+    uint32_t qf[KD][4];
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++)
+        ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
+
+    // this thread's two query rows
+    const int i0 = q0 + warp * 16 + g, i1 = i0 + 8;
+    const int nv0 = visible(a, i0), nv1 = visible(a, i1);
+    const float *mr0 = mask_row(a, b, i0), *mr1 = mask_row(a, b, i1);
+    float o[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; // running max (log2 domain), partial sums
+
+    const int kv_end = key_end(a, q0 + BM);
+    for (int k0 = 0; k0 < kv_end; k0 += BN) {
+        __syncthreads(); // the previous tile's readers of sK / sV are done
+        load_tile<BN, D, LD, NT>(sK, kg, a.ks1, k0, a.Lk);
+        load_tile<BN, D, LD, NT>(sV, vg, a.vs1, k0, a.Lk);
+        __syncthreads();
+
+        float s[NS][4];
+#pragma unroll
+        for (int n = 0; n < NS; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++) {
+#pragma unroll
+            for (int n = 0; n < NS; n += 2) {
+                uint32_t kb[4];
+                ldsm_x4(kb, sK + (n * 8 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma16816(s[n], qf[kk], kb[0], kb[1]);
+                mma16816(s[n + 1], qf[kk], kb[2], kb[3]);
+            }
+        }
+
+        // log2-domain scores, the new running max of both rows (a row lives in one quad)
+        float mn[2] = {mx[0], mx[1]};
+#pragma unroll
+        for (int n = 0; n < NS; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
+                s[n][e] = score2(a, s[n][e], r ? mr1 : mr0, j, r ? nv1 : nv0);
+                mn[r] = fmaxf(mn[r], s[n][e]);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 1));
+            mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 2));
+            alpha[r] = mn[r] == -INFINITY ? 1.f : exp2f(mx[r] - mn[r]); // nothing visible yet: O stays 0
+            mx[r] = mn[r];
+        }
+
+        // P (f32 sum before dropout, as the reference), then dropout, in place of S
+        float ls[2] = {0.f, 0.f};
+#pragma unroll
+        for (int n = 0; n < NS; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1;
+                const float pr = mn[r] == -INFINITY ? 0.f : exp2f(s[n][e] - mn[r]);
+                ls[r] += pr;
+                float pd = pr;
+                if (DROP && pr != 0.f)
+                    pd = keep_elem(a, b, h, r ? i1 : i0, k0 + n * 8 + 2 * t + (e & 1)) ? pr * a.inv_keep : 0.f;
+                s[n][e] = pd;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + ls[r];
+#pragma unroll
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= alpha[0], o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        }
+
+        // O += P V
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                    pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < NO; n += 2) {
+                uint32_t vb[4];
+                ldsm_x4_t(vb, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n * 8 + (lane >> 4) * 8);
+                mma16816(o[n], pa, vb[0], vb[1]);
+                mma16816(o[n + 1], pa, vb[2], vb[3]);
+            }
+        }
+    }
+
+    // out = O / l, lse = m + log2 l (+inf when the row saw nothing)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        const int i = r ? i1 : i0;
+        if (i >= a.Lq) continue;
+        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        bf16 *orow = a.o + (((int64_t)b * a.Lq + i) * a.H + h) * D;
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+            *reinterpret_cast<__nv_bfloat162 *>(orow + n * 8 + 2 * t) =
+                __floats2bfloat162_rn(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        if (t == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = l[r] > 0.f ? mx[r] + log2f(l[r]) : INFINITY;
     }
 }
 
@@ -626,6 +808,245 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const FlashArgs a)
         });
 }
 
+// ---------------------------------------------------------------- backward on mma.sync
+//
+// The backward of flash_fwd_mma_kernel, FlashAttention-2 style, fragments as above.
+//   flash_bwd_dq_mma_kernel  block = (64 queries, head, batch), a warp owns 16 query rows,
+//                            Q and dO fragments in registers; per 64-key tile: S = Q K^T,
+//                            dPd = dO V^T, dS = P (dP' - Delta), dQ += dS K.
+//   flash_bwd_dkv_mma_kernel block = (64 keys, kv head, batch), a warp owns 16 keys, K and V
+//                            fragments in registers; per head of the group and 32-query
+//                            tile: S^T = K Q^T, dPd^T = V dO^T, dV += Pd^T dO,
+//                            dK += dS^T Q. dK is stored, then (block barrier) dV.
+
+// element e of C fragment tile n: row 16-row-block-relative g + 8 (e >> 1), column n 8 + 2 t + (e & 1)
+template <int D, bool DROP>
+__global__ void __launch_bounds__(128) flash_bwd_dq_mma_kernel(const FlashArgs a)
+{
+    constexpr int BM = 64, BN = 64, LD = D + 8, NT = 128, KD = D / 16, NS = BN / 8, NO = D / 8;
+    bf16 *sQ = reinterpret_cast<bf16 *>(flash_smem);
+    bf16 *sG = sQ + BM * LD, *sK = sG + BM * LD, *sV = sK + BN * LD;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int q0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z, hk = h / a.G;
+    const bf16 *kg = a.k + b * a.ks0 + hk * a.ks2;
+    const bf16 *vg = a.v + b * a.vs0 + hk * a.vs2;
+
+    load_tile<BM, D, LD, NT>(sQ, a.q + b * a.qs0 + h * a.qs2, a.qs1, q0, a.Lq);
+    load_tile<BM, D, LD, NT>(sG, a.dout + b * a.os0 + h * a.os2, a.os1, q0, a.Lq);
+    __syncthreads();
+    uint32_t qf[KD][4], gf[KD][4];
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++) {
+        const int off = (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8;
+        ldsm_x4(qf[kk], sQ + off);
+        ldsm_x4(gf[kk], sG + off);
+    }
+    const int i0 = q0 + warp * 16 + g, i1 = i0 + 8;
+    const int nv0 = visible(a, i0), nv1 = visible(a, i1);
+    const float *mr0 = mask_row(a, b, i0), *mr1 = mask_row(a, b, i1);
+    const float *lse = a.lse + ((int64_t)b * a.H + h) * a.Lq, *del = a.delta + ((int64_t)b * a.H + h) * a.Lq;
+    const float ls0 = i0 < a.Lq ? lse[i0] : INFINITY, ls1 = i1 < a.Lq ? lse[i1] : INFINITY;
+    const float de0 = i0 < a.Lq ? del[i0] : 0.f, de1 = i1 < a.Lq ? del[i1] : 0.f;
+    float dq[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+
+    const int kv_end = key_end(a, q0 + BM);
+    for (int k0 = 0; k0 < kv_end; k0 += BN) {
+        __syncthreads();
+        load_tile<BN, D, LD, NT>(sK, kg, a.ks1, k0, a.Lk);
+        load_tile<BN, D, LD, NT>(sV, vg, a.vs1, k0, a.Lk);
+        __syncthreads();
+        float s[NS][4], dp[NS][4];
+#pragma unroll
+        for (int n = 0; n < NS; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++) {
+#pragma unroll
+            for (int n = 0; n < NS; n += 2) {
+                const int off = (n * 8 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8;
+                uint32_t kb[4], vb[4];
+                ldsm_x4(kb, sK + off);
+                ldsm_x4(vb, sV + off);
+                mma16816(s[n], qf[kk], kb[0], kb[1]);
+                mma16816(s[n + 1], qf[kk], kb[2], kb[3]);
+                mma16816(dp[n], gf[kk], vb[0], vb[1]);
+                mma16816(dp[n + 1], gf[kk], vb[2], vb[3]);
+            }
+        }
+        // dS = P (dP' - Delta), in place of S
+#pragma unroll
+        for (int n = 0; n < NS; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
+                const float s2 = score2(a, s[n][e], r ? mr1 : mr0, j, r ? nv1 : nv0);
+                const float pr = exp2f(s2 - (r ? ls1 : ls0));
+                float d = dp[n][e];
+                if (DROP) d = pr != 0.f && keep_elem(a, b, h, r ? i1 : i0, j) ? d * a.inv_keep : 0.f;
+                s[n][e] = pr * (d - (r ? de1 : de0));
+            }
+        }
+        // dQ += dS K
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const uint32_t sa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                                    pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < NO; n += 2) {
+                uint32_t kb[4];
+                ldsm_x4_t(kb, sK + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n * 8 + (lane >> 4) * 8);
+                mma16816(dq[n], sa, kb[0], kb[1]);
+                mma16816(dq[n + 1], sa, kb[2], kb[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int i = r ? i1 : i0;
+        if (i >= a.Lq) continue;
+        const int64_t row = b * a.dqs0 + (int64_t)i * a.dqs1 + h * a.dqs2;
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) grad_store(a.dq, a.dq_f32, row + n * 8 + 2 * t + c, a.scale * dq[n][2 * r + c], a.acc_q);
+    }
+}
+
+template <int D, bool DROP>
+__global__ void __launch_bounds__(128) flash_bwd_dkv_mma_kernel(const FlashArgs a)
+{
+    constexpr int BN = 64, BM = 32, LD = D + 8, NT = 128, KD = D / 16, NS = BM / 8, NO = D / 8;
+    bf16 *sK = reinterpret_cast<bf16 *>(flash_smem);
+    bf16 *sV = sK + BN * LD, *sQ = sV + BN * LD, *sG = sQ + BM * LD;
+    float *sLse = reinterpret_cast<float *>(sG + BM * LD), *sDel = sLse + BM;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int k0 = blockIdx.x * BN, hk = blockIdx.y, b = blockIdx.z;
+
+    load_tile<BN, D, LD, NT>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, k0, a.Lk);
+    load_tile<BN, D, LD, NT>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, k0, a.Lk);
+    __syncthreads();
+    uint32_t kf[KD][4], vf[KD][4];
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++) {
+        const int off = (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8;
+        ldsm_x4(kf[kk], sK + off);
+        ldsm_x4(vf[kk], sV + off);
+    }
+    const int j0 = k0 + warp * 16 + g, j1 = j0 + 8; // this thread's two keys
+    float dk[NO][4], dv[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
+    // queries before i_first see no key of this tile (causal): start at its tile
+    int i_begin = 0;
+    if (a.causal) {
+        const int64_t i_first = (int64_t)k0 - (a.Lk - a.Lq);
+        i_begin = i_first <= 0 ? 0 : i_first >= a.Lq ? a.Lq : (int)(i_first / BM * BM);
+    }
+    for (int hh = 0; hh < a.G; hh++) {
+        const int h = hk * a.G + hh;
+        const bf16 *qg = a.q + b * a.qs0 + h * a.qs2, *gg = a.dout + b * a.os0 + h * a.os2;
+        const float *lse = a.lse + ((int64_t)b * a.H + h) * a.Lq, *del = a.delta + ((int64_t)b * a.H + h) * a.Lq;
+        for (int qs = i_begin; qs < a.Lq; qs += BM) {
+            __syncthreads();
+            load_tile<BM, D, LD, NT>(sQ, qg, a.qs1, qs, a.Lq);
+            load_tile<BM, D, LD, NT>(sG, gg, a.os1, qs, a.Lq);
+            for (int r = threadIdx.x; r < BM; r += NT) {
+                const bool ok = qs + r < a.Lq;
+                sLse[r] = ok ? lse[qs + r] : INFINITY;
+                sDel[r] = ok ? del[qs + r] : 0.f;
+            }
+            __syncthreads();
+            float st[NS][4], dpt[NS][4]; // [keys x queries]
+#pragma unroll
+            for (int n = 0; n < NS; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KD; kk++) {
+#pragma unroll
+                for (int n = 0; n < NS; n += 2) {
+                    const int off = (n * 8 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8;
+                    uint32_t qb[4], gb[4];
+                    ldsm_x4(qb, sQ + off);
+                    ldsm_x4(gb, sG + off);
+                    mma16816(st[n], kf[kk], qb[0], qb[1]);
+                    mma16816(st[n + 1], kf[kk], qb[2], qb[3]);
+                    mma16816(dpt[n], vf[kk], gb[0], gb[1]);
+                    mma16816(dpt[n + 1], vf[kk], gb[2], gb[3]);
+                }
+            }
+            // Pd^T into st's place, dS^T into dpt's
+#pragma unroll
+            for (int n = 0; n < NS; n++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int c = n * 8 + 2 * t + (e & 1), i = qs + c, j = (e >> 1) ? j1 : j0;
+                    const float s2 = score2(a, st[n][e], mask_row(a, b, i), j, visible(a, i));
+                    const float pr = exp2f(s2 - sLse[c]);
+                    float pd = pr, d = dpt[n][e];
+                    if (DROP) {
+                        const bool keep = pr != 0.f && keep_elem(a, b, h, i, j);
+                        pd = keep ? pr * a.inv_keep : 0.f;
+                        d = keep ? d * a.inv_keep : 0.f;
+                    }
+                    st[n][e] = pd;
+                    dpt[n][e] = pr * (d - sDel[c]);
+                }
+            }
+            // dV += Pd^T dO, dK += dS^T Q
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) {
+                const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                        pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                        pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+                const uint32_t sa[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
+                                        pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                                        pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+                for (int n = 0; n < NO; n += 2) {
+                    const int off = (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n * 8 + (lane >> 4) * 8;
+                    uint32_t gb[4], qb[4];
+                    ldsm_x4_t(gb, sG + off);
+                    ldsm_x4_t(qb, sQ + off);
+                    mma16816(dv[n], pa, gb[0], gb[1]);
+                    mma16816(dv[n + 1], pa, gb[2], gb[3]);
+                    mma16816(dk[n], sa, qb[0], qb[1]);
+                    mma16816(dk[n + 1], sa, qb[2], qb[3]);
+                }
+            }
+        }
+    }
+    // dK, then dV: they may be one buffer (self-attention), the later one accumulating;
+    // a thread stores the same (key, column) elements of both
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = r ? j1 : j0;
+        if (j >= a.Lk || !a.dk) continue;
+        const int64_t row = b * a.dks0 + (int64_t)j * a.dks1 + hk * a.dks2;
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) grad_store(a.dk, a.dk_f32, row + n * 8 + 2 * t + c, a.scale * dk[n][2 * r + c], a.acc_k);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = r ? j1 : j0;
+        if (j >= a.Lk || !a.dv) continue;
+        const int64_t row = b * a.dvs0 + (int64_t)j * a.dvs1 + hk * a.dvs2;
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) grad_store(a.dv, a.dv_f32, row + n * 8 + 2 * t + c, dv[n][2 * r + c], a.acc_v);
+    }
+}
+
 // ---------------------------------------------------------------- launchers
 
 // q, k, v, dO as the kernels read them: bf16, innermost stride 1, rows 16-byte aligned.
@@ -676,6 +1097,54 @@ template <int D, int BN> gc_status launch_fwd(const FlashArgs &a)
     return GC_OK;
 }
 
+template <int D> gc_status launch_fwd_mma(const FlashArgs &a)
+{
+    typedef MmaFwdCfg<D> C;
+    dim3 grid((unsigned)((a.Lq + C::BM - 1) / C::BM), (unsigned)a.H, (unsigned)a.B);
+    if (a.p > 0.f) {
+        GC_TRY(set_smem(flash_fwd_mma_kernel<D, true>, C::bytes));
+        flash_fwd_mma_kernel<D, true><<<grid, C::NT, C::bytes, gc_cuda_stream()>>>(a);
+    } else {
+        GC_TRY(set_smem(flash_fwd_mma_kernel<D, false>, C::bytes));
+        flash_fwd_mma_kernel<D, false><<<grid, C::NT, C::bytes, gc_cuda_stream()>>>(a);
+    }
+    GC_CUDA_LAUNCH_CHECK();
+    return GC_OK;
+}
+
+template <int D> gc_status launch_bwd_mma(const FlashArgs &a)
+{
+    const int64_t rows = (int64_t)a.B * a.Lq * a.H;
+    flash_delta_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, gc_cuda_stream()>>>(a, D);
+    GC_CUDA_LAUNCH_CHECK();
+    const bool drop = a.p > 0.f;
+    if (a.dq) {
+        const size_t bytes = sizeof(bf16) * (size_t)(4 * 64) * (D + 8);
+        dim3 grid((unsigned)((a.Lq + 63) / 64), (unsigned)a.H, (unsigned)a.B);
+        if (drop) {
+            GC_TRY(set_smem(flash_bwd_dq_mma_kernel<D, true>, bytes));
+            flash_bwd_dq_mma_kernel<D, true><<<grid, 128, bytes, gc_cuda_stream()>>>(a);
+        } else {
+            GC_TRY(set_smem(flash_bwd_dq_mma_kernel<D, false>, bytes));
+            flash_bwd_dq_mma_kernel<D, false><<<grid, 128, bytes, gc_cuda_stream()>>>(a);
+        }
+        GC_CUDA_LAUNCH_CHECK();
+    }
+    if (a.dk || a.dv) {
+        const size_t bytes = sizeof(bf16) * (size_t)(2 * 64 + 2 * 32) * (D + 8) + sizeof(float) * 2 * 32;
+        dim3 grid((unsigned)((a.Lk + 63) / 64), (unsigned)(a.H / a.G), (unsigned)a.B);
+        if (drop) {
+            GC_TRY(set_smem(flash_bwd_dkv_mma_kernel<D, true>, bytes));
+            flash_bwd_dkv_mma_kernel<D, true><<<grid, 128, bytes, gc_cuda_stream()>>>(a);
+        } else {
+            GC_TRY(set_smem(flash_bwd_dkv_mma_kernel<D, false>, bytes));
+            flash_bwd_dkv_mma_kernel<D, false><<<grid, 128, bytes, gc_cuda_stream()>>>(a);
+        }
+        GC_CUDA_LAUNCH_CHECK();
+    }
+    return GC_OK;
+}
+
 template <int D, int BN, int NW> gc_status launch_bwd(const FlashArgs &a)
 {
     const int64_t rows = (int64_t)a.B * a.Lq * a.H;
@@ -723,10 +1192,20 @@ extern "C" gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_te
     a.o = static_cast<bf16 *>(gc_tensor_data(out));
     if (a.B == 0 || a.Lq == 0 || a.Lk == 0 || a.H == 0) /* attention.c handles empty shapes */
         return gc_error_set(GC_ERR_SHAPE, "flash attention: empty shapes are not launched");
+    /* GC_FLASH_FWD=wmma: the first, shared-memory forward (kept as a second implementation
+     * to compare against; the default keeps S, P and O in registers) */
+    const char *e = getenv("GC_FLASH_FWD");
+    if (e && !strcmp(e, "wmma")) {
+        switch (q->shape[3]) {
+        case 32: return launch_fwd<32, 64>(a);
+        case 64: return launch_fwd<64, 64>(a);
+        default: return launch_fwd<128, 32>(a);
+        }
+    }
     switch (q->shape[3]) {
-    case 32: return launch_fwd<32, 64>(a);
-    case 64: return launch_fwd<64, 64>(a);
-    default: return launch_fwd<128, 32>(a);
+    case 32: return launch_fwd_mma<32>(a);
+    case 64: return launch_fwd_mma<64>(a);
+    default: return launch_fwd_mma<128>(a);
     }
 }
 
@@ -766,9 +1245,17 @@ extern "C" gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_te
     }
     if (a.B == 0 || a.Lq == 0 || a.Lk == 0 || a.H == 0)
         return gc_error_set(GC_ERR_SHAPE, "flash attention backward: empty shapes are not launched");
+    const char *e = getenv("GC_FLASH_BWD"); /* =wmma: the first, shared-memory kernels */
+    if (e && !strcmp(e, "wmma")) {
+        switch (q->shape[3]) {
+        case 32: return launch_bwd<32, 64, 4>(a);
+        case 64: return launch_bwd<64, 64, 4>(a);
+        default: return launch_bwd<128, 32, 8>(a);
+        }
+    }
     switch (q->shape[3]) {
-    case 32: return launch_bwd<32, 64, 4>(a);
-    case 64: return launch_bwd<64, 64, 4>(a);
-    default: return launch_bwd<128, 32, 8>(a);
+    case 32: return launch_bwd_mma<32>(a);
+    case 64: return launch_bwd_mma<64>(a);
+    default: return launch_bwd_mma<128>(a);
     }
 }
