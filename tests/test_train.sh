@@ -82,6 +82,11 @@ for ck in lcrash/checkpoint-4 lcrash/checkpoint-6; do
   header "$tmp/$ck/model.safetensors" | grep -q 'lora_' && { echo "FAIL: LoRA: $ck/model.safetensors holds adapters"; fail=1; }
 done
 
+# a key of the other trainer is named in a warning; a plain CLIP run and its resume warn about nothing
+if grep -h "warning" ref.log resume.log; then echo "FAIL: warnings in a plain CLIP run or its resume"; fail=1; fi
+"$gcache" train base.yaml max_steps=1 pool=mean save_every=0 output_dir="$tmp/warn" >warn.log 2>&1
+grep -q "'pool' is not used by the CLIP image-caption trainer" warn.log || { echo "FAIL: no warning for a DINOv3-only key"; cat warn.log; fail=1; }
+
 # configuration errors: one line naming file, line and key; exit 1
 expect() {
   local what=$1 pat=$2

@@ -66,6 +66,21 @@ static const key_def KEYS[] = {
 #undef F
 #undef S
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
+_Static_assert(NKEYS <= 64, "gc_train_config.set_mask has one bit per key");
+
+bool gc_train_config_was_set(const gc_train_config *c, const char *key)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (!strcmp(KEYS[i].name, key)) return (c->set_mask >> i) & 1;
+    return false;
+}
+
+void gc_train_config_warn_unused(const gc_train_config *c, const char *const *keys, const char *trainer, const char *where)
+{
+    for (; *keys; keys++)
+        if (gc_train_config_was_set(c, *keys))
+            fprintf(stderr, "gcache: warning: %s: '%s' is not used by the %s trainer (ignored)\n", where, *keys, trainer);
+}
 
 void gc_train_config_defaults(gc_train_config *c)
 {
@@ -114,6 +129,7 @@ static const key_def *find_key(const char *name)
 static gc_status set_value(gc_train_config *c, const key_def *k, const char *v, const char *where)
 {
     char *base = (char *)c + k->offset;
+    c->set_mask |= 1ull << (k - KEYS);
     char *end = NULL;
     switch (k->type) {
     case K_BOOL:

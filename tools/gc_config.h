@@ -47,6 +47,7 @@ typedef struct gc_train_config {
     /* output */
     char output_dir[GC_CFG_STR];
     int64_t eval_every, save_every, log_every;
+    uint64_t set_mask;                 /* keys given in the file or on the command line (config.c's table order) */
 } gc_train_config;
 
 void gc_train_config_defaults(gc_train_config *c);
@@ -55,6 +56,11 @@ gc_status gc_train_config_load(const char *path, gc_train_config *c);
 gc_status gc_train_config_set(gc_train_config *c, const char *kv);
 /* the cross-key checks (chunk <= batch, ...); `where` names the file for messages */
 gc_status gc_train_config_validate(const gc_train_config *c, const char *where);
+/* whether `key` was given (in the file or as key=value), not left at its default */
+bool gc_train_config_was_set(const gc_train_config *c, const char *key);
+/* One warning line on stderr for each given key in `keys` (NULL-terminated) that this
+ * trainer does not use: a key for the other model family is almost always a mistake. */
+void gc_train_config_warn_unused(const gc_train_config *c, const char *const *keys, const char *trainer, const char *where);
 /* YAML text of the effective configuration (saved beside checkpoints) */
 char *gc_train_config_to_yaml(const gc_train_config *c);
 

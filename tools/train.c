@@ -475,7 +475,13 @@ int gc_cli_train(int argc, char **argv)
             return gc_cli_fail_status(NULL);
     if (gc_train_config_validate(&t.cfg, t.cfg_path) != GC_OK) return gc_cli_fail_status(NULL);
     if (resume && !exists(resume)) return gc_cli_fail("--resume %s: no such directory", resume);
-    if (gc_train_pairs_wanted(&t.cfg)) return gc_cli_train_pairs(&t.cfg, t.cfg_path, resume); /* DINOv3: image pairs */
+    if (gc_train_pairs_wanted(&t.cfg)) { /* DINOv3: image pairs */
+        static const char *const clip_only[] = {"tokenizer", "csv_caption_key", NULL};
+        gc_train_config_warn_unused(&t.cfg, clip_only, "DINOv3 image-pair", t.cfg_path);
+        return gc_cli_train_pairs(&t.cfg, t.cfg_path, resume);
+    }
+    static const char *const pairs_only[] = {"temperature", "pair_format", "csv_img_b_key", "csv_label_key", "pool", "augment", NULL};
+    gc_train_config_warn_unused(&t.cfg, pairs_only, "CLIP image-caption", t.cfg_path);
     if (gc_device_parse(t.cfg.device, &t.dev) != GC_OK) return gc_cli_fail_status(t.cfg_path);
     if (t.dev.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
         gc_error_clear();
