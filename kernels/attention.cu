@@ -22,6 +22,7 @@
 extern "C" {
 #include "../runtime/gc_cuda.h"
 }
+#include "gc_cuda_util.cuh"
 #include "../runtime/gc_rng.h" // static inline, host + device
 
 namespace {
@@ -57,18 +58,6 @@ __device__ __forceinline__ bool keep_elem(const RowArgs &a, int64_t b, int64_t h
     gc_philox4x32_10(key, ctr, r);
     const uint32_t w = (e & 3) == 0 ? r[0] : (e & 3) == 1 ? r[1] : (e & 3) == 2 ? r[2] : r[3];
     return (float)(w >> 8) * (1.0f / 16777216.0f) >= a.p;
-}
-
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 // (max, sum exp(x - max)) of two parts; (-inf, 0) is the empty part. Symmetric, so

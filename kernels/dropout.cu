@@ -12,26 +12,9 @@ extern "C" {
 #include "../runtime/gc_rng.h"
 #include "gc_ops.h"
 }
+#include "gc_cuda_util.cuh"
 
 namespace {
-
-template <typename T> __device__ __forceinline__ float to_f(T v) { return (float)v; }
-template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v) { return (T)v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T> struct Tag { using type = T; };
-
-template <typename F> gc_status with_type(gc_dtype dt, const char *what, F &&f)
-{
-    switch (dt) {
-    case GC_F32: return f(Tag<float>{});
-    case GC_BF16: return f(Tag<__nv_bfloat16>{});
-    default: return gc_error_set(GC_ERR_DTYPE, "%s on the GPU: dtype %s (f32/bf16 only)", what, gc_dtype_name(dt));
-    }
-}
-
-constexpr int kThreads = 256;
 
 // y (+)= keep ? x * scale : 0, x and y [rows, per_sample] contiguous. X: input (x or gy),
 // Y: output (y or gx).

@@ -10,42 +10,9 @@ extern "C" {
 #include "../runtime/gc_cuda.h"
 #include "gc_ops.h"
 }
+#include "gc_cuda_util.cuh"
 
 namespace {
-
-template <typename T> __device__ __forceinline__ float to_f(T v) { return (float)v; }
-template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v) { return (T)v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T> struct Tag { using type = T; };
-
-// Calls f(Tag<T>{}) for the storage type of dt (f32 or bf16).
-template <typename F> gc_status with_type(gc_dtype dt, const char *what, F &&f)
-{
-    switch (dt) {
-    case GC_F32: return f(Tag<float>{});
-    case GC_BF16: return f(Tag<__nv_bfloat16>{});
-    default: return gc_error_set(GC_ERR_DTYPE, "%s on the GPU: dtype %s (f32/bf16 only)", what, gc_dtype_name(dt));
-    }
-}
-
-// Calls f(Tag<T>{}, Tag<G>{}) for a value dtype and a gradient dtype.
-template <typename F> gc_status with_types(gc_dtype vt, gc_dtype gt, const char *what, F &&f)
-{
-    return with_type(vt, what, [&](auto tv) {
-        return with_type(gt, what, [&](auto tg) { return f(tv, tg); });
-    });
-}
-
-constexpr int kThreads = 256;
-
-unsigned grid_for(int64_t n)
-{
-    int64_t blocks = (n + kThreads - 1) / kThreads, cap = (int64_t)gc_cuda_sm_count() * 32;
-    if (blocks > cap) blocks = cap;
-    return (unsigned)(blocks > 0 ? blocks : 1);
-}
 
 // ------------------------------------------------------------------ broadcast geometry
 

@@ -41,6 +41,7 @@
 extern "C" {
 #include "../runtime/gc_cuda.h"
 }
+#include "gc_cuda_util.cuh"
 #include "../runtime/gc_rng.h" // static inline, host + device
 
 extern __shared__ __align__(128) unsigned char flash_smem[];
@@ -81,18 +82,6 @@ struct FlashArgs {
 };
 
 // ---------------------------------------------------------------- small helpers
-
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Keys j < visible(i) are seen by query i: all, or j <= i + Lk - Lq when causal; none for
 // the padding rows i >= Lq.

@@ -9,33 +9,9 @@ extern "C" {
 #include "../runtime/gc_cuda.h"
 #include "gc_ops.h"
 }
+#include "gc_cuda_util.cuh"
 
 namespace {
-
-template <typename T> __device__ __forceinline__ float to_f(T v) { return (float)v; }
-template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v) { return (T)v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T> struct Tag { using type = T; };
-
-template <typename F> gc_status with_type(gc_dtype dt, const char *what, F &&f)
-{
-    switch (dt) {
-    case GC_F32: return f(Tag<float>{});
-    case GC_BF16: return f(Tag<__nv_bfloat16>{});
-    default: return gc_error_set(GC_ERR_DTYPE, "%s on the GPU: dtype %s (f32/bf16 only)", what, gc_dtype_name(dt));
-    }
-}
-
-constexpr int kThreads = 256;
-
-unsigned grid_for(int64_t n)
-{
-    int64_t blocks = (n + kThreads - 1) / kThreads, cap = (int64_t)gc_cuda_sm_count() * 32;
-    if (blocks > cap) blocks = cap;
-    return (unsigned)(blocks > 0 ? blocks : 1);
-}
 
 // Pixel offset in x [B, C, H, W] of element e of patches [B, N, C*P*P].
 __device__ __forceinline__ int64_t pixel_of(int64_t e, int64_t C, int64_t H, int64_t W, int64_t P)

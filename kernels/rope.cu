@@ -10,77 +10,9 @@
 extern "C" {
 #include "../runtime/gc_cuda.h"
 }
+#include "gc_cuda_util.cuh"
 
 namespace {
-
-// (the load/store helpers are the same as in norm.cu)
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-// Bytes moved per memory instruction for V elements of T: 16 or 8 when the span allows.
-template <typename T, int V> struct vec_io {
-    static constexpr int bytes = (V * sizeof(T)) % 16 == 0 ? 16 : (V * sizeof(T)) % 8 == 0 ? 8 : (int)sizeof(T);
-    static constexpr int per = bytes / (int)sizeof(T);
-};
-
-// V consecutive elements at p as floats; p is aligned to the access width (see vec_io).
-template <int V, typename T> __device__ __forceinline__ void load_v(const T *__restrict__ p, float *f)
-{
-    constexpr int per = vec_io<T, V>::per;
-#pragma unroll
-    for (int c = 0; c < V; c += per) {
-        if constexpr (vec_io<T, V>::bytes == 16) {
-            uint4 u = *reinterpret_cast<const uint4 *>(p + c);
-            const T *e = reinterpret_cast<const T *>(&u);
-#pragma unroll
-            for (int k = 0; k < per; k++) f[c + k] = to_f(e[k]);
-        } else if constexpr (vec_io<T, V>::bytes == 8) {
-            uint2 u = *reinterpret_cast<const uint2 *>(p + c);
-            const T *e = reinterpret_cast<const T *>(&u);
-#pragma unroll
-            for (int k = 0; k < per; k++) f[c + k] = to_f(e[k]);
-        } else {
-            f[c] = to_f(p[c]);
-        }
-    }
-}
-
-// p[0..V) = f (or += f when acc)
-template <int V, typename T> __device__ __forceinline__ void store_v(T *__restrict__ p, const float *f, bool acc)
-{
-    float v[V];
-    if (acc) {
-        load_v<V>(p, v);
-#pragma unroll
-        for (int k = 0; k < V; k++) v[k] += f[k];
-    } else {
-#pragma unroll
-        for (int k = 0; k < V; k++) v[k] = f[k];
-    }
-    constexpr int per = vec_io<T, V>::per;
-#pragma unroll
-    for (int c = 0; c < V; c += per) {
-        if constexpr (vec_io<T, V>::bytes == 16) {
-            uint4 u;
-            T *e = reinterpret_cast<T *>(&u);
-#pragma unroll
-            for (int k = 0; k < per; k++) e[k] = from_f<T>(v[c + k]);
-            *reinterpret_cast<uint4 *>(p + c) = u;
-        } else if constexpr (vec_io<T, V>::bytes == 8) {
-            uint2 u;
-            T *e = reinterpret_cast<T *>(&u);
-#pragma unroll
-            for (int k = 0; k < per; k++) e[k] = from_f<T>(v[c + k]);
-            *reinterpret_cast<uint2 *>(p + c) = u;
-        } else {
-            p[c] = from_f<T>(v[c]);
-        }
-    }
-}
 
 // y (+)= rope(x) or its transpose (inverse); cs/sn f32 [(B,) n, D]
 template <typename T, typename G, int V>

@@ -1,0 +1,125 @@
+// Device helpers shared by the CUDA kernel files: conversions, dtype dispatch, launch
+// sizes, vector loads/stores and warp reductions. Included by .cu files only, after
+// runtime/gc_cuda.h; everything sits in an anonymous namespace, private to each file.
+#ifndef GC_CUDA_UTIL_CUH
+#define GC_CUDA_UTIL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+// f32 math on f32 or bf16 storage
+template <typename T> __device__ __forceinline__ float to_f(T v) { return (float)v; }
+template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v) { return (T)v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T> struct Tag { using type = T; };
+
+// Calls f(Tag<T>{}) for the storage type of dt (f32 or bf16).
+template <typename F> gc_status with_type(gc_dtype dt, const char *what, F &&f)
+{
+    switch (dt) {
+    case GC_F32: return f(Tag<float>{});
+    case GC_BF16: return f(Tag<__nv_bfloat16>{});
+    default: return gc_error_set(GC_ERR_DTYPE, "%s on the GPU: dtype %s (f32/bf16 only)", what, gc_dtype_name(dt));
+    }
+}
+
+// Calls f(Tag<T>{}, Tag<G>{}) for a value dtype and a gradient dtype.
+template <typename F> gc_status with_types(gc_dtype vt, gc_dtype gt, const char *what, F &&f)
+{
+    return with_type(vt, what, [&](auto tv) {
+        return with_type(gt, what, [&](auto tg) { return f(tv, tg); });
+    });
+}
+
+// Grid-stride launches: 256 threads a block, at most 32 blocks per SM.
+constexpr int kThreads = 256;
+
+inline unsigned grid_for(int64_t n)
+{
+    int64_t blocks = (n + kThreads - 1) / kThreads, cap = (int64_t)gc_cuda_sm_count() * 32;
+    if (blocks > cap) blocks = cap;
+    return (unsigned)(blocks > 0 ? blocks : 1);
+}
+
+// Bytes moved per memory instruction for V elements of T: 16 or 8 when the span allows.
+template <typename T, int V> struct vec_io {
+    static constexpr int bytes = (V * sizeof(T)) % 16 == 0 ? 16 : (V * sizeof(T)) % 8 == 0 ? 8 : (int)sizeof(T);
+    static constexpr int per = bytes / (int)sizeof(T);
+};
+
+// V consecutive elements at p as floats; p is aligned to the access width (see vec_io).
+template <int V, typename T> __device__ __forceinline__ void load_v(const T *__restrict__ p, float *f)
+{
+    constexpr int per = vec_io<T, V>::per;
+#pragma unroll
+    for (int c = 0; c < V; c += per) {
+        if constexpr (vec_io<T, V>::bytes == 16) {
+            uint4 u = *reinterpret_cast<const uint4 *>(p + c);
+            const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) f[c + k] = to_f(e[k]);
+        } else if constexpr (vec_io<T, V>::bytes == 8) {
+            uint2 u = *reinterpret_cast<const uint2 *>(p + c);
+            const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) f[c + k] = to_f(e[k]);
+        } else {
+            f[c] = to_f(p[c]);
+        }
+    }
+}
+
+// p[0..V) = f (or += f when acc)
+template <int V, typename T> __device__ __forceinline__ void store_v(T *__restrict__ p, const float *f, bool acc)
+{
+    float v[V];
+    if (acc) {
+        load_v<V>(p, v);
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] += f[k];
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] = f[k];
+    }
+    constexpr int per = vec_io<T, V>::per;
+#pragma unroll
+    for (int c = 0; c < V; c += per) {
+        if constexpr (vec_io<T, V>::bytes == 16) {
+            uint4 u;
+            T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) e[k] = from_f<T>(v[c + k]);
+            *reinterpret_cast<uint4 *>(p + c) = u;
+        } else if constexpr (vec_io<T, V>::bytes == 8) {
+            uint2 u;
+            T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+            for (int k = 0; k < per; k++) e[k] = from_f<T>(v[c + k]);
+            *reinterpret_cast<uint2 *>(p + c) = u;
+        } else {
+            p[c] = from_f<T>(v[c]);
+        }
+    }
+}
+
+// Butterfly reductions: every lane gets the result.
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+} // namespace
+
+#endif
