@@ -7,14 +7,25 @@ set -u
 export OMP_WAIT_POLICY=passive # no spinning OpenMP threads (2-core CI runs tests side by side)
 gcache=$1
 root=$2
+# GC_TRAIN_DEVICE=cuda (the gpu suite's train_cuda): the same runs on the GPU in bf16
+dev=${GC_TRAIN_DEVICE:-cpu}
+prec=f32
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
 cd "$tmp"
+if [ "$dev" = cuda ]; then
+  prec=bf16
+  if ! "$gcache" bench --model clip-tiny --device cuda --batch 2 --chunk 1 --steps 1 --warmup 0 >probe.log 2>&1; then
+    echo "train on cuda: no usable GPU here (skipped): $(tail -1 probe.log)"
+    exit 77
+  fi
+fi
 cat >base.yaml <<YAML
 model: clip-tiny
 tokenizer: $root/tests/fixtures/clip_tokenizer
-device: cpu
+device: $dev
+mixed_precision: $prec
 batch_size: 32
 gradient_cache_chunk_size: 8
 epochs: 3
