@@ -19,18 +19,38 @@ struct gc_dinov3 {
     gc_params params;
     gc_tensor *cls, *mask_token, *registers, *patch_w, *patch_b, *norm_w, *norm_b;
     gc_block blocks[MAX_LAYERS]; /* as declared; rope_cos/rope_sin unset */
+    bool training;
     /* one entry per patch grid seen: the rotary tables and a copy of the blocks that
      * points at them. A checkpointed block recomputes in the backward through its
-     * gc_block, so each grid keeps its own, alive until the model is freed (towers of
+     * grid_layer, so each grid keeps its own, alive until the model is freed (towers of
      * different image sizes may be in one graph). */
     struct rope_grid **grids;
     int n_grids;
 };
 
+/* Augmented tables of one grid for one RandContext (seed, step): a few recent ones are
+ * kept; one that was dropped is rebuilt, identical, when a recompute asks for it (a
+ * graph that uses a table holds its own reference). */
+#define AUG_CACHE 8
+struct aug_tables {
+    uint64_t seed;
+    uint32_t step;
+    gc_tensor *cos, *sin;
+};
+
+struct grid_layer {        /* the closure of one layer on one grid */
+    gc_dinov3 *m;
+    struct rope_grid *g;
+    gc_block block;        /* the declared block as of the grid's latest forward, with the plain tables */
+};
+
 struct rope_grid {
     int64_t gh, gw;
-    gc_tensor *cos, *sin; /* f32 [gh*gw, head_dim] on the device */
-    gc_block blocks[];
+    gc_tensor *cos, *sin;  /* f32 [gh*gw, head_dim] on the device: the plain coordinates */
+    bool augment;          /* the latest forward of this grid augmented its coordinates */
+    struct aug_tables aug[AUG_CACHE];
+    int next_aug;
+    struct grid_layer layers[];
 };
 
 /* ---------------------------------------------------------------- config */
@@ -320,9 +340,14 @@ void gc_dinov3_free(gc_dinov3 *m)
     if (!m) return;
     gc_params_free(&m->params);
     for (int i = 0; i < m->n_grids; i++) {
-        gc_tensor_release(m->grids[i]->cos);
-        gc_tensor_release(m->grids[i]->sin);
-        free(m->grids[i]);
+        struct rope_grid *g = m->grids[i];
+        gc_tensor_release(g->cos);
+        gc_tensor_release(g->sin);
+        for (int j = 0; j < AUG_CACHE; j++) {
+            gc_tensor_release(g->aug[j].cos);
+            gc_tensor_release(g->aug[j].sin);
+        }
+        free(g);
     }
     free(m->grids);
     free((char *)m->opt.lora.targets);
@@ -332,11 +357,15 @@ void gc_dinov3_free(gc_dinov3 *m)
 gc_params *gc_dinov3_params(gc_dinov3 *m) { return &m->params; }
 const gc_dinov3_config *gc_dinov3_get_config(const gc_dinov3 *m) { return &m->cfg; }
 
+/* HF: attention dropout, drop_path (the same rate in every layer, on both residual
+ * branches) and the RoPE coordinate augmentation act in training mode only. */
 void gc_dinov3_set_training(gc_dinov3 *m, bool on)
 {
+    m->training = on;
     for (int64_t i = 0; i < m->cfg.layers; i++) {
         gc_block *b = &m->blocks[i];
         b->attn_dropout = on ? m->cfg.attn_dropout : 0;
+        b->drop_path = on ? m->cfg.drop_path : 0;
         gc_lin *ls[6] = {&b->q, &b->k, &b->v, &b->o, &b->fc1, &b->fc2};
         for (int j = 0; j < 6; j++) ls[j]->lora_dropout = on ? m->opt.lora.dropout : 0;
     }
@@ -344,14 +373,38 @@ void gc_dinov3_set_training(gc_dinov3 *m, bool on)
 
 /* ---------------------------------------------------------------- rotary tables */
 
-/* Patch centres normalised per axis to (-1, 1); inv_freq[k] = theta^(-4k/head_dim);
+bool gc_dinov3_rope_augmentation(const gc_dinov3_config *c, gc_rand_context rc, float shift[2], float jitter[2],
+                                 float *rescale)
+{
+    /* transformers' augment_patches_center_coordinates: shift_hw (1, 2) ~ U(-shift, shift);
+     * jitter_hw (1, 2) = exp(U(-log jitter, log jitter)); rescale_hw (1,) = exp(U(-log
+     * rescale, log rescale)), one factor for both axes. Each only when set (not None). */
+    float u[5];
+    for (int e = 0; e < 5; e++) u[e] = gc_rand_uniform(rc.seed, rc.step, GC_DINOV3_ROPE_AUG_OP, 0, (uint64_t)e);
+    for (int a = 0; a < 2; a++) {
+        shift[a] = c->pos_embed_shift > 0 ? (float)(c->pos_embed_shift * (2.0 * u[a] - 1.0)) : 0.0f;
+        double jr = c->pos_embed_jitter > 0 ? log(c->pos_embed_jitter) : 0;
+        jitter[a] = c->pos_embed_jitter > 0 ? (float)exp((double)(float)(jr * (2.0 * u[2 + a] - 1.0))) : 1.0f;
+    }
+    double rr = c->pos_embed_rescale > 0 ? log(c->pos_embed_rescale) : 0;
+    *rescale = c->pos_embed_rescale > 0 ? (float)exp((double)(float)(rr * (2.0 * u[4] - 1.0))) : 1.0f;
+    return c->pos_embed_shift > 0 || c->pos_embed_jitter > 0 || c->pos_embed_rescale > 0;
+}
+
+/* Patch centres normalised per axis to (-1, 1); in training mode with augmentation,
+ * (coord + shift[axis]) * jitter[axis] * rescale, in that order and in f32 as
+ * transformers computes them; inv_freq[k] = theta^(-4k/head_dim);
  * angle = 2 pi coord inv_freq, laid out [y(0..hd/4), x(0..hd/4)] and tiled twice.
  * The coordinates, 2 pi coord and inv_freq are rounded to f32 step by step as
  * transformers computes them (get_patches_center_coordinates, the inv_freq buffer);
- * the product and cos/sin are taken in double (transformers: f32, ~1 ulp apart). */
-static gc_status rope_tables(const gc_dinov3 *m, int64_t gh, int64_t gw, gc_tensor **cos_out, gc_tensor **sin_out)
+ * the product and cos/sin are taken in double (transformers: f32, ~1 ulp apart).
+ * aug: NULL, or the RandContext whose draw augments the coordinates. */
+static gc_status rope_tables(const gc_dinov3 *m, int64_t gh, int64_t gw, const gc_rand_context *aug,
+                             gc_tensor **cos_out, gc_tensor **sin_out)
 {
     int64_t hd = m->cfg.hidden / m->cfg.heads, q = hd / 4, N = gh * gw;
+    float shift[2] = {0, 0}, jitter[2] = {1, 1}, rescale = 1;
+    if (aug) gc_dinov3_rope_augmentation(&m->cfg, *aug, shift, jitter, &rescale);
     float *c = malloc(sizeof(float) * (size_t)(N * hd)), *s = malloc(sizeof(float) * (size_t)(N * hd));
     float *inv = malloc(sizeof(float) * (size_t)q);
     if (!c || !s || !inv) { free(c); free(s); free(inv); return gc_error_set(GC_ERR_OOM, "out of host memory"); }
@@ -361,8 +414,16 @@ static gc_status rope_tables(const gc_dinov3 *m, int64_t gh, int64_t gw, gc_tens
     for (int64_t i = 0; i < gh; i++)
         for (int64_t j = 0; j < gw; j++) {
             float y = ((float)i + 0.5f) / (float)gh, x = ((float)j + 0.5f) / (float)gw;
-            y = two_pi * (2.0f * y - 1.0f);
-            x = two_pi * (2.0f * x - 1.0f);
+            y = 2.0f * y - 1.0f;
+            x = 2.0f * x - 1.0f;
+            if (aug) {
+                y = (y + shift[0]) * jitter[0];
+                x = (x + shift[1]) * jitter[1];
+                y *= rescale;
+                x *= rescale;
+            }
+            y *= two_pi;
+            x *= two_pi;
             float *cr = c + (i * gw + j) * hd, *sr = s + (i * gw + j) * hd;
             for (int64_t k = 0; k < q; k++) {
                 double ay = (double)y * inv[k], ax = (double)x * inv[k];
@@ -385,30 +446,93 @@ static gc_status rope_tables(const gc_dinov3 *m, int64_t gh, int64_t gw, gc_tens
     return GC_PENDING();
 }
 
-/* The blocks to run a gh x gw grid with: the declared blocks (their current dropout
- * settings) plus that grid's tables. */
-static const gc_block *grid_blocks(gc_dinov3 *m, int64_t gh, int64_t gw)
+static bool augmenting(const gc_dinov3 *m)
 {
-    struct rope_grid *g = NULL;
-    for (int i = 0; i < m->n_grids && !g; i++)
-        if (m->grids[i]->gh == gh && m->grids[i]->gw == gw) g = m->grids[i];
-    if (!g) {
-        struct rope_grid **gs = realloc(m->grids, sizeof *gs * (size_t)(m->n_grids + 1));
-        if (!gs) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
-        m->grids = gs;
-        g = calloc(1, sizeof *g + sizeof(gc_block) * (size_t)m->cfg.layers);
-        if (!g) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
-        if (rope_tables(m, gh, gw, &g->cos, &g->sin) != GC_OK) { free(g); return NULL; }
-        g->gh = gh;
-        g->gw = gw;
-        m->grids[m->n_grids++] = g;
+    const gc_dinov3_config *c = &m->cfg;
+    return m->training && (c->pos_embed_shift > 0 || c->pos_embed_jitter > 0 || c->pos_embed_rescale > 0);
+}
+
+/* The augmented tables of grid g for the current RandContext (borrowed: the cache owns them). */
+static gc_status aug_tables(const gc_dinov3 *m, struct rope_grid *g, gc_tensor **cos, gc_tensor **sin)
+{
+    gc_rand_context rc = gc_rand_context_get();
+    for (int i = 0; i < AUG_CACHE; i++) {
+        struct aug_tables *t = &g->aug[i];
+        if (t->cos && t->seed == rc.seed && t->step == rc.step) {
+            *cos = t->cos;
+            *sin = t->sin;
+            return GC_OK;
+        }
     }
+    gc_tensor *c = NULL, *s = NULL;
+    GC_TRY(rope_tables(m, g->gh, g->gw, &rc, &c, &s));
+    struct aug_tables *t = &g->aug[g->next_aug];
+    g->next_aug = (g->next_aug + 1) % AUG_CACHE;
+    gc_tensor_release(t->cos);
+    gc_tensor_release(t->sin);
+    *t = (struct aug_tables){rc.seed, rc.step, c, s};
+    *cos = c;
+    *sin = s;
+    return GC_OK;
+}
+
+static struct rope_grid *find_grid(gc_dinov3 *m, int64_t gh, int64_t gw)
+{
+    for (int i = 0; i < m->n_grids; i++)
+        if (m->grids[i]->gh == gh && m->grids[i]->gw == gw) return m->grids[i];
+    struct rope_grid **gs = realloc(m->grids, sizeof *gs * (size_t)(m->n_grids + 1));
+    if (!gs) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+    m->grids = gs;
+    struct rope_grid *g = calloc(1, sizeof *g + sizeof(struct grid_layer) * (size_t)m->cfg.layers);
+    if (!g) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
+    if (rope_tables(m, gh, gw, NULL, &g->cos, &g->sin) != GC_OK) { free(g); return NULL; }
+    g->gh = gh;
+    g->gw = gw;
+    m->grids[m->n_grids++] = g;
+    return g;
+}
+
+/* The layers to run a gh x gw grid with: the declared blocks (their current dropout
+ * settings) plus that grid's tables, and whether the coordinates are augmented. */
+static struct rope_grid *grid_layers(gc_dinov3 *m, int64_t gh, int64_t gw)
+{
+    struct rope_grid *g = find_grid(m, gh, gw);
+    if (!g) return NULL;
+    g->augment = augmenting(m);
     for (int64_t i = 0; i < m->cfg.layers; i++) {
-        g->blocks[i] = m->blocks[i];
-        g->blocks[i].rope_cos = g->cos;
-        g->blocks[i].rope_sin = g->sin;
+        struct grid_layer *l = &g->layers[i];
+        l->m = m;
+        l->g = g;
+        l->block = m->blocks[i];
+        l->block.rope_cos = g->cos;
+        l->block.rope_sin = g->sin;
     }
-    return g->blocks;
+    return g;
+}
+
+gc_status gc_dinov3_rope(gc_dinov3 *m, int64_t gh, int64_t gw, gc_tensor **cos, gc_tensor **sin)
+{
+    *cos = *sin = NULL;
+    if (gh < 1 || gw < 1)
+        return gc_error_set(GC_ERR_SHAPE, "rotary tables of a %lld x %lld patch grid", (long long)gh, (long long)gw);
+    struct rope_grid *g = find_grid(m, gh, gw);
+    if (!g) return GC_PENDING();
+    gc_tensor *c = g->cos, *s = g->sin;
+    if (augmenting(m)) GC_TRY(aug_tables(m, g, &c, &s));
+    *cos = gc_tensor_retain(c);
+    *sin = gc_tensor_retain(s);
+    return GC_OK;
+}
+
+/* One layer on one grid (the function a checkpoint recomputes, under the RandContext
+ * of its forward: the augmented tables are those of that context). */
+static gc_tensor *layer_forward(gc_tensor *x, void *closure)
+{
+    const struct grid_layer *l = closure;
+    if (!x) return NULL;
+    gc_block b = l->block;
+    if (l->g->augment && aug_tables(l->m, l->g, &b.rope_cos, &b.rope_sin) != GC_OK) return NULL;
+    return gc_block_forward(&b, x);
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -424,8 +548,8 @@ gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
                      gc_shape_str(pixels, s, sizeof s), (long long)c->channels, (long long)c->patch);
         return NULL;
     }
-    const gc_block *blocks = grid_blocks(m, pixels->shape[2] / c->patch, pixels->shape[3] / c->patch);
-    if (!blocks) return NULL;
+    struct rope_grid *g = grid_layers(m, pixels->shape[2] / c->patch, pixels->shape[3] / c->patch);
+    if (!g) return NULL;
     int64_t B = pixels->shape[0], D = c->hidden;
     gc_pool *pool = gc_pool_push();
     gc_tensor *x = gc_pool_add(gc_tensor_to(pixels, m->opt.device, m->opt.dtype));
@@ -433,7 +557,8 @@ gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
     gc_tensor *zeros = gc_pool_add(gc_tensor_zeros(m->opt.dtype, m->opt.device, 3, GC_SHAPE(B, 1 + c->registers, D)));
     gc_tensor *prefix = c->registers ? gc_concat(2, (gc_tensor *[]){m->cls, m->registers}, 1) : m->cls; /* [1, 1+R, D] */
     gc_tensor *h = gc_concat(2, (gc_tensor *[]){gc_add(zeros, prefix), x}, 1);     /* [B, 1+R+N, D] */
-    for (int64_t i = 0; i < c->layers; i++) h = gc_block_run(&blocks[i], h, m->opt.checkpointing);
+    for (int64_t i = 0; i < c->layers; i++)
+        h = m->opt.checkpointing ? gc_checkpoint(layer_forward, &g->layers[i], h) : layer_forward(h, &g->layers[i]);
     gc_tensor *y = gc_pool_keep(gc_layernorm(h, m->norm_w, m->norm_b, c->eps));
     gc_pool_pop(pool);
     return y;

@@ -5,6 +5,7 @@
 #ifndef GC_DINOV3_H
 #define GC_DINOV3_H
 
+#include "../runtime/gc_rng.h"
 #include "gc_layers.h"
 #include "gc_params.h"
 
@@ -13,9 +14,16 @@ typedef struct gc_dinov3_config {
     gc_act act;
     double eps, attn_dropout, rope_theta, layerscale;
     bool query_bias, key_bias, value_bias, proj_bias, mlp_bias;
-    /* HF's train-mode RoPE coordinate augmentation (0: None) and stochastic depth: read
-     * from and written back to config.json, NOT applied here (gradcache never augments
-     * the coordinates nor drops paths; the hub checkpoints say rescale 2.0, drop_path 0). */
+    /* Training mode only, as in HF (the hub checkpoints say rescale 2.0, shift and jitter
+     * null, drop_path 0):
+     * - pos_embed_* (0: None, off): augment_patches_center_coordinates on the RoPE patch
+     *   coordinates, per axis c' = ((c + shift_a) * jitter_a) * rescale, shift_a ~
+     *   U(-shift, shift), jitter_a and rescale log-uniform in [1/v, v] (rescale: one
+     *   factor for both axes); see gc_dinov3_rope_augmentation for the draw.
+     * - drop_path (drop_path_rate): stochastic depth with this same rate in every layer
+     *   (HF has no linear schedule) on both residual branches, after the layer scale;
+     *   per sample, keyed like dropout by the sample's index in the whole batch
+     *   (gc_block.drop_path), so the masks do not depend on the chunking. */
     double pos_embed_shift, pos_embed_jitter, pos_embed_rescale, drop_path;
 } gc_dinov3_config;
 
@@ -42,6 +50,21 @@ void gc_dinov3_free(gc_dinov3 *m);
 gc_params *gc_dinov3_params(gc_dinov3 *m);
 const gc_dinov3_config *gc_dinov3_get_config(const gc_dinov3 *m);
 void gc_dinov3_set_training(gc_dinov3 *m, bool on);
+
+/* The RoPE coordinate augmentation is one draw per forward call in HF. Here it is one
+ * per RandContext (seed, step), not per sample: the chunks of a gradient-cache step,
+ * their replays, checkpoint recomputes and an unchunked run all see the same
+ * coordinates (the towers of a step differ: their seeds do). The uniforms are
+ * u_e = gc_rand_uniform(seed, step, GC_DINOV3_ROPE_AUG_OP, 0, e): e = 0, 1 shift (y, x),
+ * 2, 3 jitter (y, x), 4 rescale; v = lo + (hi - lo) u. */
+#define GC_DINOV3_ROPE_AUG_OP ((3u << 16) | 0xFFF0u) /* above every layer's op_base + site */
+/* The factors that context gives under config c (shift 0, jitter/rescale 1 where the
+ * config says None); returns whether c augments at all. */
+bool gc_dinov3_rope_augmentation(const gc_dinov3_config *c, gc_rand_context rc, float shift[2], float jitter[2],
+                                 float *rescale);
+/* The rotary tables a forward of a gh x gw patch grid would use now (training mode and
+ * the current RandContext): f32 [gh*gw, head_dim] cos and sin, new references. */
+gc_status gc_dinov3_rope(gc_dinov3 *m, int64_t gh, int64_t gw, gc_tensor **cos, gc_tensor **sin);
 
 /* pixels [B, C, H, W] (H, W multiples of the patch; any size) -> last_hidden_state [B, 1+R+N, D] */
 gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels);

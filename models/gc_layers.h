@@ -44,14 +44,20 @@ typedef struct gc_block {
     gc_act act;
     double eps;
     double attn_dropout;   /* active only when the model is training */
+    /* stochastic depth (DINOv3's drop_path_rate; active only when training): each
+     * residual branch, after its layer scale, is zeroed for a whole sample with this
+     * probability and scaled by 1/(1-p) otherwise; sample b of a chunk keeps it iff
+     * gc_rand_uniform(seed, step, op_base + 7 (attention) or + 8 (MLP), sample_offset + b, 0) >= p */
+    double drop_path;
     bool causal;
-    uint32_t op_base;      /* random-stream ids: op_base + site */
+    uint32_t op_base;      /* random-stream ids: op_base + site, sites 0..8 */
     /* rotary embedding of tokens rope_start.. (DINOv3), not owned; NULL for none */
     gc_tensor *rope_cos, *rope_sin;
     int64_t rope_start;
 } gc_block;
 
-/* x [B, L, D] -> [B, L, D]:  h = x + ls1*o(attn(ln1 x));  y = h + ls2*fc2(act(fc1(ln2 h))) */
+/* x [B, L, D] -> [B, L, D]:  h = x + dp(ls1*o(attn(ln1 x)));  y = h + dp(ls2*fc2(act(fc1(ln2 h))))
+ * (dp: drop_path, the identity when it is 0) */
 gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x);
 /* The same through gc_checkpoint when `checkpoint` is set (keeps only x; recomputes in backward). */
 gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint);

@@ -16,6 +16,22 @@ gc_tensor *gc_lin_forward(const gc_lin *l, gc_tensor *x, uint32_t dropout_op)
     return gc_add(y, gc_scale(d, l->lora_scale));
 }
 
+/* A residual branch a [B, L, D] times its layer scale ls [D] (or NULL) and, under
+ * drop_path p > 0, times the per-sample keep mask m [B, 1, 1] (0 or 1/(1-p), from
+ * gc_dropout of ones: sample b's draw is element 0 of row sample_offset + b). The mask
+ * folds into the layer scale, a ls*m [B, 1, D] in f32 rounded once to a's dtype, so the
+ * branch costs one full-size product as without drop_path. */
+static gc_tensor *scale_branch(const gc_block *b, gc_tensor *a, gc_tensor *ls, uint32_t op)
+{
+    if (!a) return NULL;
+    if (!(b->drop_path > 0)) return ls ? gc_mul(a, ls) : a;
+    gc_tensor *ones = gc_pool_add(gc_tensor_new(GC_F32, a->device, 3, GC_SHAPE(a->shape[0], 1, 1)));
+    if (!ones || gc_tensor_fill(ones, 1.0) != GC_OK) return NULL;
+    gc_tensor *keep = gc_dropout(ones, b->drop_path, op);
+    gc_tensor *s = ls ? gc_mul(gc_cast(ls, GC_F32), keep) : keep;
+    return gc_mul(a, gc_cast(s, a->dtype));
+}
+
 gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
 {
     if (!x) return NULL;
@@ -32,14 +48,14 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     gc_attn_opts ao = {.causal = b->causal, .dropout = b->attn_dropout, .dropout_op = b->op_base};
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, L, D));
     a = gc_lin_forward(&b->o, a, b->op_base + 4);
-    if (b->ls1) a = gc_mul(a, b->ls1);
+    a = scale_branch(b, a, b->ls1, b->op_base + 7);
     gc_tensor *r = gc_add(x, a);
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
     m = gc_lin_forward(&b->fc1, m, b->op_base + 5);
     /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
     m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
                       : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);
-    if (b->ls2) m = gc_mul(m, b->ls2);
+    m = scale_branch(b, m, b->ls2, b->op_base + 8);
     gc_tensor *y = gc_pool_keep(gc_add(r, m));
     gc_pool_pop(pool);
     return y;

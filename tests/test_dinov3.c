@@ -249,8 +249,9 @@ START_TEST(test_checkpointing_matches_transformers)
 }
 END_TEST
 
-/* gradients of all parameters, flattened, after one step (chunk <= 0: no cache) */
-static double *step_grads(gc_dinov3 *m, gc_tensor *pa, gc_tensor *pb, int64_t chunk, double *loss)
+/* gradients of all parameters, flattened, after one step under `rc` (chunk <= 0: no cache) */
+static double *step_grads_rc(gc_dinov3 *m, gc_tensor *pa, gc_tensor *pb, int64_t chunk, gc_rand_context rc,
+                             double *loss)
 {
     gc_params *ps = gc_dinov3_params(m);
     ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
@@ -258,7 +259,7 @@ static double *step_grads(gc_dinov3 *m, gc_tensor *pa, gc_tensor *pb, int64_t ch
     gc_gradcache gc;
     task_init(&t, &gc, m, pa, pb, chunk);
     gc_gradcache_result res;
-    ck_assert_msg(gc_gradcache_step(&gc, (gc_rand_context){0, 0, 0}, &res) == GC_OK, "%s", gc_error_message());
+    ck_assert_msg(gc_gradcache_step(&gc, rc, &res) == GC_OK, "%s", gc_error_message());
     *loss = res.loss;
     gc_gradcache_result_clear(&res);
     gc_tensor_release(t.logit_scale);
@@ -270,6 +271,11 @@ static double *step_grads(gc_dinov3 *m, gc_tensor *pa, gc_tensor *pb, int64_t ch
         k += gc_tensor_numel(ps->items[i].value);
     }
     return g;
+}
+
+static double *step_grads(gc_dinov3 *m, gc_tensor *pa, gc_tensor *pb, int64_t chunk, double *loss)
+{
+    return step_grads_rc(m, pa, pb, chunk, (gc_rand_context){0, 0, 0}, loss);
 }
 
 static double vec_rel(const double *a, const double *b, int64_t n)
@@ -584,6 +590,300 @@ START_TEST(test_init_named)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- train-mode randomness */
+
+/* Runs that must agree (chunkings, replays, eval vs no option) differ by rounding only:
+ * 1e-6 in f32 on the CPU; runs that must differ do so by far more. */
+static double same_tol(void)
+{
+    gc_dinov3_options o = test_options();
+    return o.dtype == GC_F32 && o.device.type == GC_DEVICE_CPU ? 1e-6 : tolerance() / 10;
+}
+static double diff_tol(void) { return fmax(1e-3, 10 * same_tol()); }
+
+typedef struct train_opts { double shift, jitter, rescale, drop_path; } train_opts;
+
+/* The fixture's weights and config with the train-mode options `a` (0: None), through
+ * config.json (saved, reloaded: the options survive the round trip). */
+static gc_dinov3 *load_variant(const char *name, train_opts a, bool checkpointing)
+{
+    char src[1100], dir[] = "/tmp/gc_dinov3_aug_XXXXXX", path[1200], from[1200];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(src, sizeof src, "%s/%s", GC_FIXTURES_DIR, name);
+    gc_dinov3_config c;
+    snprintf(path, sizeof path, "%s/config.json", src);
+    ck_assert_msg(gc_dinov3_config_load(path, &c) == GC_OK, "%s", gc_error_message());
+    c.pos_embed_shift = a.shift;
+    c.pos_embed_jitter = a.jitter;
+    c.pos_embed_rescale = a.rescale;
+    c.drop_path = a.drop_path;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ck_assert_msg(gc_dinov3_config_save(&c, path) == GC_OK, "%s", gc_error_message());
+    snprintf(from, sizeof from, "%s/model.safetensors", src);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_int_eq(symlink(from, path), 0);
+    gc_dinov3_options o = test_options();
+    o.checkpointing = checkpointing;
+    gc_dinov3 *m;
+    ck_assert_msg(gc_dinov3_load(&m, dir, &o) == GC_OK, "%s", gc_error_message());
+    rm_rf(dir);
+    const gc_dinov3_config *g = gc_dinov3_get_config(m);
+    ck_assert(g->pos_embed_shift == a.shift && g->pos_embed_jitter == a.jitter && g->pos_embed_rescale == a.rescale &&
+              g->drop_path == a.drop_path);
+    return m;
+}
+
+static const struct { const char *fixture; train_opts a; } AUG_CASES[] = {
+    {"dinov3_reg4", {.rescale = 2.0}},                               /* the hub checkpoints' setting */
+    {"dinov3_reg4", {.shift = 0.3, .jitter = 1.5}},
+    {"dinov3_noreg_rect", {.shift = 0.2, .jitter = 1.3, .rescale = 2.0}},
+};
+#define N_AUG_CASES 3
+
+/* RoPE coordinate augmentation: one draw per (seed, step), so the gradients do not
+ * depend on the chunking (nor on checkpointing, which recomputes each tower's blocks
+ * with that tower's coordinates), and differ from the run without it and from eval. */
+START_TEST(test_rope_augmentation_chunk_invariant)
+{
+    fixture f;
+    fixture_open(&f, AUG_CASES[_i].fixture, NULL); /* the fixture's config: no augmentation */
+    gc_dinov3 *m = load_variant(AUG_CASES[_i].fixture, AUG_CASES[_i].a, false);
+    gc_dinov3 *mc = load_variant(AUG_CASES[_i].fixture, AUG_CASES[_i].a, true);
+    int64_t n = gc_params_count(gc_dinov3_params(m), false), B = f.pa->shape[0];
+    const gc_rand_context rc = {0x5eed, 3, 0};
+    double l0, l, worst = 0, worst_loss = 0;
+    double *ref = step_grads_rc(m, f.pa, f.pb, 0, rc, &l0);
+    const int64_t chunks[5] = {1, B / 2 + 1, B, 0, 2};
+    for (int c = 0; c < 5; c++) {
+        double *g = step_grads_rc(c < 3 ? m : mc, f.pa, f.pb, chunks[c], rc, &l);
+        worst = fmax(worst, vec_rel(g, ref, n));
+        worst_loss = fmax(worst_loss, fabs(l - l0) / fabs(l0));
+        free(g);
+    }
+    double lo, le, ls;
+    double *off = step_grads_rc(f.m, f.pa, f.pb, 0, rc, &lo);
+    gc_dinov3_set_training(m, false);
+    double *ev = step_grads_rc(m, f.pa, f.pb, 0, rc, &le);
+    gc_dinov3_set_training(m, true);
+    double *step4 = step_grads_rc(m, f.pa, f.pb, B / 2, (gc_rand_context){rc.seed, rc.step + 1, 0}, &ls);
+    double e_off = vec_rel(ref, off, n), e_ev = vec_rel(ev, off, n), e_step = vec_rel(step4, ref, n);
+    printf("%-18s rope aug %g/%g/%g: chunks and checkpointing vs none %.2e (loss %.2e); vs off %.2e, eval vs off %.2e, "
+           "next step %.2e\n", AUG_CASES[_i].fixture, AUG_CASES[_i].a.shift, AUG_CASES[_i].a.jitter,
+           AUG_CASES[_i].a.rescale, worst, worst_loss, e_off, e_ev, e_step);
+    ck_assert_msg(worst < same_tol() && worst_loss < same_tol(), "chunked gradients differ by %.3g (loss %.3g)", worst,
+                  worst_loss);
+    ck_assert_msg(e_off > diff_tol(), "augmented gradients equal the plain ones (%.3g)", e_off);
+    ck_assert_msg(e_ev < same_tol() && fabs(le - lo) < same_tol() * fabs(lo), "eval mode still augments (%.3g)", e_ev);
+    ck_assert_msg(e_step > diff_tol(), "the next step drew the same coordinates (%.3g)", e_step);
+    free(ref);
+    free(off);
+    free(ev);
+    free(step4);
+    gc_dinov3_free(m);
+    gc_dinov3_free(mc);
+    fixture_close(&f);
+}
+END_TEST
+
+static float *tables_host(gc_dinov3 *m, int64_t gh, int64_t gw, gc_rand_context rc, int64_t *numel)
+{
+    gc_rand_context_set(rc);
+    gc_tensor *c, *s;
+    ck_assert_msg(gc_dinov3_rope(m, gh, gw, &c, &s) == GC_OK, "%s", gc_error_message());
+    int64_t n = gc_tensor_numel(c);
+    ck_assert(c->dtype == GC_F32 && c->ndim == 2 && c->shape[0] == gh * gw && gc_tensor_numel(s) == n);
+    float *h = malloc(sizeof(float) * (size_t)(2 * n));
+    ck_assert(gc_tensor_to_host_f32(c, h) == GC_OK && gc_tensor_to_host_f32(s, h + n) == GC_OK);
+    gc_tensor_release(c);
+    gc_tensor_release(s);
+    *numel = 2 * n;
+    return h;
+}
+
+/* worst |table - cos/sin(2 pi c' inv_freq)| with c' = ((c + shift_a) * jitter_a) * rescale
+ * per axis (y: dims [0, hd/4) and [hd/2, 3hd/4), x: the others), all in double */
+static double tables_err(const gc_dinov3_config *cfg, const float *t, int64_t gh, int64_t gw, const double sh[2],
+                         const double jt[2], double rs)
+{
+    int64_t hd = cfg->hidden / cfg->heads, q = hd / 4, N = gh * gw;
+    double worst = 0;
+    for (int64_t i = 0; i < gh; i++)
+        for (int64_t j = 0; j < gw; j++) {
+            double c[2] = {2 * (i + 0.5) / (double)gh - 1, 2 * (j + 0.5) / (double)gw - 1};
+            for (int a = 0; a < 2; a++) c[a] = (c[a] + sh[a]) * jt[a] * rs;
+            for (int64_t d = 0; d < hd; d++) {
+                int a = (d % (2 * q)) >= q; /* 0: y, 1: x */
+                double ang = 2 * M_PI * c[a] * pow(cfg->rope_theta, -4.0 * (double)(d % q) / (double)hd);
+                worst = fmax(worst, fabs(t[(i * gw + j) * hd + d] - cos(ang)));
+                worst = fmax(worst, fabs(t[N * hd + (i * gw + j) * hd + d] - sin(ang)));
+            }
+        }
+    return worst;
+}
+
+/* The augmentation itself: the documented draws (u_e = gc_rand_uniform(seed, step,
+ * GC_DINOV3_ROPE_AUG_OP, 0, e); shift per axis, jitter per axis, one rescale for both)
+ * give the rotary tables' coordinates; the same (seed, step) gives the same tables
+ * whatever the sample offset, another step or seed other ones; eval mode none. */
+START_TEST(test_rope_augmentation_math)
+{
+    const train_opts a = AUG_CASES[_i].a;
+    gc_dinov3 *m = load_variant(AUG_CASES[_i].fixture, a, false);
+    const gc_dinov3_config *cfg = gc_dinov3_get_config(m);
+    const int64_t gh = 3, gw = 5;
+    const gc_rand_context rc = {0xabcdef, 11, 3}; /* a chunk at row 3: the draw ignores the row */
+    double u[5], sh[2], jt[2], rs;
+    for (int e = 0; e < 5; e++) u[e] = gc_rand_uniform(rc.seed, rc.step, GC_DINOV3_ROPE_AUG_OP, 0, (uint64_t)e);
+    for (int k = 0; k < 2; k++) {
+        sh[k] = a.shift ? a.shift * (2 * u[k] - 1) : 0;
+        jt[k] = a.jitter ? exp(log(a.jitter) * (2 * u[2 + k] - 1)) : 1;
+    }
+    rs = a.rescale ? exp(log(a.rescale) * (2 * u[4] - 1)) : 1;
+    float fs[2], fj[2], fr;
+    ck_assert(gc_dinov3_rope_augmentation(cfg, rc, fs, fj, &fr));
+    for (int k = 0; k < 2; k++) ck_assert(fabs(fs[k] - sh[k]) < 1e-6 && fabs(fj[k] / jt[k] - 1) < 1e-6);
+    ck_assert(fabs(fr / rs - 1) < 1e-6);
+    if (a.rescale) ck_assert(rs >= 1 / a.rescale && rs <= a.rescale && fabs(rs - 1) > 1e-3);
+    int64_t n;
+    float *t = tables_host(m, gh, gw, rc, &n);
+    double e_aug = tables_err(cfg, t, gh, gw, sh, jt, rs);
+    /* the wrong order (jitter before shift) or per-axis rescale would be far off */
+    const double zero[2] = {0, 0}, one[2] = {1, 1};
+    double e_plain = tables_err(cfg, t, gh, gw, zero, one, 1);
+    printf("%-18s rope aug %g/%g/%g: shift %.4f %.4f jitter %.4f %.4f rescale %.4f; tables vs formula %.2e "
+           "(vs plain coordinates %.2e)\n", AUG_CASES[_i].fixture, a.shift, a.jitter, a.rescale, sh[0], sh[1], jt[0],
+           jt[1], rs, e_aug, e_plain);
+    ck_assert_msg(e_aug < 1e-5, "augmented tables differ from the formula by %.3g", e_aug);
+    ck_assert_msg(e_plain > 1e-2, "the tables are not augmented (%.3g)", e_plain);
+    int64_t n2;
+    gc_dinov3 *m2 = load_variant(AUG_CASES[_i].fixture, a, false); /* a fresh model: nothing cached */
+    /* another chunk of the batch */
+    float *again = tables_host(m2, gh, gw, (gc_rand_context){rc.seed, rc.step, 0}, &n2);
+    ck_assert_msg(n2 == n && !memcmp(again, t, sizeof(float) * (size_t)n), "another chunk drew other coordinates");
+    free(again);
+    gc_dinov3_free(m2);
+    const gc_rand_context others[2] = {{rc.seed, rc.step + 1, 0}, {rc.seed + 1, rc.step, 0}};
+    for (int k = 0; k < 2; k++) {
+        float *o = tables_host(m, gh, gw, others[k], &n2);
+        double d = 0;
+        for (int64_t i = 0; i < n; i++) d = fmax(d, fabs(o[i] - t[i]));
+        ck_assert_msg(d > 1e-3, "another %s drew the same coordinates", k ? "seed" : "step");
+        free(o);
+    }
+    gc_dinov3_set_training(m, false);
+    float *ev = tables_host(m, gh, gw, rc, &n2);
+    double e_eval = tables_err(cfg, ev, gh, gw, zero, one, 1);
+    ck_assert_msg(e_eval < 1e-5, "eval-mode tables are not the plain coordinates' (%.3g)", e_eval);
+    ck_assert(!gc_dinov3_rope_augmentation(&(gc_dinov3_config){.pos_embed_rescale = 0}, rc, fs, fj, &fr));
+    ck_assert(fs[0] == 0 && fs[1] == 0 && fj[0] == 1 && fj[1] == 1 && fr == 1);
+    free(ev);
+    free(t);
+    gc_dinov3_free(m);
+}
+END_TEST
+
+/* Stochastic depth: per-sample masks keyed by the sample's index in the batch, so the
+ * gradients do not depend on the chunking; they differ from rate 0; eval ignores it. */
+START_TEST(test_drop_path_chunk_invariant)
+{
+    fixture f;
+    fixture_open(&f, "dinov3_reg4", NULL); /* drop_path_rate 0 */
+    gc_dinov3 *m = load_variant("dinov3_reg4", (train_opts){.drop_path = 0.3}, false);
+    gc_dinov3 *mc = load_variant("dinov3_reg4", (train_opts){.drop_path = 0.3}, true);
+    int64_t n = gc_params_count(gc_dinov3_params(m), false), B = f.pa->shape[0];
+    const gc_rand_context rc = {0xd00d, 2, 0};
+    double l0, l, worst = 0, worst_loss = 0;
+    double *ref = step_grads_rc(m, f.pa, f.pb, 0, rc, &l0);
+    const int64_t chunks[5] = {1, B / 2 + 1, B, 0, 2};
+    for (int c = 0; c < 5; c++) {
+        double *g = step_grads_rc(c < 3 ? m : mc, f.pa, f.pb, chunks[c], rc, &l);
+        worst = fmax(worst, vec_rel(g, ref, n));
+        worst_loss = fmax(worst_loss, fabs(l - l0) / fabs(l0));
+        free(g);
+    }
+    double lz, le;
+    double *zero = step_grads_rc(f.m, f.pa, f.pb, 0, rc, &lz);
+    gc_dinov3_set_training(m, false);
+    double *ev = step_grads_rc(m, f.pa, f.pb, 1, rc, &le);
+    double e_zero = vec_rel(ref, zero, n), e_ev = vec_rel(ev, zero, n);
+    printf("dinov3_reg4 drop_path 0.3: chunks and checkpointing vs none %.2e (loss %.2e); vs rate 0 %.2e, "
+           "eval vs rate 0 %.2e\n", worst, worst_loss, e_zero, e_ev);
+    ck_assert_msg(worst < same_tol() && worst_loss < same_tol(), "chunked gradients differ by %.3g (loss %.3g)", worst,
+                  worst_loss);
+    ck_assert_msg(e_zero > diff_tol(), "drop_path changed nothing (%.3g)", e_zero);
+    ck_assert_msg(e_ev < same_tol() && fabs(le - lz) < same_tol() * fabs(lz), "eval mode still drops paths (%.3g)",
+                  e_ev);
+    free(ref);
+    free(zero);
+    free(ev);
+    gc_dinov3_free(m);
+    gc_dinov3_free(mc);
+    fixture_close(&f);
+}
+END_TEST
+
+/* The masks themselves: sample b of a chunk at sample_offset s keeps layer i's attention
+ * (MLP) branch iff gc_rand_uniform(seed, step, (3 << 16 | i << 4) + 7 (+ 8), s + b, 0) >= p,
+ * scaled by 1/(1-p) after the layer scale: its output is that of the model without
+ * drop_path whose lambda1 are multiplied by 0 or 1/(1-p) accordingly. */
+START_TEST(test_drop_path_masks)
+{
+    const double p = 0.3;
+    fixture f;
+    fixture_open(&f, "dinov3_reg4", NULL);
+    gc_dinov3 *m = load_variant("dinov3_reg4", (train_opts){.drop_path = p}, false);
+    const gc_rand_context rc = {0xd00d, 2, 5};
+    int64_t B = f.pa->shape[0], layers = gc_dinov3_get_config(m)->layers;
+    bool prev = gc_grad_set_enabled(false);
+    gc_pool *pool = gc_pool_push();
+    gc_rand_context_set(rc);
+    gc_tensor *y = gc_dinov3_forward(m, f.pa);
+    ck_assert_msg(y != NULL, "%s", gc_error_message());
+    gc_params *ps = gc_dinov3_params(f.m);
+    int kept = 0, dropped = 0;
+    double worst = 0;
+    for (int64_t b = 0; b < B; b++) {
+        gc_tensor *saved[2 * 64];
+        for (int64_t i = 0; i < layers; i++)
+            for (int br = 0; br < 2; br++) {
+                char name[96];
+                snprintf(name, sizeof name, "layer.%lld.layer_scale%d.lambda1", (long long)i, br + 1);
+                gc_tensor *ls = gc_params_find(ps, name)->value;
+                int64_t D = gc_tensor_numel(ls);
+                float *h = malloc(sizeof(float) * (size_t)D);
+                ck_assert(gc_tensor_to_host_f32(ls, h) == GC_OK);
+                saved[2 * i + br] = gc_tensor_from_data(GC_F32, GC_CPU, 1, GC_SHAPE(D), h);
+                float u = gc_rand_uniform(rc.seed, rc.step, ((3u << 16) | ((uint32_t)i << 4)) + 7 + (uint32_t)br,
+                                          (uint32_t)(rc.sample_offset + b), 0);
+                bool keep = (double)u >= p;
+                keep ? kept++ : dropped++;
+                for (int64_t d = 0; d < D; d++) h[d] = keep ? h[d] * (float)(1.0 / (1.0 - p)) : 0.0f;
+                gc_tensor *hs = gc_tensor_from_data(GC_F32, GC_CPU, 1, GC_SHAPE(D), h);
+                ck_assert(hs && gc_tensor_copy_into(ls, hs, false) == GC_OK);
+                gc_tensor_release(hs);
+                free(h);
+            }
+        gc_tensor *yb = gc_dinov3_forward(f.m, gc_rows(f.pa, b, b + 1));
+        ck_assert_msg(yb != NULL, "%s", gc_error_message());
+        worst = fmax(worst, gc_test_rel_err(gc_rows(y, b, b + 1), yb));
+        for (int64_t i = 0; i < 2 * layers; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "layer.%lld.layer_scale%d.lambda1", (long long)(i / 2), (int)(i % 2) + 1);
+            ck_assert(gc_tensor_copy_into(gc_params_find(ps, name)->value, saved[i], false) == GC_OK);
+            gc_tensor_release(saved[i]);
+        }
+    }
+    gc_pool_pop(pool);
+    gc_grad_set_enabled(prev);
+    printf("dinov3_reg4 drop_path %.1f: %d branches kept, %d dropped; rows vs rescaled layer scales %.2e\n", p, kept,
+           dropped, worst);
+    ck_assert_msg(kept > 0 && dropped > 0, "pick a RandContext that keeps some branches and drops others");
+    ck_assert_msg(worst < same_tol(), "rows differ from the model with rescaled layer scales by %.3g", worst);
+    gc_dinov3_free(m);
+    fixture_close(&f);
+}
+END_TEST
+
 int main(void)
 {
     gc_dinov3_options o = test_options();
@@ -605,6 +905,10 @@ int main(void)
     tcase_add_loop_test(tc, test_save_reload, 0, N_CASES);
     tcase_add_test(tc, test_bad_checkpoints_are_named);
     tcase_add_test(tc, test_init_named);
+    tcase_add_loop_test(tc, test_rope_augmentation_chunk_invariant, 0, N_AUG_CASES);
+    tcase_add_loop_test(tc, test_rope_augmentation_math, 0, N_AUG_CASES);
+    tcase_add_test(tc, test_drop_path_chunk_invariant);
+    tcase_add_test(tc, test_drop_path_masks);
     suite_add_tcase(s, tc);
     return gc_test_run(s);
 }
