@@ -878,7 +878,9 @@ START_TEST(test_drop_path_masks)
     printf("dinov3_reg4 drop_path %.1f: %d branches kept, %d dropped; rows vs rescaled layer scales %.2e\n", p, kept,
            dropped, worst);
     ck_assert_msg(kept > 0 && dropped > 0, "pick a RandContext that keeps some branches and drops others");
-    ck_assert_msg(worst < same_tol(), "rows differ from the model with rescaled layer scales by %.3g", worst);
+    /* one row against the batch of four: the same sums on the CPU in f32; GEMM tiles may differ elsewhere */
+    double tol = same_tol() == 1e-6 ? 1e-6 : tolerance();
+    ck_assert_msg(worst < tol, "rows differ from the model with rescaled layer scales by %.3g", worst);
     gc_dinov3_free(m);
     fixture_close(&f);
 }
