@@ -151,9 +151,11 @@ typedef struct gc_loader_pos {
 typedef struct gc_batch {
     int n;                 /* rows: the batch size (less only for a kept last batch) */
     int size;              /* S */
-    float *pixels;         /* [n, 3, S, S], contiguous */
-    const char **captions; /* n captions, owned by the data set */
-    int64_t *indices;      /* n data set indices */
+    float *pixels;         /* [n, 3, S, S], contiguous: each sample's (first) image */
+    float *pixels_b;       /* [n, 3, S, S]: the second images (a source of 2 views), else NULL */
+    const char **captions; /* n captions, owned by the data set (NULL for a source without captions) */
+    int64_t *indices;      /* n sample indices */
+    int64_t *indices_b;    /* n data set indices of the second images (2 views), else NULL */
     gc_loader_pos pos;     /* this batch */
     gc_loader_pos next;    /* the batch after it: save this to resume */
     int64_t skipped;       /* samples skipped while filling this batch */
@@ -185,12 +187,41 @@ typedef struct gc_loader_report {
 
 /* Batches are produced in the background by opts->workers threads (decode + transform)
  * and an assembler thread (order, skipping, normalisation) into prefetch+1 buffers
- * of B*3*S*S floats. A sample that cannot be read or decoded is skipped and the batch
- * filled from the following samples; which samples are skipped, and so every batch,
- * depends only on the data, the seed and the start position, never on thread timing.
- * The data set must outlive the loader. */
+ * of B*3*S*S floats (per view). A sample that cannot be read or decoded is skipped and
+ * the batch filled from the following samples; which samples are skipped, and so every
+ * batch, depends only on the data, the seed and the start position, never on thread
+ * timing. The data set must outlive the loader. */
 typedef struct gc_loader gc_loader;
 gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts);
+
+/* What a worker makes of one sample: one or two S x S images (transformed, not yet
+ * normalised: the assembler normalises them with opts->pre) and, with two, the data set
+ * index the second came from. */
+typedef struct gc_loader_sample {
+    gc_image view[2];
+    int64_t index_b;
+} gc_loader_sample;
+
+/* Any list of samples (gc_loader_new's is a data set's images and captions). */
+typedef struct gc_loader_source {
+    int64_t n;             /* samples per epoch */
+    int views;             /* images per sample: 1 or 2 */
+    /* Called from the worker threads at once: fills out->view[0 .. views) for sample
+     * `index` of `epoch` with o->pre; its random draws must depend only on (o->seed,
+     * epoch, index), never on the thread. An error (message set, naming the file) skips
+     * the sample; the loader frees what it left in out. */
+    gc_status (*produce)(void *user, const gc_loader_opts *o, int64_t index, int64_t epoch, gc_loader_sample *out);
+    const char *(*caption)(void *user, int64_t index); /* NULL: batches without captions */
+    void *user;
+    const char *noun;      /* a sample in messages: "sample" (NULL) or e.g. "pair" */
+} gc_loader_source;
+/* The loader over a source (copied; user must outlive the loader). */
+gc_loader *gc_loader_new_source(const gc_loader_source *src, const gc_loader_opts *opts);
+/* A producer's usual step: image i of ds, transformed by o->pre with the draws of
+ * (o->seed, epoch, sample). */
+gc_status gc_loader_load_view(const gc_dataset *ds, int64_t i, const gc_loader_opts *o, int64_t epoch, uint64_t sample,
+                              gc_image *out);
+
 /* The next batch, valid until the following call or gc_loader_free; *out = NULL at the
  * end (opts->epochs). Errors (e.g. an epoch without a single full batch) are sticky. */
 gc_status gc_loader_next(gc_loader *l, const gc_batch **out);

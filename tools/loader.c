@@ -1,14 +1,15 @@
 /* The threaded batch loader (tools/gc_data.h).
  *
  * Pipeline: the epochs' sample orders form one stream of positions q = 0, 1, ...
- * (q = 0 is the start position). Workers take positions in order, decode and transform
- * the sample into slot q % W of a ring of W slots, and may run at most W positions
- * ahead of the assembler. The assembler walks the slots strictly in stream order: a
- * good sample becomes the next row of the batch being filled (normalised into it), a
- * bad one is counted and skipped. Since each position's outcome depends only on the
- * sample (and the (seed, epoch, sample) augmentation draws), batches do not depend on
- * the number of workers or on timing. Filled batches wait in a FIFO of at most
- * `prefetch` buffers; the consumer holds one more. */
+ * (q = 0 is the start position). Workers take positions in order and have the source
+ * produce the sample (decode and transform its one or two images: a data set's image,
+ * or the DINOv3 trainer's pair) into slot q % W of a ring of W slots, and may run at
+ * most W positions ahead of the assembler. The assembler walks the slots strictly in
+ * stream order: a good sample becomes the next row of the batch being filled
+ * (normalised into it), a bad one is counted and skipped. Since each position's outcome
+ * depends only on the sample (and the (seed, epoch, sample) augmentation draws), batches
+ * do not depend on the number of workers or on timing. Filled batches wait in a FIFO of
+ * at most `prefetch` buffers; the consumer holds one more. */
 #include "gc_data.h"
 
 #include <pthread.h>
@@ -23,8 +24,8 @@ enum { SLOT_FREE, SLOT_BUSY, SLOT_DONE };
 typedef struct slot {
     int state;
     int64_t q, index;
-    uint32_t epoch;
-    gc_image im;    /* S x S, transformed; empty if failed */
+    int ok;              /* produced; else skipped for `reason` */
+    gc_loader_sample smp; /* the views, S x S, transformed; empty if failed */
     char reason[256];
 } slot;
 
@@ -35,7 +36,7 @@ typedef struct batch_buf {
 } batch_buf;
 
 struct gc_loader {
-    const gc_dataset *ds;
+    gc_loader_source src;
     gc_loader_opts o;
     int64_t N, B, S;
     int64_t g0;        /* global stream index of q = 0: epoch * N + cursor */
@@ -100,6 +101,30 @@ void gc_loader_permutation(uint64_t seed, int64_t epoch, int64_t n, int64_t *out
 
 int64_t gc_loader_batches_per_epoch(const gc_loader *l) { return l ? l->N / l->B : 0; }
 
+static void sample_free(gc_loader_sample *smp)
+{
+    gc_image_free(&smp->view[0]);
+    gc_image_free(&smp->view[1]);
+}
+
+gc_status gc_loader_load_view(const gc_dataset *ds, int64_t i, const gc_loader_opts *o, int64_t epoch, uint64_t sample,
+                              gc_image *out)
+{
+    gc_image im = {0};
+    gc_status st = gc_dataset_load_image(ds, i, &im);
+    if (st == GC_OK) st = gc_image_transform(&im, &o->pre, o->seed, (uint32_t)epoch, sample, out);
+    gc_image_free(&im);
+    return st;
+}
+
+/* gc_loader_new's source: a data set's image i with the draws of (seed, epoch, i), and its caption */
+static gc_status dataset_produce(void *ds, const gc_loader_opts *o, int64_t index, int64_t epoch, gc_loader_sample *out)
+{
+    return gc_loader_load_view(ds, index, o, epoch, (uint64_t)index, &out->view[0]);
+}
+
+static const char *dataset_caption(void *ds, int64_t index) { return gc_dataset_caption(ds, index); }
+
 /* ---------------------------------------------------------------- workers */
 
 static void *worker_main(void *arg)
@@ -121,21 +146,20 @@ static void *worker_main(void *arg)
         s->state = SLOT_BUSY;
         s->q = q;
         s->index = index;
-        s->epoch = (uint32_t)epoch;
         pthread_mutex_unlock(&l->mu);
 
-        gc_image im = {0}, out = {0};
+        gc_loader_sample smp = {{{0}, {0}}, index};
         gc_error_clear();
-        gc_status st = gc_dataset_load_image(l->ds, index, &im);
-        if (st == GC_OK) st = gc_image_transform(&im, &l->o.pre, l->o.seed, (uint32_t)epoch, (uint64_t)index, &out);
-        gc_image_free(&im);
+        gc_status st = l->src.produce(l->src.user, &l->o, index, epoch, &smp);
         if (st != GC_OK) { /* the messages name the file (and tar member) */
-            snprintf(s->reason, sizeof s->reason, "sample %lld: %s", (long long)index, gc_error_message());
+            sample_free(&smp);
+            snprintf(s->reason, sizeof s->reason, "%s %lld: %s", l->src.noun, (long long)index, gc_error_message());
             gc_error_clear();
         }
 
         pthread_mutex_lock(&l->mu);
-        s->im = out;
+        s->ok = st == GC_OK;
+        s->smp = smp;
         s->state = SLOT_DONE;
         pthread_cond_broadcast(&l->cv_slot);
     }
@@ -197,17 +221,21 @@ static void *assembler_main(void *arg)
             while (!l->stop && !(s->state == SLOT_DONE && s->q == l->asm_q)) pthread_cond_wait(&l->cv_slot, &l->mu);
             if (l->stop) break;
             pthread_mutex_unlock(&l->mu);
-            if (s->im.rgb) {
-                gc_image_normalize(&s->im, &l->o.pre, b->pixels + rows * row);
+            if (s->ok) {
+                gc_image_normalize(&s->smp.view[0], &l->o.pre, b->pixels + rows * row);
                 b->indices[rows] = s->index;
-                b->captions[rows] = gc_dataset_caption(l->ds, s->index);
+                if (b->pixels_b) {
+                    gc_image_normalize(&s->smp.view[1], &l->o.pre, b->pixels_b + rows * row);
+                    b->indices_b[rows] = s->smp.index_b;
+                }
+                if (b->captions) b->captions[rows] = l->src.caption(l->src.user, s->index);
                 rows++;
                 epoch_good++;
             } else {
                 pend_skipped++;
                 if (pend_n < GC_LOADER_REASONS) snprintf(pend[pend_n++], sizeof pend[0], "%s", s->reason);
             }
-            gc_image_free(&s->im);
+            sample_free(&s->smp);
             pthread_mutex_lock(&l->mu);
             s->state = SLOT_FREE;
             l->asm_q++;
@@ -240,8 +268,8 @@ static void *assembler_main(void *arg)
         if (epoch_done && epoch_batches == 0 && b->pos.batch == 0 && b->pos.cursor == 0) {
             char msg[512];
             snprintf(msg, sizeof msg,
-                     "loader: epoch %lld gave no batch: %lld of %lld samples usable, batch size %lld%s%s",
-                     (long long)epoch, (long long)epoch_good, (long long)N, (long long)B,
+                     "loader: epoch %lld gave no batch: %lld of %lld %ss usable, batch size %lld%s%s",
+                     (long long)epoch, (long long)epoch_good, (long long)N, l->src.noun, (long long)B,
                      pend_n ? "; first skip: " : "", pend_n ? pend[0] : "");
             set_error(l, GC_ERR_FORMAT, msg);
             break;
@@ -283,12 +311,14 @@ void gc_loader_free(gc_loader *l)
     pthread_cond_destroy(&l->cv_free);
     pthread_cond_destroy(&l->cv_ready);
     if (l->slots)
-        for (int i = 0; i < l->W; i++) gc_image_free(&l->slots[i].im);
+        for (int i = 0; i < l->W; i++) sample_free(&l->slots[i].smp);
     if (l->bufs)
         for (int i = 0; i < l->n_bufs; i++) {
             free(l->bufs[i].b.pixels);
+            free(l->bufs[i].b.pixels_b);
             free(l->bufs[i].b.captions);
             free(l->bufs[i].b.indices);
+            free(l->bufs[i].b.indices_b);
         }
     free(l->bufs);
     free(l->free_list);
@@ -301,12 +331,24 @@ void gc_loader_free(gc_loader *l)
 
 gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts)
 {
-    if (!ds || !opts) {
-        gc_error_set(GC_ERR_INVALID, "loader: no data set or options");
+    if (!ds) {
+        gc_error_set(GC_ERR_INVALID, "loader: no data set");
+        return NULL;
+    }
+    gc_loader_source src = {.n = gc_dataset_size(ds), .views = 1, .produce = dataset_produce,
+                            .caption = dataset_caption, .user = (void *)ds};
+    return gc_loader_new_source(&src, opts);
+}
+
+gc_loader *gc_loader_new_source(const gc_loader_source *src, const gc_loader_opts *opts)
+{
+    if (!src || !opts || !src->produce || src->views < 1 || src->views > 2) {
+        gc_error_set(GC_ERR_INVALID, "loader: no source (1 or 2 views and a producer) or options");
         return NULL;
     }
     const gc_loader_opts *o = opts;
-    int64_t N = gc_dataset_size(ds);
+    const char *noun = src->noun ? src->noun : "sample";
+    int64_t N = src->n;
     if (o->batch_size <= 0 || o->workers <= 0 || o->workers > 1024 || o->prefetch <= 0 || o->prefetch > 64 ||
         o->pre.size <= 0 || o->epochs < 0) {
         gc_error_set(GC_ERR_INVALID,
@@ -319,8 +361,8 @@ gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts)
         return NULL;
     }
     if (N < o->batch_size && !o->keep_last) {
-        gc_error_set(GC_ERR_INVALID, "loader: the data set has %lld samples, fewer than the batch size %d",
-                     (long long)N, o->batch_size);
+        gc_error_set(GC_ERR_INVALID, "loader: the data set has %lld %ss, fewer than the batch size %d",
+                     (long long)N, noun, o->batch_size);
         return NULL;
     }
     for (int c = 0; c < 3; c++)
@@ -332,8 +374,8 @@ gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts)
     if (st.cursor < 0) st.cursor = st.batch * o->batch_size;
     if (st.epoch < 0 || st.batch < 0 || st.cursor > N) {
         gc_error_set(GC_ERR_INVALID,
-                     "loader: bad start position (epoch %lld, batch %lld, cursor %lld) for %lld samples",
-                     (long long)st.epoch, (long long)st.batch, (long long)st.cursor, (long long)N);
+                     "loader: bad start position (epoch %lld, batch %lld, cursor %lld) for %lld %ss",
+                     (long long)st.epoch, (long long)st.batch, (long long)st.cursor, (long long)N, noun);
         return NULL;
     }
     if (st.cursor == N) st = (gc_loader_pos){st.epoch + 1, 0, 0};
@@ -343,7 +385,8 @@ gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts)
         gc_error_set(GC_ERR_OOM, "loader: out of memory");
         return NULL;
     }
-    l->ds = ds;
+    l->src = *src;
+    l->src.noun = noun;
     l->o = *o;
     l->o.start = st;
     l->N = N;
@@ -372,14 +415,22 @@ gc_loader *gc_loader_new(const gc_dataset *ds, const gc_loader_opts *opts)
         gc_batch *b = &l->bufs[i].b;
         b->size = (int)l->S;
         b->pixels = malloc(sizeof(float) * px);
-        b->captions = calloc((size_t)l->B, sizeof(char *));
         b->indices = calloc((size_t)l->B, sizeof(int64_t));
-        oom = !b->pixels || !b->captions || !b->indices;
+        oom = !b->pixels || !b->indices;
+        if (src->views == 2) {
+            b->pixels_b = malloc(sizeof(float) * px);
+            b->indices_b = calloc((size_t)l->B, sizeof(int64_t));
+            oom |= !b->pixels_b || !b->indices_b;
+        }
+        if (src->caption) {
+            b->captions = calloc((size_t)l->B, sizeof(char *));
+            oom |= !b->captions;
+        }
         l->free_list[l->n_free++] = i;
     }
     if (oom) {
-        gc_error_set(GC_ERR_OOM, "loader: out of memory for %d batches of %lld x 3 x %lld x %lld floats", l->n_bufs,
-                     (long long)l->B, (long long)l->S, (long long)l->S);
+        gc_error_set(GC_ERR_OOM, "loader: out of memory for %d batches of %d x %lld x 3 x %lld x %lld floats", l->n_bufs,
+                     src->views, (long long)l->B, (long long)l->S, (long long)l->S);
         gc_loader_free(l);
         return NULL;
     }

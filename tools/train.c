@@ -7,20 +7,14 @@
  * layout, with use_lora its adapters in PEFT layout beside it, optimizer state, data
  * position). A run resumed from a checkpoint continues
  * exactly where the saved run was: same data order, same random numbers, same losses. */
-#include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "../autograd/gc_optim.h"
 #include "../gradcache/gc_clip_task.h"
-#include "../models/gc_json.h"
 #include "../models/gc_lora.h"
 #include "../models/gc_tokenizer.h"
 #include "gc_cli.h"
@@ -42,39 +36,8 @@ typedef struct trainer {
     bool opt_ready;
     int64_t step, total_steps, steps_per_epoch, ctx_len, pad_id;
     gc_loader_pos next;      /* where the data continues after the last step */
-    FILE *metrics;
-    bool tty;
-    /* history for the plot */
-    double *loss_x, *loss_y, *ev_x, *ev_i2t, *ev_t2i;
-    int n_loss, n_ev, cap_loss, cap_ev;
+    gc_train_log log;        /* metrics.jsonl, progress, the plot's history */
 } trainer;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static bool is_dir(const char *p)
-{
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static bool exists(const char *p)
-{
-    struct stat sb;
-    return stat(p, &sb) == 0;
-}
-
-static void dirname_of(const char *path, char *out, size_t n)
-{
-    snprintf(out, n, "%s", path);
-    char *s = strrchr(out, '/');
-    if (s) *s = 0;
-    else snprintf(out, n, ".");
-}
 
 /* ---------------------------------------------------------------- set-up */
 
@@ -90,12 +53,12 @@ static gc_status make_synthetic(trainer *t)
     int S = (int)gc_clip_get_config(t->model)->vision.image_size;
     char dir[GC_CFG_STR];
     if (c->synthetic_train > 0) {
-        dirname_of(c->train_data, dir, sizeof dir);
+        gc_path_dirname(c->train_data, dir, sizeof dir);
         GC_TRY(gc_mkdirs(dir));
         GC_TRY(gc_synth_make(dir, c->synthetic_train, S, c->seed));
     }
     if (c->synthetic_val > 0 && *c->val_data) {
-        dirname_of(c->val_data, dir, sizeof dir);
+        gc_path_dirname(c->val_data, dir, sizeof dir);
         GC_TRY(gc_mkdirs(dir));
         GC_TRY(gc_synth_make(dir, c->synthetic_val, S, c->seed + 1000003));
     }
@@ -115,7 +78,7 @@ static gc_status open_model(trainer *t)
         o.lora_targets = t->lora.targets;
     }
     gc_clip_config mc;
-    if (is_dir(c->model)) return gc_clip_load(&t->model, c->model, &o);
+    if (gc_path_is_dir(c->model)) return gc_clip_load(&t->model, c->model, &o);
     if (gc_clip_config_named(c->model, &mc) != GC_OK) {
         gc_error_clear();
         return gc_error_set(GC_ERR_INVALID, "%s: model: '%s' is neither a checkpoint directory nor a known architecture "
@@ -129,7 +92,7 @@ static gc_status open_tokenizer(trainer *t)
     const char *dir = *t->cfg.tokenizer ? t->cfg.tokenizer : t->cfg.model;
     char vocab[GC_CFG_STR + 16];
     snprintf(vocab, sizeof vocab, "%s/vocab.json", dir);
-    if (!exists(vocab))
+    if (!gc_path_exists(vocab))
         return gc_error_set(GC_ERR_INVALID, "%s: tokenizer: no vocab.json in '%s' (set tokenizer: to a directory with "
                             "vocab.json and merges.txt)", t->cfg_path, dir);
     GC_TRY(gc_tokenizer_load(dir, NULL, &t->tok));
@@ -163,71 +126,22 @@ static gc_tensor *tokenize(trainer *t, const char *const *caps, int n)
 
 static gc_status save_checkpoint(trainer *t)
 {
-    char dst[GC_CFG_STR + 64], tmp[GC_CFG_STR + 80], path[GC_CFG_STR + 128];
-    snprintf(dst, sizeof dst, "%s/checkpoint-%lld", t->cfg.output_dir, (long long)t->step);
-    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
-    if (exists(tmp)) {
-        snprintf(path, sizeof path, "rm -rf '%s'", tmp);
-        if (system(path)) return gc_error_set(GC_ERR_IO, "%s: cannot remove a stale temporary", tmp);
-    }
-    GC_TRY(gc_mkdirs(tmp));
+    char tmp[GC_CFG_STR + 80];
+    GC_TRY(gc_checkpoint_begin(t->cfg.output_dir, t->step, tmp, sizeof tmp));
     GC_TRY(gc_clip_save(t->model, tmp)); /* config.json + model.safetensors (HF layout), without the adapters */
-    if (t->cfg.use_lora) /* adapter_config.json + adapter_model.safetensors beside them (PEFT) */
-        GC_TRY(gc_lora_save_peft(gc_clip_params(t->model), &t->lora, is_dir(t->cfg.model) ? t->cfg.model : NULL, tmp));
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-    GC_TRY(gc_adamw_save(&t->opt, path));
-    cJSON *st = cJSON_CreateObject();
-    cJSON_AddNumberToObject(st, "step", (double)t->step);
-    cJSON_AddNumberToObject(st, "data_epoch", (double)t->next.epoch);
-    cJSON_AddNumberToObject(st, "data_batch", (double)t->next.batch);
-    cJSON_AddNumberToObject(st, "data_cursor", (double)t->next.cursor);
-    cJSON_AddNumberToObject(st, "seed", (double)t->cfg.seed);
-    cJSON_AddNumberToObject(st, "total_steps", (double)t->total_steps);
-    snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
-    gc_status s = gc_json_save_file(path, st);
-    cJSON_Delete(st);
-    GC_TRY(s);
-    char *yaml = gc_train_config_to_yaml(&t->cfg);
-    snprintf(path, sizeof path, "%s/train_config.yaml", tmp);
-    s = yaml ? gc_write_text(path, yaml) : gc_error_set(GC_ERR_OOM, "out of host memory");
-    free(yaml);
-    GC_TRY(s);
-    GC_TRY(gc_dir_commit(tmp, dst));
-    /* `latest` names the newest complete checkpoint; written last, atomically */
-    snprintf(path, sizeof path, "%s/latest", t->cfg.output_dir);
-    char name[96];
-    snprintf(name, sizeof name, "checkpoint-%lld\n", (long long)t->step);
-    return gc_write_text(path, name);
+    return gc_checkpoint_finish(tmp, &t->cfg, &t->opt, &t->lora, t->step,
+                                gc_trainer_state_new(&t->cfg, t->step, t->total_steps, t->next));
 }
 
 /* DIR is a checkpoint, or an output_dir whose `latest` names one. */
 static gc_status load_checkpoint(trainer *t, const char *dir)
 {
-    char ck[GC_CFG_STR * 2], path[GC_CFG_STR * 2 + 64];
-    GC_TRY(gc_checkpoint_resolve(dir, ck, sizeof ck));
-    snprintf(path, sizeof path, "%s/trainer_state.json", ck);
-    cJSON *st = NULL;
-    GC_TRY(gc_json_load_file(path, &st));
-    int64_t v[4];
-    gc_status s = GC_OK;
-    const char *keys[4] = {"step", "data_epoch", "data_batch", "data_cursor"};
-    for (int i = 0; i < 4 && s == GC_OK; i++) s = gc_json_get_int(st, keys[i], 0, true, &v[i], path);
+    char ck[GC_CFG_STR * 2];
+    cJSON *st;
+    GC_TRY(gc_checkpoint_read_state(dir, ck, sizeof ck, &t->step, &t->next, &st));
     cJSON_Delete(st);
-    GC_TRY(s);
-    t->step = v[0];
-    t->next = (gc_loader_pos){v[1], v[2], v[3]};
-    gc_params *ps = gc_clip_params(t->model);
     static const char *const ignore[] = {"position_ids", NULL};
-    GC_TRY(gc_params_load(ps, ck, ignore, t->cfg.use_lora ? ".lora_" : NULL));
-    if (t->cfg.use_lora) GC_TRY(gc_lora_load_peft(ps, &t->lora, ck)); /* the adapters, from the PEFT files */
-    GC_TRY(gc_params_sync_values(ps));
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", ck);
-    GC_TRY(gc_adamw_load(&t->opt, path));
-    if (t->opt.step != t->step)
-        return gc_error_set(GC_ERR_FORMAT, "%s: optimizer step %lld does not match the trainer's step %lld", ck,
-                            (long long)t->opt.step, (long long)t->step);
-    printf("resumed from %s at step %lld\n", ck, (long long)t->step);
-    return GC_OK;
+    return gc_checkpoint_load_weights(ck, &t->cfg, &t->opt, &t->lora, ignore, t->step);
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -236,12 +150,7 @@ static gc_status evaluate(trainer *t, double r[6])
 {
     int64_t N = gc_dataset_size(t->val);
     int S = (int)gc_clip_get_config(t->model)->vision.image_size;
-    int B = (int)(t->cfg.batch_size < N ? t->cfg.batch_size : N);
-    gc_loader_opts lo = gc_loader_opts_default(B, S);
-    lo.workers = (int)(t->cfg.workers > 0 ? t->cfg.workers : 1);
-    lo.shuffle = false;
-    lo.keep_last = true;
-    lo.epochs = 1;
+    gc_loader_opts lo = gc_eval_loader_opts(&t->cfg, S, N);
     gc_loader *l = gc_loader_new(t->val, &lo);
     if (!l) return GC_PENDING();
     gc_clip_set_training(t->model, false);
@@ -287,42 +196,16 @@ static gc_status evaluate(trainer *t, double r[6])
 
 /* ---------------------------------------------------------------- logging */
 
-static void push(double **x, double **y, int *n, int *cap, double a, double b, double **z, double c)
-{
-    if (*n == *cap) {
-        *cap = *cap ? *cap * 2 : 256;
-        *x = realloc(*x, sizeof(double) * (size_t)*cap);
-        *y = realloc(*y, sizeof(double) * (size_t)*cap);
-        if (z) *z = realloc(*z, sizeof(double) * (size_t)*cap);
-    }
-    (*x)[*n] = a;
-    (*y)[*n] = b;
-    if (z) (*z)[*n] = c;
-    (*n)++;
-}
-
 static void log_eval(trainer *t, const double r[6])
 {
-    fprintf(t->metrics,
+    fprintf(t->log.metrics,
             "{\"step\": %lld, \"i2t_recall@1\": %.6f, \"i2t_recall@5\": %.6f, \"i2t_recall@10\": %.6f, "
             "\"t2i_recall@1\": %.6f, \"t2i_recall@5\": %.6f, \"t2i_recall@10\": %.6f}\n",
             (long long)t->step, r[0], r[1], r[2], r[3], r[4], r[5]);
-    fflush(t->metrics);
+    fflush(t->log.metrics);
     printf("%sstep %lld  eval  image->text R@1 %.3f R@5 %.3f R@10 %.3f | text->image R@1 %.3f R@5 %.3f R@10 %.3f\n",
-           t->tty ? "\r\033[K" : "", (long long)t->step, r[0], r[1], r[2], r[3], r[4], r[5]);
-    push(&t->ev_x, &t->ev_i2t, &t->n_ev, &t->cap_ev, (double)t->step, r[0], &t->ev_t2i, r[3]);
-}
-
-static void write_plot(trainer *t)
-{
-    char path[GC_CFG_STR + 32];
-    snprintf(path, sizeof path, "%s/training.svg", t->cfg.output_dir);
-    gc_series loss = {"loss", t->loss_x, t->loss_y, t->n_loss};
-    gc_series ev[2] = {{"image->text R@1", t->ev_x, t->ev_i2t, t->n_ev}, {"text->image R@1", t->ev_x, t->ev_t2i, t->n_ev}};
-    if (gc_svg_plot(path, "gcache train", &loss, 1, "loss", ev, t->n_ev ? 2 : 0, "recall@1") != GC_OK) {
-        fprintf(stderr, "gcache: warning: %s\n", gc_error_message());
-        gc_error_clear();
-    }
+           gc_train_log_eol(&t->log), (long long)t->step, r[0], r[1], r[2], r[3], r[4], r[5]);
+    gc_train_log_eval(&t->log, t->step, r[0], r[3]);
 }
 
 /* ---------------------------------------------------------------- the loop */
@@ -343,31 +226,19 @@ static gc_status train(trainer *t, const char *resume)
     GC_TRY(gc_adamw_init(&t->opt, gc_clip_params(t->model), &ac));
     t->opt_ready = true;
     GC_TRY(gc_mkdirs(c->output_dir));
-    char mpath[GC_CFG_STR + 32];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->output_dir);
-    if (resume) {
-        GC_TRY(load_checkpoint(t, resume));
-        GC_TRY(gc_metrics_trim(mpath, t->step));
-    } else if (exists(mpath)) {
-        remove(mpath);
-    }
-    if (!(t->metrics = fopen(mpath, "a"))) return gc_error_set(GC_ERR_IO, "%s: cannot open for writing", mpath);
+    if (resume) GC_TRY(load_checkpoint(t, resume));
+    GC_TRY(gc_train_log_open(&t->log, c->output_dir, resume != NULL, t->step, "samples"));
     int S = (int)gc_clip_get_config(t->model)->vision.image_size;
-    gc_loader_opts lo = gc_loader_opts_default((int)c->batch_size, S);
-    lo.workers = (int)(c->workers > 0 ? c->workers : 1);
-    lo.seed = c->seed;
-    lo.start = resume ? t->next : (gc_loader_pos){0, 0, 0};
+    gc_loader_opts lo = gc_train_loader_opts(c, S, resume ? t->next : (gc_loader_pos){0, 0, 0});
     if (!(t->loader = gc_loader_new(t->train, &lo))) return GC_PENDING();
     t->steps_per_epoch = gc_loader_batches_per_epoch(t->loader);
     t->total_steps = c->max_steps > 0 ? c->max_steps : c->epochs * t->steps_per_epoch;
     int64_t chunk = c->use_gradient_cache ? c->gradient_cache_chunk_size : 0;
-    const char *kill_at = getenv("GC_TRAIN_KILL_AT_STEP"); /* tests: die here, as a crash would */
     printf("gcache train: %s on %s (%s), %lld trainable parameters, batch %lld%s, %lld steps (%lld per epoch)\n",
            c->model, gc_device_name(t->dev), c->mixed_precision, (long long)gc_params_count(gc_clip_params(t->model), true),
            (long long)c->batch_size, c->use_gradient_cache ? " with the gradient cache" : "", (long long)t->total_steps,
            (long long)t->steps_per_epoch);
-    double t_last = now_s(), t_start = t_last;
-    int64_t samples_since = 0, step0 = t->step;
+    gc_train_log_start(&t->log, t->step, t->total_steps, c->log_every);
     while (t->step < t->total_steps) {
         const gc_batch *b;
         GC_TRY(gc_loader_next(t->loader, &b));
@@ -390,66 +261,38 @@ static gc_status train(trainer *t, const char *resume)
         GC_TRY(st);
         t->step++;
         t->next = b->next;
-        samples_since += b->n;
-        push(&t->loss_x, &t->loss_y, &t->n_loss, &t->cap_loss, (double)t->step, res.loss, NULL, 0);
-        if (t->step % c->log_every == 0 || t->step == t->total_steps) {
-            double now = now_s(), sps = samples_since / fmax(now - t_last, 1e-9);
-            double gn = 0;
-            gc_adamw_last_norm(&t->opt, &gn);
-            gc_memory_stats ms = gc_memory_stats_get(t->dev);
-            fprintf(t->metrics,
-                    "{\"step\": %lld, \"epoch\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                    "\"samples_per_s\": %.2f, \"peak_memory_bytes\": %zu}\n",
-                    (long long)t->step, (long long)b->pos.epoch, res.loss, lr, gn, sps, ms.peak);
-            fflush(t->metrics);
-            double eta = (now - t_start) / (double)(t->step - step0) * (double)(t->total_steps - t->step);
-            if (t->tty)
-                printf("\r\033[K[%lld/%lld] loss %.4f | lr %.2e | %.1f samples/s | mem %.0f MiB | ETA %02d:%02d",
-                       (long long)t->step, (long long)t->total_steps, res.loss, lr, sps, (double)ms.peak / (1 << 20),
-                       (int)(eta / 60), (int)fmod(eta, 60));
-            else
-                printf("step %lld/%lld  loss %.4f  lr %.2e  %.1f samples/s  peak %.0f MiB  eta %.0fs\n",
-                       (long long)t->step, (long long)t->total_steps, res.loss, lr, sps, (double)ms.peak / (1 << 20), eta);
-            fflush(stdout);
-            t_last = now;
-            samples_since = 0;
-        }
-        if (t->val && c->eval_every > 0 && t->step % c->eval_every == 0 && t->step != t->total_steps) {
+        gc_train_log_step(&t->log, t->step, b->pos.epoch, b->n, res.loss, lr, &t->opt, t->dev);
+        if (t->val && gc_train_due(t->step, c->eval_every, t->total_steps)) {
             double r[6];
             GC_TRY(evaluate(t, r));
             log_eval(t, r);
         }
-        if (c->save_every > 0 && t->step % c->save_every == 0 && t->step != t->total_steps) GC_TRY(save_checkpoint(t));
-        if (kill_at && t->step == atoll(kill_at)) raise(SIGKILL);
+        if (gc_train_due(t->step, c->save_every, t->total_steps)) GC_TRY(save_checkpoint(t));
+        gc_train_test_kill(t->step);
     }
-    if (t->tty) printf("\n");
+    if (t->log.tty) printf("\n");
     if (t->val) {
         double r[6];
         GC_TRY(evaluate(t, r));
         log_eval(t, r);
     }
     GC_TRY(save_checkpoint(t));
-    write_plot(t);
     gc_loader_report rep;
     gc_loader_report_get(t->loader, &rep);
-    if (rep.skipped) {
-        printf("skipped %lld unreadable images; first: %s\n", (long long)rep.skipped, rep.reasons[0]);
-    }
-    printf("done: %lld steps; %s/checkpoint-%lld, %s/metrics.jsonl, %s/training.svg\n", (long long)t->step,
-           c->output_dir, (long long)t->step, c->output_dir, c->output_dir);
+    if (rep.skipped) printf("skipped %lld unreadable images; first: %s\n", (long long)rep.skipped, rep.reasons[0]);
+    gc_train_log_finish(&t->log, c->output_dir, t->step, "gcache train", "image->text R@1", "text->image R@1");
     return GC_OK;
 }
 
 static void trainer_free(trainer *t)
 {
     if (t->loader) gc_loader_free(t->loader);
-    if (t->metrics) fclose(t->metrics);
+    gc_train_log_free(&t->log);
     if (t->opt_ready) gc_adamw_free(&t->opt);
     gc_dataset_free(t->train);
     gc_dataset_free(t->val);
     gc_tokenizer_free(t->tok);
     gc_clip_free(t->model);
-    free(t->loss_x); free(t->loss_y); free(t->ev_x); free(t->ev_i2t); free(t->ev_t2i);
 }
 
 int gc_cli_train(int argc, char **argv)
@@ -474,7 +317,7 @@ int gc_cli_train(int argc, char **argv)
         if (strchr(argv[i], '=') && (i == 0 || strcmp(argv[i - 1], "--resume")) && gc_train_config_set(&t.cfg, argv[i]) != GC_OK)
             return gc_cli_fail_status(NULL);
     if (gc_train_config_validate(&t.cfg, t.cfg_path) != GC_OK) return gc_cli_fail_status(NULL);
-    if (resume && !exists(resume)) return gc_cli_fail("--resume %s: no such directory", resume);
+    if (resume && !gc_path_exists(resume)) return gc_cli_fail("--resume %s: no such directory", resume);
     if (gc_train_pairs_wanted(&t.cfg)) { /* DINOv3: image pairs */
         static const char *const clip_only[] = {"tokenizer", "csv_caption_key", NULL};
         gc_train_config_warn_unused(&t.cfg, clip_only, "DINOv3 image-pair", t.cfg_path);
@@ -482,12 +325,7 @@ int gc_cli_train(int argc, char **argv)
     }
     static const char *const pairs_only[] = {"temperature", "pair_format", "csv_img_b_key", "csv_label_key", "pool", "augment", NULL};
     gc_train_config_warn_unused(&t.cfg, pairs_only, "CLIP image-caption", t.cfg_path);
-    if (gc_device_parse(t.cfg.device, &t.dev) != GC_OK) return gc_cli_fail_status(t.cfg_path);
-    if (t.dev.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
-        gc_error_clear();
-        return gc_cli_fail("%s: device cuda: no usable CUDA device here (set device: cpu)", t.cfg_path);
-    }
-    t.tty = isatty(STDOUT_FILENO);
+    if (gc_train_device(&t.cfg, t.cfg_path, &t.dev) != GC_OK) return gc_cli_fail_status(NULL);
     int rc = train(&t, resume) == GC_OK ? 0 : gc_cli_fail_status(NULL);
     trainer_free(&t);
     return rc;

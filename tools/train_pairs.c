@@ -39,15 +39,10 @@
 
 #include <ctype.h>
 #include <math.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
@@ -65,36 +60,9 @@
 #define AUG_HFLIP 0.5f
 #define AUG_JITTER 0.3f
 
-static bool is_dir(const char *p)
-{
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static bool exists(const char *p)
-{
-    struct stat sb;
-    return stat(p, &sb) == 0;
-}
-
-static void dirname_of(const char *path, char *out, size_t n)
-{
-    snprintf(out, n, "%s", path);
-    char *s = strrchr(out, '/');
-    if (s) *s = 0;
-    else snprintf(out, n, ".");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 bool gc_train_pairs_wanted(const gc_train_config *c)
 {
-    if (!is_dir(c->model)) return strcasestr(c->model, "dinov3") != NULL; /* a name, or a missing DINOv3 directory */
+    if (!gc_path_is_dir(c->model)) return strcasestr(c->model, "dinov3") != NULL; /* a name, or a missing DINOv3 directory */
     char path[GC_CFG_STR + 16];
     snprintf(path, sizeof path, "%s/config.json", c->model);
     cJSON *j = NULL;
@@ -235,389 +203,23 @@ static int64_t pair_positive(const pair_set *p, uint64_t seed, int64_t epoch, in
 
 /* ================================================================ pair loader */
 
-/* gc_loader's pipeline (tools/loader.c) for pairs: the epochs' orders form one stream
- * of positions; workers decode and transform both images of position q into slot
- * q % W, at most W positions ahead of the assembler, which walks the slots in stream
- * order, normalises good pairs into the next rows of the batch and skips bad ones. A
- * pair's outcome depends only on its images and the (seed, epoch, sample) draws, so
- * batches do not depend on the number of workers or on timing. */
-
-enum { SLOT_FREE, SLOT_BUSY, SLOT_DONE };
-
-typedef struct pslot {
-    int state;
-    int64_t q, index, index_b;
-    gc_image im[2];  /* S x S, transformed; empty if the pair failed */
-    char reason[256];
-} pslot;
-
-typedef struct pair_batch {
-    int n, size;
-    float *a, *b;             /* [n, 3, S, S] each */
-    int64_t *index, *index_b; /* the pair's sample; the second image's sample (labels; = index for pairs) */
-    gc_loader_pos pos, next;
-    int64_t skipped;          /* pairs dropped while filling this batch */
-} pair_batch;
-
-typedef struct pbuf {
-    pair_batch b;
-    int n_reasons;
-    char reasons[GC_LOADER_REASONS][256];
-} pbuf;
-
-typedef struct pair_loader {
-    const pair_set *ps;
-    gc_loader_opts o;
-    int64_t N, B, S, g0, q_end;
-    pthread_mutex_t mu;
-    pthread_cond_t cv_work, cv_slot, cv_free, cv_ready;
-    int stop;
-    int64_t next_q, perm_epoch, *perm;
-    pslot *slots;
-    int W;
-    pthread_t *threads;
-    int n_threads;
-    int64_t asm_q;
-    pthread_t asm_thread;
-    int asm_started;
-    pbuf *bufs;
-    int n_bufs, *free_list, n_free, *ready, ready_head, ready_n;
-    int finished;
-    gc_status err;
-    char err_msg[512];
-    int held;
-    gc_loader_report rep;
-} pair_loader;
-
-static gc_status load_view(const pair_loader *l, const gc_dataset *ds, int64_t idx, uint32_t epoch, uint64_t sample,
-                           gc_image *out)
+/* gc_loader over the pairs (tools/loader.c): sample i's views are image i of column a
+ * (draws of (seed, epoch, 2i)) and its partner (draws of (seed, epoch, 2i + 1)); a pair
+ * one of whose images fails is skipped as a whole. */
+static gc_status pair_produce(void *user, const gc_loader_opts *o, int64_t i, int64_t epoch, gc_loader_sample *out)
 {
-    gc_image im = {0};
-    gc_status st = gc_dataset_load_image(ds, idx, &im);
-    if (st == GC_OK) st = gc_image_transform(&im, &l->o.pre, l->o.seed, epoch, sample, out);
-    gc_image_free(&im);
+    const pair_set *ps = user;
+    int64_t j = ps->labels ? pair_positive(ps, o->seed, epoch, i) : i;
+    out->index_b = j;
+    gc_status st = gc_loader_load_view(ps->a, i, o, epoch, 2 * (uint64_t)i, &out->view[0]);
+    if (st == GC_OK) st = gc_loader_load_view(ps->labels ? ps->a : ps->b, j, o, epoch, 2 * (uint64_t)i + 1, &out->view[1]);
     return st;
 }
 
-static void *pl_worker(void *arg)
+static gc_loader *pair_loader_new(const pair_set *ps, const gc_loader_opts *o)
 {
-    pair_loader *l = arg;
-    pthread_mutex_lock(&l->mu);
-    for (;;) {
-        while (!l->stop && (l->next_q >= l->q_end || l->next_q >= l->asm_q + l->W)) pthread_cond_wait(&l->cv_work, &l->mu);
-        if (l->stop) break;
-        int64_t q = l->next_q++;
-        int64_t g = l->g0 + q, epoch = g / l->N, cursor = g % l->N;
-        if (l->o.shuffle && l->perm_epoch != epoch) { /* positions are handed out in order: one epoch at a time */
-            gc_loader_permutation(l->o.seed, epoch, l->N, l->perm);
-            l->perm_epoch = epoch;
-        }
-        int64_t i = l->o.shuffle ? l->perm[cursor] : cursor;
-        pslot *s = &l->slots[q % l->W];
-        s->state = SLOT_BUSY;
-        s->q = q;
-        s->index = i;
-        pthread_mutex_unlock(&l->mu);
-
-        const pair_set *ps = l->ps;
-        int64_t j = ps->labels ? pair_positive(ps, l->o.seed, epoch, i) : i;
-        gc_image v[2] = {{0}, {0}};
-        gc_error_clear();
-        gc_status st = load_view(l, ps->a, i, (uint32_t)epoch, 2 * (uint64_t)i, &v[0]);
-        if (st == GC_OK) st = load_view(l, ps->labels ? ps->a : ps->b, j, (uint32_t)epoch, 2 * (uint64_t)i + 1, &v[1]);
-        if (st != GC_OK) { /* the messages name the file */
-            gc_image_free(&v[0]);
-            gc_image_free(&v[1]);
-            snprintf(s->reason, sizeof s->reason, "pair %lld: %s", (long long)i, gc_error_message());
-            gc_error_clear();
-        }
-
-        pthread_mutex_lock(&l->mu);
-        s->index_b = j;
-        s->im[0] = v[0];
-        s->im[1] = v[1];
-        s->state = SLOT_DONE;
-        pthread_cond_broadcast(&l->cv_slot);
-    }
-    pthread_mutex_unlock(&l->mu);
-    return NULL;
-}
-
-static void pl_set_error(pair_loader *l, gc_status code, const char *msg)
-{
-    if (l->err == GC_OK) {
-        l->err = code;
-        snprintf(l->err_msg, sizeof l->err_msg, "%s", msg);
-    }
-    l->finished = 1;
-    pthread_cond_broadcast(&l->cv_ready);
-}
-
-static void *pl_assembler(void *arg)
-{
-    pair_loader *l = arg;
-    int64_t B = l->B, N = l->N, S = l->S;
-    size_t row = 3 * (size_t)S * (size_t)S;
-    int64_t batch_idx = l->o.start.batch, pend_skipped = 0, epoch_batches = 0, epoch_of_count = -1, epoch_good = 0;
-    int pend_n = 0;
-    char pend[GC_LOADER_REASONS][256];
-
-    pthread_mutex_lock(&l->mu);
-    for (;;) {
-        if (l->asm_q >= l->q_end) {
-            l->finished = 1;
-            pthread_cond_broadcast(&l->cv_ready);
-            break;
-        }
-        while (!l->stop && l->n_free == 0) pthread_cond_wait(&l->cv_free, &l->mu);
-        if (l->stop) break;
-        int bi = l->free_list[--l->n_free];
-        pbuf *bb = &l->bufs[bi];
-        pair_batch *b = &bb->b;
-        int64_t g = l->g0 + l->asm_q, epoch = g / N, epoch_end_g = (epoch + 1) * N;
-        b->pos = (gc_loader_pos){epoch, batch_idx, g % N};
-        if (epoch_of_count != epoch) {
-            epoch_of_count = epoch;
-            epoch_batches = epoch_good = 0;
-        }
-        int rows = 0, end_of_run = 0;
-        while (rows < B) {
-            if (l->asm_q >= l->q_end) {
-                end_of_run = 1;
-                break;
-            }
-            if (l->g0 + l->asm_q >= epoch_end_g) break;
-            pslot *s = &l->slots[l->asm_q % l->W];
-            while (!l->stop && !(s->state == SLOT_DONE && s->q == l->asm_q)) pthread_cond_wait(&l->cv_slot, &l->mu);
-            if (l->stop) break;
-            pthread_mutex_unlock(&l->mu);
-            if (s->im[0].rgb && s->im[1].rgb) {
-                gc_image_normalize(&s->im[0], &l->o.pre, b->a + rows * row);
-                gc_image_normalize(&s->im[1], &l->o.pre, b->b + rows * row);
-                b->index[rows] = s->index;
-                b->index_b[rows] = s->index_b;
-                rows++;
-                epoch_good++;
-            } else {
-                pend_skipped++;
-                if (pend_n < GC_LOADER_REASONS) snprintf(pend[pend_n++], sizeof pend[0], "%s", s->reason);
-            }
-            gc_image_free(&s->im[0]);
-            gc_image_free(&s->im[1]);
-            pthread_mutex_lock(&l->mu);
-            s->state = SLOT_FREE;
-            l->asm_q++;
-            pthread_cond_broadcast(&l->cv_work);
-        }
-        if (l->stop) {
-            l->free_list[l->n_free++] = bi;
-            break;
-        }
-        int64_t g_after = l->g0 + l->asm_q;
-        int epoch_done = g_after >= epoch_end_g;
-        if (rows == B || (rows > 0 && l->o.keep_last)) {
-            b->n = rows;
-            b->skipped = pend_skipped;
-            bb->n_reasons = pend_n;
-            memcpy(bb->reasons, pend, sizeof pend[0] * (size_t)pend_n);
-            pend_skipped = 0;
-            pend_n = 0;
-            b->next = epoch_done ? (gc_loader_pos){epoch + 1, 0, 0}
-                                 : (gc_loader_pos){epoch, batch_idx + 1, g_after - epoch * N};
-            batch_idx = epoch_done ? 0 : batch_idx + 1;
-            epoch_batches++;
-            l->ready[(l->ready_head + l->ready_n) % l->n_bufs] = bi;
-            l->ready_n++;
-            pthread_cond_broadcast(&l->cv_ready);
-        } else {
-            l->free_list[l->n_free++] = bi; /* a partial last batch, dropped */
-            if (epoch_done) batch_idx = 0;
-        }
-        if (epoch_done && epoch_batches == 0 && b->pos.batch == 0 && b->pos.cursor == 0) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "pair loader: epoch %lld gave no batch: %lld of %lld pairs usable, batch size %lld%s%s",
-                     (long long)epoch, (long long)epoch_good, (long long)N, (long long)B, pend_n ? "; first skip: " : "",
-                     pend_n ? pend[0] : "");
-            pl_set_error(l, GC_ERR_FORMAT, msg);
-            break;
-        }
-        if (end_of_run) {
-            l->finished = 1;
-            pthread_cond_broadcast(&l->cv_ready);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&l->mu);
-    return NULL;
-}
-
-static void pair_loader_free(pair_loader *l)
-{
-    if (!l) return;
-    pthread_mutex_lock(&l->mu);
-    l->stop = 1;
-    pthread_cond_broadcast(&l->cv_work);
-    pthread_cond_broadcast(&l->cv_slot);
-    pthread_cond_broadcast(&l->cv_free);
-    pthread_cond_broadcast(&l->cv_ready);
-    pthread_mutex_unlock(&l->mu);
-    for (int i = 0; i < l->n_threads; i++) pthread_join(l->threads[i], NULL);
-    if (l->asm_started) pthread_join(l->asm_thread, NULL);
-    pthread_mutex_destroy(&l->mu);
-    pthread_cond_destroy(&l->cv_work);
-    pthread_cond_destroy(&l->cv_slot);
-    pthread_cond_destroy(&l->cv_free);
-    pthread_cond_destroy(&l->cv_ready);
-    if (l->slots)
-        for (int i = 0; i < l->W; i++) {
-            gc_image_free(&l->slots[i].im[0]);
-            gc_image_free(&l->slots[i].im[1]);
-        }
-    if (l->bufs)
-        for (int i = 0; i < l->n_bufs; i++) {
-            free(l->bufs[i].b.a);
-            free(l->bufs[i].b.b);
-            free(l->bufs[i].b.index);
-            free(l->bufs[i].b.index_b);
-        }
-    free(l->bufs);
-    free(l->free_list);
-    free(l->ready);
-    free(l->slots);
-    free(l->perm);
-    free(l->threads);
-    free(l);
-}
-
-/* The options as gc_loader's: batch size, workers, prefetch, seed, shuffle, keep_last,
- * epochs, start position, preprocessing (with the augmentations). */
-static pair_loader *pair_loader_new(const pair_set *ps, const gc_loader_opts *o)
-{
-    int64_t N = ps->n;
-    if (o->batch_size <= 0 || o->workers <= 0 || o->workers > 1024 || o->prefetch <= 0 || o->prefetch > 64 ||
-        o->pre.size <= 0 || o->epochs < 0) {
-        gc_error_set(GC_ERR_INVALID, "pair loader: bad options (batch size %d, workers %d, prefetch %d, image size %d)",
-                     o->batch_size, o->workers, o->prefetch, o->pre.size);
-        return NULL;
-    }
-    if (N <= 0) {
-        gc_error_set(GC_ERR_INVALID, "pair loader: the data set is empty");
-        return NULL;
-    }
-    if (N < o->batch_size && !o->keep_last) {
-        gc_error_set(GC_ERR_INVALID, "pair loader: %lld pairs, fewer than the batch size %d", (long long)N, o->batch_size);
-        return NULL;
-    }
-    gc_loader_pos st = o->start;
-    if (st.cursor < 0) st.cursor = st.batch * o->batch_size;
-    if (st.epoch < 0 || st.batch < 0 || st.cursor > N) {
-        gc_error_set(GC_ERR_INVALID, "pair loader: bad start position (epoch %lld, batch %lld, cursor %lld) for %lld pairs",
-                     (long long)st.epoch, (long long)st.batch, (long long)st.cursor, (long long)N);
-        return NULL;
-    }
-    if (st.cursor == N) st = (gc_loader_pos){st.epoch + 1, 0, 0};
-    pair_loader *l = calloc(1, sizeof *l);
-    if (!l) {
-        gc_error_set(GC_ERR_OOM, "pair loader: out of memory");
-        return NULL;
-    }
-    l->ps = ps;
-    l->o = *o;
-    l->o.start = st;
-    l->N = N;
-    l->B = o->batch_size;
-    l->S = o->pre.size;
-    l->g0 = st.epoch * N + st.cursor;
-    l->q_end = o->epochs > 0 ? (o->epochs * N > l->g0 ? o->epochs * N - l->g0 : 0) : INT64_MAX;
-    l->perm_epoch = -1;
-    l->held = -1;
-    l->W = 4 * o->workers + 8;
-    l->n_bufs = o->prefetch + 1;
-    pthread_mutex_init(&l->mu, NULL);
-    pthread_cond_init(&l->cv_work, NULL);
-    pthread_cond_init(&l->cv_slot, NULL);
-    pthread_cond_init(&l->cv_free, NULL);
-    pthread_cond_init(&l->cv_ready, NULL);
-    l->slots = calloc((size_t)l->W, sizeof(pslot));
-    l->perm = o->shuffle ? malloc(sizeof(int64_t) * (size_t)N) : NULL;
-    l->bufs = calloc((size_t)l->n_bufs, sizeof(pbuf));
-    l->free_list = malloc(sizeof(int) * (size_t)l->n_bufs);
-    l->ready = malloc(sizeof(int) * (size_t)l->n_bufs);
-    l->threads = calloc((size_t)o->workers, sizeof(pthread_t));
-    int oom = !l->slots || (o->shuffle && !l->perm) || !l->bufs || !l->free_list || !l->ready || !l->threads;
-    size_t px = (size_t)l->B * 3 * (size_t)l->S * (size_t)l->S;
-    for (int i = 0; i < l->n_bufs && !oom; i++) {
-        pair_batch *b = &l->bufs[i].b;
-        b->size = (int)l->S;
-        b->a = malloc(sizeof(float) * px);
-        b->b = malloc(sizeof(float) * px);
-        b->index = calloc((size_t)l->B, sizeof(int64_t));
-        b->index_b = calloc((size_t)l->B, sizeof(int64_t));
-        oom = !b->a || !b->b || !b->index || !b->index_b;
-        l->free_list[l->n_free++] = i;
-    }
-    if (oom) {
-        gc_error_set(GC_ERR_OOM, "pair loader: out of memory for %d batches of 2 x %lld x 3 x %lld x %lld floats",
-                     l->n_bufs, (long long)l->B, (long long)l->S, (long long)l->S);
-        pair_loader_free(l);
-        return NULL;
-    }
-    if (pthread_create(&l->asm_thread, NULL, pl_assembler, l) != 0) {
-        gc_error_set(GC_ERR_STATE, "pair loader: cannot start a thread");
-        pair_loader_free(l);
-        return NULL;
-    }
-    l->asm_started = 1;
-    for (int i = 0; i < o->workers; i++) {
-        if (pthread_create(&l->threads[i], NULL, pl_worker, l) != 0) {
-            gc_error_set(GC_ERR_STATE, "pair loader: cannot start worker thread %d", i);
-            pair_loader_free(l);
-            return NULL;
-        }
-        l->n_threads = i + 1;
-    }
-    return l;
-}
-
-/* The next batch, valid until the following call; *out = NULL at the end. */
-static gc_status pair_loader_next(pair_loader *l, const pair_batch **out)
-{
-    *out = NULL;
-    pthread_mutex_lock(&l->mu);
-    if (l->held >= 0) {
-        l->free_list[l->n_free++] = l->held;
-        l->held = -1;
-        pthread_cond_broadcast(&l->cv_free);
-    }
-    while (l->ready_n == 0 && !l->finished) pthread_cond_wait(&l->cv_ready, &l->mu);
-    if (l->ready_n > 0) {
-        int bi = l->ready[l->ready_head];
-        l->ready_head = (l->ready_head + 1) % l->n_bufs;
-        l->ready_n--;
-        l->held = bi;
-        pbuf *bb = &l->bufs[bi];
-        l->rep.batches++;
-        l->rep.samples += bb->b.n;
-        l->rep.skipped += bb->b.skipped;
-        for (int i = 0; i < bb->n_reasons && l->rep.n_reasons < GC_LOADER_REASONS; i++)
-            snprintf(l->rep.reasons[l->rep.n_reasons++], sizeof l->rep.reasons[0], "%s", bb->reasons[i]);
-        *out = &bb->b;
-        pthread_mutex_unlock(&l->mu);
-        return GC_OK;
-    }
-    gc_status err = l->err;
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", l->err_msg);
-    pthread_mutex_unlock(&l->mu);
-    if (err != GC_OK) return gc_error_set(err, "%s", msg);
-    return GC_OK;
-}
-
-static void pair_loader_report(pair_loader *l, gc_loader_report *r)
-{
-    pthread_mutex_lock(&l->mu);
-    *r = l->rep;
-    pthread_mutex_unlock(&l->mu);
+    gc_loader_source src = {.n = ps->n, .views = 2, .produce = pair_produce, .user = (void *)ps, .noun = "pair"};
+    return gc_loader_new_source(&src, o);
 }
 
 /* ================================================================ synthetic pairs */
@@ -656,8 +258,8 @@ static gc_status synth_pairs_make(const gc_train_config *c, const char *manifest
     snprintf(rec, sizeof rec, "%s.synth", manifest);
     snprintf(info, sizeof info, "%s\nformat %s\nn %lld\nsize %d\nseed %llu\nseparator %d\ncolumns %s %s\n", SYNTH_TAG,
              c->pair_format, (long long)n, S, (unsigned long long)seed, sep, c->csv_img_key, col2);
-    if (exists(manifest)) {
-        char *old = exists(rec) ? gc_read_text(rec) : NULL;
+    if (gc_path_exists(manifest)) {
+        char *old = gc_path_exists(rec) ? gc_read_text(rec) : NULL;
         gc_error_clear();
         bool same = old && !strcmp(old, info), ours = old && !strncmp(old, SYNTH_TAG, strlen(SYNTH_TAG));
         free(old);
@@ -666,7 +268,7 @@ static gc_status synth_pairs_make(const gc_train_config *c, const char *manifest
             return gc_error_set(GC_ERR_STATE, "%s exists and was not written by the synthetic pair generator; not "
                                 "overwriting it (set synthetic_train/synthetic_val to 0 to use it)", manifest);
     }
-    dirname_of(manifest, dir, sizeof dir);
+    gc_path_dirname(manifest, dir, sizeof dir);
     const char *slash = strrchr(manifest, '/');
     snprintf(base, sizeof base, "%s", slash ? slash + 1 : manifest);
     char *dot = strrchr(base, '.');
@@ -721,16 +323,13 @@ typedef struct ptrainer {
     char lora_targets[GC_CFG_STR];
     pair_set train, val;
     bool have_val;
-    pair_loader *loader;
+    gc_loader *loader;
     gc_adamw opt;
     bool opt_ready;
     int S;
     int64_t step, total_steps, steps_per_epoch, skipped_before;
     gc_loader_pos next;
-    FILE *metrics;
-    bool tty;
-    double *loss_x, *loss_y, *ev_x, *ev_ab, *ev_ba;
-    int n_loss, n_ev, cap_loss, cap_ev;
+    gc_train_log log;
 } ptrainer;
 
 static int64_t chunk_of(const ptrainer *t)
@@ -769,7 +368,7 @@ static gc_status open_model(ptrainer *t)
         t->lora = (gc_lora_options){(int)c->lora_r, c->lora_alpha, c->lora_dropout, t->lora_targets};
         o.lora = t->lora;
     }
-    if (is_dir(c->model)) GC_TRY(gc_dinov3_load(&t->model, c->model, &o));
+    if (gc_path_is_dir(c->model)) GC_TRY(gc_dinov3_load(&t->model, c->model, &o));
     else {
         gc_dinov3_config mc;
         if (gc_dinov3_config_named(c->model, &mc) != GC_OK) {
@@ -822,81 +421,36 @@ static gc_preprocess train_preprocess(const ptrainer *t)
 
 /* ---------------------------------------------------------------- checkpoints */
 
-static gc_status save_checkpoint(ptrainer *t, int64_t skipped)
+static gc_status save_checkpoint(ptrainer *t)
 {
-    char dst[GC_CFG_STR + 64], tmp[GC_CFG_STR + 80], path[GC_CFG_STR + 128];
-    snprintf(dst, sizeof dst, "%s/checkpoint-%lld", t->cfg.output_dir, (long long)t->step);
-    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
-    if (exists(tmp)) {
-        snprintf(path, sizeof path, "rm -rf '%s'", tmp);
-        if (system(path)) return gc_error_set(GC_ERR_IO, "%s: cannot remove a stale temporary", tmp);
-    }
-    GC_TRY(gc_mkdirs(tmp));
+    gc_loader_report rep;
+    gc_loader_report_get(t->loader, &rep);
+    char tmp[GC_CFG_STR + 80];
+    GC_TRY(gc_checkpoint_begin(t->cfg.output_dir, t->step, tmp, sizeof tmp));
     GC_TRY(gc_dinov3_save(t->model, tmp)); /* config.json + model.safetensors (HF layout) */
-    if (t->cfg.use_lora) /* adapter_config.json + adapter_model.safetensors beside them (PEFT) */
-        GC_TRY(gc_lora_save_peft(gc_dinov3_params(t->model), &t->lora, is_dir(t->cfg.model) ? t->cfg.model : NULL, tmp));
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
-    GC_TRY(gc_adamw_save(&t->opt, path));
-    cJSON *st = cJSON_CreateObject();
-    cJSON_AddNumberToObject(st, "step", (double)t->step);
-    cJSON_AddNumberToObject(st, "data_epoch", (double)t->next.epoch);
-    cJSON_AddNumberToObject(st, "data_batch", (double)t->next.batch);
-    cJSON_AddNumberToObject(st, "data_cursor", (double)t->next.cursor);
-    cJSON_AddNumberToObject(st, "seed", (double)t->cfg.seed);
-    cJSON_AddNumberToObject(st, "total_steps", (double)t->total_steps);
+    cJSON *st = gc_trainer_state_new(&t->cfg, t->step, t->total_steps, t->next);
     cJSON_AddStringToObject(st, "pair_format", t->cfg.pair_format);
-    cJSON_AddNumberToObject(st, "skipped_pairs", (double)skipped);
-    snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
-    gc_status s = gc_json_save_file(path, st);
-    cJSON_Delete(st);
-    GC_TRY(s);
-    char *yaml = gc_train_config_to_yaml(&t->cfg);
-    snprintf(path, sizeof path, "%s/train_config.yaml", tmp);
-    s = yaml ? gc_write_text(path, yaml) : gc_error_set(GC_ERR_OOM, "out of host memory");
-    free(yaml);
-    GC_TRY(s);
-    GC_TRY(gc_dir_commit(tmp, dst));
-    /* `latest` names the newest complete checkpoint; written last, atomically */
-    snprintf(path, sizeof path, "%s/latest", t->cfg.output_dir);
-    char name[96];
-    snprintf(name, sizeof name, "checkpoint-%lld\n", (long long)t->step);
-    return gc_write_text(path, name);
+    cJSON_AddNumberToObject(st, "skipped_pairs", (double)(t->skipped_before + rep.skipped));
+    return gc_checkpoint_finish(tmp, &t->cfg, &t->opt, &t->lora, t->step, st);
 }
 
 /* DIR is a checkpoint, or an output_dir whose `latest` names one. */
 static gc_status load_checkpoint(ptrainer *t, const char *dir)
 {
     char ck[GC_CFG_STR * 2], path[GC_CFG_STR * 2 + 64];
-    GC_TRY(gc_checkpoint_resolve(dir, ck, sizeof ck));
+    cJSON *st;
+    GC_TRY(gc_checkpoint_read_state(dir, ck, sizeof ck, &t->step, &t->next, &st));
     snprintf(path, sizeof path, "%s/trainer_state.json", ck);
-    cJSON *st = NULL;
-    GC_TRY(gc_json_load_file(path, &st));
-    int64_t v[5];
     const char *fmt = NULL;
-    gc_status s = GC_OK;
-    const char *keys[5] = {"step", "data_epoch", "data_batch", "data_cursor", "skipped_pairs"};
-    for (int i = 0; i < 5 && s == GC_OK; i++) s = gc_json_get_int(st, keys[i], 0, i < 4, &v[i], path);
+    gc_status s = gc_json_get_int(st, "skipped_pairs", 0, false, &t->skipped_before, path);
     if (s == GC_OK) s = gc_json_get_string(st, "pair_format", "", true, &fmt, path);
     if (s == GC_OK && strcmp(fmt, t->cfg.pair_format))
         s = gc_error_set(GC_ERR_INVALID, "%s: the checkpoint was trained with pair_format %s, the configuration says %s",
                          ck, fmt, t->cfg.pair_format);
     cJSON_Delete(st);
     GC_TRY(s);
-    t->step = v[0];
-    t->next = (gc_loader_pos){v[1], v[2], v[3]};
-    t->skipped_before = v[4];
-    gc_params *ps = gc_dinov3_params(t->model);
     static const char *const ignore[] = {"inv_freq", NULL};
-    GC_TRY(gc_params_load(ps, ck, ignore, t->cfg.use_lora ? ".lora_" : NULL));
-    if (t->cfg.use_lora) GC_TRY(gc_lora_load_peft(ps, &t->lora, ck));
-    GC_TRY(gc_params_sync_values(ps));
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", ck);
-    GC_TRY(gc_adamw_load(&t->opt, path));
-    if (t->opt.step != t->step)
-        return gc_error_set(GC_ERR_FORMAT, "%s: optimizer step %lld does not match the trainer's step %lld", ck,
-                            (long long)t->opt.step, (long long)t->step);
-    printf("resumed from %s at step %lld\n", ck, (long long)t->step);
-    return GC_OK;
+    return gc_checkpoint_load_weights(ck, &t->cfg, &t->opt, &t->lora, ignore, t->step);
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -995,12 +549,7 @@ static gc_status evaluate(ptrainer *t, double r[6], int64_t *queries)
 {
     const pair_set *vs = &t->val;
     int64_t N = vs->n;
-    int B = (int)(t->cfg.batch_size < N ? t->cfg.batch_size : N);
-    gc_loader_opts lo = gc_loader_opts_default(B, t->S);
-    lo.workers = (int)(t->cfg.workers > 0 ? t->cfg.workers : 1);
-    lo.shuffle = false;
-    lo.keep_last = true;
-    lo.epochs = 1;
+    gc_loader_opts lo = gc_eval_loader_opts(&t->cfg, t->S, N);
     lo.pre = gc_preprocess_dinov3(t->S);
     int64_t D = gc_dinov3_get_config(t->model)->hidden;
     gc_tensor *ea = gc_tensor_new(GC_F32, t->dev, 2, GC_SHAPE(N, D));
@@ -1022,14 +571,14 @@ static gc_status evaluate(ptrainer *t, double r[6], int64_t *queries)
         }
         gc_loader_free(l);
     } else if (st == GC_OK) {
-        pair_loader *l = pair_loader_new(vs, &lo);
+        gc_loader *l = pair_loader_new(vs, &lo);
         if (!l) st = GC_PENDING();
-        for (const pair_batch *b; st == GC_OK;) {
-            if ((st = pair_loader_next(l, &b)) != GC_OK || !b) break;
-            st = embed_into(t, b->a, b->b, b->n, t->S, ea, eb, at);
+        for (const gc_batch *b; st == GC_OK;) {
+            if ((st = gc_loader_next(l, &b)) != GC_OK || !b) break;
+            st = embed_into(t, b->pixels, b->pixels_b, b->n, t->S, ea, eb, at);
             at += b->n;
         }
-        pair_loader_free(l);
+        gc_loader_free(l);
     }
     gc_dinov3_set_training(t->model, true);
     if (st == GC_OK && at < 2)
@@ -1051,51 +600,23 @@ static gc_status evaluate(ptrainer *t, double r[6], int64_t *queries)
 
 /* ---------------------------------------------------------------- logging */
 
-static void push(double **x, double **y, int *n, int *cap, double a, double b, double **z, double c)
-{
-    if (*n == *cap) {
-        *cap = *cap ? *cap * 2 : 256;
-        *x = realloc(*x, sizeof(double) * (size_t)*cap);
-        *y = realloc(*y, sizeof(double) * (size_t)*cap);
-        if (z) *z = realloc(*z, sizeof(double) * (size_t)*cap);
-    }
-    (*x)[*n] = a;
-    (*y)[*n] = b;
-    if (z) (*z)[*n] = c;
-    (*n)++;
-}
-
 static void log_eval(ptrainer *t, const double r[6], int64_t queries)
 {
-    const char *pre = t->tty ? "\r\033[K" : "";
+    const char *pre = gc_train_log_eol(&t->log);
     if (t->val.labels) {
-        fprintf(t->metrics, "{\"step\": %lld, \"i2i_recall@1\": %.6f, \"i2i_recall@5\": %.6f, \"i2i_recall@10\": %.6f, "
+        fprintf(t->log.metrics, "{\"step\": %lld, \"i2i_recall@1\": %.6f, \"i2i_recall@5\": %.6f, \"i2i_recall@10\": %.6f, "
                 "\"queries\": %lld}\n", (long long)t->step, r[0], r[1], r[2], (long long)queries);
         printf("%sstep %lld  eval  image->image (same label) R@1 %.3f R@5 %.3f R@10 %.3f  (%lld queries)\n", pre,
                (long long)t->step, r[0], r[1], r[2], (long long)queries);
     } else {
-        fprintf(t->metrics, "{\"step\": %lld, \"i2i_recall@1\": %.6f, \"i2i_recall@5\": %.6f, \"i2i_recall@10\": %.6f, "
+        fprintf(t->log.metrics, "{\"step\": %lld, \"i2i_recall@1\": %.6f, \"i2i_recall@5\": %.6f, \"i2i_recall@10\": %.6f, "
                 "\"b2a_recall@1\": %.6f, \"b2a_recall@5\": %.6f, \"b2a_recall@10\": %.6f, \"queries\": %lld}\n",
                 (long long)t->step, r[0], r[1], r[2], r[3], r[4], r[5], (long long)queries);
         printf("%sstep %lld  eval  a->b R@1 %.3f R@5 %.3f R@10 %.3f | b->a R@1 %.3f R@5 %.3f R@10 %.3f  (%lld pairs)\n",
                pre, (long long)t->step, r[0], r[1], r[2], r[3], r[4], r[5], (long long)queries);
     }
-    fflush(t->metrics);
-    push(&t->ev_x, &t->ev_ab, &t->n_ev, &t->cap_ev, (double)t->step, r[0], &t->ev_ba, r[3]);
-}
-
-static void write_plot(ptrainer *t)
-{
-    char path[GC_CFG_STR + 32];
-    snprintf(path, sizeof path, "%s/training.svg", t->cfg.output_dir);
-    gc_series loss = {"loss", t->loss_x, t->loss_y, t->n_loss};
-    gc_series ev[2] = {{t->val.labels ? "image->image R@1" : "a->b R@1", t->ev_x, t->ev_ab, t->n_ev},
-                       {"b->a R@1", t->ev_x, t->ev_ba, t->n_ev}};
-    int n_ev = !t->n_ev ? 0 : t->val.labels ? 1 : 2;
-    if (gc_svg_plot(path, "gcache train (DINOv3 pairs)", &loss, 1, "loss", ev, n_ev, "recall@1") != GC_OK) {
-        fprintf(stderr, "gcache: warning: %s\n", gc_error_message());
-        gc_error_clear();
-    }
+    fflush(t->log.metrics);
+    gc_train_log_eval(&t->log, t->step, r[0], r[3]);
 }
 
 /* ---------------------------------------------------------------- the loop */
@@ -1111,25 +632,14 @@ static gc_status train(ptrainer *t, const char *resume)
     GC_TRY(gc_adamw_init(&t->opt, ps, &ac));
     t->opt_ready = true;
     GC_TRY(gc_mkdirs(c->output_dir));
-    char mpath[GC_CFG_STR + 32];
-    snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", c->output_dir);
-    if (resume) {
-        GC_TRY(load_checkpoint(t, resume));
-        GC_TRY(gc_metrics_trim(mpath, t->step));
-    } else if (exists(mpath)) {
-        remove(mpath);
-    }
-    if (!(t->metrics = fopen(mpath, "a"))) return gc_error_set(GC_ERR_IO, "%s: cannot open for writing", mpath);
-    gc_loader_opts lo = gc_loader_opts_default((int)c->batch_size, t->S);
-    lo.workers = (int)(c->workers > 0 ? c->workers : 1);
-    lo.seed = c->seed;
-    lo.start = resume ? t->next : (gc_loader_pos){0, 0, 0};
+    if (resume) GC_TRY(load_checkpoint(t, resume));
+    GC_TRY(gc_train_log_open(&t->log, c->output_dir, resume != NULL, t->step, "pairs"));
+    gc_loader_opts lo = gc_train_loader_opts(c, t->S, resume ? t->next : (gc_loader_pos){0, 0, 0});
     lo.pre = train_preprocess(t);
     if (!(t->loader = pair_loader_new(&t->train, &lo))) return GC_PENDING();
-    t->steps_per_epoch = t->train.n / c->batch_size;
+    t->steps_per_epoch = gc_loader_batches_per_epoch(t->loader);
     t->total_steps = c->max_steps > 0 ? c->max_steps : c->epochs * t->steps_per_epoch;
     int64_t chunk = chunk_of(t);
-    const char *kill_at = getenv("GC_TRAIN_KILL_AT_STEP"); /* tests: die here, as a crash would */
     printf("gcache train: %s (DINOv3, %s pool) on %s (%s), %lld trainable parameters, %s data: %lld %s",
            c->model, c->pool, gc_device_name(t->dev), c->mixed_precision, (long long)gc_params_count(ps, true),
            c->pair_format, (long long)t->train.n, t->train.labels ? "images" : "pairs");
@@ -1138,16 +648,15 @@ static gc_status train(ptrainer *t, const char *resume)
                (long long)t->train.n_single);
     printf(", batch %lld%s, temperature %g, %lld steps (%lld per epoch)\n", (long long)c->batch_size,
            chunk ? " with the gradient cache" : "", c->temperature, (long long)t->total_steps, (long long)t->steps_per_epoch);
-    double t_last = now_s(), t_start = t_last;
-    int64_t samples_since = 0, step0 = t->step;
+    gc_train_log_start(&t->log, t->step, t->total_steps, c->log_every);
     while (t->step < t->total_steps) {
-        const pair_batch *b;
-        GC_TRY(pair_loader_next(t->loader, &b));
+        const gc_batch *b;
+        GC_TRY(gc_loader_next(t->loader, &b));
         if (!b) break;
         gc_pool *p = gc_pool_push();
         int64_t n = b->n, S = b->size;
-        gc_tensor *pa = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->a));
-        gc_tensor *pb = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->b));
+        gc_tensor *pa = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->pixels));
+        gc_tensor *pb = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->pixels_b));
         gc_dinov3_task task;
         memset(&task, 0, sizeof task);
         gc_gradcache_result res = {0};
@@ -1162,70 +671,43 @@ static gc_status train(ptrainer *t, const char *resume)
         GC_TRY(st);
         t->step++;
         t->next = b->next;
-        samples_since += b->n;
-        push(&t->loss_x, &t->loss_y, &t->n_loss, &t->cap_loss, (double)t->step, res.loss, NULL, 0);
-        if (t->step % c->log_every == 0 || t->step == t->total_steps) {
-            double now = now_s(), sps = samples_since / fmax(now - t_last, 1e-9);
-            double gn = 0;
-            gc_adamw_last_norm(&t->opt, &gn);
-            gc_memory_stats ms = gc_memory_stats_get(t->dev);
-            fprintf(t->metrics,
-                    "{\"step\": %lld, \"epoch\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
-                    "\"pairs_per_s\": %.2f, \"peak_memory_bytes\": %zu}\n",
-                    (long long)t->step, (long long)b->pos.epoch, res.loss, lr, gn, sps, ms.peak);
-            fflush(t->metrics);
-            double eta = (now - t_start) / (double)(t->step - step0) * (double)(t->total_steps - t->step);
-            if (t->tty)
-                printf("\r\033[K[%lld/%lld] loss %.4f | lr %.2e | %.1f pairs/s | mem %.0f MiB | ETA %02d:%02d",
-                       (long long)t->step, (long long)t->total_steps, res.loss, lr, sps, (double)ms.peak / (1 << 20),
-                       (int)(eta / 60), (int)fmod(eta, 60));
-            else
-                printf("step %lld/%lld  loss %.4f  lr %.2e  %.1f pairs/s  peak %.0f MiB  eta %.0fs\n", (long long)t->step,
-                       (long long)t->total_steps, res.loss, lr, sps, (double)ms.peak / (1 << 20), eta);
-            fflush(stdout);
-            t_last = now;
-            samples_since = 0;
-        }
-        gc_loader_report rep;
-        pair_loader_report(t->loader, &rep);
-        if (t->have_val && c->eval_every > 0 && t->step % c->eval_every == 0 && t->step != t->total_steps) {
+        gc_train_log_step(&t->log, t->step, b->pos.epoch, b->n, res.loss, lr, &t->opt, t->dev);
+        if (t->have_val && gc_train_due(t->step, c->eval_every, t->total_steps)) {
             double r[6];
             int64_t q;
             GC_TRY(evaluate(t, r, &q));
             log_eval(t, r, q);
         }
-        if (c->save_every > 0 && t->step % c->save_every == 0 && t->step != t->total_steps)
-            GC_TRY(save_checkpoint(t, t->skipped_before + rep.skipped));
-        if (kill_at && t->step == atoll(kill_at)) raise(SIGKILL);
+        if (gc_train_due(t->step, c->save_every, t->total_steps))
+            GC_TRY(save_checkpoint(t));
+        gc_train_test_kill(t->step);
     }
-    if (t->tty) printf("\n");
+    if (t->log.tty) printf("\n");
     if (t->have_val) {
         double r[6];
         int64_t q;
         GC_TRY(evaluate(t, r, &q));
         log_eval(t, r, q);
     }
+    GC_TRY(save_checkpoint(t));
     gc_loader_report rep;
-    pair_loader_report(t->loader, &rep);
-    GC_TRY(save_checkpoint(t, t->skipped_before + rep.skipped));
-    write_plot(t);
+    gc_loader_report_get(t->loader, &rep);
     if (t->skipped_before + rep.skipped)
         printf("skipped %lld pairs with unreadable images%s%s\n", (long long)(t->skipped_before + rep.skipped),
                rep.n_reasons ? "; first: " : "", rep.n_reasons ? rep.reasons[0] : "");
-    printf("done: %lld steps; %s/checkpoint-%lld, %s/metrics.jsonl, %s/training.svg\n", (long long)t->step,
-           c->output_dir, (long long)t->step, c->output_dir, c->output_dir);
+    gc_train_log_finish(&t->log, c->output_dir, t->step, "gcache train (DINOv3 pairs)",
+                        t->val.labels ? "image->image R@1" : "a->b R@1", t->val.labels ? NULL : "b->a R@1");
     return GC_OK;
 }
 
 static void ptrainer_free(ptrainer *t)
 {
-    pair_loader_free(t->loader);
-    if (t->metrics) fclose(t->metrics);
+    gc_loader_free(t->loader);
+    gc_train_log_free(&t->log);
     if (t->opt_ready) gc_adamw_free(&t->opt);
     pair_set_free(&t->train);
     pair_set_free(&t->val);
     gc_dinov3_free(t->model);
-    free(t->loss_x); free(t->loss_y); free(t->ev_x); free(t->ev_ab); free(t->ev_ba);
 }
 
 int gc_cli_train_pairs(const gc_train_config *c, const char *cfg_path, const char *resume)
@@ -1235,12 +717,7 @@ int gc_cli_train_pairs(const gc_train_config *c, const char *cfg_path, const cha
     t->cfg = *c;
     t->cfg_path = cfg_path;
     int rc = 0;
-    if (gc_device_parse(t->cfg.device, &t->dev) != GC_OK) rc = gc_cli_fail_status(cfg_path);
-    else if (t->dev.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
-        gc_error_clear();
-        rc = gc_cli_fail("%s: device cuda: no usable CUDA device here (set device: cpu)", cfg_path);
-    }
-    t->tty = isatty(STDOUT_FILENO);
+    if (gc_train_device(&t->cfg, cfg_path, &t->dev) != GC_OK) rc = gc_cli_fail_status(NULL);
     if (!rc) rc = train(t, resume) == GC_OK ? 0 : gc_cli_fail_status(NULL);
     ptrainer_free(t);
     free(t);

@@ -3,12 +3,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../kernels/gc_ops.h"
+#include "../models/gc_json.h"
 #include "../models/gc_safetensors.h"
 
 gc_status gc_recall_at_k(gc_tensor *a, gc_tensor *b, double r[6])
@@ -215,6 +218,282 @@ gc_status gc_metrics_trim(const char *path, int64_t step)
     free(out);
     free(text);
     return st;
+}
+
+bool gc_path_is_dir(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+bool gc_path_exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+void gc_path_dirname(const char *path, char *out, size_t n)
+{
+    snprintf(out, n, "%s", path);
+    char *s = strrchr(out, '/');
+    if (s) *s = 0;
+    else snprintf(out, n, ".");
+}
+
+double gc_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+gc_status gc_train_device(const gc_train_config *c, const char *where, gc_device *dev)
+{
+    if (gc_device_parse(c->device, dev) != GC_OK) {
+        gc_status code = gc_error_code();
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", gc_error_message());
+        return gc_error_set(code, "%s: %s", where, msg);
+    }
+    if (dev->type == GC_DEVICE_CUDA && !gc_cuda_available()) {
+        gc_error_clear();
+        return gc_error_set(GC_ERR_INVALID, "%s: device cuda: no usable CUDA device here (set device: cpu)", where);
+    }
+    return GC_OK;
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+gc_status gc_checkpoint_begin(const char *output_dir, int64_t step, char *tmp, size_t n)
+{
+    snprintf(tmp, n, "%s/checkpoint-%lld.tmp", output_dir, (long long)step);
+    if (gc_path_exists(tmp)) {
+        char cmd[4200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+        if (system(cmd)) return gc_error_set(GC_ERR_IO, "%s: cannot remove a stale temporary", tmp);
+    }
+    return gc_mkdirs(tmp);
+}
+
+cJSON *gc_trainer_state_new(const gc_train_config *c, int64_t step, int64_t total_steps, gc_loader_pos next)
+{
+    cJSON *st = cJSON_CreateObject();
+    cJSON_AddNumberToObject(st, "step", (double)step);
+    cJSON_AddNumberToObject(st, "data_epoch", (double)next.epoch);
+    cJSON_AddNumberToObject(st, "data_batch", (double)next.batch);
+    cJSON_AddNumberToObject(st, "data_cursor", (double)next.cursor);
+    cJSON_AddNumberToObject(st, "seed", (double)c->seed);
+    cJSON_AddNumberToObject(st, "total_steps", (double)total_steps);
+    return st;
+}
+
+gc_status gc_checkpoint_finish(const char *tmp, const gc_train_config *c, gc_adamw *opt, const gc_lora_options *lora,
+                               int64_t step, cJSON *state)
+{
+    char path[4200];
+    gc_status s = state ? GC_OK : gc_error_set(GC_ERR_OOM, "out of host memory");
+    if (s == GC_OK && c->use_lora) /* adapter_config.json + adapter_model.safetensors beside the model (PEFT) */
+        s = gc_lora_save_peft(opt->params, lora, gc_path_is_dir(c->model) ? c->model : NULL, tmp);
+    if (s == GC_OK) {
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+        s = gc_adamw_save(opt, path);
+    }
+    if (s == GC_OK) {
+        snprintf(path, sizeof path, "%s/trainer_state.json", tmp);
+        s = gc_json_save_file(path, state);
+    }
+    cJSON_Delete(state);
+    GC_TRY(s);
+    char *yaml = gc_train_config_to_yaml(c);
+    snprintf(path, sizeof path, "%s/train_config.yaml", tmp);
+    s = yaml ? gc_write_text(path, yaml) : gc_error_set(GC_ERR_OOM, "out of host memory");
+    free(yaml);
+    GC_TRY(s);
+    char dst[4200];
+    snprintf(dst, sizeof dst, "%s/checkpoint-%lld", c->output_dir, (long long)step);
+    GC_TRY(gc_dir_commit(tmp, dst));
+    /* `latest` names the newest complete checkpoint; written last, atomically */
+    snprintf(path, sizeof path, "%s/latest", c->output_dir);
+    char name[96];
+    snprintf(name, sizeof name, "checkpoint-%lld\n", (long long)step);
+    return gc_write_text(path, name);
+}
+
+gc_status gc_checkpoint_read_state(const char *dir, char *ck, size_t n, int64_t *step, gc_loader_pos *next,
+                                   cJSON **state)
+{
+    *state = NULL;
+    char path[4200];
+    GC_TRY(gc_checkpoint_resolve(dir, ck, n));
+    snprintf(path, sizeof path, "%s/trainer_state.json", ck);
+    cJSON *st = NULL;
+    GC_TRY(gc_json_load_file(path, &st));
+    int64_t v[4];
+    static const char *const keys[4] = {"step", "data_epoch", "data_batch", "data_cursor"};
+    gc_status s = GC_OK;
+    for (int i = 0; i < 4 && s == GC_OK; i++) s = gc_json_get_int(st, keys[i], 0, true, &v[i], path);
+    if (s != GC_OK) {
+        cJSON_Delete(st);
+        return s;
+    }
+    *step = v[0];
+    *next = (gc_loader_pos){v[1], v[2], v[3]};
+    *state = st;
+    return GC_OK;
+}
+
+gc_status gc_checkpoint_load_weights(const char *ck, const gc_train_config *c, gc_adamw *opt, const gc_lora_options *lora,
+                                     const char *const *ignore, int64_t step)
+{
+    gc_params *ps = opt->params;
+    GC_TRY(gc_params_load(ps, ck, ignore, c->use_lora ? ".lora_" : NULL));
+    if (c->use_lora) GC_TRY(gc_lora_load_peft(ps, lora, ck)); /* the adapters, from the PEFT files */
+    GC_TRY(gc_params_sync_values(ps));
+    char path[4200];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", ck);
+    GC_TRY(gc_adamw_load(opt, path));
+    if (opt->step != step)
+        return gc_error_set(GC_ERR_FORMAT, "%s: optimizer step %lld does not match the trainer's step %lld", ck,
+                            (long long)opt->step, (long long)step);
+    printf("resumed from %s at step %lld\n", ck, (long long)step);
+    return GC_OK;
+}
+
+/* ---------------------------------------------------------------- data */
+
+gc_loader_opts gc_train_loader_opts(const gc_train_config *c, int S, gc_loader_pos start)
+{
+    gc_loader_opts lo = gc_loader_opts_default((int)c->batch_size, S);
+    lo.workers = (int)(c->workers > 0 ? c->workers : 1);
+    lo.seed = c->seed;
+    lo.start = start;
+    return lo;
+}
+
+gc_loader_opts gc_eval_loader_opts(const gc_train_config *c, int S, int64_t n)
+{
+    gc_loader_opts lo = gc_loader_opts_default((int)(c->batch_size < n ? c->batch_size : n), S);
+    lo.workers = (int)(c->workers > 0 ? c->workers : 1);
+    lo.shuffle = false;
+    lo.keep_last = true;
+    lo.epochs = 1;
+    return lo;
+}
+
+bool gc_train_due(int64_t step, int64_t every, int64_t total_steps)
+{
+    return every > 0 && step % every == 0 && step != total_steps;
+}
+
+void gc_train_test_kill(int64_t step)
+{
+    const char *at = getenv("GC_TRAIN_KILL_AT_STEP");
+    if (at && step == atoll(at)) raise(SIGKILL);
+}
+
+/* ---------------------------------------------------------------- metrics and progress */
+
+gc_status gc_train_log_open(gc_train_log *g, const char *output_dir, bool resume, int64_t step, const char *unit)
+{
+    memset(g, 0, sizeof *g);
+    g->unit = unit;
+    g->tty = isatty(STDOUT_FILENO);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", output_dir);
+    if (resume) GC_TRY(gc_metrics_trim(path, step));
+    else if (gc_path_exists(path)) remove(path);
+    if (!(g->metrics = fopen(path, "a"))) return gc_error_set(GC_ERR_IO, "%s: cannot open for writing", path);
+    return GC_OK;
+}
+
+void gc_train_log_start(gc_train_log *g, int64_t step, int64_t total_steps, int64_t log_every)
+{
+    g->t_start = g->t_last = gc_now_s();
+    g->step0 = step;
+    g->since = 0;
+    g->total_steps = total_steps;
+    g->log_every = log_every;
+}
+
+/* appends (a, b[, c]) to the columns x, y[, z] (a point is lost when memory is) */
+static void push(double **x, double **y, double **z, int *n, int *cap, double a, double b, double c)
+{
+    if (*n == *cap) {
+        int nc = *cap ? *cap * 2 : 256;
+        double *nx = realloc(*x, sizeof(double) * (size_t)nc);
+        if (nx) *x = nx;
+        double *ny = realloc(*y, sizeof(double) * (size_t)nc);
+        if (ny) *y = ny;
+        double *nz = z ? realloc(*z, sizeof(double) * (size_t)nc) : NULL;
+        if (nz) *z = nz;
+        if (!nx || !ny || (z && !nz)) return;
+        *cap = nc;
+    }
+    (*x)[*n] = a;
+    (*y)[*n] = b;
+    if (z) (*z)[*n] = c;
+    (*n)++;
+}
+
+void gc_train_log_step(gc_train_log *g, int64_t step, int64_t epoch, int64_t n, double loss, double lr, gc_adamw *opt,
+                       gc_device dev)
+{
+    g->since += n;
+    push(&g->loss_x, &g->loss_y, NULL, &g->n_loss, &g->cap_loss, (double)step, loss, 0);
+    if (step % g->log_every != 0 && step != g->total_steps) return;
+    double now = gc_now_s(), sps = (double)g->since / fmax(now - g->t_last, 1e-9);
+    double gn = 0;
+    gc_adamw_last_norm(opt, &gn);
+    gc_memory_stats ms = gc_memory_stats_get(dev);
+    fprintf(g->metrics,
+            "{\"step\": %lld, \"epoch\": %lld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.6g, "
+            "\"%s_per_s\": %.2f, \"peak_memory_bytes\": %zu}\n",
+            (long long)step, (long long)epoch, loss, lr, gn, g->unit, sps, ms.peak);
+    fflush(g->metrics);
+    double eta = (now - g->t_start) / (double)(step - g->step0) * (double)(g->total_steps - step);
+    if (g->tty)
+        printf("\r\033[K[%lld/%lld] loss %.4f | lr %.2e | %.1f %s/s | mem %.0f MiB | ETA %02d:%02d", (long long)step,
+               (long long)g->total_steps, loss, lr, sps, g->unit, (double)ms.peak / (1 << 20), (int)(eta / 60),
+               (int)fmod(eta, 60));
+    else
+        printf("step %lld/%lld  loss %.4f  lr %.2e  %.1f %s/s  peak %.0f MiB  eta %.0fs\n", (long long)step,
+               (long long)g->total_steps, loss, lr, sps, g->unit, (double)ms.peak / (1 << 20), eta);
+    fflush(stdout);
+    g->t_last = now;
+    g->since = 0;
+}
+
+const char *gc_train_log_eol(const gc_train_log *g) { return g->tty ? "\r\033[K" : ""; }
+
+void gc_train_log_eval(gc_train_log *g, int64_t step, double r1_a, double r1_b)
+{
+    push(&g->ev_x, &g->ev_y[0], &g->ev_y[1], &g->n_ev, &g->cap_ev, (double)step, r1_a, r1_b);
+}
+
+void gc_train_log_finish(gc_train_log *g, const char *output_dir, int64_t step, const char *title, const char *ev_a,
+                         const char *ev_b)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/training.svg", output_dir);
+    gc_series loss = {"loss", g->loss_x, g->loss_y, g->n_loss};
+    gc_series ev[2] = {{ev_a, g->ev_x, g->ev_y[0], g->n_ev}, {ev_b, g->ev_x, g->ev_y[1], g->n_ev}};
+    if (gc_svg_plot(path, title, &loss, 1, "loss", ev, !g->n_ev ? 0 : ev_b ? 2 : 1, "recall@1") != GC_OK) {
+        fprintf(stderr, "gcache: warning: %s\n", gc_error_message());
+        gc_error_clear();
+    }
+    printf("done: %lld steps; %s/checkpoint-%lld, %s/metrics.jsonl, %s/training.svg\n", (long long)step, output_dir,
+           (long long)step, output_dir, output_dir);
+}
+
+void gc_train_log_free(gc_train_log *g)
+{
+    if (g->metrics) fclose(g->metrics);
+    free(g->loss_x);
+    free(g->loss_y);
+    free(g->ev_x);
+    free(g->ev_y[0]);
+    free(g->ev_y[1]);
+    memset(g, 0, sizeof *g);
 }
 
 /* ---------------------------------------------------------------- SVG */
