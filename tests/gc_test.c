@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static double philox_normal(uint64_t seed, uint64_t i)
 {
@@ -220,6 +221,191 @@ double gc_test_compare_devices(const char *label, gc_test_fn f, void *ctx, int n
         gc_error_clear();
     }
     return worst;
+}
+
+/* ---- the HF fixture tests ---- */
+
+gc_device gc_test_device(void)
+{
+    const char *d = getenv("GC_TEST_DEVICE");
+    return d && !strcmp(d, "cuda") ? GC_CUDA0 : GC_CPU;
+}
+
+gc_dtype gc_test_dtype(void)
+{
+    const char *t = getenv("GC_TEST_DTYPE");
+    return t && !strcmp(t, "bf16") ? GC_BF16 : GC_F32;
+}
+
+bool gc_test_fixtures_start(const char *what, double tolerance)
+{
+    gc_device dev = gc_test_device();
+    if (dev.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
+        printf("%s on cuda: no CUDA device (skipped)\n", what);
+        return false;
+    }
+    printf("%s fixtures on %s in %s, tolerance %.0e\n", what, gc_device_name(dev), gc_dtype_name(gc_test_dtype()),
+           tolerance);
+    return true;
+}
+
+void gc_test_load_inputs(const char *dir, const char *name_a, gc_dtype dt_a, gc_tensor **a, const char *name_b,
+                         gc_dtype dt_b, gc_tensor **b)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/inputs.safetensors", dir);
+    gc_st_file *in;
+    ck_assert_msg(gc_st_open(path, &in) == GC_OK, "%s", gc_error_message());
+    *a = gc_st_load(in, name_a, dt_a, GC_CPU);
+    *b = gc_st_load(in, name_b, dt_b, GC_CPU);
+    ck_assert(*a && *b);
+    gc_st_close(in);
+}
+
+void gc_test_refs_open(gc_test_refs *r, const char *dir, bool required)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/ref.safetensors", dir);
+    r->file = NULL;
+    if (required || access(path, R_OK) == 0)
+        ck_assert_msg(gc_st_open(path, &r->file) == GC_OK, "%s", gc_error_message());
+    double ss = 0, n = 0;
+    r->n_grads = 0;
+    for (int i = 0; r->file && i < gc_st_count(r->file); i++) {
+        const gc_st_entry *e = gc_st_entry_at(r->file, i);
+        if (strncmp(e->name, "grad.", 5)) continue;
+        gc_tensor *t = gc_st_load(r->file, e->name, GC_F64, GC_CPU);
+        const double *d = gc_tensor_data(t);
+        for (int64_t j = 0; j < gc_tensor_numel(t); j++) ss += d[j] * d[j];
+        n += (double)gc_tensor_numel(t);
+        r->n_grads++;
+        gc_tensor_release(t);
+    }
+    r->grad_rms = n ? sqrt(ss / n) : 0;
+}
+
+void gc_test_refs_close(gc_test_refs *r)
+{
+    if (r->file) gc_st_close(r->file);
+    r->file = NULL;
+}
+
+double gc_test_norm(const gc_tensor *t)
+{
+    int64_t n = gc_tensor_numel(t);
+    double *h = malloc(sizeof(double) * (size_t)(n + 1)), s = 0;
+    ck_assert(h && gc_tensor_to_host_f64(t, h) == GC_OK);
+    for (int64_t i = 0; i < n; i++) s += h[i] * h[i];
+    free(h);
+    return sqrt(s);
+}
+
+double gc_test_ref_err(const gc_test_refs *r, const char *name, const gc_tensor *got)
+{
+    gc_tensor *ref = gc_st_load(r->file, name, GC_F64, GC_CPU);
+    ck_assert_msg(ref != NULL, "reference %s missing: %s", name, gc_error_message());
+    gc_tensor *zeros = NULL;
+    if (!got) got = zeros = gc_tensor_zeros(GC_F32, GC_CPU, ref->ndim, ref->shape);
+    ck_assert_msg(gc_tensor_numel(ref) == gc_tensor_numel(got), "%s: %lld elements, reference %lld", name,
+                  (long long)gc_tensor_numel(got), (long long)gc_tensor_numel(ref));
+    /* e: ||got-ref|| / ||ref||, or ||got-ref|| if ref == 0 */
+    double rn = gc_test_norm(ref), e = gc_test_rel_err(got, ref);
+    double floor = !strncmp(name, "grad.", 5) ? 0.1 * r->grad_rms * sqrt((double)gc_tensor_numel(ref)) : 0;
+    if (rn < floor) e = rn > 0 ? e * rn / floor : e / floor;
+    gc_tensor_release(zeros);
+    gc_tensor_release(ref);
+    return e;
+}
+
+double gc_test_ref_check(const gc_test_refs *r, const char *label, const char *name, const gc_tensor *got,
+                         double report_above)
+{
+    double e = gc_test_ref_err(r, name, got);
+    if (!(e <= report_above)) fprintf(stderr, "%s: %s rel err %.3g\n", label, name, e);
+    return e;
+}
+
+double gc_test_ref_check_grads(const gc_test_refs *r, const gc_params *ps, const char *label, double report_above)
+{
+    double worst = 0;
+    for (int i = 0; i < ps->n; i++) {
+        char name[512];
+        snprintf(name, sizeof name, "grad.%s", ps->items[i].name);
+        worst = fmax(worst, gc_test_ref_check(r, label, name, gc_tensor_grad(ps->items[i].value), report_above));
+    }
+    ck_assert_int_eq(ps->n, r->n_grads); /* every parameter's gradient was checked, and no more */
+    return worst;
+}
+
+double *gc_test_flat_grads(const gc_params *ps)
+{
+    double *g = calloc((size_t)gc_params_count(ps, false) + 1, sizeof *g);
+    ck_assert(g);
+    int64_t k = 0;
+    for (int i = 0; i < ps->n; i++) {
+        gc_tensor *gr = gc_tensor_grad(ps->items[i].value);
+        if (gr) ck_assert_int_eq(gc_tensor_to_host_f64(gr, g + k), GC_OK);
+        k += gc_tensor_numel(ps->items[i].value);
+    }
+    return g;
+}
+
+double gc_test_vec_rel_err(const double *a, const double *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(a[i])) return INFINITY;
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / den);
+}
+
+void gc_test_write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra)
+{
+    gc_st_dir *d;
+    ck_assert_int_eq(gc_st_dir_open(src, &d), GC_OK);
+    int n = gc_st_dir_count(d), k = 0;
+    const char **names = calloc((size_t)n + 1, sizeof *names);
+    gc_tensor **ts = calloc((size_t)n + 1, sizeof *ts);
+    for (int i = 0; i < n; i++) {
+        const char *nm = gc_st_dir_name_at(d, i);
+        if (drop && !strcmp(nm, drop)) continue;
+        gc_st_file *sf;
+        const gc_st_entry *e;
+        ck_assert_int_eq(gc_st_dir_lookup(d, nm, &sf, &e), GC_OK);
+        names[k] = nm;
+        if (reshape && !strcmp(nm, reshape)) {
+            int64_t shape[GC_MAX_DIMS];
+            memcpy(shape, e->shape, sizeof shape);
+            shape[e->ndim - 2]++;
+            ts[k] = gc_tensor_zeros(GC_F32, GC_CPU, e->ndim, shape);
+        } else {
+            ts[k] = gc_st_load(sf, nm, GC_F32, GC_CPU);
+        }
+        ck_assert(ts[k]);
+        k++;
+    }
+    if (extra) {
+        names[k] = extra;
+        ts[k++] = gc_tensor_zeros(GC_F32, GC_CPU, 1, GC_SHAPE(3));
+    }
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ck_assert_int_eq(gc_st_save(path, k, names, ts, 0, NULL), GC_OK);
+    for (int i = 0; i < k; i++) gc_tensor_release(ts[i]);
+    free(ts);
+    free(names);
+    gc_st_dir_close(d);
+    snprintf(path, sizeof path, "cp %.500s/config.json %.500s/", src, dir);
+    ck_assert_int_eq(system(path), 0);
+}
+
+void gc_test_rm_rf(const char *dir)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
 }
 
 static void clear_error(void) { gc_error_clear(); }

@@ -1,5 +1,5 @@
-/* Test helpers: random tensors, finite-difference gradient checks, and the CPU-vs-CUDA
- * comparison used by the gpu suite. */
+/* Test helpers: random tensors, finite-difference gradient checks, the CPU-vs-CUDA
+ * comparison used by the gpu suite, and what the HF fixture tests (clip, dinov3, lora) share. */
 #ifndef GC_TEST_H
 #define GC_TEST_H
 
@@ -9,6 +9,8 @@
 
 #include "../autograd/gc_autograd.h"
 #include "../kernels/gc_ops.h"
+#include "../models/gc_params.h"
+#include "../models/gc_safetensors.h"
 #include "../runtime/gc_rng.h"
 #include "../runtime/gc_tensor.h"
 
@@ -48,6 +50,63 @@ double gc_test_compare_devices(const char *label, gc_test_fn f, void *ctx, int n
 
 /* ||a - b|| / ||b|| over host copies (any devices/dtypes, equal shapes) */
 double gc_test_rel_err(const gc_tensor *a, const gc_tensor *b);
+
+/* ---- the HF fixture tests (tests/fixtures/<name>/) ---- */
+
+/* Where and in what they run: GC_TEST_DEVICE=cuda gives GC_CUDA0 (else the CPU), GC_TEST_DTYPE=bf16
+ * GC_BF16 (else f32). */
+gc_device gc_test_device(void);
+gc_dtype gc_test_dtype(void);
+
+/* Prints "<what> fixtures on <device> in <dtype>, tolerance <tol>" and returns true, or, asked for a
+ * missing GPU, prints "<what> on cuda: no CUDA device (skipped)" and returns false (exit 77). */
+bool gc_test_fixtures_start(const char *what, double tolerance);
+
+/* Tensors name_a and name_b of <dir>/inputs.safetensors, on the CPU (asserts both load). */
+void gc_test_load_inputs(const char *dir, const char *name_a, gc_dtype dt_a, gc_tensor **a, const char *name_b,
+                         gc_dtype dt_b, gc_tensor **b);
+
+/* A fixture's float64 references, <dir>/ref.safetensors: outputs by name, gradients as grad.<param>. */
+typedef struct gc_test_refs {
+    gc_st_file *file; /* NULL: the fixture has none */
+    double grad_rms;  /* RMS of every grad.* entry: the scale of the absolute floor */
+    int n_grads;      /* grad.* entries */
+} gc_test_refs;
+
+/* Opens the references (asserts; `required` false: a fixture without ref.safetensors gets file NULL). */
+void gc_test_refs_open(gc_test_refs *r, const char *dir, bool required);
+void gc_test_refs_close(gc_test_refs *r);
+
+/* ||got - ref|| / max(||ref||, floor), floor = 0.1 * grad_rms * sqrt(numel) for grad.* names, 0
+ * otherwise: a gradient that is tiny (or zero in exact arithmetic) is judged against the model's
+ * scale. A NULL `got` counts as zeros (a parameter that received no gradient). Asserts that the
+ * reference exists and has got's size. */
+double gc_test_ref_err(const gc_test_refs *r, const char *name, const gc_tensor *got);
+
+/* gc_test_ref_err, printing "<label>: <name> rel err <e>" to stderr when it is not <= report_above. */
+double gc_test_ref_check(const gc_test_refs *r, const char *label, const char *name, const gc_tensor *got,
+                         double report_above);
+
+/* The worst gc_test_ref_check over every parameter's gradient (grad.<name>); asserts that there is a
+ * reference for each parameter and no more. */
+double gc_test_ref_check_grads(const gc_test_refs *r, const gc_params *ps, const char *label, double report_above);
+
+/* Every parameter's gradient, flattened in order into a new array (zeros where there is none); free() it. */
+double *gc_test_flat_grads(const gc_params *ps);
+
+/* ||a - b|| / ||b|| over n doubles; INFINITY if a holds a non-finite value. */
+double gc_test_vec_rel_err(const double *a, const double *b, int64_t n);
+
+/* ||t|| in double over a host copy (asserts the copy succeeds). */
+double gc_test_norm(const gc_tensor *t);
+
+/* Writes src's tensors (a model directory) to <dir>/model.safetensors without `drop`, with `reshape`
+ * given one more row (its next-to-last dimension), with a zero [3] tensor `extra`, and copies
+ * config.json; NULL skips any of the three. For tests of checkpoints that do not fit. */
+void gc_test_write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra);
+
+/* rm -rf dir (asserts it succeeds). */
+void gc_test_rm_rf(const char *dir);
 
 /* A test case whose every test starts with no pending error (the error state is
  * per thread and outlives a test when Check does not fork, as in the GPU runs). */

@@ -29,11 +29,7 @@ static const char *CASES[] = {"dinov3_reg4", "dinov3_noreg_rect"};
  * the tolerance follows the dtype. */
 static gc_dinov3_options test_options(void)
 {
-    gc_dinov3_options o = {.device = GC_CPU, .dtype = GC_F32};
-    const char *d = getenv("GC_TEST_DEVICE"), *t = getenv("GC_TEST_DTYPE");
-    if (d && !strcmp(d, "cuda")) o.device = GC_CUDA0;
-    if (t && !strcmp(t, "bf16")) o.dtype = GC_BF16;
-    return o;
+    return (gc_dinov3_options){.device = gc_test_device(), .dtype = gc_test_dtype()};
 }
 
 /* bf16: about 1.5x the error PyTorch itself shows on the CLIP fixtures in pure bf16
@@ -43,39 +39,17 @@ static double tolerance(void) { return test_options().dtype == GC_BF16 ? 5e-2 : 
 typedef struct fixture {
     gc_dinov3 *m;
     gc_tensor *pa, *pb; /* the two views [B, 3, H, W] f32 on the CPU */
-    gc_st_file *ref;
-    double grad_rms;    /* RMS of every reference gradient: the scale of the absolute floor */
-    int n_grads;        /* grad.* entries in ref */
+    gc_test_refs ref;
 } fixture;
 
 static void fixture_open(fixture *f, const char *name, const gc_dinov3_options *opt)
 {
-    char dir[1024], path[1100];
+    char dir[1024];
     snprintf(dir, sizeof dir, "%s/%s", GC_FIXTURES_DIR, name);
     gc_dinov3_options o = opt ? *opt : test_options();
     ck_assert_msg(gc_dinov3_load(&f->m, dir, &o) == GC_OK, "%s: %s", name, gc_error_message());
-    snprintf(path, sizeof path, "%s/inputs.safetensors", dir);
-    gc_st_file *in;
-    ck_assert_msg(gc_st_open(path, &in) == GC_OK, "%s", gc_error_message());
-    f->pa = gc_st_load(in, "pixel_values", GC_F32, GC_CPU);
-    f->pb = gc_st_load(in, "pixel_values_b", GC_F32, GC_CPU);
-    ck_assert(f->pa && f->pb);
-    gc_st_close(in);
-    snprintf(path, sizeof path, "%s/ref.safetensors", dir);
-    ck_assert_msg(gc_st_open(path, &f->ref) == GC_OK, "%s", gc_error_message());
-    double ss = 0, n = 0;
-    f->n_grads = 0;
-    for (int i = 0; i < gc_st_count(f->ref); i++) {
-        const gc_st_entry *e = gc_st_entry_at(f->ref, i);
-        if (strncmp(e->name, "grad.", 5)) continue;
-        gc_tensor *t = gc_st_load(f->ref, e->name, GC_F64, GC_CPU);
-        const double *d = gc_tensor_data(t);
-        for (int64_t j = 0; j < gc_tensor_numel(t); j++) ss += d[j] * d[j];
-        n += (double)gc_tensor_numel(t);
-        f->n_grads++;
-        gc_tensor_release(t);
-    }
-    f->grad_rms = n ? sqrt(ss / n) : 0;
+    gc_test_load_inputs(dir, "pixel_values", GC_F32, &f->pa, "pixel_values_b", GC_F32, &f->pb);
+    gc_test_refs_open(&f->ref, dir, true);
 }
 
 static void fixture_close(fixture *f)
@@ -83,44 +57,14 @@ static void fixture_close(fixture *f)
     gc_dinov3_free(f->m);
     gc_tensor_release(f->pa);
     gc_tensor_release(f->pb);
-    gc_st_close(f->ref);
+    gc_test_refs_close(&f->ref);
 }
 
-static double norm2(const gc_tensor *t)
-{
-    int64_t n = gc_tensor_numel(t);
-    double *h = malloc(sizeof(double) * (size_t)(n + 1)), s = 0;
-    ck_assert(h && gc_tensor_to_host_f64(t, h) == GC_OK);
-    for (int64_t i = 0; i < n; i++) s += h[i] * h[i];
-    free(h);
-    return sqrt(s);
-}
-
-/* ||got - ref|| / max(||ref||, floor); for gradients floor = 0.1 * rms(all grad refs) *
- * sqrt(n), so a tensor whose gradient is tiny is judged against the model's scale. A
- * NULL `got` is a parameter that received no gradient: it counts as zeros (the mask
- * token: HF uses it only with bool_masked_pos, and its reference is zero). */
-static double ref_err(fixture *f, const char *name, const gc_tensor *got)
-{
-    gc_tensor *r = gc_st_load(f->ref, name, GC_F64, GC_CPU);
-    ck_assert_msg(r != NULL, "reference %s missing: %s", name, gc_error_message());
-    gc_tensor *zeros = NULL;
-    if (!got) got = zeros = gc_tensor_zeros(GC_F32, GC_CPU, r->ndim, r->shape);
-    ck_assert_msg(gc_tensor_numel(r) == gc_tensor_numel(got), "%s: %lld elements, reference %lld", name,
-                  (long long)gc_tensor_numel(got), (long long)gc_tensor_numel(r));
-    double rn = norm2(r), e = gc_test_rel_err(got, r); /* ||got-ref|| / ||ref||, or ||got-ref|| if ref == 0 */
-    double floor = !strncmp(name, "grad.", 5) ? 0.1 * f->grad_rms * sqrt((double)gc_tensor_numel(r)) : 0;
-    if (rn < floor) e = rn > 0 ? e * rn / floor : e / floor;
-    gc_tensor_release(zeros);
-    gc_tensor_release(r);
-    return e;
-}
-
+/* gc_test_ref_err (an absolute floor for tiny gradients; a parameter with no gradient counts as
+ * zeros: the mask token, which HF uses only with bool_masked_pos, and whose reference is zero) */
 static double check(fixture *f, const char *label, const char *name, const gc_tensor *got)
 {
-    double e = ref_err(f, name, got);
-    if (!(e <= tolerance())) fprintf(stderr, "%s: %s rel err %.3g\n", label, name, e);
-    return e;
+    return gc_test_ref_check(&f->ref, label, name, got, tolerance());
 }
 
 /* ---------------------------------------------------------------- the forward */
@@ -200,14 +144,7 @@ static double compare_step(fixture *f, int64_t chunk, const char *label)
     worst = fmax(worst, check(f, label, "pooler_output_b", res.reps[1]));
     worst = fmax(worst, check(f, label, "embeds_a", gc_l2normalize(res.reps[0], 1e-12)));
     worst = fmax(worst, check(f, label, "embeds_b", gc_l2normalize(res.reps[1], 1e-12)));
-    int compared = 0;
-    for (int i = 0; i < ps->n; i++) {
-        char name[512];
-        snprintf(name, sizeof name, "grad.%s", ps->items[i].name);
-        worst = fmax(worst, check(f, label, name, gc_tensor_grad(ps->items[i].value)));
-        compared++;
-    }
-    ck_assert_int_eq(compared, f->n_grads); /* every parameter's gradient was checked, and no more */
+    worst = fmax(worst, gc_test_ref_check_grads(&f->ref, ps, label, tolerance()));
     gc_pool_pop(p);
     printf("%-40s worst per-tensor relative error %.2e (loss %.10f)\n", label, worst, res.loss);
     gc_gradcache_result_clear(&res);
@@ -263,30 +200,12 @@ static double *step_grads_rc(gc_dinov3 *m, gc_tensor *pa, gc_tensor *pb, int64_t
     *loss = res.loss;
     gc_gradcache_result_clear(&res);
     gc_tensor_release(t.logit_scale);
-    double *g = calloc((size_t)gc_params_count(ps, false) + 1, sizeof *g);
-    int64_t k = 0;
-    for (int i = 0; i < ps->n; i++) {
-        gc_tensor *gr = gc_tensor_grad(ps->items[i].value);
-        if (gr) ck_assert_int_eq(gc_tensor_to_host_f64(gr, g + k), GC_OK);
-        k += gc_tensor_numel(ps->items[i].value);
-    }
-    return g;
+    return gc_test_flat_grads(ps);
 }
 
 static double *step_grads(gc_dinov3 *m, gc_tensor *pa, gc_tensor *pb, int64_t chunk, double *loss)
 {
     return step_grads_rc(m, pa, pb, chunk, (gc_rand_context){0, 0, 0}, loss);
-}
-
-static double vec_rel(const double *a, const double *b, int64_t n)
-{
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(a[i])) return INFINITY;
-        num += (a[i] - b[i]) * (a[i] - b[i]);
-        den += b[i] * b[i];
-    }
-    return sqrt(num / den);
 }
 
 /* Views of different grid shapes but the same number of patches (24x40 and 40x24) in
@@ -309,7 +228,7 @@ START_TEST(test_checkpointing_two_grids)
     o.checkpointing = true;
     ck_assert_msg(gc_dinov3_load(&mc, dir, &o) == GC_OK, "%s", gc_error_message());
     double *got = step_grads(mc, f.pa, pt, 0, &l1);
-    double e = vec_rel(got, ref, n);
+    double e = gc_test_vec_rel_err(got, ref, n);
     printf("two grids, checkpointed vs not: loss %.10f / %.10f, gradients rel err %.2e\n", l1, l0, e);
     ck_assert_msg(e < tolerance() / 10 && fabs(l0 - l1) < tolerance() / 10, "checkpointed gradients differ by %.3g", e);
     free(ref);
@@ -331,7 +250,7 @@ START_TEST(test_mean_pooling)
     fixture f;
     fixture_open(&f, CASES[_i], &o);
     const gc_dinov3_config *c = gc_dinov3_get_config(f.m);
-    gc_tensor *h = gc_st_load(f.ref, "last_hidden_state", GC_F64, GC_CPU);
+    gc_tensor *h = gc_st_load(f.ref.file, "last_hidden_state", GC_F64, GC_CPU);
     int64_t B = h->shape[0], L = h->shape[1], D = h->shape[2], R = c->registers;
     double *want = calloc((size_t)(B * D), sizeof *want);
     const double *hd = gc_tensor_data(h);
@@ -353,7 +272,7 @@ START_TEST(test_mean_pooling)
     int64_t n = gc_params_count(gc_dinov3_params(f.m), false);
     double l0, l1;
     double *g0 = step_grads(f.m, f.pa, f.pb, 0, &l0), *g1 = step_grads(f.m, f.pa, f.pb, 1, &l1);
-    e = vec_rel(g1, g0, n);
+    e = gc_test_vec_rel_err(g1, g0, n);
     printf("%-40s mean pooling: loss %.6f, chunk 1 vs none: gradients rel err %.2e\n", CASES[_i], l0, e);
     ck_assert_msg(isfinite(l0) && fabs(l0 - l1) < tolerance() / 10 && e < tolerance() / 10,
                   "chunk 1 vs none: loss %.8f vs %.8f, gradients differ by %.3g", l1, l0, e);
@@ -411,13 +330,6 @@ END_TEST
 
 /* ---------------------------------------------------------------- save / load */
 
-static void rm_rf(const char *dir)
-{
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 /* Save and reload: same config, same parameters, same names as the transformers file. */
 START_TEST(test_save_reload)
 {
@@ -463,52 +375,10 @@ START_TEST(test_save_reload)
     ck_assert_int_eq(nonempty, pb->n);
     gc_st_dir_close(d);
     gc_dinov3_free(m2);
-    rm_rf(dir);
+    gc_test_rm_rf(dir);
     fixture_close(&f);
 }
 END_TEST
-
-/* write `src`'s tensors to dir/model.safetensors minus `drop`, with `reshape` given one more
- * row, `extra` added; config.json copied */
-static void write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra)
-{
-    gc_st_dir *d;
-    ck_assert_int_eq(gc_st_dir_open(src, &d), GC_OK);
-    int n = gc_st_dir_count(d), k = 0;
-    const char **names = calloc((size_t)n + 1, sizeof *names);
-    gc_tensor **ts = calloc((size_t)n + 1, sizeof *ts);
-    for (int i = 0; i < n; i++) {
-        const char *nm = gc_st_dir_name_at(d, i);
-        if (drop && !strcmp(nm, drop)) continue;
-        gc_st_file *sf;
-        const gc_st_entry *e;
-        ck_assert_int_eq(gc_st_dir_lookup(d, nm, &sf, &e), GC_OK);
-        names[k] = nm;
-        if (reshape && !strcmp(nm, reshape)) {
-            int64_t shape[GC_MAX_DIMS];
-            memcpy(shape, e->shape, sizeof shape);
-            shape[e->ndim - 2]++;
-            ts[k] = gc_tensor_zeros(GC_F32, GC_CPU, e->ndim, shape);
-        } else {
-            ts[k] = gc_st_load(sf, nm, GC_F32, GC_CPU);
-        }
-        ck_assert(ts[k]);
-        k++;
-    }
-    if (extra) {
-        names[k] = extra;
-        ts[k++] = gc_tensor_zeros(GC_F32, GC_CPU, 1, GC_SHAPE(3));
-    }
-    char path[1200];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    ck_assert_int_eq(gc_st_save(path, k, names, ts, 0, NULL), GC_OK);
-    for (int i = 0; i < k; i++) gc_tensor_release(ts[i]);
-    free(ts);
-    free(names);
-    gc_st_dir_close(d);
-    snprintf(path, sizeof path, "cp %.500s/config.json %.500s/", src, dir);
-    ck_assert_int_eq(system(path), 0);
-}
 
 /* A checkpoint that does not fit names every problem; so do a bad config and bad pixels. */
 START_TEST(test_bad_checkpoints_are_named)
@@ -518,7 +388,7 @@ START_TEST(test_bad_checkpoints_are_named)
     gc_dinov3 *m;
     gc_dinov3_options o = {.device = GC_CPU, .dtype = GC_F32};
     snprintf(src, sizeof src, "%s/dinov3_reg4", GC_FIXTURES_DIR);
-    write_variant(src, dir, "layer.1.mlp.up_proj.weight", "embeddings.register_tokens", "layer.0.extra.weight");
+    gc_test_write_variant(src, dir, "layer.1.mlp.up_proj.weight", "embeddings.register_tokens", "layer.0.extra.weight");
     ck_assert_int_eq(gc_dinov3_load(&m, dir, &o), GC_ERR_FORMAT);
     const char *msg = gc_error_message();
     ck_assert_msg(strstr(msg, "missing layer.1.mlp.up_proj.weight"), "%s", msg);
@@ -528,7 +398,7 @@ START_TEST(test_bad_checkpoints_are_named)
     gc_error_clear();
     /* no registers in the config: an empty register_tokens is fine, a non-empty one is not */
     snprintf(src, sizeof src, "%s/dinov3_noreg_rect", GC_FIXTURES_DIR);
-    write_variant(src, dir, NULL, "embeddings.register_tokens", NULL);
+    gc_test_write_variant(src, dir, NULL, "embeddings.register_tokens", NULL);
     ck_assert_int_eq(gc_dinov3_load(&m, dir, &o), GC_ERR_FORMAT);
     ck_assert_msg(strstr(gc_error_message(), "unexpected embeddings.register_tokens"), "%s", gc_error_message());
     gc_error_clear();
@@ -548,7 +418,7 @@ START_TEST(test_bad_checkpoints_are_named)
     ck_assert_int_eq(gc_dinov3_load(&m, dir, &o), GC_ERR_FORMAT);
     ck_assert_msg(strstr(gc_error_message(), "config.json"), "%s", gc_error_message());
     gc_error_clear();
-    rm_rf(dir);
+    gc_test_rm_rf(dir);
     /* pixels that are not a whole number of patches */
     fixture f;
     fixture_open(&f, "dinov3_reg4", &o);
@@ -583,7 +453,7 @@ START_TEST(test_init_named)
     ck_assert_msg(y != NULL, "%s", gc_error_message());
     ck_assert_int_eq(y->shape[0], 2);
     ck_assert_int_eq(y->shape[1], c.hidden);
-    ck_assert(isfinite(norm2(y)) && norm2(y) > 0);
+    ck_assert(isfinite(gc_test_norm(y)) && gc_test_norm(y) > 0);
     gc_pool_pop(p);
     gc_grad_set_enabled(prev);
     gc_dinov3_free(m);
@@ -626,11 +496,31 @@ static gc_dinov3 *load_variant(const char *name, train_opts a, bool checkpointin
     o.checkpointing = checkpointing;
     gc_dinov3 *m;
     ck_assert_msg(gc_dinov3_load(&m, dir, &o) == GC_OK, "%s", gc_error_message());
-    rm_rf(dir);
+    gc_test_rm_rf(dir);
     const gc_dinov3_config *g = gc_dinov3_get_config(m);
     ck_assert(g->pos_embed_shift == a.shift && g->pos_embed_jitter == a.jitter && g->pos_embed_rescale == a.rescale &&
               g->drop_path == a.drop_path);
     return m;
+}
+
+/* The gradients of one step on `m` under rc with no cache (returned; free() them), and the worst
+ * relative deviation from them of the gradients (*worst) and loss (*worst_loss) with chunks 1,
+ * B/2 + 1 and B on `m`, and with no cache and chunk 2 on `mc` (the same model, checkpointed). */
+static double *chunked_vs_none(fixture *f, gc_dinov3 *m, gc_dinov3 *mc, gc_rand_context rc, double *worst,
+                               double *worst_loss)
+{
+    int64_t n = gc_params_count(gc_dinov3_params(m), false), B = f->pa->shape[0];
+    double l0, l;
+    *worst = *worst_loss = 0;
+    double *ref = step_grads_rc(m, f->pa, f->pb, 0, rc, &l0);
+    const int64_t chunks[5] = {1, B / 2 + 1, B, 0, 2};
+    for (int c = 0; c < 5; c++) {
+        double *g = step_grads_rc(c < 3 ? m : mc, f->pa, f->pb, chunks[c], rc, &l);
+        *worst = fmax(*worst, gc_test_vec_rel_err(g, ref, n));
+        *worst_loss = fmax(*worst_loss, fabs(l - l0) / fabs(l0));
+        free(g);
+    }
+    return ref;
 }
 
 static const struct { const char *fixture; train_opts a; } AUG_CASES[] = {
@@ -651,22 +541,16 @@ START_TEST(test_rope_augmentation_chunk_invariant)
     gc_dinov3 *mc = load_variant(AUG_CASES[_i].fixture, AUG_CASES[_i].a, true);
     int64_t n = gc_params_count(gc_dinov3_params(m), false), B = f.pa->shape[0];
     const gc_rand_context rc = {0x5eed, 3, 0};
-    double l0, l, worst = 0, worst_loss = 0;
-    double *ref = step_grads_rc(m, f.pa, f.pb, 0, rc, &l0);
-    const int64_t chunks[5] = {1, B / 2 + 1, B, 0, 2};
-    for (int c = 0; c < 5; c++) {
-        double *g = step_grads_rc(c < 3 ? m : mc, f.pa, f.pb, chunks[c], rc, &l);
-        worst = fmax(worst, vec_rel(g, ref, n));
-        worst_loss = fmax(worst_loss, fabs(l - l0) / fabs(l0));
-        free(g);
-    }
+    double worst, worst_loss;
+    double *ref = chunked_vs_none(&f, m, mc, rc, &worst, &worst_loss);
     double lo, le, ls;
     double *off = step_grads_rc(f.m, f.pa, f.pb, 0, rc, &lo);
     gc_dinov3_set_training(m, false);
     double *ev = step_grads_rc(m, f.pa, f.pb, 0, rc, &le);
     gc_dinov3_set_training(m, true);
     double *step4 = step_grads_rc(m, f.pa, f.pb, B / 2, (gc_rand_context){rc.seed, rc.step + 1, 0}, &ls);
-    double e_off = vec_rel(ref, off, n), e_ev = vec_rel(ev, off, n), e_step = vec_rel(step4, ref, n);
+    double e_off = gc_test_vec_rel_err(ref, off, n), e_ev = gc_test_vec_rel_err(ev, off, n);
+    double e_step = gc_test_vec_rel_err(step4, ref, n);
     printf("%-18s rope aug %g/%g/%g: chunks and checkpointing vs none %.2e (loss %.2e); vs off %.2e, eval vs off %.2e, "
            "next step %.2e\n", AUG_CASES[_i].fixture, AUG_CASES[_i].a.shift, AUG_CASES[_i].a.jitter,
            AUG_CASES[_i].a.rescale, worst, worst_loss, e_off, e_ev, e_step);
@@ -790,22 +674,15 @@ START_TEST(test_drop_path_chunk_invariant)
     fixture_open(&f, "dinov3_reg4", NULL); /* drop_path_rate 0 */
     gc_dinov3 *m = load_variant("dinov3_reg4", (train_opts){.drop_path = 0.3}, false);
     gc_dinov3 *mc = load_variant("dinov3_reg4", (train_opts){.drop_path = 0.3}, true);
-    int64_t n = gc_params_count(gc_dinov3_params(m), false), B = f.pa->shape[0];
+    int64_t n = gc_params_count(gc_dinov3_params(m), false);
     const gc_rand_context rc = {0xd00d, 2, 0};
-    double l0, l, worst = 0, worst_loss = 0;
-    double *ref = step_grads_rc(m, f.pa, f.pb, 0, rc, &l0);
-    const int64_t chunks[5] = {1, B / 2 + 1, B, 0, 2};
-    for (int c = 0; c < 5; c++) {
-        double *g = step_grads_rc(c < 3 ? m : mc, f.pa, f.pb, chunks[c], rc, &l);
-        worst = fmax(worst, vec_rel(g, ref, n));
-        worst_loss = fmax(worst_loss, fabs(l - l0) / fabs(l0));
-        free(g);
-    }
+    double worst, worst_loss;
+    double *ref = chunked_vs_none(&f, m, mc, rc, &worst, &worst_loss);
     double lz, le;
     double *zero = step_grads_rc(f.m, f.pa, f.pb, 0, rc, &lz);
     gc_dinov3_set_training(m, false);
     double *ev = step_grads_rc(m, f.pa, f.pb, 1, rc, &le);
-    double e_zero = vec_rel(ref, zero, n), e_ev = vec_rel(ev, zero, n);
+    double e_zero = gc_test_vec_rel_err(ref, zero, n), e_ev = gc_test_vec_rel_err(ev, zero, n);
     printf("dinov3_reg4 drop_path 0.3: chunks and checkpointing vs none %.2e (loss %.2e); vs rate 0 %.2e, "
            "eval vs rate 0 %.2e\n", worst, worst_loss, e_zero, e_ev);
     ck_assert_msg(worst < same_tol() && worst_loss < same_tol(), "chunked gradients differ by %.3g (loss %.3g)", worst,
@@ -888,13 +765,7 @@ END_TEST
 
 int main(void)
 {
-    gc_dinov3_options o = test_options();
-    if (o.device.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
-        printf("dinov3 on cuda: no CUDA device (skipped)\n");
-        return 77;
-    }
-    printf("dinov3 fixtures on %s in %s, tolerance %.0e\n", gc_device_name(o.device), gc_dtype_name(o.dtype),
-           tolerance());
+    if (!gc_test_fixtures_start("dinov3", tolerance())) return 77;
     Suite *s = suite_create("dinov3");
     TCase *tc = gc_test_tcase("hf");
     tcase_set_timeout(tc, 300);

@@ -25,11 +25,8 @@
 /* GC_TEST_DEVICE=cuda and GC_TEST_DTYPE=bf16 run the same checks on the GPU; the tolerance follows the dtype */
 static gc_clip_options test_options(void)
 {
-    gc_clip_options o = {.device = GC_CPU, .dtype = GC_F32, .lora_r = 4, .lora_alpha = 8, .lora_targets = TARGETS};
-    const char *d = getenv("GC_TEST_DEVICE"), *t = getenv("GC_TEST_DTYPE");
-    if (d && !strcmp(d, "cuda")) o.device = GC_CUDA0;
-    if (t && !strcmp(t, "bf16")) o.dtype = GC_BF16;
-    return o;
+    return (gc_clip_options){.device = gc_test_device(), .dtype = gc_test_dtype(), .lora_r = 4, .lora_alpha = 8,
+                             .lora_targets = TARGETS};
 }
 
 static bool bf16(void) { return test_options().dtype == GC_BF16; }
@@ -61,22 +58,10 @@ static gc_clip *load_adapted(void)
 
 static void load_inputs(gc_tensor **pixels, gc_tensor **ids)
 {
-    gc_st_file *in;
-    ck_assert_msg(gc_st_open(BASE "/inputs.safetensors", &in) == GC_OK, "%s", gc_error_message());
-    *pixels = gc_st_load(in, "pixel_values", GC_F32, GC_CPU);
-    *ids = gc_st_load(in, "input_ids", GC_I64, GC_CPU);
-    ck_assert(*pixels && *ids);
-    gc_st_close(in);
+    gc_test_load_inputs(BASE, "pixel_values", GC_F32, pixels, "input_ids", GC_I64, ids);
 }
 
 static bool is_lora(const char *name) { return strstr(name, ".lora_") != NULL; }
-
-static void rm_rf(const char *dir)
-{
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
 
 static double step_loss(gc_clip *m, gc_tensor *pixels, gc_tensor *ids, int64_t chunk)
 {
@@ -99,13 +84,13 @@ START_TEST(test_matches_peft)
     gc_params *ps = gc_clip_params(m);
     gc_tensor *pixels, *ids;
     load_inputs(&pixels, &ids);
-    gc_st_file *ref;
-    ck_assert_msg(gc_st_open(LORA "/ref.safetensors", &ref) == GC_OK, "%s", gc_error_message());
+    gc_test_refs refs;
+    gc_test_refs_open(&refs, LORA, true);
+    gc_st_file *ref = refs.file;
     gc_tensor *ref_loss = gc_st_load(ref, "loss", GC_F64, GC_CPU);
     double want_loss = ((double *)gc_tensor_data(ref_loss))[0];
     gc_tensor_release(ref_loss);
-    int n_refs = 0;
-    for (int i = 0; i < gc_st_count(ref); i++) n_refs += !strncmp(gc_st_entry_at(ref, i)->name, "grad.", 5);
+    int n_refs = refs.n_grads;
     ck_assert_int_eq(n_refs, 24); /* 2 towers x 2 layers x 3 targets x (A, B) */
 
     int64_t B = pixels->shape[0], chunks[4] = {0, 2, B / 2 + 1 /* uneven */, B};
@@ -139,7 +124,7 @@ START_TEST(test_matches_peft)
         printf("lora chunk %-3lld loss %.9f (peft %.9f), worst relative error %.2e\n", (long long)chunks[c], loss,
                want_loss, worst);
     }
-    gc_st_close(ref);
+    gc_test_refs_close(&refs);
     gc_tensor_release(pixels);
     gc_tensor_release(ids);
     gc_clip_free(m);
@@ -218,7 +203,7 @@ START_TEST(test_save_matches_peft_and_reloads)
     ck_assert_str_eq(r.targets, "fc1,q_proj,v_proj");
     ck_assert_int_eq(gc_lora_config_load(dir, &r, targets, 8), GC_ERR_INVALID);
     gc_error_clear();
-    rm_rf(dir);
+    gc_test_rm_rf(dir);
     gc_clip_free(m);
 }
 END_TEST
@@ -259,7 +244,7 @@ START_TEST(test_save_numbers)
     ck_assert_int_eq(gc_lora_config_load(dir, &r, targets, sizeof targets), GC_OK);
     ck_assert_double_eq(r.alpha, 4);
     gc_clip_free(m);
-    rm_rf(dir);
+    gc_test_rm_rf(dir);
 }
 END_TEST
 
@@ -334,7 +319,7 @@ START_TEST(test_merge_matches_peft)
     ck_assert_msg(fabs(plain_loss - before) < tolerance() * fabs(before), "merged model loss %.9g, adapted %.9g",
                   plain_loss, before);
     gc_clip_free(m2);
-    rm_rf(dir);
+    gc_test_rm_rf(dir);
     gc_tensor_release(pixels);
     gc_tensor_release(ids);
     gc_clip_free(m);
@@ -391,7 +376,7 @@ START_TEST(test_bad_adapters)
     set_config(d1, "r", cJSON_CreateNumber(8));
     expect_load_error(m, &lo, d1, GC_ERR_FORMAT, 2,
                       (const char *[]){"r 8 but the model's adapters have rank 4", "lora_alpha 8 (scale 1) but the model uses scale 2"});
-    rm_rf(d1);
+    gc_test_rm_rf(d1);
 
     /* tensors: one missing, one mis-shaped, one unexpected */
     char d2[] = "/tmp/gc_lora_bad_XXXXXX", path[1200];
@@ -441,11 +426,11 @@ START_TEST(test_bad_adapters)
     set_config(d3, "peft_type", cJSON_CreateString("LORA"));
     set_config(d3, "modules_to_save", cJSON_CreateStringArray((const char *[]){"visual_projection"}, 1));
     expect_load_error(m, &lo, d3, GC_ERR_FORMAT, 1, (const char *[]){"modules_to_save"});
-    rm_rf(d3);
+    gc_test_rm_rf(d3);
     char d4[] = "/tmp/gc_lora_bad_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(d4));
     expect_load_error(m, &lo, d4, GC_ERR_IO, 1, (const char *[]){"adapter_config.json"});
-    rm_rf(d4);
+    gc_test_rm_rf(d4);
     gc_clip_free(m);
 
     /* a model with other targets, or another alpha */
@@ -472,18 +457,13 @@ START_TEST(test_bad_adapters)
     ck_assert_int_eq(gc_lora_merge(gc_clip_params(m), &lo3, NULL), GC_ERR_INVALID);
     gc_error_clear();
     gc_clip_free(m);
-    rm_rf(d2);
+    gc_test_rm_rf(d2);
 }
 END_TEST
 
 int main(void)
 {
-    gc_clip_options o = test_options();
-    if (o.device.type == GC_DEVICE_CUDA && !gc_cuda_available()) {
-        printf("lora on cuda: no CUDA device (skipped)\n");
-        return 77;
-    }
-    printf("lora fixtures on %s in %s, tolerance %.0e\n", gc_device_name(o.device), gc_dtype_name(o.dtype), tolerance());
+    if (!gc_test_fixtures_start("lora", tolerance())) return 77;
     Suite *s = suite_create("lora");
     TCase *tc = gc_test_tcase("peft");
     tcase_set_timeout(tc, 120);
