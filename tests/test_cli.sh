@@ -8,22 +8,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
 
-# expect_fail DESCRIPTION PATTERN CMD...: exit status 1, one line on stderr matching PATTERN
-expect_fail() {
-  local what=$1 pat=$2
-  shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local rc=$?
-  local lines
-  lines=$(wc -l <"$tmp/err")
-  if [ $rc -ne 1 ] || [ "$lines" -ne 1 ] || ! grep -q -- "$pat" "$tmp/err"; then
-    echo "FAIL: $what: exit $rc, $lines lines on stderr (wanted 1 matching '$pat'):"
-    cat "$tmp/err"
-    fail=1
-  else
-    echo "ok: $what: $(cat "$tmp/err")"
-  fi
-}
+. "$(dirname "$0")/expect_fail.sh"
 
 m=$fx/clip_quickgelu_legacy
 expect_fail "missing model dir" "$tmp/nope" "$gcache" grad --model "$tmp/nope" --inputs "$m/inputs.safetensors" --out "$tmp/o"

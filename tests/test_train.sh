@@ -4,6 +4,7 @@
 # file, line and key; the same with LoRA adapters, which checkpoints keep in PEFT layout.
 # Usage: test_train.sh GCACHE SOURCE_ROOT
 set -u
+. "$(dirname "$0")/expect_fail.sh"
 export OMP_WAIT_POLICY=passive # no spinning OpenMP threads (2-core CI runs tests side by side)
 gcache=$1
 root=$2
@@ -99,25 +100,16 @@ if grep -h "warning" ref.log resume.log; then echo "FAIL: warnings in a plain CL
 grep -q "'pool' is not used by the CLIP image-caption trainer" warn.log || { echo "FAIL: no warning for a DINOv3-only key"; cat warn.log; fail=1; }
 
 # configuration errors: one line naming file, line and key; exit 1
-expect() {
-  local what=$1 pat=$2
-  shift 2
-  "$@" >out.txt 2>err.txt
-  local rc=$?
-  if [ $rc -ne 1 ] || [ "$(wc -l <err.txt)" -ne 1 ] || ! grep -q -- "$pat" err.txt; then
-    echo "FAIL: $what (exit $rc):"; cat err.txt; fail=1
-  else echo "ok: $what: $(cat err.txt)"; fi
-}
 printf 'model: clip-tiny\nbatch_sise: 8\n' >typo.yaml
-expect "unknown key" "typo.yaml:2: unknown key 'batch_sise'" "$gcache" train typo.yaml
+expect_fail "unknown key" "typo.yaml:2: unknown key 'batch_sise'" "$gcache" train typo.yaml
 printf 'batch_size: many\n' >type.yaml
-expect "wrong type" "type.yaml:1: batch_size: expected an integer" "$gcache" train type.yaml
+expect_fail "wrong type" "type.yaml:1: batch_size: expected an integer" "$gcache" train type.yaml
 printf 'batch_size: 8\ngradient_cache_chunk_size: 16\ntrain_data: x.tsv\n' >chunk.yaml
-expect "chunk larger than batch" "gradient_cache_chunk_size 16 is larger than batch_size 8" "$gcache" train chunk.yaml
+expect_fail "chunk larger than batch" "gradient_cache_chunk_size 16 is larger than batch_size 8" "$gcache" train chunk.yaml
 printf 'gradient_cache_chunk_size: 0\n' >zero.yaml
-expect "chunk not positive" "zero.yaml:1: gradient_cache_chunk_size" "$gcache" train zero.yaml
+expect_fail "chunk not positive" "zero.yaml:1: gradient_cache_chunk_size" "$gcache" train zero.yaml
 printf 'model: [a, b\n' >bad.yaml
-expect "malformed YAML" "bad.yaml" "$gcache" train bad.yaml
-expect "bad override" "unknown key 'lr'" "$gcache" train base.yaml lr=3
-expect "missing data" "nope.tsv" "$gcache" train base.yaml synthetic_train=0 train_data="$tmp/nope.tsv" output_dir="$tmp/o2"
+expect_fail "malformed YAML" "bad.yaml" "$gcache" train bad.yaml
+expect_fail "bad override" "unknown key 'lr'" "$gcache" train base.yaml lr=3
+expect_fail "missing data" "nope.tsv" "$gcache" train base.yaml synthetic_train=0 train_data="$tmp/nope.tsv" output_dir="$tmp/o2"
 exit $fail

@@ -7,6 +7,7 @@
 # model of a new run); LoRA resumes; configuration errors are one line naming the
 # problem. Usage: test_train_pairs.sh GCACHE
 set -u
+. "$(dirname "$0")/expect_fail.sh"
 # the tiny model's ops take microseconds: OpenMP threads that spin between them only take
 # the cores from the loader threads and the tests running beside this one
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
@@ -122,36 +123,27 @@ if [ -f lora/checkpoint-2/adapter_model.safetensors ] && [ -f lora/checkpoint-2/
 else echo "FAIL: LoRA resume: step 3 loss '$a' before the kill, '$b' after the resume"; fail=1; fi
 
 # ---- configuration errors: one line naming the problem; exit 1
-expect() {
-  local what=$1 pat=$2
-  shift 2
-  "$@" >out.txt 2>err.txt
-  local rc=$?
-  if [ $rc -ne 1 ] || [ "$(wc -l <err.txt)" -ne 1 ] || ! grep -q -- "$pat" err.txt; then
-    echo "FAIL: $what (exit $rc):"; cat err.txt; fail=1
-  else echo "ok: $what: $(cat err.txt)"; fi
-}
 printf 'model: dinov3-tiny\npair_format: triplets\n' >fmt.yaml
-expect "unknown pair format" "fmt.yaml:2: pair_format: 'triplets' is not one of pairs|labels" "$gcache" train fmt.yaml
+expect_fail "unknown pair format" "fmt.yaml:2: pair_format: 'triplets' is not one of pairs|labels" "$gcache" train fmt.yaml
 printf 'model: dinov3-tiny\npool: max\n' >pool.yaml
-expect "unknown pool" "pool.yaml:2: pool: 'max' is not one of cls|mean" "$gcache" train pool.yaml
-expect "augment not a boolean" "command line: augment: expected true or false" "$gcache" train base.yaml augment=maybe
-expect "unknown architecture" "model: 'dinov3-huge' is neither a checkpoint directory nor a known architecture" \
+expect_fail "unknown pool" "pool.yaml:2: pool: 'max' is not one of cls|mean" "$gcache" train pool.yaml
+expect_fail "augment not a boolean" "command line: augment: expected true or false" "$gcache" train base.yaml augment=maybe
+expect_fail "unknown architecture" "model: 'dinov3-huge' is neither a checkpoint directory nor a known architecture" \
   "$gcache" train base.yaml model=dinov3-huge output_dir="$tmp/e1"
-expect "missing second image column" 'no column "path_b" in the header' \
+expect_fail "missing second image column" 'no column "path_b" in the header' \
   "$gcache" train base.yaml csv_img_b_key=path_b synthetic_train=0 synthetic_val=0 output_dir="$tmp/e2"
-expect "one image column twice" "csv_img_key and csv_img_b_key are both 'filepath'" \
+expect_fail "one image column twice" "csv_img_key and csv_img_b_key are both 'filepath'" \
   "$gcache" train base.yaml csv_img_b_key=filepath synthetic_train=0 synthetic_val=0 output_dir="$tmp/e3"
-expect "pairs from WebDataset" "pair_format pairs reads a CSV/TSV manifest" \
+expect_fail "pairs from WebDataset" "pair_format pairs reads a CSV/TSV manifest" \
   "$gcache" train base.yaml data_format=webdataset synthetic_train=0 synthetic_val=0 train_data="$tmp/x.tar" output_dir="$tmp/e4"
-expect "missing label column" 'no column "class_id" in the header' \
+expect_fail "missing label column" 'no column "class_id" in the header' \
   "$gcache" train base.yaml "${lab[@]}" csv_label_key=class_id synthetic_train=0 output_dir="$tmp/e5"
-expect "batch larger than the data" "96 pairs, fewer than batch_size 128" \
+expect_fail "batch larger than the data" "96 pairs, fewer than batch_size 128" \
   "$gcache" train base.yaml batch_size=128 output_dir="$tmp/e6"
-expect "LoRA target of CLIP" "lora_target_modules: 'out_proj' is not a DINOv3 module" \
+expect_fail "LoRA target of CLIP" "lora_target_modules: 'out_proj' is not a DINOv3 module" \
   "$gcache" train base.yaml use_lora=true lora_target_modules=q_proj,out_proj output_dir="$tmp/e7"
-expect "resume with the other pair format" "trained with pair_format pairs, the configuration says labels" \
+expect_fail "resume with the other pair format" "trained with pair_format pairs, the configuration says labels" \
   "$gcache" train base.yaml "${lab[@]}" output_dir="$tmp/e8" --resume "$tmp/ref"
-expect "synthetic data over a foreign manifest" "was not written by the synthetic pair generator" \
+expect_fail "synthetic data over a foreign manifest" "was not written by the synthetic pair generator" \
   "$gcache" train base.yaml train_data="$tmp/base.yaml" output_dir="$tmp/e9"
 exit $fail
