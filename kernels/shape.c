@@ -92,13 +92,15 @@ gc_tensor *gc_cast(gc_tensor *x, gc_dtype dt)
 
 /* ---------------------------------------------------------------- strided views */
 
+/* A reshape keeps the elements and their order: x's gradient is gy itself. */
+static gc_status reshape_backward(gc_node *nd, gc_tensor *gy) { return gc_grad_pass(nd, 0, gy); }
+
 /* The gradient of a strided view y of x: scatter gy into x's gradient through the
  * view's geometry. x's gradient is contiguous with x's shape, so the view geometry
  * is re-expressed relative to a contiguous layout (recorded at forward time). */
 static gc_status view_backward(gc_node *nd, gc_tensor *gy)
 {
     view_geom *g = nd->aux;
-    if (!strcmp(nd->op, "view")) return gc_grad_pass(nd, 0, gy); /* a reshape: same elements, same order */
     bool acc;
     gc_tensor *gx = gc_grad_target(nd, 0, &acc);
     if (!gx) return GC_PENDING();
@@ -148,18 +150,7 @@ gc_tensor *gc_view(gc_tensor *x, int ndim, const int64_t *shape)
     gc_tensor *y = gc_tensor_view_of(xc, ndim, sh, st, xc->offset);
     if (!y) return NULL;
     gc_pool_add(y);
-    if (gc_autograd_should_record(1, &xc)) {
-        view_geom *g = malloc(sizeof *g);
-        if (!g) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
-        g->ndim = ndim;
-        memcpy(g->shape, sh, sizeof sh);
-        memcpy(g->stride, st, sizeof st);
-        g->offset = 0;
-        gc_node *nd = gc_autograd_record("view", view_backward, y, 1, &xc, 0, NULL);
-        if (!nd) { free(g); return NULL; }
-        nd->aux = g;
-        nd->aux_free = free;
-    }
+    gc_autograd_record("view", reshape_backward, y, 1, &xc, 0, NULL);
     return y;
 }
 
