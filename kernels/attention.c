@@ -39,9 +39,9 @@
  *              given), out, the row log-sum-exp [B, H, Lq] and the mask; the backward
  *              recomputes P. Dropout runs inside the kernels (same mask as above).
  * Default: REF on the CPU; on CUDA FLASH where it applies, else GEMM (f32 storage, other
- * head dims, unaligned or strided-innermost inputs). GC_ATTN_IMPL=ref|gemm|flash
- * overrides: the tests run GEMM on the CPU against REF; on CUDA "gemm" forces GEMM and
- * "flash" / "ref" mean the default (ref is CPU-only, flash CUDA-only). */
+ * head dims, unaligned or strided-innermost inputs). gc_attention_set_impl("gemm") (or
+ * GC_ATTN_IMPL=gemm) forces GEMM everywhere: the tests run it on the CPU against REF, and on
+ * CUDA against FLASH. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,10 +94,37 @@ static bool flash_applies(const gc_tensor *q, const gc_tensor *k, const gc_tenso
 #endif
 }
 
+/* GEMM forced (1) or not (0); -1 until GC_ATTN_IMPL is read (once: this is a hot path) */
+static int attn_force_gemm = -1;
+
+static bool force_gemm(void)
+{
+    if (attn_force_gemm < 0) {
+        const char *e = getenv("GC_ATTN_IMPL");
+        attn_force_gemm = e && !strcmp(e, "gemm");
+    }
+    return attn_force_gemm == 1;
+}
+
+gc_status gc_attention_set_impl(const char *name)
+{
+    if (name && !strcmp(name, "gemm")) {
+        attn_force_gemm = 1;
+        return GC_OK;
+    }
+    if (name && (!strcmp(name, "auto") || !strcmp(name, "ref") || !strcmp(name, "flash"))) {
+        attn_force_gemm = 0;
+        return GC_OK;
+    }
+    return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash or gemm",
+                        name ? name : "(null)");
+}
+
+const char *gc_attention_get_impl(void) { return force_gemm() ? "gemm" : "auto"; }
+
 static attn_impl attn_impl_pick(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v)
 {
-    const char *e = getenv("GC_ATTN_IMPL");
-    const bool gemm = e && !strcmp(e, "gemm");
+    const bool gemm = force_gemm();
     if (q->device.type == GC_DEVICE_CPU) return gemm ? ATTN_GEMM : ATTN_REF;
     return !gemm && flash_applies(q, k, v) ? ATTN_FLASH : ATTN_GEMM;
 }

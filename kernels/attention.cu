@@ -47,17 +47,11 @@ struct RowArgs {
     int64_t sample_offset;
 };
 
-// gc_rand_uniform(...) >= p, picking the Philox word by constant indices (a dynamic
-// index would put the block in local memory).
+// element e = (h Lq + i) Lk + j of batch row b survives dropout
 __device__ __forceinline__ bool keep_elem(const RowArgs &a, int64_t b, int64_t h, int64_t i, int64_t j)
 {
     const uint64_t e = (uint64_t)((h * a.Lq + i) * a.Lk + j);
-    const uint32_t key[2] = {(uint32_t)a.seed, (uint32_t)(a.seed >> 32)};
-    const uint32_t ctr[4] = {(uint32_t)(e >> 2), (uint32_t)(a.sample_offset + b), a.op, a.step};
-    uint32_t r[4];
-    gc_philox4x32_10(key, ctr, r);
-    const uint32_t w = (e & 3) == 0 ? r[0] : (e & 3) == 1 ? r[1] : (e & 3) == 2 ? r[2] : r[3];
-    return (float)(w >> 8) * (1.0f / 16777216.0f) >= a.p;
+    return gc_rand_uniform(a.seed, a.step, a.op, (uint32_t)(a.sample_offset + b), e) >= a.p;
 }
 
 // (max, sum exp(x - max)) of two parts; (-inf, 0) is the empty part. Symmetric, so

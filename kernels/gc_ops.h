@@ -85,6 +85,12 @@ typedef struct gc_attn_opts {
 /* q [B, Lq, H, D], k/v [B, Lk, Hkv, D] (H % Hkv == 0: grouped-query) -> [B, Lq, H, D].
  * softmax(q k^T * scale + mask) v, softmax in f32. */
 gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_opts *opts);
+/* The implementation gc_attention takes: "auto" (the CPU reference loops; on CUDA the flash
+ * kernels where they apply, else GEMMs), "ref" and "flash" (both mean auto), or "gemm"
+ * (GEMMs + row kernels on every device). Starts as GC_ATTN_IMPL says (read once; unset or
+ * unknown: auto). An unknown name is an error and changes nothing. */
+gc_status gc_attention_set_impl(const char *name);
+const char *gc_attention_get_impl(void); /* "gemm" or "auto" */
 
 /* ---- embedding.c ---- */
 /* table [V, D], ids i32/i64 [...] -> [..., D]; an id out of [0, V) is an error.

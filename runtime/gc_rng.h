@@ -53,7 +53,9 @@ static inline GC_HD float gc_rand_uniform(uint64_t seed, uint32_t step, uint32_t
     uint32_t ctr[4] = {(uint32_t)(elem >> 2), sample, op, step};
     uint32_t r[4];
     gc_philox4x32_10(key, ctr, r);
-    return (float)(r[elem & 3] >> 8) * (1.0f / 16777216.0f);
+    /* constant indices: a dynamic r[elem & 3] would put r in a GPU kernel's local memory */
+    const uint32_t w = (elem & 3) == 0 ? r[0] : (elem & 3) == 1 ? r[1] : (elem & 3) == 2 ? r[2] : r[3];
+    return (float)(w >> 8) * (1.0f / 16777216.0f);
 }
 
 /* RandContext: the random state a forward pass draws from. Capturing it before a

@@ -428,7 +428,7 @@ END_TEST
 /* ---------------------------------------------------------------- flash attention
  * bf16 inputs with D in {32, 64, 128} take ATTN_FLASH on the GPU (kernels/flash_attention.cu).
  * Run alone with CK_RUN_CASE=flash (correctness) and CK_RUN_CASE=flash_bench (CLIP-sized
- * timing, flash vs gemm). Each comparison also runs with GC_ATTN_IMPL=gemm ("... [gemm]"):
+ * timing, flash vs gemm). Each comparison also runs on the GEMM path ("... [gemm]"):
  * if both fail, the problem is not in the flash kernels. */
 
 typedef struct flash_case {
@@ -502,9 +502,9 @@ static void flash_run(cmp_log *lg, const char *label, const flash_case *c, uint6
     cmp(lg, label, f_flash, &cc, n, in, GC_BF16, TOL16);
     char l[160];
     snprintf(l, sizeof l, "%s [gemm]", label);
-    setenv("GC_ATTN_IMPL", "gemm", 1);
+    ck_assert_int_eq(gc_attention_set_impl("gemm"), GC_OK);
     cmp(lg, l, f_flash, &cc, n, in, GC_BF16, TOL16);
-    unsetenv("GC_ATTN_IMPL");
+    ck_assert_int_eq(gc_attention_set_impl("auto"), GC_OK);
 }
 
 START_TEST(test_flash_vs_cpu)
@@ -572,13 +572,13 @@ START_TEST(test_flash_dispatch)
         size_t got = attn_saved(q, k, v, &(gc_attn_opts){.causal = true});
         EXPECT(got == (D == 48 ? gemm : flash), "bf16 D %lld: saved %zu bytes, want %zu (%s)", (long long)D, got,
                D == 48 ? gemm : flash, D == 48 ? "gemm: D 48 has no flash kernel" : "flash");
-        setenv("GC_ATTN_IMPL", "gemm", 1);
+        ck_assert_int_eq(gc_attention_set_impl("gemm"), GC_OK);
         got = attn_saved(q, k, v, NULL);
-        EXPECT(got == gemm, "GC_ATTN_IMPL=gemm D %lld: saved %zu bytes, want %zu", (long long)D, got, gemm);
-        setenv("GC_ATTN_IMPL", "flash", 1);
+        EXPECT(got == gemm, "impl gemm D %lld: saved %zu bytes, want %zu", (long long)D, got, gemm);
+        ck_assert_int_eq(gc_attention_set_impl("flash"), GC_OK);
         got = attn_saved(q, k, v, NULL);
-        EXPECT(got == (D == 48 ? gemm : flash), "GC_ATTN_IMPL=flash D %lld: saved %zu bytes", (long long)D, got);
-        unsetenv("GC_ATTN_IMPL");
+        EXPECT(got == (D == 48 ? gemm : flash), "impl flash D %lld: saved %zu bytes", (long long)D, got);
+        ck_assert_int_eq(gc_attention_set_impl("auto"), GC_OK);
     }
     /* f32 storage: gemm (P is S, f32) */
     gc_tensor *q = gpu_leaf(GC_F32, 4, GC_SHAPE(B, L, H, 64), 4);
@@ -629,7 +629,7 @@ START_TEST(test_flash_clip_bench)
     gc_tensor *outs[2] = {NULL, NULL}, *grads[2] = {NULL, NULL};
     const char *impls[2] = {"flash", "gemm"};
     for (int m = 0; m < 2; m++) {
-        setenv("GC_ATTN_IMPL", impls[m], 1);
+        ck_assert_int_eq(gc_attention_set_impl(impls[m]), GC_OK);
         gc_tensor_zero_grad(qkv);
         gc_pool *it = gc_pool_push();
         gc_tensor *y = NULL;
@@ -663,7 +663,7 @@ START_TEST(test_flash_clip_bench)
         gc_timer_free(t1);
         if (st != GC_OK) log_fail(&lg, "%s timing failed: %s", impls[m], gc_error_message());
     }
-    unsetenv("GC_ATTN_IMPL");
+    ck_assert_int_eq(gc_attention_set_impl("auto"), GC_OK);
     if (outs[0] && outs[1] && grads[0] && grads[1]) {
         double eo = gc_test_rel_err(outs[0], outs[1]), eg = gc_test_rel_err(grads[0], grads[1]);
         printf("%-40s flash vs gemm: out rel err %.2e, grad rel err %.2e\n", "attention [64,197,12,64] bf16", eo, eg);

@@ -1,6 +1,6 @@
 /* gc_attention: finite-difference gradients of q, k, v (bidirectional, causal, masks,
  * GQA, dropout, odd sizes, non-contiguous inputs) for both implementations that run on
- * the CPU (GC_ATTN_IMPL=ref: the reference loops; gemm: the GEMM + row-kernel path that
+ * the CPU (gc_attention_set_impl "ref": the reference loops; "gemm": the GEMM + row-kernel path that
  * CUDA runs, with its score rows padded to 8 elements), the two against each other, known
  * values, the dropout stream's layout and its independence of batch chunking, and
  * argument errors. The CUDA-only flash kernels are compared with the CPU reference in
@@ -24,7 +24,7 @@ typedef struct actx {
 static gc_tensor *f_attn(gc_tensor *const *in, void *vctx)
 {
     actx *c = vctx;
-    setenv("GC_ATTN_IMPL", c->impl, 1);
+    ck_assert_int_eq(gc_attention_set_impl(c->impl), GC_OK);
     gc_rand_context_set(c->rc);
     gc_attn_opts o = c->o;
     o.mask = c->mask;
@@ -173,7 +173,7 @@ START_TEST(test_fully_masked_row_is_zero)
 {
     for (int mi = 0; mi < 2; mi++) {
         gc_pool *p = gc_pool_push();
-        setenv("GC_ATTN_IMPL", impls[mi], 1);
+        ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
         gc_tensor *q = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 1, 1.0));
         gc_tensor *k = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 2, 1.0));
         gc_tensor *m = gc_pool_add(make_mask(2, 5, 5, true));
@@ -236,7 +236,7 @@ END_TEST
 /* self-attention on one tensor: three gradients into one buffer */
 static gc_tensor *f_self(gc_tensor *const *in, void *ctx)
 {
-    setenv("GC_ATTN_IMPL", ctx, 1);
+    ck_assert_int_eq(gc_attention_set_impl(ctx), GC_OK);
     return gc_attention(in[0], in[0], in[0], &(gc_attn_opts){.causal = true});
 }
 
@@ -261,7 +261,7 @@ START_TEST(test_known_values)
         {0.049958374957879914, 1.2874687812184098, 0.0, 0.0},                               /* mask, scale 0.5 */
     };
     for (int mi = 0; mi < 2; mi++) {
-        setenv("GC_ATTN_IMPL", impls[mi], 1);
+        ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
         gc_pool *p = gc_pool_push();
         gc_tensor *q = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(1, 2, 1, 2), qd));
         gc_tensor *k = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(1, 3, 1, 2), kd));
@@ -290,7 +290,7 @@ END_TEST
 static void dropout_out(const char *impl, int64_t H, int64_t L, double p, gc_rand_context rc, int64_t b0,
                         int64_t b1, float *out)
 {
-    setenv("GC_ATTN_IMPL", impl, 1);
+    ck_assert_int_eq(gc_attention_set_impl(impl), GC_OK);
     gc_pool *pool = gc_pool_push();
     gc_tensor *q = gc_pool_add(gc_tensor_zeros(GC_F32, GC_CPU, 4, GC_SHAPE(b1 - b0, L, H, L)));
     gc_tensor *v = gc_pool_add(gc_tensor_zeros(GC_F32, GC_CPU, 4, GC_SHAPE(b1 - b0, L, H, L)));
@@ -358,7 +358,7 @@ START_TEST(test_dropout_backward_context)
 {
     shp s = {2, 4, 4, 2, 1, 3};
     for (int mi = 0; mi < 2; mi++) {
-        setenv("GC_ATTN_IMPL", impls[mi], 1);
+        ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
         gc_tensor *in[3];
         make_qkv(s, 51, in);
         double *gr[2][3];
@@ -393,7 +393,7 @@ END_TEST
 START_TEST(test_empty)
 {
     for (int mi = 0; mi < 2; mi++) {
-        setenv("GC_ATTN_IMPL", impls[mi], 1);
+        ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
         /* no keys: zeros, zero gradients */
         shp s = {1, 2, 0, 2, 1, 3};
         gc_tensor *in[3];
@@ -420,8 +420,8 @@ START_TEST(test_empty)
 }
 END_TEST
 
-/* GC_ATTN_IMPL=flash names a CUDA kernel: on the CPU it means the reference, bit for bit
- * (as does an unknown name). */
+/* "flash" names a CUDA kernel: on the CPU it means the reference, bit for bit, as does
+ * "auto"; an unknown name is an error that leaves the setting alone. */
 START_TEST(test_flash_env_on_cpu)
 {
     shp s = {2, 6, 9, 4, 2, 8};
@@ -429,7 +429,14 @@ START_TEST(test_flash_env_on_cpu)
     make_qkv(s, 71, in);
     gc_tensor *m = make_mask(s.B, s.Lq, s.Lk, true);
     actx c = {.o = {.causal = true, .dropout = 0.2, .dropout_op = 5}, .mask = m, .rc = {3, 1, 0}};
-    const char *names[3] = {"ref", "flash", "nonsense"};
+    ck_assert_int_eq(gc_attention_set_impl("gemm"), GC_OK);
+    ck_assert_int_eq(gc_attention_set_impl("nonsense"), GC_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "nonsense"));
+    ck_assert_int_eq(gc_attention_set_impl(NULL), GC_ERR_INVALID);
+    ck_assert_str_eq(gc_attention_get_impl(), "gemm");
+    ck_assert_int_eq(gc_attention_set_impl("flash"), GC_OK);
+    ck_assert_str_eq(gc_attention_get_impl(), "auto");
+    const char *names[3] = {"ref", "flash", "auto"};
     double *out[3], *g[3][3];
     int64_t nout[3];
     for (int k = 0; k < 3; k++) {
