@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 extern "C" {
 #include "../runtime/gc_cuda.h"
@@ -13,6 +14,20 @@ extern "C" {
 #include "gc_cuda_util.cuh"
 
 namespace {
+
+// Contiguous maps take kVec elements per thread (one 16-byte access of bf16, two of f32)
+// when every pointer is 16-byte aligned: one vector per thread, grid-stride only past
+// 2^24 blocks. Anything else takes the scalar kernels.
+constexpr int kVec = 8;
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+unsigned grid_vec(int64_t nv)
+{
+    int64_t blocks = (nv + kThreads - 1) / kThreads, cap = (int64_t)1 << 24;
+    if (blocks > cap) blocks = cap;
+    return (unsigned)(blocks > 0 ? blocks : 1);
+}
 
 // ------------------------------------------------------------------ broadcast geometry
 
@@ -69,6 +84,32 @@ __global__ void binary_fwd_kernel(T *__restrict__ y, const T *__restrict__ a, co
     }
 }
 
+// The vector path: kVec elements per thread, 16-byte accesses. a and b are contiguous
+// (period n) or one row of `period` elements repeated along the leading dims (a bias, a
+// position embedding): element i reads a[i % pa], b[i % pb]. Needs y, a, b 16-byte
+// aligned and each period n or a multiple of kVec (a vector never straddles a row); the
+// n % kVec tail goes one element per thread.
+template <typename T, bool MUL>
+__global__ void binary_fwd_vec_kernel(T *__restrict__ y, const T *__restrict__ a, const T *__restrict__ b, int64_t nv,
+                                      int64_t n, int64_t pa, int64_t pb, float alpha)
+{
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t v = t; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t i = v * kVec;
+        float fa[kVec], fb[kVec];
+        load_v<kVec>(a + (pa == n ? i : i % pa), fa);
+        load_v<kVec>(b + (pb == n ? i : i % pb), fb);
+#pragma unroll
+        for (int k = 0; k < kVec; k++) fa[k] = MUL ? fa[k] * fb[k] : fa[k] + alpha * fb[k];
+        store_v<kVec>(y + i, fa, false);
+    }
+    const int64_t i = nv * kVec + t; // pa, pb == n here: a period < n is a multiple of kVec
+    if (i < n) {
+        float va = to_f(a[i]), vb = to_f(b[i]);
+        y[i] = from_f<T>(MUL ? va * vb : va + alpha * vb);
+    }
+}
+
 template <bool MUL>
 gc_status binary_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape, const int64_t *sa,
                      const int64_t *sb, float alpha)
@@ -84,12 +125,25 @@ gc_status binary_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int n
     const int64_t n = gc_tensor_numel(y);
     if (n == 0) return GC_OK;
     const bool contig = g.n == 0 ? false : (g.n == 1 && g.s0[0] == 1 && g.s1[0] == 1);
+    // periods for the vector path (0: not of its form): contiguous, or [rows, P] with
+    // either operand one row of P broadcast over the rows
+    int64_t pa = 0, pb = 0;
+    if (contig) pa = pb = n;
+    else if (g.n == 2 && g.s0[1] == 1 && g.s1[1] == 1 && (g.s0[0] == 0 || g.s0[0] == g.shape[1]) &&
+             (g.s1[0] == 0 || g.s1[0] == g.shape[1])) {
+        pa = g.s0[0] ? n : g.shape[1];
+        pb = g.s1[0] ? n : g.shape[1];
+    }
     return with_type(y->dtype, MUL ? "mul" : "add", [&](auto tag) {
         using T = typename decltype(tag)::type;
         auto *yp = (T *)gc_tensor_data(y);
         auto *ap = (const T *)gc_tensor_data(a);
         auto *bp = (const T *)gc_tensor_data(b);
-        if (contig)
+        auto period_ok = [&](int64_t p) { return p == n || (p > 0 && p % kVec == 0); };
+        if (pa && period_ok(pa) && period_ok(pb) && aligned16(yp) && aligned16(ap) && aligned16(bp)) {
+            const int64_t nv = n / kVec;
+            binary_fwd_vec_kernel<T, MUL><<<grid_vec(nv), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, nv, n, pa, pb, alpha);
+        } else if (contig)
             binary_fwd_kernel<T, MUL, true><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, g, n, alpha);
         else
             binary_fwd_kernel<T, MUL, false><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, g, n, alpha);
@@ -303,61 +357,139 @@ constexpr float kSqrt2OverPi = 0.79788456080286535588f;
 constexpr float kGeluTanhC = 0.044715f;
 constexpr float kQuickGeluC = 1.702f;
 
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+// FAST (bf16 data): __expf and an exactly rounded reciprocal. __expf is off by a few f32
+// ulp (2 + 1.2|x|), far below bf16's rounding (2^-9 relative); f32 data keeps expf and
+// IEEE division, as accurate as the f32 CPU reference needs.
+template <bool FAST> __device__ __forceinline__ float exp_f(float x) { return FAST ? __expf(x) : expf(x); }
 
-__device__ __forceinline__ float act_f(int act, float x)
+template <bool FAST> __device__ __forceinline__ float sigmoid_f(float x)
 {
-    switch (act) {
-    case GC_ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * kSqrt1_2));
-    case GC_ACT_GELU_TANH: return 0.5f * x * (1.0f + tanhf(kSqrt2OverPi * (x + kGeluTanhC * x * x * x)));
-    case GC_ACT_QUICK_GELU: return x * sigmoidf(kQuickGeluC * x);
-    case GC_ACT_SILU: return x * sigmoidf(x);
-    default: return x;
-    }
+    return FAST ? __frcp_rn(1.0f + __expf(-x)) : 1.0f / (1.0f + expf(-x));
 }
 
-__device__ __forceinline__ float act_df(int act, float x)
+// tanh-GELU through 0.5 (1 + tanh(u)) = sigmoid(2u): no tanhf, and no cancellation for
+// negative x. 2u = 2 sqrt(2/pi) (x + 0.044715 x^3).
+__device__ __forceinline__ float gelu_tanh_2u(float x) { return 2.0f * kSqrt2OverPi * (x + kGeluTanhC * x * x * x); }
+
+// The activation and its derivative; ACT is a compile-time gc_act.
+template <int ACT, bool FAST> __device__ __forceinline__ float act_f(float x)
 {
-    switch (act) {
-    case GC_ACT_GELU_ERF: return 0.5f * (1.0f + erff(x * kSqrt1_2)) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
-    case GC_ACT_GELU_TANH: {
-        float t = tanhf(kSqrt2OverPi * (x + kGeluTanhC * x * x * x));
-        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * x * x);
-    }
-    case GC_ACT_QUICK_GELU: {
-        float s = sigmoidf(kQuickGeluC * x);
+    if constexpr (ACT == GC_ACT_GELU_ERF) return 0.5f * x * (1.0f + erff(x * kSqrt1_2));
+    else if constexpr (ACT == GC_ACT_GELU_TANH) return x * sigmoid_f<FAST>(gelu_tanh_2u(x));
+    else if constexpr (ACT == GC_ACT_QUICK_GELU) return x * sigmoid_f<FAST>(kQuickGeluC * x);
+    else if constexpr (ACT == GC_ACT_SILU) return x * sigmoid_f<FAST>(x);
+    else return x;
+}
+
+template <int ACT, bool FAST> __device__ __forceinline__ float act_df(float x)
+{
+    if constexpr (ACT == GC_ACT_GELU_ERF) {
+        return 0.5f * (1.0f + erff(x * kSqrt1_2)) + x * kInvSqrt2Pi * exp_f<FAST>(-0.5f * x * x);
+    } else if constexpr (ACT == GC_ACT_GELU_TANH) { // s = sigmoid(2u) = (1 + tanh u) / 2, 1 - tanh^2 u = 4 s (1 - s)
+        float s = sigmoid_f<FAST>(gelu_tanh_2u(x));
+        return s + 2.0f * x * s * (1.0f - s) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * x * x);
+    } else if constexpr (ACT == GC_ACT_QUICK_GELU) {
+        float s = sigmoid_f<FAST>(kQuickGeluC * x);
         return s + kQuickGeluC * x * s * (1.0f - s);
-    }
-    case GC_ACT_SILU: {
-        float s = sigmoidf(x);
+    } else if constexpr (ACT == GC_ACT_SILU) {
+        float s = sigmoid_f<FAST>(x);
         return s * (1.0f + x * (1.0f - s));
-    }
-    default: return 1.0f;
+    } else {
+        return 1.0f;
     }
 }
 
 enum UnaryOp { U_SCALE, U_EXP, U_ACT };
 
+// y = f(x); ACT only for U_ACT
+template <int OP, int ACT, bool FAST> __device__ __forceinline__ float unary_f(float v, float s)
+{
+    return OP == U_SCALE ? s * v : OP == U_EXP ? exp_f<FAST>(v) : act_f<ACT, FAST>(v);
+}
+
+// gy * f'(.): scale: s; exp: from the saved y; activation: from the saved x
+template <int OP, int ACT, bool FAST> __device__ __forceinline__ float unary_df(float g, float saved, float s)
+{
+    return OP == U_SCALE ? s * g : OP == U_EXP ? g * saved : g * act_df<ACT, FAST>(saved);
+}
+
+// bf16 data takes the fast intrinsics (exp_f, sigmoid_f); f32 the exact ones
+template <typename T> constexpr bool fast_math_for = std::is_same<T, __nv_bfloat16>::value;
+
 // y = f(x), contiguous
-template <typename T, int OP>
-__global__ void unary_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t n, float s, int act)
+template <typename T, int OP, int ACT>
+__global__ void unary_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t n, float s)
+{
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = from_f<T>(unary_f<OP, ACT, fast_math_for<T>>(to_f(x[i]), s));
+}
+
+// The same, kVec elements per thread with 16-byte accesses (y, x 16-byte aligned); the
+// n % kVec tail one element per thread.
+template <typename T, int OP, int ACT>
+__global__ void unary_fwd_vec_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t nv, int64_t n, float s)
+{
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t v = t; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
+        float f[kVec];
+        load_v<kVec>(x + v * kVec, f);
+#pragma unroll
+        for (int k = 0; k < kVec; k++) f[k] = unary_f<OP, ACT, fast_math_for<T>>(f[k], s);
+        store_v<kVec>(y + v * kVec, f, false);
+    }
+    const int64_t i = nv * kVec + t;
+    if (i < n) y[i] = from_f<T>(unary_f<OP, ACT, fast_math_for<T>>(to_f(x[i]), s));
+}
+
+// gx (+)= gy * f'(.); saved is NULL for scale
+template <typename T, typename G, int OP, int ACT>
+__global__ void unary_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ saved, int64_t n, float s,
+                                 bool acc)
 {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float v = to_f(x[i]);
-        y[i] = from_f<T>(OP == U_SCALE ? s * v : OP == U_EXP ? expf(v) : act_f(act, v));
+        float v = unary_df<OP, ACT, fast_math_for<T>>(to_f(gy[i]), OP == U_SCALE ? 0.0f : to_f(saved[i]), s);
+        if (acc) v += to_f(gx[i]);
+        gx[i] = from_f<G>(v);
     }
 }
 
-// gx (+)= gy * f'(.): scale: s; exp: saved y; activation: recomputed from saved x
-template <typename T, typename G, int OP>
-__global__ void unary_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ saved, int64_t n, float s,
-                                 int act, bool acc)
+// The same, kVec elements per thread (gx, gy, saved 16-byte aligned); the tail as above.
+template <typename T, typename G, int OP, int ACT>
+__global__ void unary_bwd_vec_kernel(G *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ saved, int64_t nv,
+                                     int64_t n, float s, bool acc)
 {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-        float g = to_f(gy[i]);
-        float v = OP == U_SCALE ? s * g : OP == U_EXP ? g * to_f(saved[i]) : g * act_df(act, to_f(saved[i]));
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t v = t; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
+        float g[kVec], x[kVec] = {};
+        load_v<kVec>(gy + v * kVec, g);
+        if constexpr (OP != U_SCALE) load_v<kVec>(saved + v * kVec, x);
+#pragma unroll
+        for (int k = 0; k < kVec; k++) g[k] = unary_df<OP, ACT, fast_math_for<T>>(g[k], x[k], s);
+        store_v<kVec>(gx + v * kVec, g, acc);
+    }
+    const int64_t i = nv * kVec + t;
+    if (i < n) {
+        float v = unary_df<OP, ACT, fast_math_for<T>>(to_f(gy[i]), OP == U_SCALE ? 0.0f : to_f(saved[i]), s);
         if (acc) v += to_f(gx[i]);
         gx[i] = from_f<G>(v);
+    }
+}
+
+// Calls f(std::integral_constant<int, ACT>{}) for the activation: one kernel per
+// activation, no switch per element. Scale and exp have none.
+template <int OP, typename F> gc_status with_act(int act, F &&f)
+{
+    using std::integral_constant;
+    if constexpr (OP != U_ACT) {
+        return f(integral_constant<int, GC_ACT_NONE>{});
+    } else {
+        switch (act) {
+        case GC_ACT_GELU_ERF: return f(integral_constant<int, GC_ACT_GELU_ERF>{});
+        case GC_ACT_GELU_TANH: return f(integral_constant<int, GC_ACT_GELU_TANH>{});
+        case GC_ACT_QUICK_GELU: return f(integral_constant<int, GC_ACT_QUICK_GELU>{});
+        case GC_ACT_SILU: return f(integral_constant<int, GC_ACT_SILU>{});
+        default: return f(integral_constant<int, GC_ACT_NONE>{});
+        }
     }
 }
 
@@ -367,10 +499,19 @@ template <int OP> gc_status unary_fwd(gc_tensor *y, const gc_tensor *x, float s,
     if (n == 0) return GC_OK;
     return with_type(y->dtype, what, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        unary_fwd_kernel<T, OP><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>((T *)gc_tensor_data(y),
-                                                                               (const T *)gc_tensor_data(x), n, s, act);
-        GC_CUDA_LAUNCH_CHECK();
-        return GC_OK;
+        return with_act<OP>(act, [&](auto ac) {
+            constexpr int ACT = decltype(ac)::value;
+            auto *yp = (T *)gc_tensor_data(y);
+            auto *xp = (const T *)gc_tensor_data(x);
+            if (aligned16(yp) && aligned16(xp)) {
+                const int64_t nv = n / kVec;
+                unary_fwd_vec_kernel<T, OP, ACT><<<grid_vec(nv), kThreads, 0, gc_cuda_stream()>>>(yp, xp, nv, n, s);
+            } else {
+                unary_fwd_kernel<T, OP, ACT><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, xp, n, s);
+            }
+            GC_CUDA_LAUNCH_CHECK();
+            return GC_OK;
+        });
     });
 }
 
@@ -382,11 +523,21 @@ gc_status unary_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *saved, 
     return with_types(gy->dtype, gx->dtype, what, [&](auto tv, auto tg) {
         using T = typename decltype(tv)::type;
         using G = typename decltype(tg)::type;
-        unary_bwd_kernel<T, G, OP><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(
-            (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), saved ? (const T *)gc_tensor_data(saved) : nullptr, n, s,
-            act, acc);
-        GC_CUDA_LAUNCH_CHECK();
-        return GC_OK;
+        return with_act<OP>(act, [&](auto ac) {
+            constexpr int ACT = decltype(ac)::value;
+            auto *gxp = (G *)gc_tensor_data(gx);
+            auto *gyp = (const T *)gc_tensor_data(gy);
+            auto *sp = saved ? (const T *)gc_tensor_data(saved) : nullptr;
+            if (aligned16(gxp) && aligned16(gyp) && (!sp || aligned16(sp))) {
+                const int64_t nv = n / kVec;
+                unary_bwd_vec_kernel<T, G, OP, ACT><<<grid_vec(nv), kThreads, 0, gc_cuda_stream()>>>(gxp, gyp, sp, nv, n, s,
+                                                                                                     acc);
+            } else {
+                unary_bwd_kernel<T, G, OP, ACT><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(gxp, gyp, sp, n, s, acc);
+            }
+            GC_CUDA_LAUNCH_CHECK();
+            return GC_OK;
+        });
     });
 }
 
