@@ -302,6 +302,89 @@ START_TEST(test_elementwise)
 }
 END_TEST
 
+/* The contiguous kernels take 8 elements per thread with 16-byte accesses when every
+ * pointer is 16-byte aligned (a scalar tail for numel % 8), and scalar kernels otherwise.
+ * Each case below runs one of the two, forward and backward. */
+enum {
+    VM_LEAF,     /* x a leaf: the backward accumulates into its gradient (f32 for bf16 x); binary: a, b leaves */
+    VM_INNER,    /* x = 0.75 * leaf: a fresh gradient of x's dtype (and scale's own kernels) */
+    VM_ACC,      /* y = f(x) + x: x's gradient exists when f's backward runs: += in x's dtype */
+    VM_OFF1,     /* x starts one element into its buffer: misaligned, the scalar kernels */
+    VM_ROW_B,    /* binary: b one row [cols] broadcast over a's rows */
+    VM_ROW_A,    /* binary: a one row [cols], b [rows, cols] */
+    VM_ROW_OFF1, /* binary: b one row starting one element into its buffer */
+};
+static const char *vm_names[] = {"leaf", "inner", "accumulate", "offset 1", "row b", "row a", "row b offset 1"};
+
+typedef struct vec_case {
+    int op; /* unary: 0 exp, else 1 + the gc_act; binary: 0 add, 1 sub, 2 mul */
+    int mode;
+    int64_t rows, cols;
+} vec_case;
+
+/* [rows, cols] from element 1 of the 1-D x: 2 or 4 bytes past a 16-byte boundary */
+static gc_tensor *offset1(gc_tensor *x, int64_t rows, int64_t cols)
+{
+    return gc_view(gc_slice(x, 0, 1, rows * cols + 1), 2, GC_SHAPE(rows, cols));
+}
+
+static gc_tensor *f_unary_vec(gc_tensor *const *in, void *ctx)
+{
+    const vec_case *c = ctx;
+    gc_tensor *x = c->mode == VM_LEAF ? in[0] : c->mode == VM_OFF1 ? offset1(in[0], c->rows, c->cols) : gc_scale(in[0], 0.75);
+    gc_tensor *y = c->op ? gc_activation(x, (gc_act)(c->op - 1)) : gc_exp(x);
+    return c->mode == VM_ACC ? gc_add(y, x) : y;
+}
+
+static gc_tensor *f_binary_vec(gc_tensor *const *in, void *ctx)
+{
+    const vec_case *c = ctx;
+    gc_tensor *a = c->mode == VM_OFF1 ? offset1(in[0], c->rows, c->cols) : in[0];
+    gc_tensor *b = c->mode == VM_ROW_OFF1 ? gc_slice(in[1], 0, 1, c->cols + 1) : in[1];
+    return c->op == 0 ? gc_add(a, b) : c->op == 1 ? gc_sub(a, b) : gc_mul(a, b);
+}
+
+START_TEST(test_elementwise_vector)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+    char l[128];
+    static const int64_t sizes[3][2] = {{24, 40}, {37, 53}, {3, 5}}; /* numel % 8: 0, 1, 7; rows of 40 (vector), 53, 5 */
+    static const char *un_names[5] = {"exp", "gelu_erf", "gelu_tanh", "quick_gelu", "silu"};
+    static const int un_ops[5] = {0, 1 + GC_ACT_GELU_ERF, 1 + GC_ACT_GELU_TANH, 1 + GC_ACT_QUICK_GELU, 1 + GC_ACT_SILU};
+    for (int u = 0; u < 5; u++)
+        for (int s = 0; s < 3; s++)
+            for (int m = VM_LEAF; m <= VM_OFF1; m++) {
+                int64_t R = sizes[s][0], C = sizes[s][1];
+                uint64_t seed = 2000 + 100 * (uint64_t)u + 10 * (uint64_t)s + (uint64_t)m;
+                vec_case c = {.op = un_ops[u], .mode = m, .rows = R, .cols = C};
+                gc_tensor *x[1] = {m == VM_OFF1 ? PARAM(seed, 2.0, R * C + 1) : PARAM(seed, 2.0, R, C)};
+                snprintf(l, sizeof l, "%s [%lld,%lld] %s", un_names[u], (long long)R, (long long)C, vm_names[m]);
+                cmp2(&lg, l, f_unary_vec, &c, 1, x, TOL32, TOL16);
+            }
+    static const char *bin_names[3] = {"add", "sub", "mul"};
+    static const int bin_modes[5] = {VM_LEAF, VM_OFF1, VM_ROW_B, VM_ROW_A, VM_ROW_OFF1};
+    for (int o = 0; o < 3; o++)
+        for (int s = 0; s < 3; s++)
+            for (int k = 0; k < 5; k++) {
+                int m = bin_modes[k];
+                int64_t R = sizes[s][0], C = sizes[s][1];
+                uint64_t seed = 3000 + 100 * (uint64_t)o + 10 * (uint64_t)s + (uint64_t)k;
+                vec_case c = {.op = o, .mode = m, .rows = R, .cols = C};
+                gc_tensor *in[2] = {
+                    m == VM_OFF1 ? PARAM(seed, 1.0, R * C + 1) : m == VM_ROW_A ? PARAM(seed, 1.0, C) : PARAM(seed, 1.0, R, C),
+                    m == VM_ROW_B ? PARAM(seed + 5, 1.0, C) : m == VM_ROW_OFF1 ? PARAM(seed + 5, 1.0, C + 1)
+                                                                               : PARAM(seed + 5, 1.0, R, C),
+                };
+                snprintf(l, sizeof l, "%s [%lld,%lld] %s", bin_names[o], (long long)R, (long long)C,
+                         m == VM_LEAF ? "same shape" : vm_names[m]);
+                cmp2(&lg, l, f_binary_vec, &c, 2, in, TOL32, TOL16);
+            }
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- norms, softmax */
 
 static gc_tensor *f_layernorm(gc_tensor *const *in, void *ctx)
@@ -1252,7 +1335,8 @@ int main(void)
     struct { const char *name; const TTest *test; } tests[] = {
         {"runtime", test_copy_fill}, {"runtime", test_allocator}, {"runtime", test_allocator_steady_state},
         {"runtime", test_gpu_errors}, {"gemm", test_gemm}, {"gemm", test_matmul_linear},
-        {"elementwise", test_elementwise}, {"norm", test_norms_softmax}, {"attention", test_attention},
+        {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
+        {"attention", test_attention},
         {"flash", test_flash_dispatch}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},
         {"misc", test_embedding_gather_rope}, {"misc", test_shape_ops}, {"misc", test_reduce_loss_dropout},
     };
