@@ -230,6 +230,14 @@ START_TEST(test_matmul_linear)
     /* many rows: the bias gradient's two-pass column sum */
     gc_tensor *tall[3] = {PARAM(17, 1.0, 1000003, 8), PARAM(18, 0.3, 6, 8), PARAM(19, 1.0, 6)};
     cmp2(&lg, "linear [1000003,8]->6 +b", f_linear, &with_b, 3, tall, TOL32, TOL16);
+    /* outputs a multiple of 8: the 16-byte column sum, one pass (120 rows) and two passes
+     * (5000 rows, a last block of 8 of its 64 columns; 1000003 rows, 3907 partial rows) */
+    gc_tensor *v1[3] = {PARAM(23, 1.0, 3, 40, 24), PARAM(24, 0.3, 16, 24), PARAM(25, 1.0, 16)};
+    cmp2(&lg, "linear [3,40,24]->16 +b", f_linear, &with_b, 3, v1, TOL32, TOL16);
+    gc_tensor *v2[3] = {PARAM(26, 1.0, 5000, 12), PARAM(27, 0.3, 136, 12), PARAM(28, 1.0, 136)};
+    cmp2(&lg, "linear [5000,12]->136 +b", f_linear, &with_b, 3, v2, TOL32, TOL16);
+    gc_tensor *v3[3] = {tall[0], PARAM(29, 0.3, 8, 8), PARAM(30, 1.0, 8)};
+    cmp2(&lg, "linear [1000003,8]->8 +b", f_linear, &with_b, 3, v3, TOL32, TOL16);
     /* realistic: ViT-B MLP up-projection on 8 x 197 tokens */
     gc_tensor *big[3] = {PARAM(20, 1.0, 8, 197, 768), PARAM(21, 0.03, 3072, 768), PARAM(22, 0.1, 3072)};
     cmp2(&lg, "linear [8,197,768]->3072 +b", f_linear, &with_b, 3, big, TOL32, TOL16);
