@@ -12,16 +12,14 @@
 // lse [B, H, Lq] f32 holds m2 + log2(l) per query row, or +inf for a row with no visible key
 // (then P = exp2(s2 - inf) = 0 in the backward without a special case).
 //
-// Kernels (4 warps; a warp owns 16-row m-tiles: of queries, or of keys in dK/dV):
-//   flash_fwd_kernel     block = (128 queries, head, batch): per 64-key tile S = Q K^T,
-//                        online softmax, O += P V. A warp owns 32 queries, two 16-row
-//                        m-tiles sharing each K / V fragment (for D = 128 or dropout, 64
-//                        queries and one m-tile).
+// Kernels (4 warps; a warp owns 16 rows of a tile: queries, or keys in dK/dV):
+//   flash_fwd_kernel     block = (64 queries, head, batch): per 64-key tile S = Q K^T,
+//                        online softmax, O += P V.
 //   flash_bwd_dq_kernel  block = (64 queries, head, batch): Delta = rowsum(dO * O) of its
 //                        rows (saved for dK/dV), then per 64-key tile S, dPd = dO V^T,
 //                        dS = P (dP' - Delta), dQ += dS K.
 //   flash_bwd_dkv_kernel block = (64 keys, kv head, batch): per head of the group and
-//                        64-query tile (32 for D = 128) S^T = K Q^T, dPd^T = V dO^T, dV += Pd^T dO,
+//                        32-query tile S^T = K Q^T, dPd^T = V dO^T, dV += Pd^T dO,
 //                        dK += dS^T Q. GQA sums the group inside the block: no atomics.
 //   flash_delta_kernel   Delta alone, for a backward that wants no dQ.
 // A warp skips the products whose every entry is hidden from all its rows: key columns
@@ -261,22 +259,17 @@ template <int NS> __device__ __forceinline__ int tiles_for(int n) { return n >= 
 
 // ---------------------------------------------------------------- forward
 
-// A warp owns MT 16-row m-tiles of queries: each K / V fragment it loads from shared memory
-// feeds MT products (with MT = 1 the warp's ldmatrix traffic alone would match its
-// tensor-core time). MT = 2 for D <= 64 without dropout; D = 128 or the Philox code leave
-// no registers for a second tile.
-template <int D, bool DROP> struct FwdCfg {
-    static constexpr int MT = D <= 64 && !DROP ? 2 : 1;
-    static constexpr int BM = 64 * MT, BN = 64; // 4 warps x 16 MT query rows; 64 keys per tile
-    static constexpr int LD = D + 8;            // smem row stride: 16-byte pad, no ldmatrix bank conflicts
+template <int D> struct FwdCfg {
+    static constexpr int BM = 64, BN = 64; // 4 warps x 16 query rows; 64 keys per tile
+    static constexpr int LD = D + 8;       // smem row stride: 16-byte pad, no ldmatrix bank conflicts
     static constexpr size_t bytes = sizeof(bf16) * (size_t)(BM + 4 * BN) * LD; // Q; K and V, twice
 };
 
 template <int D, bool DROP> // DROP: a.p > 0 (the Philox code costs registers when compiled in)
 __global__ void __launch_bounds__(kThreadsFa) flash_fwd_kernel(const FlashArgs a)
 {
-    typedef FwdCfg<D, DROP> C;
-    constexpr int MT = C::MT, BM = C::BM, BN = C::BN, LD = C::LD;
+    typedef FwdCfg<D> C;
+    constexpr int BM = C::BM, BN = C::BN, LD = C::LD;
     constexpr int KD = D / 16; // k-steps of S = Q K^T
     constexpr int NS = BN / 8; // 8-key tiles of S
     constexpr int NO = D / 8;  // 8-column tiles of O
@@ -285,7 +278,6 @@ __global__ void __launch_bounds__(kThreadsFa) flash_fwd_kernel(const FlashArgs a
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z, hk = h / a.G;
-    const int w0 = q0 + warp * 16 * MT; // the warp's first query row
     const bf16 *kg = a.k + b * a.ks0 + hk * a.ks2;
     const bf16 *vg = a.v + b * a.vs0 + hk * a.vs2;
     const int kv_end = key_end(a, q0 + BM);
@@ -297,30 +289,18 @@ __global__ void __launch_bounds__(kThreadsFa) flash_fwd_kernel(const FlashArgs a
     cp_async_commit();
     cp_async_wait<1>(); // Q is in; the first K, V tiles may still be on their way
     __syncthreads();
-    uint32_t qf[MT][KD][4];
-#pragma unroll
-    for (int m = 0; m < MT; m++) load_a_frags<KD, LD>(qf[m], sQ, warp * 16 * MT + m * 16);
+    uint32_t qf[KD][4];
+    load_a_frags<KD, LD>(qf, sQ, warp * 16);
 
-    // this thread's two query rows per m-tile; keys at or past wk_end are hidden from all
-    // the warp's rows; an m-tile of padding rows only (m >= mt_live) computes nothing
-    int i0[MT], nv[MT][2];
-    const float *mr[MT][2];
+    // this thread's two query rows; keys at or past wk_end are hidden from all the warp's rows
+    const int i0 = q0 + warp * 16 + g, i1 = i0 + 8;
+    const int nv0 = visible(a, i0), nv1 = visible(a, i1);
+    const int wk_end = q0 + warp * 16 < a.Lq ? key_end(a, q0 + warp * 16 + 16) : 0;
+    const float *mr0 = mask_row(a, b, i0), *mr1 = mask_row(a, b, i1);
+    float o[NO][4];
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
-        i0[m] = w0 + m * 16 + g;
-        nv[m][0] = visible(a, i0[m]), nv[m][1] = visible(a, i0[m] + 8);
-        mr[m][0] = mask_row(a, b, i0[m]), mr[m][1] = mask_row(a, b, i0[m] + 8);
-    }
-    const int wk_end = w0 < a.Lq ? key_end(a, w0 + 16 * MT) : 0;
-    const int mt_live = w0 >= a.Lq ? 0 : (a.Lq - w0 + 15) / 16;
-    float o[MT][NO][4];
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-        for (int n = 0; n < NO; n++) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.f;
-    float mx[MT][2], l[MT][2]; // running max (log2 domain), partial sums
-#pragma unroll
-    for (int m = 0; m < MT; m++) mx[m][0] = mx[m][1] = -INFINITY, l[m][0] = l[m][1] = 0.f;
+    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; // running max (log2 domain), partial sums
 
     for (int k0 = 0, u = 0; k0 < kv_end; k0 += BN, u ^= 1) {
         const bf16 *sK = sKV + 2 * u * BN * LD, *sV = sK + BN * LD;
@@ -335,90 +315,66 @@ __global__ void __launch_bounds__(kThreadsFa) flash_fwd_kernel(const FlashArgs a
 
         const int ns = tiles_for<NS>(wk_end - k0); // 8-key tiles with a key the warp sees
         if (ns > 0) {
-            float s[MT][NS][4];
+            float s[NS][4];
 #pragma unroll
-            for (int m = 0; m < MT; m++)
-#pragma unroll
-                for (int n = 0; n < NS; n++) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
+            for (int n = 0; n < NS; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < KD; kk++)
 #pragma unroll
-                for (int n = 0; n < NS; n += 2) {
-                    if (n >= ns) continue;
-                    uint32_t kb[4];
-                    ldsm_x4(kb, sK + (n * 8 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-#pragma unroll
-                    for (int m = 0; m < MT; m++)
-                        if (m < mt_live) {
-                            mma16816(s[m][n], qf[m][kk], kb[0], kb[1]);
-                            mma16816(s[m][n + 1], qf[m][kk], kb[2], kb[3]);
-                        }
-                }
+                for (int n = 0; n < NS; n += 2)
+                    if (n < ns) mma_bt2<LD>(s[n], s[n + 1], qf[kk], sK, n, kk * 16);
 
-            uint32_t pa[MT][BN / 16][4]; // P as A fragments of P V
+            // log2-domain scores, the new running max of both rows (a row lives in one quad)
+            float mn[2] = {mx[0], mx[1]};
 #pragma unroll
-            for (int m = 0; m < MT; m++) {
-                // log2-domain scores, the new running max of both rows (a row lives in one quad)
-                float mn[2] = {mx[m][0], mx[m][1]};
+            for (int n = 0; n < NS; n++) {
 #pragma unroll
-                for (int n = 0; n < NS; n++) {
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
-                        s[m][n][e] = score2(a, s[m][n][e], mr[m][r], j, nv[m][r]);
-                        mn[r] = fmaxf(mn[r], s[m][n][e]);
-                    }
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
+                    s[n][e] = score2(a, s[n][e], r ? mr1 : mr0, j, r ? nv1 : nv0);
+                    mn[r] = fmaxf(mn[r], s[n][e]);
                 }
-                float alpha[2];
+            }
+            float alpha[2];
 #pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 1));
-                    mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 2));
-                    alpha[r] = mn[r] == -INFINITY ? 1.f : exp2f(mx[m][r] - mn[r]); // nothing visible yet: O stays 0
-                    mx[m][r] = mn[r];
-                }
+            for (int r = 0; r < 2; r++) {
+                mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 1));
+                mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 2));
+                alpha[r] = mn[r] == -INFINITY ? 1.f : exp2f(mx[r] - mn[r]); // nothing visible yet: O stays 0
+                mx[r] = mn[r];
+            }
 
-                // P (f32 sum before dropout, as the reference), then dropout
-                float ls[2] = {0.f, 0.f};
+            // P (f32 sum before dropout, as the reference), then dropout, in place of S
+            float ls[2] = {0.f, 0.f};
 #pragma unroll
-                for (int n = 0; n < NS; n++) {
+            for (int n = 0; n < NS; n++) {
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int r = e >> 1;
-                        const float pr = mn[r] == -INFINITY ? 0.f : exp2f(s[m][n][e] - mn[r]);
-                        ls[r] += pr;
-                        float pd = pr;
-                        if (DROP && pr != 0.f)
-                            pd = keep_elem(a, b, h, i0[m] + 8 * r, k0 + n * 8 + 2 * t + (e & 1)) ? pr * a.inv_keep : 0.f;
-                        s[m][n][e] = pd;
-                    }
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1;
+                    const float pr = mn[r] == -INFINITY ? 0.f : exp2f(s[n][e] - mn[r]);
+                    ls[r] += pr;
+                    float pd = pr;
+                    if (DROP && pr != 0.f)
+                        pd = keep_elem(a, b, h, r ? i1 : i0, k0 + n * 8 + 2 * t + (e & 1)) ? pr * a.inv_keep : 0.f;
+                    s[n][e] = pd;
                 }
+            }
 #pragma unroll
-                for (int r = 0; r < 2; r++) l[m][r] = l[m][r] * alpha[r] + ls[r];
+            for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + ls[r];
 #pragma unroll
-                for (int n = 0; n < NO; n++) {
-                    o[m][n][0] *= alpha[0], o[m][n][1] *= alpha[0];
-                    o[m][n][2] *= alpha[1], o[m][n][3] *= alpha[1];
-                }
-#pragma unroll
-                for (int kk = 0; kk < BN / 16; kk++) c_to_a(pa[m][kk], s[m][2 * kk], s[m][2 * kk + 1]);
+            for (int n = 0; n < NO; n++) {
+                o[n][0] *= alpha[0], o[n][1] *= alpha[0];
+                o[n][2] *= alpha[1], o[n][3] *= alpha[1];
             }
 
             // O += P V over the 16-key steps that hold a visible key
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
-                if (2 * kk >= ns) continue;
+                if (2 * kk >= ns) break;
+                uint32_t pa[4];
+                c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-                for (int n = 0; n < NO; n += 2) {
-                    uint32_t vb[4];
-                    ldsm_x4_t(vb, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n * 8 + (lane >> 4) * 8);
-#pragma unroll
-                    for (int m = 0; m < MT; m++)
-                        if (m < mt_live) {
-                            mma16816(o[m][n], pa[m][kk], vb[0], vb[1]);
-                            mma16816(o[m][n + 1], pa[m][kk], vb[2], vb[3]);
-                        }
-                }
+                for (int n = 0; n < NO; n += 2) mma_b2<LD>(o[n], o[n + 1], pa, sV, n, kk * 16);
             }
         }
         __syncthreads(); // every warp is done with this buffer before it is refilled
@@ -426,22 +382,18 @@ __global__ void __launch_bounds__(kThreadsFa) flash_fwd_kernel(const FlashArgs a
 
     // out = O / l, lse = m + log2 l (+inf when the row saw nothing)
 #pragma unroll
-    for (int m = 0; m < MT; m++) {
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        const int i = r ? i1 : i0;
+        if (i >= a.Lq) continue;
+        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        bf16 *orow = a.o + (((int64_t)b * a.Lq + i) * a.H + h) * D;
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float lr = l[m][r];
-            lr += __shfl_xor_sync(0xffffffffu, lr, 1);
-            lr += __shfl_xor_sync(0xffffffffu, lr, 2);
-            const int i = i0[m] + 8 * r;
-            if (i >= a.Lq) continue;
-            const float inv = lr > 0.f ? 1.f / lr : 0.f;
-            bf16 *orow = a.o + (((int64_t)b * a.Lq + i) * a.H + h) * D;
-#pragma unroll
-            for (int n = 0; n < NO; n++)
-                *reinterpret_cast<__nv_bfloat162 *>(orow + n * 8 + 2 * t) =
-                    __floats2bfloat162_rn(o[m][n][2 * r] * inv, o[m][n][2 * r + 1] * inv);
-            if (t == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = lr > 0.f ? mx[m][r] + log2f(lr) : INFINITY;
-        }
+        for (int n = 0; n < NO; n++)
+            *reinterpret_cast<__nv_bfloat162 *>(orow + n * 8 + 2 * t) =
+                __floats2bfloat162_rn(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        if (t == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = l[r] > 0.f ? mx[r] + log2f(l[r]) : INFINITY;
     }
 }
 
@@ -591,8 +543,7 @@ __global__ void __launch_bounds__(kThreadsFa) flash_bwd_dq_kernel(const FlashArg
 // ---------------------------------------------------------------- backward: dK, dV
 
 template <int D> struct DkvCfg {
-    // 64 keys (4 warps x 16); 64 queries per tile (32 for D = 128: registers)
-    static constexpr int BN = 64, BM = D <= 64 ? 64 : 32, LD = D + 8;
+    static constexpr int BN = 64, BM = 32, LD = D + 8; // 64 keys (4 warps x 16); 32 queries per tile
     // smem: K, V [BN][LD]; then two buffers of {Q, dO [BM][LD] bf16; lse, Delta [BM] f32}
     static constexpr size_t kv_bytes = sizeof(bf16) * (size_t)2 * BN * LD;
     static constexpr size_t buf_bytes = sizeof(bf16) * (size_t)2 * BM * LD + sizeof(float) * 2 * BM;
@@ -782,12 +733,9 @@ FlashArgs base_args(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, 
 
 template <int D> gc_status launch_fwd(const FlashArgs &a)
 {
-    if (a.p > 0.f) {
-        typedef FwdCfg<D, true> C;
-        return launch(flash_fwd_kernel<D, true>, dim3((a.Lq + C::BM - 1) / C::BM, a.H, a.B), C::bytes, a);
-    }
-    typedef FwdCfg<D, false> C;
-    return launch(flash_fwd_kernel<D, false>, dim3((a.Lq + C::BM - 1) / C::BM, a.H, a.B), C::bytes, a);
+    const dim3 grid((unsigned)((a.Lq + FwdCfg<D>::BM - 1) / FwdCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
+    return a.p > 0.f ? launch(flash_fwd_kernel<D, true>, grid, FwdCfg<D>::bytes, a)
+                     : launch(flash_fwd_kernel<D, false>, grid, FwdCfg<D>::bytes, a);
 }
 
 template <int D> gc_status launch_bwd(const FlashArgs &a)
