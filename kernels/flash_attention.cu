@@ -266,7 +266,7 @@ template <int D> struct FwdCfg {
 };
 
 template <int D, bool DROP> // DROP: a.p > 0 (the Philox code costs registers when compiled in)
-__global__ void __launch_bounds__(kThreadsFa) flash_fwd_kernel(const FlashArgs a)
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(const FlashArgs a)
 {
     typedef FwdCfg<D> C;
     constexpr int BM = C::BM, BN = C::BN, LD = C::LD;
@@ -552,7 +552,7 @@ template <int D> struct DkvCfg {
 };
 
 template <int D, bool DROP>
-__global__ void __launch_bounds__(kThreadsFa) flash_bwd_dkv_kernel(const FlashArgs a)
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 3 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
 {
     typedef DkvCfg<D> C;
     constexpr int BN = C::BN, BM = C::BM, LD = C::LD, KD = D / 16, NS = BM / 8, NO = D / 8;
