@@ -174,11 +174,11 @@ bad:
 
 /* ---------------------------------------------------------------- linear */
 
-/* saved: x2 [R, in], w [out, in]. inputs: x, w, b. */
+/* saved: x [..., in] contiguous (R rows), w [out, in]. inputs: x, w, b. */
 static gc_status linear_backward(gc_node *nd, gc_tensor *gy)
 {
     gc_tensor *x = nd->saved[0], *w = nd->saved[1];
-    int64_t R = x->shape[0], in = x->shape[1], out = w->shape[0];
+    int64_t R = gc_tensor_rows(x), in = gc_tensor_cols(x), out = w->shape[0];
     gc_device dev = x->device;
     bool acc;
     gc_status st;
@@ -209,9 +209,12 @@ gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
         return NULL;
     }
     int64_t R = gc_tensor_rows(x);
-    gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(R, in)); /* a view: records nothing extra when x is contiguous */
+    /* x itself is the input, its rows [R, in] for the GEMMs: no reshape node, whose
+     * gradient only one of several linears reading x (q, k, v) could take over; the
+     * others' backward adds into x's gradient in the GEMM (beta 1), not with a copy */
+    gc_tensor *xc = gc_contiguous(x);
     gc_tensor *wc = gc_contiguous(w);
-    if (!x2 || !wc) return NULL;
+    if (!xc || !wc) return NULL;
     int64_t sh[GC_MAX_DIMS];
     memcpy(sh, x->shape, sizeof sh);
     sh[x->ndim - 1] = out;
@@ -219,14 +222,14 @@ gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
     if (!y) return NULL;
     gc_gemm_args g = {
         .trans_a = false, .trans_b = true, .m = R, .n = out, .k = in,
-        .a = gc_tensor_data(x2), .lda = in, .b = gc_tensor_data(wc), .ldb = in, .c = gc_tensor_data(y), .ldc = out,
+        .a = gc_tensor_data(xc), .lda = in, .b = gc_tensor_data(wc), .ldb = in, .c = gc_tensor_data(y), .ldc = out,
         .ab_dtype = x->dtype, .c_dtype = y->dtype, .alpha = 1.0f, .beta = 0.0f,
         .epilogue = b ? GC_EPI_BIAS : GC_EPI_NONE, .bias = b ? gc_tensor_data(b) : NULL,
     };
     gc_tensor *bc = b ? gc_contiguous(b) : NULL;
     if (b) { if (!bc) return NULL; g.bias = gc_tensor_data(bc); }
     if (gc_gemm(x->device, &g) != GC_OK) return NULL;
-    gc_tensor *in3[3] = {x2, wc, bc}, *sv[2] = {x2, wc};
+    gc_tensor *in3[3] = {xc, wc, bc}, *sv[2] = {xc, wc};
     gc_autograd_record("linear", linear_backward, y, 3, in3, 2, sv);
     return y;
 }
