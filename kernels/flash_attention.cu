@@ -216,13 +216,13 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-// The A fragments of a warp's 16 rows of a [.][LD] smem tile, KD steps of 16 columns
-template <int KD, int LD> __device__ __forceinline__ void load_a_frags(uint32_t f[KD][4], const bf16 *s, int row0)
+// The A fragment of a warp's 16 rows from row0, 16 columns from k0, of a [.][LD] smem tile.
+// Loaded again for every tile instead of kept: registers decide how many blocks fit on an
+// SM, and these kernels need the warps more than the shared-memory bandwidth.
+template <int LD> __device__ __forceinline__ void load_a_frag(uint32_t f[4], const bf16 *s, int row0, int k0)
 {
     const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int kk = 0; kk < KD; kk++)
-        ldsm_x4(f[kk], s + (row0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8);
+    ldsm_x4(f, s + (row0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + k0 + (lane >> 4) * 8);
 }
 
 // c[n], c[n + 1] += A B for the 8-row tiles n, n + 1 of a [.][LD] smem matrix read as B^T
@@ -289,8 +289,6 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
     cp_async_commit();
     cp_async_wait<1>(); // Q is in; the first K, V tiles may still be on their way
     __syncthreads();
-    uint32_t qf[KD][4];
-    load_a_frags<KD, LD>(qf, sQ, warp * 16);
 
     // this thread's two query rows; keys at or past wk_end are hidden from all the warp's rows
     const int i0 = q0 + warp * 16 + g, i1 = i0 + 8;
@@ -319,10 +317,13 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
 #pragma unroll
             for (int n = 0; n < NS; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < KD; kk++)
+            for (int kk = 0; kk < KD; kk++) {
+                uint32_t qf[4];
+                load_a_frag<LD>(qf, sQ, warp * 16, kk * 16);
 #pragma unroll
                 for (int n = 0; n < NS; n += 2)
-                    if (n < ns) mma_bt2<LD>(s[n], s[n + 1], qf[kk], sK, n, kk * 16);
+                    if (n < ns) mma_bt2<LD>(s[n], s[n + 1], qf, sK, n, kk * 16);
+            }
 
             // log2-domain scores, the new running max of both rows (a row lives in one quad)
             float mn[2] = {mx[0], mx[1]};
@@ -423,7 +424,7 @@ template <int D> struct DqCfg {
 };
 
 template <int D, bool DROP>
-__global__ void __launch_bounds__(kThreadsFa) flash_bwd_dq_kernel(const FlashArgs a)
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kernel(const FlashArgs a)
 {
     typedef DqCfg<D> C;
     constexpr int BM = C::BM, BN = C::BN, LD = C::LD, KD = D / 16, NS = BN / 8, NO = D / 8;
@@ -443,9 +444,6 @@ __global__ void __launch_bounds__(kThreadsFa) flash_bwd_dq_kernel(const FlashArg
     cp_async_commit();
     cp_async_wait<1>(); // Q and dO are in
     __syncthreads();
-    uint32_t qf[KD][4], gf[KD][4];
-    load_a_frags<KD, LD>(qf, sQ, warp * 16);
-    load_a_frags<KD, LD>(gf, sG, warp * 16);
 
     // Delta of the warp's 16 rows (lane: row lane / 2, half lane % 2 of the columns); saved
     // for the dK/dV kernel, which runs next
@@ -497,13 +495,17 @@ __global__ void __launch_bounds__(kThreadsFa) flash_bwd_dq_kernel(const FlashArg
 #pragma unroll
                 for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < KD; kk++)
+            for (int kk = 0; kk < KD; kk++) {
+                uint32_t qf[4], gf[4];
+                load_a_frag<LD>(qf, sQ, warp * 16, kk * 16);
+                load_a_frag<LD>(gf, sG, warp * 16, kk * 16);
 #pragma unroll
                 for (int n = 0; n < NS; n += 2)
                     if (n < ns) {
-                        mma_bt2<LD>(s[n], s[n + 1], qf[kk], sK, n, kk * 16);
-                        mma_bt2<LD>(dp[n], dp[n + 1], gf[kk], sV, n, kk * 16);
+                        mma_bt2<LD>(s[n], s[n + 1], qf, sK, n, kk * 16);
+                        mma_bt2<LD>(dp[n], dp[n + 1], gf, sV, n, kk * 16);
                     }
+            }
             // dS = P (dP' - Delta), in place of S
 #pragma unroll
             for (int n = 0; n < NS; n++) {
@@ -552,7 +554,7 @@ template <int D> struct DkvCfg {
 };
 
 template <int D, bool DROP>
-__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 3 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
 {
     typedef DkvCfg<D> C;
     constexpr int BN = C::BN, BM = C::BM, LD = C::LD, KD = D / 16, NS = BM / 8, NO = D / 8;
@@ -592,9 +594,6 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 3 : 1) flash_bwd_dkv_ker
     cp_async_commit();
     cp_async_wait<1>(); // K and V are in
     __syncthreads();
-    uint32_t kf[KD][4], vf[KD][4];
-    load_a_frags<KD, LD>(kf, sK, warp * 16);
-    load_a_frags<KD, LD>(vf, sV, warp * 16);
 
     const int j0 = k0 + warp * 16 + g, j1 = j0 + 8; // this thread's two keys
     const bool w_keys = k0 + warp * 16 < a.Lk;     // the warp has a real key
@@ -626,13 +625,17 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 3 : 1) flash_bwd_dkv_ker
 #pragma unroll
                 for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < KD; kk++)
+            for (int kk = 0; kk < KD; kk++) {
+                uint32_t kf[4], vf[4];
+                load_a_frag<LD>(kf, sK, warp * 16, kk * 16);
+                load_a_frag<LD>(vf, sV, warp * 16, kk * 16);
 #pragma unroll
                 for (int n = 0; n < NS; n += 2)
                     if (n + 1 >= n_lo && n < n_hi) {
-                        mma_bt2<LD>(st[n], st[n + 1], kf[kk], sQ, n, kk * 16);
-                        mma_bt2<LD>(dpt[n], dpt[n + 1], vf[kk], sG, n, kk * 16);
+                        mma_bt2<LD>(st[n], st[n + 1], kf, sQ, n, kk * 16);
+                        mma_bt2<LD>(dpt[n], dpt[n + 1], vf, sG, n, kk * 16);
                     }
+            }
             // Pd^T into st's place, dS^T into dpt's
 #pragma unroll
             for (int n = 0; n < NS; n++) {
