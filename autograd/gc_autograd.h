@@ -35,6 +35,10 @@ typedef struct gc_grad_slot {
 /* Backward of one node: read gy (the output gradient, contiguous), and for every input
  * i whose slot is non-NULL add its gradient through gc_grad_target(node, i, ...). */
 typedef gc_status (*gc_backward_fn)(gc_node *node, gc_tensor *gy);
+/* Forward of one node, re-run: write the op's output into out (the recorded output's
+ * geometry, over fresh storage) from the node's saved tensors and arguments, bit for bit
+ * as the first time. Ops that can set node->forward; gc_recompute_release uses it. */
+typedef gc_status (*gc_forward_fn)(gc_node *node, gc_tensor *out);
 
 struct gc_node {
     const char *op;                        /* op name, for messages */
@@ -50,6 +54,8 @@ struct gc_node {
     void *aux;                              /* op-owned data, freed with aux_free */
     void (*aux_free)(void *);
     bool grad_passed;                       /* gy was handed to an input (gc_grad_pass) */
+    gc_forward_fn forward;                  /* NULL: the output cannot be recomputed */
+    gc_tensor *recomputed;                  /* the output, while gc_recompute_release manages its storage */
 };
 
 /* ---- grad mode and tapes ---- */
@@ -104,5 +110,21 @@ gc_status gc_grad_pass(gc_node *node, int i, gc_tensor *gy);
  * draw from counters (see runtime/gc_rng.h), so replays see the same numbers. */
 typedef gc_tensor *(*gc_block_fn)(gc_tensor *x, void *closure);
 gc_tensor *gc_checkpoint(gc_block_fn fn, void *closure, gc_tensor *x);
+
+/* ---- recomputation of single op results (selective activation recompute) ---- */
+/* Gives up the caller's reference to t, the result of a recorded op that can re-run
+ * (node->forward: the norms), after the ops that save t have been recorded. If the
+ * current tape's saved references are then all that is left of t's storage, the
+ * storage is freed now; gc_backward re-runs the producer into fresh storage just before
+ * the first of those ops' backward reads it, and frees it again once the last of them
+ * has run. Otherwise (t or a view of it is held elsewhere, its producer cannot re-run
+ * or is not on the current tape, nothing saved t, recompute is off) this is
+ * gc_tensor_release. Returns whether the storage was freed. The metadata of the
+ * consumers' saved views stays valid; their data must not be read outside backward. */
+bool gc_recompute_release(gc_tensor *t);
+/* On by default, per thread like grad mode; returns the previous value. Off keeps
+ * everything (gc_recompute_release is then gc_tensor_release). */
+bool gc_recompute_set_enabled(bool on);
+bool gc_recompute_enabled(void);
 
 #endif

@@ -43,12 +43,15 @@ void gc_tape_end(gc_tape *t)
 
 int gc_tape_size(const gc_tape *t) { return t ? t->n : 0; }
 
+/* A saved tensor whose storage gc_recompute_release freed holds no data until backward. */
+static bool saved_held(const gc_tensor *s) { return s && (s->storage->data || !s->storage->recompute); }
+
 size_t gc_tape_saved_bytes(const gc_tape *t)
 {
     size_t b = 0;
     for (int i = 0; t && i < t->n; i++)
         for (int j = 0; j < t->nodes[i]->n_saved; j++)
-            if (t->nodes[i]->saved[j]) b += gc_tensor_nbytes(t->nodes[i]->saved[j]);
+            if (saved_held(t->nodes[i]->saved[j])) b += gc_tensor_nbytes(t->nodes[i]->saved[j]);
     return b;
 }
 
@@ -156,6 +159,10 @@ static void node_free(gc_node *nd)
         }
         gc_autograd_slot_release(nd->out);
     }
+    if (nd->recomputed) { /* its consumers ran or were dropped before it: nothing else holds the storage */
+        nd->recomputed->storage->recompute = NULL;
+        gc_tensor_release(nd->recomputed);
+    }
     if (nd->aux_free) nd->aux_free(nd->aux);
     free(nd);
 }
@@ -258,6 +265,31 @@ void gc_tape_free(gc_tape *t)
     free(t);
 }
 
+/* Before nd's backward: recompute the freed storage its saved tensors view. */
+static gc_status recompute_saved(gc_node *nd)
+{
+    for (int j = 0; j < nd->n_saved; j++) {
+        gc_storage *s = nd->saved[j] ? nd->saved[j]->storage : NULL;
+        gc_node *p = s ? s->recompute : NULL;
+        if (!p || s->data) continue;
+        if (!(s->data = gc_device_alloc(s->device, s->nbytes))) return GC_PENDING();
+        gc_status st = p->forward(p, p->recomputed);
+        if (st != GC_OK) return gc_error_code() == GC_OK ? gc_error_set(st, "recompute of %s failed", p->op) : st;
+    }
+    return GC_OK;
+}
+
+/* After a consumer of p's recomputed output was freed: free the storage again if that
+ * was the last one (p's own reference is all that is left). */
+static void recompute_drop(gc_node *p)
+{
+    gc_tensor *o = p->recomputed;
+    if (o && o->storage->data && o->storage->refcount == 1 && o->refcount == 1) {
+        gc_device_free(o->storage->device, o->storage->data);
+        o->storage->data = NULL;
+    }
+}
+
 gc_status gc_backward(gc_tape *t, int n, gc_tensor *const *outs, gc_tensor *const *grads)
 {
     if (!t) return gc_error_set(GC_ERR_STATE, "backward without a tape");
@@ -294,11 +326,17 @@ gc_status gc_backward(gc_tape *t, int n, gc_tensor *const *outs, gc_tensor *cons
         t->n = i; /* the node leaves the tape whatever happens */
         if (nd->out->grad) {
             gc_pool *p = gc_pool_push();
-            st = nd->backward(nd, nd->out->grad);
+            st = recompute_saved(nd);
+            if (st == GC_OK) st = nd->backward(nd, nd->out->grad);
             if (st != GC_OK && gc_error_code() == GC_OK) st = gc_error_set(st, "backward of %s failed", nd->op);
             gc_pool_pop(p);
         }
+        gc_node *rc[GC_NODE_MAX_SAVED];
+        int nrc = 0;
+        for (int j = 0; j < nd->n_saved; j++)
+            if (nd->saved[j] && nd->saved[j]->storage->recompute) rc[nrc++] = nd->saved[j]->storage->recompute;
         node_free(nd);
+        for (int j = 0; j < nrc; j++) recompute_drop(rc[j]);
     }
     for (; i >= 0; i--) node_free(t->nodes[i]); /* after an error: drop the rest */
     t->n = 0;
@@ -367,4 +405,65 @@ gc_tensor *gc_checkpoint(gc_block_fn fn, void *closure, gc_tensor *x)
     nd->aux = a;
     nd->aux_free = free;
     return out;
+}
+
+/* ---------------------------------------------------------------- recomputation of single ops */
+
+static _Thread_local bool recompute_on = true;
+
+bool gc_recompute_enabled(void) { return recompute_on; }
+bool gc_recompute_set_enabled(bool on) { bool prev = recompute_on; recompute_on = on; return prev; }
+
+/* Frees t's storage if its producer can rewrite all of it and every reference to it is
+ * t itself (the caller's, handed over) or a saved tensor of a node recorded after the
+ * producer on the current tape: then nothing outside backward can read it. */
+static bool recompute_free(gc_tensor *t)
+{
+    gc_tape *tp = gc_tape_current();
+    gc_storage *s = t->storage;
+    gc_node *p = t->slot ? t->slot->node : NULL;
+    if (!recompute_on || !tp || !p || !p->forward || p->recomputed || s->recompute || !s->data ||
+        s->release || !s->nbytes || t->offset || !gc_tensor_is_contiguous(t) || gc_tensor_nbytes(t) != s->nbytes)
+        return false;
+    /* no chains: the producer re-runs from inputs that are there, and reads not its own output */
+    for (int j = 0; j < p->n_saved; j++)
+        if (p->saved[j] && (p->saved[j]->storage == s || p->saved[j]->storage->recompute)) return false;
+    int at = tp->n - 1;
+    while (at >= 0 && tp->nodes[at] != p) at--;
+    if (at < 0) return false;
+    enum { MAX_VIEWS = 16 };
+    const gc_tensor *view[MAX_VIEWS] = {t};
+    int refs[MAX_VIEWS] = {1}, nv = 1, saves = 0;
+    for (int i = at + 1; i < tp->n; i++) {
+        gc_node *c = tp->nodes[i];
+        for (int j = 0; j < c->n_saved; j++) {
+            if (!c->saved[j] || c->saved[j]->storage != s) continue;
+            if (c->recomputed) return false; /* a consumer whose own output is recomputed: a chain */
+            int k = 0;
+            while (k < nv && view[k] != c->saved[j]) k++;
+            if (k == nv) {
+                if (nv == MAX_VIEWS) return false;
+                view[nv] = c->saved[j];
+                refs[nv++] = 0;
+            }
+            refs[k]++;
+            saves++;
+        }
+    }
+    if (!saves || s->refcount != nv) return false; /* nothing saved it, or a view outside the tape */
+    for (int k = 0; k < nv; k++)
+        if (view[k]->refcount != refs[k]) return false;
+    gc_device_free(s->device, s->data);
+    s->data = NULL;
+    s->recompute = p;
+    p->recomputed = t;
+    return true;
+}
+
+bool gc_recompute_release(gc_tensor *t)
+{
+    if (!t) return false;
+    if (recompute_free(t)) return true; /* the reference is the producer's now */
+    gc_tensor_release(t);
+    return false;
 }

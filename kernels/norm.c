@@ -14,7 +14,9 @@
  *   l2:    dx = (g - y sum(g y)) / n  if n >= eps, else g / eps (the clamp is constant)
  *   dw = sum over rows of gy xh, db = sum over rows of gy.
  * On the GPU dw/db are reduced deterministically: per-chunk partials into an f32
- * scratch tensor, then a fixed-order column reduction (no float atomics). */
+ * scratch tensor, then a fixed-order column reduction (no float atomics). The node can
+ * re-run its forward (gc_recompute_release): it saves b as well, and y is a pure
+ * function of x, w, b. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,7 +134,21 @@ static gc_status cpu_norm_bwd_wb(int mode, const float *x, const float *gy, cons
 
 static inline void *data_or_null(const gc_tensor *t) { return t ? gc_tensor_data(t) : NULL; }
 
-/* inputs: x, w, b (w/b NULL when absent). saved: x [R, D], w, mean [R] (layer only), stat [R].
+/* y from contiguous x, w, b on x's device; mean, stat [R] f32 or NULL (not kept). */
+static gc_status norm_run(int mode, const gc_tensor *x, const gc_tensor *w, const gc_tensor *b, gc_tensor *y,
+                          gc_tensor *mean, gc_tensor *stat, double eps)
+{
+    int64_t R = gc_tensor_rows(x), D = gc_tensor_cols(x);
+    if (x->device.type == GC_DEVICE_CUDA)
+        return GC_CUDA_DISPATCH(gc_cuda_norm_fwd(mode, gc_tensor_data(x), data_or_null(w), data_or_null(b),
+                                                 gc_tensor_data(y), x->dtype, data_or_null(mean), data_or_null(stat), R,
+                                                 D, (float)eps));
+    cpu_norm_fwd(mode, gc_tensor_data(x), data_or_null(w), data_or_null(b), gc_tensor_data(y), data_or_null(mean),
+                 data_or_null(stat), R, D, eps);
+    return GC_OK;
+}
+
+/* inputs: x, w, b (w/b NULL when absent). saved: x [R, D], w, mean [R] (layer only), stat [R], b.
  * iarg[0] mode; farg[0] eps. */
 static gc_status norm_backward(gc_node *nd, gc_tensor *gy)
 {
@@ -168,6 +184,13 @@ static gc_status norm_backward(gc_node *nd, gc_tensor *gy)
         return cpu_norm_bwd_wb(mode, gc_tensor_data(x), gc_tensor_data(gy), data_or_null(mean), gc_tensor_data(stat),
                                R, D, data_or_null(gw), aw, data_or_null(gb), ab);
     return GC_OK;
+}
+
+/* Re-runs the forward into y from the saved x, w, b (gc_recompute_release): the same
+ * kernel on the same inputs, so the same bits; mean and stat are kept as they are. */
+static gc_status norm_forward(gc_node *nd, gc_tensor *y)
+{
+    return norm_run((int)nd->iarg[0], nd->saved[0], nd->saved[1], nd->saved[4], y, NULL, NULL, nd->farg[0]);
 }
 
 static gc_tensor *norm_op(int mode, gc_tensor *x, gc_tensor *w, gc_tensor *b, double eps)
@@ -209,23 +232,14 @@ static gc_tensor *norm_op(int mode, gc_tensor *x, gc_tensor *w, gc_tensor *b, do
         if (!stat) return NULL;
         if (mode == NORM_LAYER && !(mean = gc_op_new(GC_F32, x->device, 1, GC_SHAPE(R)))) return NULL;
     }
-    gc_status st;
-    if (x->device.type == GC_DEVICE_CUDA)
-        st = GC_CUDA_DISPATCH(gc_cuda_norm_fwd(mode, gc_tensor_data(xc), data_or_null(wc), data_or_null(bc),
-                                               gc_tensor_data(y), x->dtype, data_or_null(mean), data_or_null(stat), R,
-                                               D, (float)eps));
-    else {
-        cpu_norm_fwd(mode, gc_tensor_data(xc), data_or_null(wc), data_or_null(bc), gc_tensor_data(y),
-                     data_or_null(mean), data_or_null(stat), R, D, eps);
-        st = GC_OK;
-    }
-    if (st != GC_OK) return NULL;
+    if (norm_run(mode, xc, wc, bc, y, mean, stat, eps) != GC_OK) return NULL;
     if (rec) {
-        gc_tensor *sv[4] = {xc, wc, mean, stat};
-        gc_node *nd = gc_autograd_record(op, norm_backward, y, 3, in3, 4, sv);
+        gc_tensor *sv[5] = {xc, wc, mean, stat, bc};
+        gc_node *nd = gc_autograd_record(op, norm_backward, y, 3, in3, 5, sv);
         if (!nd) return NULL;
         nd->iarg[0] = mode;
         nd->farg[0] = eps;
+        nd->forward = norm_forward;
     }
     return y;
 }

@@ -26,6 +26,9 @@ size_t gc_dtype_size(gc_dtype t);
 const char *gc_dtype_name(gc_dtype t); /* "f32", "bf16", ... */
 bool gc_dtype_is_float(gc_dtype t);
 
+struct gc_grad_slot; /* autograd bookkeeping, see autograd/gc_autograd.h */
+struct gc_node;
+
 typedef struct gc_storage {
     int refcount;
     gc_device device;
@@ -34,9 +37,10 @@ typedef struct gc_storage {
     /* Storage not allocated here (an mmap'd checkpoint): released through this. */
     void (*release)(void *ctx, void *data, size_t nbytes);
     void *release_ctx;
+    /* Autograd: the node that recomputes data freed by gc_recompute_release (data is
+     * NULL until it has), or NULL. */
+    struct gc_node *recompute;
 } gc_storage;
-
-struct gc_grad_slot; /* autograd bookkeeping, see autograd/gc_autograd.h */
 
 typedef struct gc_tensor {
     int refcount;

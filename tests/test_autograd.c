@@ -242,6 +242,113 @@ START_TEST(test_checkpoint_matches)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- recomputed op results */
+
+/* A pass-through op whose backward notes whether the watched storage (NULL: none) holds data then. */
+static struct { const gc_storage *s; int n; bool held[8]; } probe_log;
+
+static gc_status probe_backward(gc_node *nd, gc_tensor *gy)
+{
+    if (probe_log.n < 8) probe_log.held[probe_log.n++] = !probe_log.s || probe_log.s->data != NULL;
+    return gc_grad_accumulate(nd, 0, gy);
+}
+
+static gc_tensor *probe(gc_tensor *x)
+{
+    gc_tensor *y = gc_pool_add(gc_tensor_to(x, x->device, x->dtype));
+    gc_autograd_record("probe", probe_backward, y, 1, &x, 0, NULL);
+    return y;
+}
+
+/* h = layernorm(x) feeds two linears (each saves h itself: h is 2-D). escape: 0 hand h
+ * over; 1 keep a second reference; 2 keep a view of it; 3 recompute off. Returns
+ * whether h's storage was freed; grads[0..3] get x's, w1's, w2's and the norm weight's. */
+static bool ln_two_linears(int escape, float grads[4][40], size_t *saved_drop, size_t *mem_drop)
+{
+    gc_tensor *x = gc_test_param(2, GC_SHAPE(5, 8), 11, 1.0), *lw = gc_test_param(1, GC_SHAPE(8), 12, 1.0);
+    gc_tensor *lb = gc_test_param(1, GC_SHAPE(8), 13, 1.0), *w1 = gc_test_param(2, GC_SHAPE(3, 8), 14, 0.5);
+    gc_tensor *w2 = gc_test_param(2, GC_SHAPE(3, 8), 15, 0.5);
+    gc_tensor *gu = gc_test_randn(2, GC_SHAPE(5, 8), 16, 1.0), *g1 = gc_test_randn(2, GC_SHAPE(5, 3), 17, 1.0);
+    gc_tensor *g2 = gc_test_randn(2, GC_SHAPE(5, 3), 18, 1.0);
+    bool prev = gc_recompute_set_enabled(escape != 3);
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *outer = gc_pool_push(), *p = gc_pool_push();
+    gc_tensor *h = gc_layernorm(x, lw, lb, 1e-5);
+    gc_tensor *u = gc_pool_keep(probe(x));                        /* backward: after both linears */
+    gc_tensor *y1 = gc_pool_keep(probe(gc_linear(h, w1, NULL)));  /* between them */
+    gc_tensor *y2 = gc_pool_keep(probe(gc_linear(h, w2, NULL)));  /* before them */
+    gc_tensor *hold = escape == 1 ? gc_pool_keep(h) : escape == 2 ? gc_pool_keep(gc_rows(h, 1, 3)) : NULL;
+    gc_tensor *mine = gc_tensor_retain(h);
+    gc_pool_pop(p);
+    size_t saved0 = gc_tape_saved_bytes(t), mem0 = gc_memory_stats_get(GC_CPU).current;
+    gc_storage *hs = mine->storage;
+    bool freed = gc_recompute_release(mine);
+    probe_log.s = freed ? hs : NULL; /* kept: the storage dies with its last consumer, unwatched */
+    probe_log.n = 0;
+    *saved_drop = saved0 - gc_tape_saved_bytes(t);
+    *mem_drop = mem0 - gc_memory_stats_get(GC_CPU).current;
+    (void)hold;
+    gc_tape_end(t);
+    ck_assert_int_eq(gc_backward(t, 3, (gc_tensor *[]){u, y1, y2}, (gc_tensor *[]){gu, g1, g2}), GC_OK);
+    ck_assert_int_eq(probe_log.n, 3);
+    if (freed) { /* held only while the linears' backward ran */
+        ck_assert(!probe_log.held[0]);
+        ck_assert(probe_log.held[1]);
+        ck_assert(!probe_log.held[2]);
+    }
+    gc_tensor *ps[4] = {x, w1, w2, lw};
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(gc_tensor_to_host_f32(gc_tensor_grad(ps[i]), grads[i]), GC_OK);
+    gc_tape_free(t);
+    gc_pool_pop(outer);
+    gc_recompute_set_enabled(prev);
+    gc_tensor *all[9] = {x, lw, lb, w1, w2, gu, g1, g2, NULL};
+    for (int i = 0; all[i]; i++) gc_tensor_release(all[i]);
+    return freed;
+}
+
+/* gc_recompute_release frees a layernorm's output while only the tape's saved
+ * references hold it, recomputes it for its consumers' backward alone, and gives the
+ * same gradients bit for bit; anything else holding it keeps it. */
+START_TEST(test_recompute_release)
+{
+    float ref[4][40] = {{0}}, got[4][40] = {{0}}; /* x's gradient has 40 elements, the others fewer */
+    size_t saved_drop, mem_drop;
+    const size_t h_bytes = 5 * 8 * 4;
+    ck_assert(!ln_two_linears(3, ref, &saved_drop, &mem_drop)); /* off */
+    ck_assert_uint_eq(saved_drop, 0);
+    ck_assert_uint_eq(mem_drop, 0);
+    ck_assert(ln_two_linears(0, got, &saved_drop, &mem_drop));
+    ck_assert_uint_eq(saved_drop, 2 * h_bytes); /* both linears' saved h */
+    ck_assert_uint_eq(mem_drop, h_bytes);       /* one storage */
+    ck_assert(!memcmp(ref, got, sizeof ref));
+    for (int escape = 1; escape <= 2; escape++) {
+        ck_assert(!ln_two_linears(escape, got, &saved_drop, &mem_drop));
+        ck_assert_uint_eq(saved_drop, 0);
+        ck_assert_uint_eq(mem_drop, 0);
+        ck_assert(!memcmp(ref, got, sizeof ref));
+    }
+    /* not the result of an op that can re-run, or no tape: just a release */
+    gc_tensor *x = gc_test_param(2, GC_SHAPE(5, 8), 11, 1.0), *w = gc_test_param(2, GC_SHAPE(3, 8), 14, 0.5);
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = gc_tensor_retain(gc_linear(x, w, NULL));
+    gc_tensor *z = gc_pool_keep(gc_linear(y, w, NULL));
+    gc_tensor *n = gc_tensor_retain(gc_layernorm(z, NULL, NULL, 1e-5));
+    gc_pool_pop(p);
+    ck_assert(!gc_recompute_release(y)); /* linear has no forward to re-run */
+    ck_assert(!gc_recompute_release(n)); /* nothing saved it */
+    gc_tape_end(t);
+    gc_tape_free(t);
+    p = gc_pool_push();
+    ck_assert(!gc_recompute_release(gc_tensor_retain(gc_layernorm(x, NULL, NULL, 1e-5)))); /* no tape */
+    gc_pool_pop(p);
+    gc_tensor_release(x);
+    gc_tensor_release(w);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("autograd");
@@ -254,6 +361,7 @@ int main(void)
     tcase_add_test(tc, test_accumulate_seed_frozen_detach);
     tcase_add_test(tc, test_saved_tensors_released);
     tcase_add_test(tc, test_checkpoint_matches);
+    tcase_add_test(tc, test_recompute_release);
     suite_add_tcase(s, tc);
     return gc_test_run(s);
 }
