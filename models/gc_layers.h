@@ -57,7 +57,8 @@ typedef struct gc_block {
 } gc_block;
 
 /* x [B, L, D] -> [B, L, D]:  h = x + dp(ls1*o(attn(ln1 x)));  y = h + dp(ls2*fc2(act(fc1(ln2 h))))
- * (dp: drop_path, the identity when it is 0) */
+ * (dp: drop_path, the identity when it is 0). The tape does not keep the two layernorm
+ * outputs: backward recomputes them (gc_recompute_release; off: gc_recompute_set_enabled). */
 gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x);
 /* The same through gc_checkpoint when `checkpoint` is set (keeps only x; recomputes in backward). */
 gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint);

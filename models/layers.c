@@ -38,6 +38,7 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2], H = b->heads;
     gc_pool *pool = gc_pool_push(); /* the block's intermediates die here unless the tape keeps them */
     gc_tensor *h = gc_layernorm(x, b->ln1_w, b->ln1_b, b->eps);
+    gc_tensor *norms[2] = {gc_tensor_retain(h), NULL};
     gc_tensor *q = gc_view(gc_lin_forward(&b->q, h, b->op_base + 1), 4, GC_SHAPE(B, L, H, D / H));
     gc_tensor *k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
     gc_tensor *v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
@@ -51,6 +52,7 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     a = scale_branch(b, a, b->ls1, b->op_base + 7);
     gc_tensor *r = gc_add(x, a);
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
+    norms[1] = gc_tensor_retain(m);
     m = gc_lin_forward(&b->fc1, m, b->op_base + 5);
     /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
     m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
@@ -58,6 +60,9 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     m = scale_branch(b, m, b->ls2, b->op_base + 8);
     gc_tensor *y = gc_pool_keep(gc_add(r, m));
     gc_pool_pop(pool);
+    /* the layernorm outputs are cheap to redo: the tape frees them until their
+     * consumers' backward (kept where they escaped or are not on the tape) */
+    for (int i = 0; i < 2; i++) gc_recompute_release(norms[i]);
     return y;
 }
 
