@@ -15,7 +15,7 @@
 typedef struct bench_args {
     const char *model, *device, *dtype;
     int64_t batch, chunk, steps, warmup;
-    bool no_cache, checkpointing;
+    bool no_cache, checkpointing, keep_norms;
     int lora;
 } bench_args;
 
@@ -182,6 +182,7 @@ static int parse(int argc, char **argv, bench_args *a)
         const char *f = argv[i];
         if (!strcmp(f, "--no-cache")) { a->no_cache = true; continue; }
         if (!strcmp(f, "--checkpointing")) { a->checkpointing = true; continue; }
+        if (!strcmp(f, "--keep-norms")) { a->keep_norms = true; continue; }
         if (i + 1 >= argc) return gc_cli_fail("bench: %s needs a value (or is unknown)", f);
         const char *v = argv[++i];
         char *end = NULL;
@@ -215,6 +216,7 @@ int gc_cli_bench(int argc, char **argv)
         return gc_cli_fail("bench: no usable CUDA device (use --device cpu --dtype f32 with a small --model)");
     }
     gc_device dev = opt.device;
+    gc_recompute_set_enabled(!a.keep_norms); /* before: blocks kept their layernorm outputs */
     double peak_tf = dev.type == GC_DEVICE_CUDA ? gemm_ceiling(dev) : 0;
     bench_job job;
     if (job_init(&job, &a, dev, opt.dtype) != GC_OK) { int rc = gc_cli_fail_status("bench"); job_free(&job); return rc; }
@@ -271,6 +273,7 @@ int gc_cli_bench(int argc, char **argv)
         else snprintf(mode, sizeof mode, "chunk %lld", (long long)a.chunk);
         if (a.checkpointing) strncat(mode, ", checkpointing", sizeof mode - strlen(mode) - 1);
         if (a.lora) snprintf(mode + strlen(mode), sizeof mode - strlen(mode), ", LoRA r=%d", a.lora);
+        if (a.keep_norms) strncat(mode, ", norms kept", sizeof mode - strlen(mode) - 1);
         printf("gcache bench  %s  batch %lld  %s  %s %s\n", a.model, (long long)B, mode, a.device, a.dtype);
         printf("  step          %8.1f ms (median of %lld after %lld warm-up)\n", med, (long long)a.steps, (long long)a.warmup);
         for (int i = 0; i + 1 < n_ph; i++)
@@ -283,10 +286,11 @@ int gc_cli_bench(int argc, char **argv)
         printf("  TFLOP/s       %8.1f   (%d passes x %.1f GFLOP/pair)\n", tflops, passes, fwd / 1e9);
         if (peak_tf > 0) printf("  utilisation   %8.1f %%  of the measured bf16 GEMM ceiling %.0f TFLOP/s\n", 100 * tflops / peak_tf, peak_tf);
         printf("{\"model\":\"%s\",\"batch\":%lld,\"chunk\":%lld,\"cache\":%s,\"checkpointing\":%s,\"lora\":%d,"
+               "\"recompute_norms\":%s,"
                "\"step_ms\":%.2f,\"peak_GiB\":%.3f,\"pairs_per_s\":%.1f,\"tflops\":%.1f,\"gemm_peak_tflops\":%.1f,"
                "\"new_allocs_after_warmup\":%llu}\n",
                a.model, (long long)B, (long long)a.chunk, a.no_cache ? "false" : "true", a.checkpointing ? "true" : "false",
-               a.lora, med, (double)ms.peak / (1 << 30), (double)B / (med * 1e-3), tflops, peak_tf,
+               a.lora, a.keep_norms ? "false" : "true", med, (double)ms.peak / (1 << 30), (double)B / (med * 1e-3), tflops, peak_tf,
                (unsigned long long)(ms.system_allocs - allocs_after_warmup));
     }
     for (int i = 0; i < MAX_PHASES; i++) { gc_timer_free(pl.t[i]); free(ph_ms[i]); }
