@@ -337,13 +337,8 @@ static double act_df(gc_act act, double x)
     }
 }
 
-/* saved[0] = x (the derivative is recomputed from it); iarg[0] = act */
-static gc_status act_backward(gc_node *nd, gc_tensor *gy)
+gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, gc_act act)
 {
-    bool acc;
-    gc_tensor *gx = gc_grad_target(nd, 0, &acc), *x = nd->saved[0];
-    gc_act act = (gc_act)nd->iarg[0];
-    if (!gx) return GC_PENDING();
     if (gy->device.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_act_bwd(gx, gy, x, act, acc));
     const float *g = gc_tensor_data(gy), *xv = gc_tensor_data(x);
     float *d = gc_tensor_data(gx);
@@ -352,6 +347,15 @@ static gc_status act_backward(gc_node *nd, gc_tensor *gy)
         d[i] = (float)(acc ? d[i] + v : v);
     }
     return GC_OK;
+}
+
+/* saved[0] = x (the derivative is recomputed from it); iarg[0] = act */
+static gc_status act_backward(gc_node *nd, gc_tensor *gy)
+{
+    bool acc;
+    gc_tensor *gx = gc_grad_target(nd, 0, &acc);
+    if (!gx) return GC_PENDING();
+    return gc_act_backward_into(gx, acc, gy, nd->saved[0], (gc_act)nd->iarg[0]);
 }
 
 gc_tensor *gc_activation(gc_tensor *x, gc_act act)

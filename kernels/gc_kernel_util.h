@@ -35,4 +35,8 @@ bool gc_check_index(const char *op, const gc_tensor *t);  /* i32 or i64 */
 /* A contiguous tensor from x (x itself if already), for kernels that need one. */
 gc_tensor *gc_contiguous_raw(gc_tensor *x); /* non-differentiable, pool-owned */
 
+/* gx (+)= gy act'(x), all contiguous, of one shape (elementwise.c): the activation's
+ * backward, for ops that fold an activation in (gc_linear_act). */
+gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, gc_act act);
+
 #endif

@@ -237,37 +237,35 @@ gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
 /* ---------------------------------------------------------------- linear of an activation */
 
 /* saved: x (pre-activation, [R, in]), w. inputs: x, w, b. iarg[0]: act.
- * Recomputes a = act(x) on a small tape, then dW, db and da = gy W as in linear, and
- * backpropagates da through the activation on that tape. */
+ * Recomputes a = act(x) for dW (released before da is made), then db, and da = gy W
+ * taken through the activation's backward straight into x's gradient. */
 static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
 {
     gc_tensor *x = nd->saved[0], *w = nd->saved[1];
     int64_t R = x->shape[0], in = x->shape[1], out = w->shape[0];
     gc_device dev = x->device;
-    gc_tensor *xd = gc_tensor_view_of(x, x->ndim, x->shape, x->stride, x->offset);
-    if (!xd) return GC_PENDING();
-    gc_pool_add(xd);
-    if (nd->in[0]) GC_TRY(gc_tensor_make_leaf(xd));
-    gc_tape *t = gc_tape_init();
-    if (!t) return GC_PENDING();
-    bool prev = gc_grad_set_enabled(true);
-    gc_tape_begin(t);
-    gc_tensor *a = gc_activation(xd, (gc_act)nd->iarg[0]);
-    gc_tape_end(t);
-    gc_grad_set_enabled(prev);
-    gc_status st = a ? GC_OK : GC_PENDING();
+    gc_act act = (gc_act)nd->iarg[0];
     bool acc;
-    gc_tensor *gw = st == GC_OK ? gc_grad_target(nd, 1, &acc) : NULL;
-    if (gw) st = gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc, 1, false);
+    gc_status st = GC_OK;
+    gc_tensor *gw = gc_grad_target(nd, 1, &acc);
+    if (gw) {
+        gc_pool *p = gc_pool_push();
+        bool prev = gc_grad_set_enabled(false);
+        gc_tensor *a = gc_activation(x, act);
+        gc_grad_set_enabled(prev);
+        st = a ? gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc, 1, false) : GC_PENDING();
+        gc_pool_pop(p);
+    }
     gc_tensor *gb = st == GC_OK ? gc_grad_target(nd, 2, &acc) : NULL;
     if (gb) st = sum_rows(dev, gy, gb, acc);
-    if (st == GC_OK && nd->in[0] && a->slot) {
+    gc_tensor *gx = st == GC_OK ? gc_grad_target(nd, 0, &acc) : NULL;
+    if (gx) {
         gc_tensor *da = gc_op_new(x->dtype, dev, 2, GC_SHAPE(R, in));
         st = da ? gemm_plain(dev, false, false, R, in, out, gy, w, da, false, 1, false) : GC_PENDING();
-        if (st == GC_OK) st = gc_backward(t, 1, &a, &da);
-        if (st == GC_OK && gc_tensor_grad(xd)) st = gc_grad_accumulate(nd, 0, gc_tensor_grad(xd));
+        if (st == GC_OK) st = gc_act_backward_into(gx, acc, da, x, act);
     }
-    gc_tape_free(t);
+    for (int i = 0; st == GC_OK && i < 3; i++)
+        if (nd->in[i] && !nd->in[i]->grad) st = GC_PENDING();
     return st;
 }
 

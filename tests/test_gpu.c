@@ -194,6 +194,12 @@ static gc_tensor *f_linear(gc_tensor *const *in, void *ctx)
 {
     return gc_linear(in[0], in[1], *(const int *)ctx ? in[2] : NULL);
 }
+/* ctx: {act, inner}; inner: x = 0.75 in[0], a fresh gradient of x's dtype (else the leaf's f32, +=) */
+static gc_tensor *f_linear_act(gc_tensor *const *in, void *ctx)
+{
+    const int *c = ctx;
+    return gc_linear_act(c[1] ? gc_scale(in[0], 0.75) : in[0], (gc_act)c[0], in[1], in[2]);
+}
 
 START_TEST(test_matmul_linear)
 {
@@ -238,6 +244,13 @@ START_TEST(test_matmul_linear)
     cmp2(&lg, "linear [5000,12]->136 +b", f_linear, &with_b, 3, v2, TOL32, TOL16);
     gc_tensor *v3[3] = {tall[0], PARAM(29, 0.3, 8, 8), PARAM(30, 1.0, 8)};
     cmp2(&lg, "linear [1000003,8]->8 +b", f_linear, &with_b, 3, v3, TOL32, TOL16);
+    /* fc2 of an MLP: the activation recomputed in backward, its gradient written into x's */
+    gc_tensor *la[3] = {PARAM(31, 2.0, 3, 40, 64), PARAM(32, 0.1, 24, 64), PARAM(33, 1.0, 24)};
+    for (int i = 0; i < 4; i++) {
+        int c[2] = {i < 2 ? GC_ACT_GELU_ERF : GC_ACT_QUICK_GELU, i % 2};
+        snprintf(l, sizeof l, "linear_act %s [3,40,64]->24 +b%s", i < 2 ? "gelu_erf" : "quick_gelu", i % 2 ? ", inner x" : "");
+        cmp2(&lg, l, f_linear_act, c, 3, la, TOL32, TOL16);
+    }
     /* realistic: ViT-B MLP up-projection on 8 x 197 tokens */
     gc_tensor *big[3] = {PARAM(20, 1.0, 8, 197, 768), PARAM(21, 0.03, 3072, 768), PARAM(22, 0.1, 3072)};
     cmp2(&lg, "linear [8,197,768]->3072 +b", f_linear, &with_b, 3, big, TOL32, TOL16);
