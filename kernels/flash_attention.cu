@@ -247,6 +247,27 @@ template <int LD> __device__ __forceinline__ void mma_b2(float c0[4], float c1[4
     mma16816(c1, a, r[2], r[3]);
 }
 
+// c1 += A1 B1^T and c2 += A2 B2^T: the warp's 16 rows (row0) of the [.][LD] smem tiles
+// a1, a2 times the 8-row tiles of b1, b2 (read as B^T), for the pairs of tiles that hold
+// one in [n_lo, n_hi) (the rest hold hidden entries only)
+template <int KD, int NS, int LD>
+__device__ __forceinline__ void mma_bt_pair(float c1[NS][4], float c2[NS][4], const bf16 *a1, const bf16 *a2, const bf16 *b1,
+                                            const bf16 *b2, int row0, int n_lo, int n_hi)
+{
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++) {
+        uint32_t f1[4], f2[4];
+        load_a_frag<LD>(f1, a1, row0, kk * 16);
+        load_a_frag<LD>(f2, a2, row0, kk * 16);
+#pragma unroll
+        for (int n = 0; n < NS; n += 2)
+            if (n + 1 >= n_lo && n < n_hi) {
+                mma_bt2<LD>(c1[n], c1[n + 1], f1, b1, n, kk * 16);
+                mma_bt2<LD>(c2[n], c2[n + 1], f2, b2, n, kk * 16);
+            }
+    }
+}
+
 // The A fragment of the 16-column step kk of a C-fragment matrix c[2 kk], c[2 kk + 1]
 __device__ __forceinline__ void c_to_a(uint32_t a[4], const float c0[4], const float c1[4])
 {
@@ -494,18 +515,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kern
             for (int n = 0; n < NS; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++) {
-                uint32_t qf[4], gf[4];
-                load_a_frag<LD>(qf, sQ, warp * 16, kk * 16);
-                load_a_frag<LD>(gf, sG, warp * 16, kk * 16);
-#pragma unroll
-                for (int n = 0; n < NS; n += 2)
-                    if (n < ns) {
-                        mma_bt2<LD>(s[n], s[n + 1], qf, sK, n, kk * 16);
-                        mma_bt2<LD>(dp[n], dp[n + 1], gf, sV, n, kk * 16);
-                    }
-            }
+            mma_bt_pair<KD, NS, LD>(s, dp, sQ, sG, sK, sV, warp * 16, 0, ns); // S = Q K^T, dPd = dO V^T
             // dS = P (dP' - Delta), in place of S
 #pragma unroll
             for (int n = 0; n < NS; n++) {
@@ -624,18 +634,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
             for (int n = 0; n < NS; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++) {
-                uint32_t kf[4], vf[4];
-                load_a_frag<LD>(kf, sK, warp * 16, kk * 16);
-                load_a_frag<LD>(vf, sV, warp * 16, kk * 16);
-#pragma unroll
-                for (int n = 0; n < NS; n += 2)
-                    if (n + 1 >= n_lo && n < n_hi) {
-                        mma_bt2<LD>(st[n], st[n + 1], kf, sQ, n, kk * 16);
-                        mma_bt2<LD>(dpt[n], dpt[n + 1], vf, sG, n, kk * 16);
-                    }
-            }
+            mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, warp * 16, n_lo, n_hi); // S^T = K Q^T, dPd^T = V dO^T
             // Pd^T into st's place, dS^T into dpt's
 #pragma unroll
             for (int n = 0; n < NS; n++) {
