@@ -28,10 +28,11 @@ struct gc_dinov3 {
     int n_grids;
 };
 
-/* Augmented tables of one grid for one RandContext (seed, step): a few recent ones are
- * kept; one that was dropped is rebuilt, identical, when a recompute asks for it (a
- * graph that uses a table holds its own reference). */
-#define AUG_CACHE 8
+/* Augmented tables of one grid for one RandContext (seed, step): the two latest are kept
+ * (a step's forward and its replay read the same one); one that was dropped is rebuilt,
+ * identical, when a recompute asks for it (a graph that uses a table holds its own
+ * reference). */
+#define AUG_CACHE 2
 struct aug_tables {
     uint64_t seed;
     uint32_t step;
@@ -398,7 +399,8 @@ bool gc_dinov3_rope_augmentation(const gc_dinov3_config *c, gc_rand_context rc, 
  * The coordinates, 2 pi coord and inv_freq are rounded to f32 step by step as
  * transformers computes them (get_patches_center_coordinates, the inv_freq buffer);
  * the product and cos/sin are taken in double (transformers: f32, ~1 ulp apart).
- * aug: NULL, or the RandContext whose draw augments the coordinates. */
+ * aug: NULL, or the RandContext whose draw augments the coordinates. *cos_out and
+ * *sin_out: NULL for new tables, or f32 [gh*gw, head_dim] tables to overwrite. */
 static gc_status rope_tables(const gc_dinov3 *m, int64_t gh, int64_t gw, const gc_rand_context *aug,
                              gc_tensor **cos_out, gc_tensor **sin_out)
 {
@@ -436,6 +438,14 @@ static gc_status rope_tables(const gc_dinov3 *m, int64_t gh, int64_t gw, const g
             }
         }
     free(inv);
+    if (*cos_out && *sin_out) { /* rewrite the given tables in place */
+        const size_t nb = sizeof(float) * (size_t)(N * hd);
+        gc_status st = gc_memcpy(m->opt.device, gc_tensor_data(*cos_out), GC_CPU, c, nb);
+        if (st == GC_OK) st = gc_memcpy(m->opt.device, gc_tensor_data(*sin_out), GC_CPU, s, nb);
+        free(c);
+        free(s);
+        return st;
+    }
     *cos_out = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), c);
     *sin_out = gc_tensor_from_data(GC_F32, m->opt.device, 2, GC_SHAPE(N, hd), s);
     free(c);
@@ -464,12 +474,26 @@ static gc_status aug_tables(const gc_dinov3 *m, struct rope_grid *g, gc_tensor *
             return GC_OK;
         }
     }
-    gc_tensor *c = NULL, *s = NULL;
-    GC_TRY(rope_tables(m, g->gh, g->gw, &rc, &c, &s));
     struct aug_tables *t = &g->aug[g->next_aug];
     g->next_aug = (g->next_aug + 1) % AUG_CACHE;
-    gc_tensor_release(t->cos);
-    gc_tensor_release(t->sin);
+    gc_tensor *c = NULL, *s = NULL;
+    if (t->cos && t->cos->refcount == 1 && t->cos->storage->refcount == 1 && t->sin->refcount == 1 &&
+        t->sin->storage->refcount == 1) {
+        /* no graph holds the evicted tables: rewrite them (stream-ordered after their last
+         * readers), so that steady-state steps allocate nothing */
+        c = t->cos, s = t->sin;
+        t->cos = t->sin = NULL;
+    } else {
+        gc_tensor_release(t->cos);
+        gc_tensor_release(t->sin);
+        t->cos = t->sin = NULL;
+    }
+    gc_status st = rope_tables(m, g->gh, g->gw, &rc, &c, &s);
+    if (st != GC_OK) {
+        gc_tensor_release(c);
+        gc_tensor_release(s);
+        return st;
+    }
     *t = (struct aug_tables){rc.seed, rc.step, c, s};
     *cos = c;
     *sin = s;
