@@ -381,7 +381,10 @@ gc_status gc_tensor_copy_into(gc_tensor *dst, const gc_tensor *src, bool accumul
 #ifdef GC_WITH_CUDA
     if (dst->device.type == GC_DEVICE_CUDA && src->device.type == GC_DEVICE_CUDA)
         return gc_cuda_copy_strided(dst, src, accumulate);
-    /* across devices: bring src over contiguous, in its own dtype, then convert there */
+    /* across devices: one copy straight into dst when nothing needs converting */
+    if (!accumulate && dst->dtype == src->dtype && gc_tensor_is_contiguous(dst) && gc_tensor_is_contiguous(src))
+        return gc_memcpy(dst->device, gc_tensor_data(dst), src->device, gc_tensor_data(src), gc_tensor_nbytes(src));
+    /* otherwise bring src over contiguous, in its own dtype, then convert there */
     gc_tensor *tmp = gc_tensor_new(src->dtype, dst->device, src->ndim, src->shape);
     if (!tmp) return GC_PENDING();
     gc_status st = GC_OK;
