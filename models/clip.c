@@ -397,13 +397,17 @@ gc_tensor *gc_clip_encode_image(gc_clip *m, gc_tensor *pixels)
     }
     int64_t B = pixels->shape[0], D = c->hidden;
     gc_pool *pool = gc_pool_push();
-    gc_tensor *x = gc_pool_add(gc_tensor_to(pixels, m->opt.device, m->opt.dtype));
+    /* the embedding's temporaries (the chunk's pixels on the device, the patch
+     * embedding, the concatenation) die here, before the blocks run */
+    gc_pool *emb = gc_pool_push();
+    gc_tensor *x = gc_input_to(pixels, m->opt.device, m->opt.dtype);
     x = gc_patch_embed(x, m->v_patch, NULL);                                    /* [B, N, D] */
     gc_tensor *zeros = gc_pool_add(gc_tensor_zeros(m->opt.dtype, m->opt.device, 3, GC_SHAPE(B, 1, D)));
     gc_tensor *cls = gc_add(zeros, m->v_cls);                                   /* [B, 1, D] */
     gc_tensor *h = gc_concat(2, (gc_tensor *[]){cls, x}, 1);                    /* [B, N+1, D] */
     h = gc_add(h, m->v_pos);
-    h = gc_layernorm(h, m->v_pre_w, m->v_pre_b, c->eps);
+    h = gc_pool_keep(gc_layernorm(h, m->v_pre_w, m->v_pre_b, c->eps));
+    gc_pool_pop(emb);
     for (int64_t i = 0; i < c->layers; i++) h = gc_block_run(&m->v_blocks[i], h, m->opt.checkpointing);
     gc_tensor *first = h ? gc_view(gc_slice(h, 1, 0, 1), 2, GC_SHAPE(B, D)) : NULL; /* class token */
     gc_tensor *pooled = gc_layernorm(first, m->v_post_w, m->v_post_b, c->eps);

@@ -576,11 +576,13 @@ gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
     if (!g) return NULL;
     int64_t B = pixels->shape[0], D = c->hidden;
     gc_pool *pool = gc_pool_push();
-    gc_tensor *x = gc_pool_add(gc_tensor_to(pixels, m->opt.device, m->opt.dtype));
+    gc_pool *emb = gc_pool_push(); /* the pixels on the device and the patch embedding die here */
+    gc_tensor *x = gc_input_to(pixels, m->opt.device, m->opt.dtype);
     x = gc_patch_embed(x, m->patch_w, m->patch_b);                                  /* [B, N, D] */
     gc_tensor *zeros = gc_pool_add(gc_tensor_zeros(m->opt.dtype, m->opt.device, 3, GC_SHAPE(B, 1 + c->registers, D)));
     gc_tensor *prefix = c->registers ? gc_concat(2, (gc_tensor *[]){m->cls, m->registers}, 1) : m->cls; /* [1, 1+R, D] */
-    gc_tensor *h = gc_concat(2, (gc_tensor *[]){gc_add(zeros, prefix), x}, 1);     /* [B, 1+R+N, D] */
+    gc_tensor *h = gc_pool_keep(gc_concat(2, (gc_tensor *[]){gc_add(zeros, prefix), x}, 1)); /* [B, 1+R+N, D] */
+    gc_pool_pop(emb);
     for (int64_t i = 0; i < c->layers; i++)
         h = m->opt.checkpointing ? gc_checkpoint(layer_forward, &g->layers[i], h) : layer_forward(h, &g->layers[i]);
     gc_tensor *y = gc_pool_keep(gc_layernorm(h, m->norm_w, m->norm_b, c->eps));

@@ -63,6 +63,11 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x);
 /* The same through gc_checkpoint when `checkpoint` is set (keeps only x; recomputes in backward). */
 gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint);
 
+/* A model's input (pixels) on dev in dt, pool-owned and without history: x itself when it
+ * already is (a batch kept on the device in the compute dtype is read in place, no copy
+ * per chunk), else a converted copy (a chunk of a host batch is uploaded here). */
+gc_tensor *gc_input_to(gc_tensor *x, gc_device dev, gc_dtype dt);
+
 /* Deterministic N(0, std^2) host values for initialising weights. */
 void gc_init_normal(float *out, int64_t n, double std, uint64_t seed, uint32_t stream);
 

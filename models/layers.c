@@ -37,8 +37,12 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     if (!x) return NULL;
     int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2], H = b->heads;
     gc_pool *pool = gc_pool_push(); /* the block's intermediates die here unless the tape keeps them */
+    /* Three stages, each in a pool of its own: what only one stage reads (a layernorm
+     * output, the attention branch) is freed before the next allocates, so the block's
+     * peak is what the tape keeps plus one stage's work, not plus every temporary. */
+    gc_pool *st = gc_pool_push();
     gc_tensor *h = gc_layernorm(x, b->ln1_w, b->ln1_b, b->eps);
-    gc_tensor *norms[2] = {gc_tensor_retain(h), NULL};
+    gc_tensor *norm = gc_tensor_retain(h);
     gc_tensor *q = gc_view(gc_lin_forward(&b->q, h, b->op_base + 1), 4, GC_SHAPE(B, L, H, D / H));
     gc_tensor *k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
     gc_tensor *v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
@@ -46,24 +50,38 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
         q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
         k = gc_rope(k, b->rope_cos, b->rope_sin, b->rope_start);
     }
+    q = gc_pool_keep(q), k = gc_pool_keep(k), v = gc_pool_keep(v);
+    gc_pool_pop(st);
+    /* the layernorm outputs are cheap to redo: the tape frees them until their
+     * consumers' backward (kept where they escaped or are not on the tape) */
+    gc_recompute_release(norm);
+    st = gc_pool_push();
     gc_attn_opts ao = {.causal = b->causal, .dropout = b->attn_dropout, .dropout_op = b->op_base};
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, L, D));
     a = gc_lin_forward(&b->o, a, b->op_base + 4);
     a = scale_branch(b, a, b->ls1, b->op_base + 7);
-    gc_tensor *r = gc_add(x, a);
+    gc_tensor *r = gc_pool_keep(gc_add(x, a));
+    gc_pool_pop(st);
+    st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
-    norms[1] = gc_tensor_retain(m);
-    m = gc_lin_forward(&b->fc1, m, b->op_base + 5);
+    norm = gc_tensor_retain(m);
+    m = gc_pool_keep(gc_lin_forward(&b->fc1, m, b->op_base + 5));
+    gc_pool_pop(st);
+    gc_recompute_release(norm);
     /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
     m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
                       : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);
     m = scale_branch(b, m, b->ls2, b->op_base + 8);
     gc_tensor *y = gc_pool_keep(gc_add(r, m));
     gc_pool_pop(pool);
-    /* the layernorm outputs are cheap to redo: the tape frees them until their
-     * consumers' backward (kept where they escaped or are not on the tape) */
-    for (int i = 0; i < 2; i++) gc_recompute_release(norms[i]);
     return y;
+}
+
+gc_tensor *gc_input_to(gc_tensor *x, gc_device dev, gc_dtype dt)
+{
+    if (!x) return NULL;
+    if (gc_device_eq(x->device, dev) && x->dtype == dt) return gc_detach(x);
+    return gc_pool_add(gc_tensor_to(x, dev, dt));
 }
 
 static gc_tensor *block_fn(gc_tensor *x, void *closure) { return gc_block_forward(closure, x); }

@@ -1,0 +1,262 @@
+/* What a forward holds at its peak: the tape's saved tensors plus one op's work, and
+ * nothing dead. A transformer block runs in stages whose temporaries die with the stage
+ * (the layernorm outputs, the attention branch), CLIP's image tower frees its embedding
+ * temporaries (the chunk's pixels on the device, the patch embedding, the concatenation)
+ * before the blocks run, pixels already on the device in the compute dtype are read in
+ * place, and a host-to-device copy of the same dtype is one transfer with no staging
+ * buffer. Bytes are exact: the CPU counts bytes as asked, the GPU in its size classes
+ * (measured here by allocating one tensor of each size), so each test fails if one
+ * temporary survives. GC_TEST_DEVICE / GC_TEST_DTYPE run the same on the GPU. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../gradcache/gc_clip_task.h"
+#include "gc_test.h"
+
+/* Bytes the device counts for one tensor of n elements of dt (a size class on the GPU). */
+static size_t held(gc_dtype dt, int64_t n)
+{
+    gc_device dev = gc_test_device();
+    size_t before = gc_memory_stats_get(dev).current;
+    gc_tensor *t = gc_tensor_new(dt, dev, 1, &n);
+    ck_assert(t);
+    size_t b = gc_memory_stats_get(dev).current - before;
+    gc_tensor_release(t);
+    return b;
+}
+
+static void init_value(const char *name, int ndim, const int64_t *shape, float *out, void *user)
+{
+    (void)user;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    uint32_t h = 2166136261u; /* FNV-1a of the name: a stream per parameter */
+    for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
+    gc_init_normal(out, n, 0.2, 11, h);
+    if (strstr(name, "norm") && strstr(name, "weight"))
+        for (int64_t i = 0; i < n; i++) out[i] += 1.0f;
+}
+
+/* A CLIP-style block [B, L, D] on the tape: its forward peaks at what it keeps (the bytes
+ * it still holds when it returns, its output among them) plus fc2's activation input
+ * [B L, F], the one temporary alive at the peak (inside fc2). Kept alive to the end, the
+ * first layernorm output, the attention branch and the second layernorm output would add
+ * three [B, L, D]. */
+START_TEST(test_block_forward_peak)
+{
+    const int64_t B = 3, L = 11, D = 32, H = 4, F = 128;
+    gc_device dev = gc_test_device();
+    gc_dtype dt = gc_test_dtype();
+    gc_params ps;
+    gc_block b;
+    gc_params_init(&ps, dev, dt);
+    memset(&b, 0, sizeof b);
+    b.ln1_w = gc_param_declare(&ps, "l.norm1.weight", 1, GC_SHAPE(D));
+    b.ln1_b = gc_param_declare(&ps, "l.norm1.bias", 1, GC_SHAPE(D));
+    b.ln2_w = gc_param_declare(&ps, "l.norm2.weight", 1, GC_SHAPE(D));
+    b.ln2_b = gc_param_declare(&ps, "l.norm2.bias", 1, GC_SHAPE(D));
+    const char *sites[6] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
+    gc_lin *lins[6] = {&b.q, &b.k, &b.v, &b.o, &b.fc1, &b.fc2};
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(gc_lin_declare(&ps, lins[i], "l", sites[i], i == 4 ? F : D, i == 5 ? F : D, true, NULL), GC_OK);
+    b.heads = H;
+    b.act = GC_ACT_QUICK_GELU;
+    b.eps = 1e-5;
+    ck_assert_int_eq(gc_params_init_values(&ps, init_value, NULL), GC_OK);
+    gc_tensor *h = gc_test_randn(3, GC_SHAPE(B, L, D), 5, 1.0);
+    gc_tensor *x = gc_tensor_to(h, dev, dt);
+    gc_tensor_release(h);
+    ck_assert_int_eq(gc_tensor_requires_grad(x, true), GC_OK);
+    const size_t act_in = held(dt, B * L * F);
+    for (int recompute = 0; recompute < 2; recompute++) {
+        bool prev = gc_recompute_set_enabled(recompute);
+        gc_device_sync(dev);
+        gc_memory_reset_peak(dev);
+        size_t base = gc_memory_stats_get(dev).current;
+        gc_tape *t = gc_tape_init();
+        gc_tape_begin(t);
+        gc_pool *p = gc_pool_push();
+        gc_tensor *y = gc_block_forward(&b, x);
+        gc_tape_end(t);
+        ck_assert_msg(y, "%s", gc_error_message());
+        gc_memory_stats st = gc_memory_stats_get(dev);
+        printf("block [%lld, %lld, %lld] on %s %s, recompute %s: holds %zu bytes after the forward, peak %zu\n",
+               (long long)B, (long long)L, (long long)D, gc_device_name(dev), gc_dtype_name(dt), recompute ? "on" : "off",
+               st.current - base, st.peak - base);
+        ck_assert_msg(st.peak - base == st.current - base + act_in,
+                      "the forward peaked at %zu bytes: %zu held at the end + %zu of fc2's input, %zd more", st.peak - base,
+                      st.current - base, act_in, (ssize_t)(st.peak - st.current - act_in));
+        gc_pool_pop(p);
+        gc_tape_free(t);
+        gc_recompute_set_enabled(prev);
+    }
+    gc_tensor_release(x);
+    gc_params_free(&ps);
+}
+END_TEST
+
+/* A small CLIP (3 vision layers, 4x4 patches of 8 pixels: 17 tokens) */
+static gc_clip *small_clip(void)
+{
+    gc_clip_config c;
+    ck_assert_int_eq(gc_clip_config_named("clip-tiny", &c), GC_OK);
+    c.vision.layers = 3;
+    c.vision.hidden = 32;
+    c.vision.heads = 4;
+    c.vision.intermediate = 128;
+    c.projection_dim = 24;
+    gc_clip_options o = {.device = gc_test_device(), .dtype = gc_test_dtype()};
+    gc_clip *m;
+    ck_assert_msg(gc_clip_init(&m, &c, &o, 3) == GC_OK, "%s", gc_error_message());
+    return m;
+}
+
+/* The image tower on the tape peaks inside its last block (at fc2, as above). What it
+ * holds then and not at the end is fc2's activation input and output and nothing else;
+ * what it holds at the end and not then is the tail: the class token copied out
+ * [B, D], the post-layernorm output [B, D] and its mean and rstd [B] (f32), and the
+ * projection [B, P]. */
+static void image_tower_peak(gc_clip *m, gc_tensor *pixels, const char *label)
+{
+    const gc_clip_config *c = gc_clip_get_config(m);
+    gc_device dev = gc_test_device();
+    gc_dtype dt = gc_test_dtype();
+    int64_t B = pixels->shape[0], g = c->vision.image_size / c->vision.patch, R = B * (g * g + 1);
+    int64_t D = c->vision.hidden, F = c->vision.intermediate, P = c->projection_dim;
+    size_t at_peak = held(dt, R * F) + held(dt, R * D);
+    size_t tail = 2 * held(dt, B * D) + 2 * held(GC_F32, B) + held(dt, B * P);
+    gc_device_sync(dev);
+    gc_memory_reset_peak(dev);
+    size_t base = gc_memory_stats_get(dev).current;
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = gc_clip_encode_image(m, pixels);
+    gc_tape_end(t);
+    ck_assert_msg(y, "%s", gc_error_message());
+    gc_memory_stats st = gc_memory_stats_get(dev);
+    size_t end = st.current - base, peak = st.peak - base;
+    printf("image tower, %s, on %s %s: holds %zu bytes after the forward, peak %zu\n", label, gc_device_name(dev),
+           gc_dtype_name(dt), end, peak);
+    ck_assert_msg(peak + tail == end + at_peak, "%s: peak %zu + tail %zu != end %zu + fc2's input and output %zu: %zd bytes "
+                  "more than the tape's own at the peak", label, peak, tail, end, at_peak,
+                  (ssize_t)(peak + tail - end - at_peak));
+    gc_pool_pop(p);
+    gc_tape_free(t);
+}
+
+START_TEST(test_clip_image_tower_peak)
+{
+    gc_clip *m = small_clip();
+    const gc_clip_config *c = gc_clip_get_config(m);
+    int64_t S = c->vision.image_size;
+    gc_tensor *host = gc_test_uniform(4, GC_SHAPE(3, 3, S, S), 8, -1, 1);
+    gc_tensor *dev = gc_tensor_to(host, gc_test_device(), gc_test_dtype());
+    image_tower_peak(m, host, "pixels f32 on the host");
+    image_tower_peak(m, dev, "pixels in the compute dtype on the device");
+    gc_tensor_release(host);
+    gc_tensor_release(dev);
+    gc_clip_free(m);
+}
+END_TEST
+
+/* Pixels on the device in the compute dtype are read in place; others are converted. */
+START_TEST(test_input_in_place)
+{
+    gc_device dev = gc_test_device();
+    gc_dtype dt = gc_test_dtype();
+    gc_tensor *h = gc_test_uniform(4, GC_SHAPE(4, 3, 8, 8), 1, -1, 1);
+    gc_tensor *x = gc_tensor_to(h, dev, dt);
+    gc_pool *p = gc_pool_push();
+    size_t before = gc_memory_stats_get(dev).current;
+    gc_tensor *rows = gc_rows(x, 1, 3);
+    gc_tensor *in = gc_input_to(rows, dev, dt);
+    ck_assert(in && gc_tensor_data(in) == gc_tensor_data(rows) && !in->slot);
+    ck_assert_uint_eq(gc_memory_stats_get(dev).current, before);
+    if (dev.type == GC_DEVICE_CUDA || dt != GC_F32) { /* the host batch in f32: a converted copy on the device */
+        gc_tensor *up = gc_input_to(gc_rows(h, 1, 3), dev, dt);
+        ck_assert(up && up->dtype == dt && gc_device_eq(up->device, dev));
+        ck_assert_double_eq(gc_test_rel_err(up, rows), 0);
+    }
+    gc_pool_pop(p);
+    gc_tensor_release(x);
+    gc_tensor_release(h);
+}
+END_TEST
+
+/* Host to device in the same dtype: one transfer into the destination, no staging
+ * tensor on the device (the device's peak is the destination). */
+START_TEST(test_upload_no_staging)
+{
+    gc_device dev = gc_test_device();
+    if (dev.type != GC_DEVICE_CUDA) return; /* one device: nothing crosses */
+    gc_dtype dt = gc_test_dtype();
+    gc_tensor *h = gc_test_uniform(2, GC_SHAPE(300, 1000), 2, -1, 1);
+    gc_tensor *hc = gc_tensor_to(h, GC_CPU, dt);
+    gc_device_sync(dev);
+    gc_memory_reset_peak(dev);
+    size_t base = gc_memory_stats_get(dev).current;
+    gc_tensor *d = gc_tensor_to(hc, dev, dt);
+    ck_assert(d);
+    gc_memory_stats st = gc_memory_stats_get(dev);
+    ck_assert_uint_eq(st.peak - base, held(dt, 300 * 1000));
+    ck_assert_uint_eq(st.current - base, st.peak - base);
+    ck_assert_double_eq(gc_test_rel_err(d, hc), 0);
+    gc_tensor_release(d);
+    gc_tensor_release(hc);
+    gc_tensor_release(h);
+}
+END_TEST
+
+/* The pixels' placement does not change a step: pixels f32 on the host and the same
+ * pixels already in the compute dtype on the device give bit-identical losses and
+ * gradients through the gradient cache. */
+START_TEST(test_clip_pixels_placement_bit_identical)
+{
+    gc_clip *m = small_clip();
+    const gc_clip_config *c = gc_clip_get_config(m);
+    int64_t B = 6, S = c->vision.image_size, L = 9;
+    gc_tensor *host = gc_test_uniform(4, GC_SHAPE(B, 3, S, S), 4, -1, 1);
+    gc_tensor *dev = gc_tensor_to(host, gc_test_device(), gc_test_dtype());
+    gc_tensor *ids = gc_test_ints(GC_I64, 2, GC_SHAPE(B, L), 6, 3, c->text.vocab - 1);
+    gc_params *ps = gc_clip_params(m);
+    double loss[2];
+    double *grads[2];
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
+        gc_clip_task t;
+        gc_clip_task_init(&t, m, i ? dev : host, ids, 4);
+        gc_gradcache_result res;
+        ck_assert_msg(gc_clip_task_step(&t, (gc_rand_context){5, 1, 0}, &res) == GC_OK, "%s", gc_error_message());
+        loss[i] = res.loss;
+        grads[i] = gc_test_flat_grads(ps);
+        gc_gradcache_result_clear(&res);
+    }
+    ck_assert_msg(!memcmp(&loss[0], &loss[1], sizeof(double)), "loss %.17g vs %.17g", loss[0], loss[1]);
+    int64_t n = gc_params_count(ps, false);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(!memcmp(&grads[0][i], &grads[1][i], sizeof(double)), "gradient %lld: %.9g vs %.9g", (long long)i,
+                      grads[0][i], grads[1][i]);
+    printf("pixels on the host / on the device: loss %.9g, %lld gradients bit-identical\n", loss[0], (long long)n);
+    free(grads[0]);
+    free(grads[1]);
+    gc_tensor_release(host);
+    gc_tensor_release(dev);
+    gc_tensor_release(ids);
+    gc_clip_free(m);
+}
+END_TEST
+
+int main(void)
+{
+    if (!gc_test_fixtures_start("memory", 0)) return 77;
+    Suite *s = suite_create("memory");
+    TCase *tc = gc_test_tcase("memory");
+    tcase_add_test(tc, test_block_forward_peak);
+    tcase_add_test(tc, test_clip_image_tower_peak);
+    tcase_add_test(tc, test_input_in_place);
+    tcase_add_test(tc, test_upload_no_staging);
+    tcase_add_test(tc, test_clip_pixels_placement_bit_identical);
+    suite_add_tcase(s, tc);
+    return gc_test_run(s);
+}
