@@ -13,7 +13,7 @@
 #include "gc_cli.h"
 
 typedef struct bench_args {
-    const char *model, *device, *dtype;
+    const char *model, *device, *dtype, *pixels;
     int64_t batch, chunk, steps, warmup;
     bool no_cache, checkpointing, keep_norms;
     int lora;
@@ -81,10 +81,33 @@ typedef struct bench_job {
     gc_tensor *in[2];
 } bench_job;
 
+/* The synthetic batch's pixels [B, 3, S, S] (host floats), in the compute dtype, in host
+ * memory (the model uploads a chunk at a time, as gcache train feeds it) or on the device
+ * (read in place, chunk by chunk). Converted on the host, so no full-batch f32 copy ever
+ * sits on the device. */
+static gc_tensor *bench_pixels(const float *px, int64_t B, int64_t S, gc_device where, gc_dtype dt)
+{
+    if (dt != GC_F32 && dt != GC_BF16) {
+        gc_error_set(GC_ERR_DTYPE, "bench: pixels in %s", gc_dtype_name(dt));
+        return NULL;
+    }
+    int64_t n = B * 3 * S * S;
+    gc_tensor *h = gc_tensor_new(dt, GC_CPU, 4, GC_SHAPE(B, 3, S, S));
+    if (!h) return NULL;
+    if (dt == GC_F32) memcpy(gc_tensor_data(h), px, sizeof(float) * (size_t)n);
+    else
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)gc_tensor_data(h))[i] = gc_f32_to_bf16(px[i]);
+    if (where.type == GC_DEVICE_CPU) return h;
+    gc_tensor *t = gc_tensor_to(h, where, dt);
+    gc_tensor_release(h);
+    return t;
+}
+
 static gc_status job_init(bench_job *j, const bench_args *a, gc_device dev, gc_dtype dt)
 {
     memset(j, 0, sizeof *j);
     int64_t B = a->batch, chunk = a->no_cache ? 0 : a->chunk;
+    gc_device where = strcmp(a->pixels, "device") ? GC_CPU : dev;
     if (!strncmp(a->model, "dinov3", 6)) {
         gc_dinov3_config cfg;
         GC_TRY(gc_dinov3_config_named(a->model, &cfg));
@@ -96,7 +119,7 @@ static gc_status job_init(bench_job *j, const bench_args *a, gc_device dev, gc_d
         if (!px) return gc_error_set(GC_ERR_OOM, "out of host memory");
         for (int v = 0; v < 2; v++) {
             for (int64_t i = 0; i < n; i++) px[i] = gc_rand_uniform(9, 0, (uint32_t)v, 0, (uint64_t)i) * 2 - 1;
-            j->in[v] = gc_tensor_from_data(GC_F32, dev, 4, GC_SHAPE(B, 3, S, S), px);
+            j->in[v] = bench_pixels(px, B, S, where, dt);
         }
         free(px);
         if (!j->in[0] || !j->in[1]) return GC_PENDING();
@@ -111,7 +134,7 @@ static gc_status job_init(bench_job *j, const bench_args *a, gc_device dev, gc_d
     gc_clip_options opt = {.device = dev, .dtype = dt, .checkpointing = a->checkpointing, .lora_r = a->lora,
                            .lora_alpha = 2.0 * a->lora, .lora_targets = "q_proj,k_proj,v_proj,out_proj"};
     GC_TRY(gc_clip_init(&j->clip, &cfg, &opt, 42));
-    /* synthetic batch: uniform pixels on the device; 77 random tokens ending in the EOT id */
+    /* synthetic batch: uniform pixels; 77 random tokens ending in the EOT id */
     int64_t S = cfg.vision.image_size, L = cfg.text.max_positions;
     float *px = malloc(sizeof(float) * (size_t)(B * 3 * S * S));
     int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * L));
@@ -119,7 +142,7 @@ static gc_status job_init(bench_job *j, const bench_args *a, gc_device dev, gc_d
     for (int64_t i = 0; i < B * 3 * S * S; i++) px[i] = gc_rand_uniform(9, 0, 0, 0, (uint64_t)i) * 2 - 1;
     for (int64_t i = 0; i < B * L; i++)
         ids[i] = i % L == L - 1 ? cfg.text.vocab - 1 : (int64_t)(gc_rand_uniform(9, 0, 1, 0, (uint64_t)i) * (double)(cfg.text.vocab - 2));
-    j->in[0] = gc_tensor_from_data(GC_F32, dev, 4, GC_SHAPE(B, 3, S, S), px);
+    j->in[0] = bench_pixels(px, B, S, where, dt);
     j->in[1] = gc_tensor_from_data(GC_I64, GC_CPU, 2, GC_SHAPE(B, L), ids); /* pooling reads ids on the host */
     free(px);
     free(ids);
@@ -176,8 +199,8 @@ static double gemm_ceiling(gc_device dev)
 
 static int parse(int argc, char **argv, bench_args *a)
 {
-    *a = (bench_args){.model = "clip-vit-b16", .device = "cuda", .dtype = "bf16", .batch = 128, .chunk = 64, .steps = 8,
-                      .warmup = 2};
+    *a = (bench_args){.model = "clip-vit-b16", .device = "cuda", .dtype = "bf16", .pixels = "host", .batch = 128,
+                      .chunk = 64, .steps = 8, .warmup = 2};
     for (int i = 0; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--no-cache")) { a->no_cache = true; continue; }
@@ -191,6 +214,7 @@ static int parse(int argc, char **argv, bench_args *a)
         if (!strcmp(f, "--model")) a->model = v;
         else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--dtype")) a->dtype = v;
+        else if (!strcmp(f, "--pixels")) a->pixels = v;
         else if (!num) return gc_cli_fail("bench: %s '%s': expected an integer (or unknown option)", f, v);
         else if (!strcmp(f, "--batch")) a->batch = x;
         else if (!strcmp(f, "--chunk")) a->chunk = x;
@@ -201,6 +225,8 @@ static int parse(int argc, char **argv, bench_args *a)
     }
     if (a->batch < 2 || a->chunk < 1 || a->steps < 1 || a->warmup < 0 || a->lora < 0 || a->chunk > a->batch)
         return gc_cli_fail("bench: need batch >= 2, 1 <= chunk <= batch, steps >= 1, warmup >= 0, lora >= 0");
+    if (strcmp(a->pixels, "host") && strcmp(a->pixels, "device"))
+        return gc_cli_fail("bench: --pixels '%s': expected host or device", a->pixels);
     return 0;
 }
 
@@ -274,7 +300,8 @@ int gc_cli_bench(int argc, char **argv)
         if (a.checkpointing) strncat(mode, ", checkpointing", sizeof mode - strlen(mode) - 1);
         if (a.lora) snprintf(mode + strlen(mode), sizeof mode - strlen(mode), ", LoRA r=%d", a.lora);
         if (a.keep_norms) strncat(mode, ", norms kept", sizeof mode - strlen(mode) - 1);
-        printf("gcache bench  %s  batch %lld  %s  %s %s\n", a.model, (long long)B, mode, a.device, a.dtype);
+        printf("gcache bench  %s  batch %lld  %s  %s %s  pixels on the %s\n", a.model, (long long)B, mode, a.device, a.dtype,
+               a.pixels);
         printf("  step          %8.1f ms (median of %lld after %lld warm-up)\n", med, (long long)a.steps, (long long)a.warmup);
         for (int i = 0; i + 1 < n_ph; i++)
             printf("    %-10s  %8.1f ms\n", ph_names[i], median(ph_ms[i] + a.warmup, (int)a.steps));
@@ -286,11 +313,11 @@ int gc_cli_bench(int argc, char **argv)
         printf("  TFLOP/s       %8.1f   (%d passes x %.1f GFLOP/pair)\n", tflops, passes, fwd / 1e9);
         if (peak_tf > 0) printf("  utilisation   %8.1f %%  of the measured bf16 GEMM ceiling %.0f TFLOP/s\n", 100 * tflops / peak_tf, peak_tf);
         printf("{\"model\":\"%s\",\"batch\":%lld,\"chunk\":%lld,\"cache\":%s,\"checkpointing\":%s,\"lora\":%d,"
-               "\"recompute_norms\":%s,"
-               "\"step_ms\":%.2f,\"peak_GiB\":%.3f,\"pairs_per_s\":%.1f,\"tflops\":%.1f,\"gemm_peak_tflops\":%.1f,"
+               "\"recompute_norms\":%s,\"pixels\":\"%s\","
+               "\"step_ms\":%.2f,\"peak_GiB\":%.3f,\"peak_bytes\":%zu,\"pairs_per_s\":%.1f,\"tflops\":%.1f,\"gemm_peak_tflops\":%.1f,"
                "\"new_allocs_after_warmup\":%llu}\n",
                a.model, (long long)B, (long long)a.chunk, a.no_cache ? "false" : "true", a.checkpointing ? "true" : "false",
-               a.lora, a.keep_norms ? "false" : "true", med, (double)ms.peak / (1 << 30), (double)B / (med * 1e-3), tflops, peak_tf,
+               a.lora, a.keep_norms ? "false" : "true", a.pixels, med, (double)ms.peak / (1 << 30), ms.peak, (double)B / (med * 1e-3), tflops, peak_tf,
                (unsigned long long)(ms.system_allocs - allocs_after_warmup));
     }
     for (int i = 0; i < MAX_PHASES; i++) { gc_timer_free(pl.t[i]); free(ph_ms[i]); }
