@@ -221,6 +221,7 @@ static gc_status decl_tower(gc_clip *m, bool vision)
         b->eps = t->eps;
         b->causal = !vision;
         b->op_base = ((vision ? 1u : 2u) << 16) | ((uint32_t)i << 4);
+        if (vision && i == t->layers - 1) b->out_rows = 1; /* the image embedding reads only the class token */
     }
     return GC_OK;
 }

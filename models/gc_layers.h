@@ -54,9 +54,17 @@ typedef struct gc_block {
     /* rotary embedding of tokens rope_start.. (DINOv3), not owned; NULL for none */
     gc_tensor *rope_cos, *rope_sin;
     int64_t rope_start;
+    /* > 0: the output is [B, out_rows, D], the first out_rows tokens only (a last block
+     * whose model reads only its class token): keys and values still come from every
+     * token, the rest (q, attention, o, the MLP) runs on those rows, the same numbers as
+     * those rows of the whole output. Applies where the rows do not depend on the others'
+     * positions: not causal, no attention dropout (its mask is keyed by Lq), no rotary
+     * embedding of those rows; otherwise, and at 0, every token. */
+    int64_t out_rows;
 } gc_block;
 
-/* x [B, L, D] -> [B, L, D]:  h = x + dp(ls1*o(attn(ln1 x)));  y = h + dp(ls2*fc2(act(fc1(ln2 h))))
+/* x [B, L, D] -> [B, L, D] (or [B, out_rows, D]):
+ * h = x + dp(ls1*o(attn(ln1 x)));  y = h + dp(ls2*fc2(act(fc1(ln2 h))))
  * (dp: drop_path, the identity when it is 0). The tape does not keep the two layernorm
  * outputs: backward recomputes them (gc_recompute_release; off: gc_recompute_set_enabled). */
 gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x);

@@ -32,10 +32,19 @@ static gc_tensor *scale_branch(const gc_block *b, gc_tensor *a, gc_tensor *ls, u
     return gc_mul(a, gc_cast(s, a->dtype));
 }
 
+/* The query rows a block computes: its first out_rows where those rows mean the same
+ * as in the whole block (see gc_block.out_rows), else all L. */
+static int64_t query_rows(const gc_block *b, int64_t L)
+{
+    int64_t n = b->out_rows;
+    if (n <= 0 || n >= L || b->causal || b->attn_dropout > 0 || (b->rope_cos && n > b->rope_start)) return L;
+    return n;
+}
+
 gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
 {
     if (!x) return NULL;
-    int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2], H = b->heads;
+    int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2], H = b->heads, n = query_rows(b, L);
     gc_pool *pool = gc_pool_push(); /* the block's intermediates die here unless the tape keeps them */
     /* Three stages, each in a pool of its own: what only one stage reads (a layernorm
      * output, the attention branch) is freed before the next allocates, so the block's
@@ -43,11 +52,17 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     gc_pool *st = gc_pool_push();
     gc_tensor *h = gc_layernorm(x, b->ln1_w, b->ln1_b, b->eps);
     gc_tensor *norm = gc_tensor_retain(h);
+    /* n < L: q of every row, its first n copied out and the rest freed at once (before k
+     * and v are made): q's projection adds its gradient into h's as in the whole block
+     * (zero rows and all), bit for bit */
+    gc_pool *qp = gc_pool_push();
     gc_tensor *q = gc_view(gc_lin_forward(&b->q, h, b->op_base + 1), 4, GC_SHAPE(B, L, H, D / H));
+    q = gc_pool_keep(n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q);
+    gc_pool_pop(qp);
     gc_tensor *k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
     gc_tensor *v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
-    if (b->rope_cos) {
-        q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
+    if (b->rope_cos) { /* the first n < L rows are below rope_start: never rotated */
+        if (n == L) q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
         k = gc_rope(k, b->rope_cos, b->rope_sin, b->rope_start);
     }
     q = gc_pool_keep(q), k = gc_pool_keep(k), v = gc_pool_keep(v);
@@ -57,10 +72,10 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     gc_recompute_release(norm);
     st = gc_pool_push();
     gc_attn_opts ao = {.causal = b->causal, .dropout = b->attn_dropout, .dropout_op = b->op_base};
-    gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, L, D));
+    gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, n, D));
     a = gc_lin_forward(&b->o, a, b->op_base + 4);
     a = scale_branch(b, a, b->ls1, b->op_base + 7);
-    gc_tensor *r = gc_pool_keep(gc_add(x, a));
+    gc_tensor *r = gc_pool_keep(gc_add(n < L ? gc_slice(x, 1, 0, n) : x, a));
     gc_pool_pop(st);
     st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);

@@ -1,12 +1,14 @@
 /* What a forward holds at its peak: the tape's saved tensors plus one op's work, and
  * nothing dead. A transformer block runs in stages whose temporaries die with the stage
- * (the layernorm outputs, the attention branch), CLIP's image tower frees its embedding
- * temporaries (the chunk's pixels on the device, the patch embedding, the concatenation)
- * before the blocks run, pixels already on the device in the compute dtype are read in
- * place, and a host-to-device copy of the same dtype is one transfer with no staging
- * buffer. Bytes are exact: the CPU counts bytes as asked, the GPU in its size classes
- * (measured here by allocating one tensor of each size), so each test fails if one
- * temporary survives. GC_TEST_DEVICE / GC_TEST_DTYPE run the same on the GPU. */
+ * (the layernorm outputs, the attention branch); a block with out_rows 1 (CLIP's last
+ * vision block) keeps k and v and one row of the rest, with the first row's output and
+ * every gradient of the whole block; CLIP's image tower frees its embedding temporaries
+ * (the chunk's pixels on the device, the patch embedding, the concatenation) before the
+ * blocks run; pixels already on the device in the compute dtype are read in place; a
+ * host-to-device copy of the same dtype is one transfer with no staging buffer. Bytes
+ * are exact: the CPU counts bytes as asked, the GPU in its size classes (measured here
+ * by allocating one tensor of each size), so each test fails if one temporary survives.
+ * GC_TEST_DEVICE / GC_TEST_DTYPE run the same on the GPU. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +39,58 @@ static void init_value(const char *name, int ndim, const int64_t *shape, float *
         for (int64_t i = 0; i < n; i++) out[i] += 1.0f;
 }
 
+/* A CLIP-style block of width D, H heads, MLP F (quick GELU, biases everywhere). */
+static void block_init(gc_params *ps, gc_block *b, int64_t D, int64_t H, int64_t F)
+{
+    gc_params_init(ps, gc_test_device(), gc_test_dtype());
+    memset(b, 0, sizeof *b);
+    b->ln1_w = gc_param_declare(ps, "l.norm1.weight", 1, GC_SHAPE(D));
+    b->ln1_b = gc_param_declare(ps, "l.norm1.bias", 1, GC_SHAPE(D));
+    b->ln2_w = gc_param_declare(ps, "l.norm2.weight", 1, GC_SHAPE(D));
+    b->ln2_b = gc_param_declare(ps, "l.norm2.bias", 1, GC_SHAPE(D));
+    const char *sites[6] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
+    gc_lin *lins[6] = {&b->q, &b->k, &b->v, &b->o, &b->fc1, &b->fc2};
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(gc_lin_declare(ps, lins[i], "l", sites[i], i == 4 ? F : D, i == 5 ? F : D, true, NULL), GC_OK);
+    b->heads = H;
+    b->act = GC_ACT_QUICK_GELU;
+    b->eps = 1e-5;
+    ck_assert_int_eq(gc_params_init_values(ps, init_value, NULL), GC_OK);
+}
+
+static gc_tensor *block_input(int64_t B, int64_t L, int64_t D)
+{
+    gc_tensor *h = gc_test_randn(3, GC_SHAPE(B, L, D), 5, 1.0);
+    gc_tensor *x = gc_tensor_to(h, gc_test_device(), gc_test_dtype());
+    gc_tensor_release(h);
+    ck_assert_int_eq(gc_tensor_requires_grad(x, true), GC_OK);
+    return x;
+}
+
+typedef struct fwd_bytes {
+    size_t end, peak; /* above the start: held after the forward (its output among it), and the peak */
+} fwd_bytes;
+
+/* One forward of the block on the tape (dropped after) */
+static fwd_bytes block_forward_bytes(const gc_block *b, gc_tensor *x)
+{
+    gc_device dev = gc_test_device();
+    gc_device_sync(dev);
+    gc_memory_reset_peak(dev);
+    size_t base = gc_memory_stats_get(dev).current;
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = gc_block_forward(b, x);
+    gc_tape_end(t);
+    ck_assert_msg(y, "%s", gc_error_message());
+    gc_memory_stats st = gc_memory_stats_get(dev);
+    fwd_bytes r = {st.current - base, st.peak - base};
+    gc_pool_pop(p);
+    gc_tape_free(t);
+    return r;
+}
+
 /* A CLIP-style block [B, L, D] on the tape: its forward peaks at what it keeps (the bytes
  * it still holds when it returns, its output among them) plus fc2's activation input
  * [B L, F], the one temporary alive at the peak (inside fc2). Kept alive to the end, the
@@ -45,51 +99,91 @@ static void init_value(const char *name, int ndim, const int64_t *shape, float *
 START_TEST(test_block_forward_peak)
 {
     const int64_t B = 3, L = 11, D = 32, H = 4, F = 128;
+    gc_params ps;
+    gc_block b;
+    block_init(&ps, &b, D, H, F);
+    gc_tensor *x = block_input(B, L, D);
+    const size_t act_in = held(gc_test_dtype(), B * L * F);
+    for (int recompute = 0; recompute < 2; recompute++) {
+        bool prev = gc_recompute_set_enabled(recompute);
+        fwd_bytes r = block_forward_bytes(&b, x);
+        gc_recompute_set_enabled(prev);
+        printf("block [%lld, %lld, %lld] on %s %s, recompute %s: holds %zu bytes after the forward, peak %zu\n",
+               (long long)B, (long long)L, (long long)D, gc_device_name(gc_test_device()),
+               gc_dtype_name(gc_test_dtype()), recompute ? "on" : "off", r.end, r.peak);
+        ck_assert_msg(r.peak == r.end + act_in, "the forward peaked at %zu bytes: %zu held at the end + %zu of fc2's input, "
+                      "%zd more", r.peak, r.end, act_in, (ssize_t)(r.peak - r.end - act_in));
+    }
+    gc_tensor_release(x);
+    gc_params_free(&ps);
+}
+END_TEST
+
+/* out_rows 1 (CLIP's last vision block): the first row of the whole block's output, and
+ * with a cotangent on that row only, the same gradients of every parameter and of x
+ * (bit for bit on the CPU, where no GEMM depends on the row count); the tape keeps k, v
+ * and one row of the rest. */
+START_TEST(test_block_head_rows)
+{
+    const int64_t B = 3, L = 11, D = 32, H = 4, F = 128;
     gc_device dev = gc_test_device();
     gc_dtype dt = gc_test_dtype();
     gc_params ps;
     gc_block b;
-    gc_params_init(&ps, dev, dt);
-    memset(&b, 0, sizeof b);
-    b.ln1_w = gc_param_declare(&ps, "l.norm1.weight", 1, GC_SHAPE(D));
-    b.ln1_b = gc_param_declare(&ps, "l.norm1.bias", 1, GC_SHAPE(D));
-    b.ln2_w = gc_param_declare(&ps, "l.norm2.weight", 1, GC_SHAPE(D));
-    b.ln2_b = gc_param_declare(&ps, "l.norm2.bias", 1, GC_SHAPE(D));
-    const char *sites[6] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
-    gc_lin *lins[6] = {&b.q, &b.k, &b.v, &b.o, &b.fc1, &b.fc2};
-    for (int i = 0; i < 6; i++)
-        ck_assert_int_eq(gc_lin_declare(&ps, lins[i], "l", sites[i], i == 4 ? F : D, i == 5 ? F : D, true, NULL), GC_OK);
-    b.heads = H;
-    b.act = GC_ACT_QUICK_GELU;
-    b.eps = 1e-5;
-    ck_assert_int_eq(gc_params_init_values(&ps, init_value, NULL), GC_OK);
-    gc_tensor *h = gc_test_randn(3, GC_SHAPE(B, L, D), 5, 1.0);
-    gc_tensor *x = gc_tensor_to(h, dev, dt);
-    gc_tensor_release(h);
-    ck_assert_int_eq(gc_tensor_requires_grad(x, true), GC_OK);
-    const size_t act_in = held(dt, B * L * F);
-    for (int recompute = 0; recompute < 2; recompute++) {
-        bool prev = gc_recompute_set_enabled(recompute);
-        gc_device_sync(dev);
-        gc_memory_reset_peak(dev);
-        size_t base = gc_memory_stats_get(dev).current;
+    block_init(&ps, &b, D, H, F);
+    gc_tensor *x = block_input(B, L, D);
+    /* the cotangent: g1 on row 0 (gall: the same, zeros on the other rows) */
+    gc_tensor *h1 = gc_test_randn(3, GC_SHAPE(B, 1, D), 9, 1.0), *hall = gc_tensor_zeros(GC_F32, GC_CPU, 3, GC_SHAPE(B, L, D));
+    for (int64_t i = 0; i < B; i++)
+        memcpy((float *)gc_tensor_data(hall) + i * L * D, (float *)gc_tensor_data(h1) + i * D, sizeof(float) * (size_t)D);
+    gc_tensor *g1 = gc_tensor_to(h1, dev, dt), *gall = gc_tensor_to(hall, dev, dt);
+    int64_t np = gc_params_count(&ps, false), nx = B * L * D;
+    double *grads[2], *out[2];
+    size_t end[2];
+    for (int head = 0; head < 2; head++) {
+        b.out_rows = head;
+        end[head] = block_forward_bytes(&b, x).end;
+        ck_assert_int_eq(gc_params_zero_grad(&ps), GC_OK);
+        ck_assert_int_eq(gc_tensor_zero_grad(x), GC_OK);
         gc_tape *t = gc_tape_init();
         gc_tape_begin(t);
         gc_pool *p = gc_pool_push();
         gc_tensor *y = gc_block_forward(&b, x);
         gc_tape_end(t);
-        ck_assert_msg(y, "%s", gc_error_message());
-        gc_memory_stats st = gc_memory_stats_get(dev);
-        printf("block [%lld, %lld, %lld] on %s %s, recompute %s: holds %zu bytes after the forward, peak %zu\n",
-               (long long)B, (long long)L, (long long)D, gc_device_name(dev), gc_dtype_name(dt), recompute ? "on" : "off",
-               st.current - base, st.peak - base);
-        ck_assert_msg(st.peak - base == st.current - base + act_in,
-                      "the forward peaked at %zu bytes: %zu held at the end + %zu of fc2's input, %zd more", st.peak - base,
-                      st.current - base, act_in, (ssize_t)(st.peak - st.current - act_in));
+        ck_assert_msg(y && y->shape[1] == (head ? 1 : L), "%s", gc_error_message());
+        ck_assert_msg(gc_backward(t, 1, &y, head ? &g1 : &gall) == GC_OK, "%s", gc_error_message());
+        out[head] = calloc((size_t)(B * D), sizeof(double));
+        gc_tensor *y0 = gc_slice(y, 1, 0, 1);
+        ck_assert_int_eq(gc_tensor_to_host_f64(y0, out[head]), GC_OK);
+        grads[head] = realloc(gc_test_flat_grads(&ps), sizeof(double) * (size_t)(np + nx));
+        ck_assert_int_eq(gc_tensor_to_host_f64(gc_tensor_grad(x), grads[head] + np), GC_OK);
         gc_pool_pop(p);
         gc_tape_free(t);
-        gc_recompute_set_enabled(prev);
     }
+    printf("block [%lld, %lld, %lld] on %s %s: the tape and the output hold %zu bytes, %zu with out_rows 1\n", (long long)B,
+           (long long)L, (long long)D, gc_device_name(dev), gc_dtype_name(dt), end[0], end[1]);
+    ck_assert_uint_lt(end[1], end[0]);
+    if (dev.type == GC_DEVICE_CPU) {
+        ck_assert_msg(!memcmp(out[0], out[1], sizeof(double) * (size_t)(B * D)), "the first row differs");
+        for (int64_t i = 0; i < np + nx; i++)
+            ck_assert_msg(!memcmp(&grads[0][i], &grads[1][i], sizeof(double)), "gradient %lld: %.9g vs %.9g", (long long)i,
+                          grads[0][i], grads[1][i]);
+    } else { /* a GEMM of other rows may round differently */
+        double tol = dt == GC_F32 ? 1e-5 : 2e-2, e = 0, n = 0;
+        for (int64_t i = 0; i < np + nx; i++) {
+            e += (grads[0][i] - grads[1][i]) * (grads[0][i] - grads[1][i]);
+            n += grads[0][i] * grads[0][i];
+        }
+        ck_assert_msg(sqrt(e / n) <= tol, "gradients differ by %.3g (relative)", sqrt(e / n));
+    }
+    for (int i = 0; i < 2; i++) {
+        free(grads[i]);
+        free(out[i]);
+    }
+    gc_tensor_release(g1);
+    gc_tensor_release(gall);
+    gc_tensor_release(h1);
+    gc_tensor_release(hall);
     gc_tensor_release(x);
     gc_params_free(&ps);
 }
@@ -111,20 +205,21 @@ static gc_clip *small_clip(void)
     return m;
 }
 
-/* The image tower on the tape peaks inside its last block (at fc2, as above). What it
- * holds then and not at the end is fc2's activation input and output and nothing else;
- * what it holds at the end and not then is the tail: the class token copied out
- * [B, D], the post-layernorm output [B, D] and its mean and rstd [B] (f32), and the
- * projection [B, P]. */
-static void image_tower_peak(gc_clip *m, gc_tensor *pixels, const char *label)
+/* The image tower on the tape peaks inside its next-to-last block, at fc2 as above (its
+ * last block computes one row past k and v). From there to the end of the forward, what
+ * it frees is fc2's activation input [B L, F] (its output [B L, D] goes and the block's
+ * output comes), and what it adds is its last block (which holds what the same block
+ * holds alone, measured here) and the tail: the post-layernorm output [B, D], its mean
+ * and rstd [B] (f32) and the projection [B, P]. Nothing else may die in between: no
+ * embedding or block temporary lives across the blocks. */
+static void image_tower_peak(gc_clip *m, gc_tensor *pixels, size_t last_block, const char *label)
 {
     const gc_clip_config *c = gc_clip_get_config(m);
     gc_device dev = gc_test_device();
     gc_dtype dt = gc_test_dtype();
     int64_t B = pixels->shape[0], g = c->vision.image_size / c->vision.patch, R = B * (g * g + 1);
     int64_t D = c->vision.hidden, F = c->vision.intermediate, P = c->projection_dim;
-    size_t at_peak = held(dt, R * F) + held(dt, R * D);
-    size_t tail = 2 * held(dt, B * D) + 2 * held(GC_F32, B) + held(dt, B * P);
+    size_t act_in = held(dt, R * F), tail = held(dt, B * D) + 2 * held(GC_F32, B) + held(dt, B * P);
     gc_device_sync(dev);
     gc_memory_reset_peak(dev);
     size_t base = gc_memory_stats_get(dev).current;
@@ -138,9 +233,9 @@ static void image_tower_peak(gc_clip *m, gc_tensor *pixels, const char *label)
     size_t end = st.current - base, peak = st.peak - base;
     printf("image tower, %s, on %s %s: holds %zu bytes after the forward, peak %zu\n", label, gc_device_name(dev),
            gc_dtype_name(dt), end, peak);
-    ck_assert_msg(peak + tail == end + at_peak, "%s: peak %zu + tail %zu != end %zu + fc2's input and output %zu: %zd bytes "
-                  "more than the tape's own at the peak", label, peak, tail, end, at_peak,
-                  (ssize_t)(peak + tail - end - at_peak));
+    ck_assert_msg(peak + last_block + tail == end + act_in,
+                  "%s: peak %zu + last block %zu + tail %zu != end %zu + fc2's input %zu: %zd bytes more at the peak", label,
+                  peak, last_block, tail, end, act_in, (ssize_t)(peak + last_block + tail - end - act_in));
     gc_pool_pop(p);
     gc_tape_free(t);
 }
@@ -152,8 +247,18 @@ START_TEST(test_clip_image_tower_peak)
     int64_t S = c->vision.image_size;
     gc_tensor *host = gc_test_uniform(4, GC_SHAPE(3, 3, S, S), 8, -1, 1);
     gc_tensor *dev = gc_tensor_to(host, gc_test_device(), gc_test_dtype());
-    image_tower_peak(m, host, "pixels f32 on the host");
-    image_tower_peak(m, dev, "pixels in the compute dtype on the device");
+    /* the last block alone: the same sizes (one output row), its input there before */
+    int64_t g = S / c->vision.patch;
+    gc_params ps;
+    gc_block b;
+    block_init(&ps, &b, c->vision.hidden, c->vision.heads, c->vision.intermediate);
+    b.out_rows = 1;
+    gc_tensor *x = block_input(3, g * g + 1, c->vision.hidden);
+    size_t last = block_forward_bytes(&b, x).end;
+    gc_tensor_release(x);
+    gc_params_free(&ps);
+    image_tower_peak(m, host, last, "pixels f32 on the host");
+    image_tower_peak(m, dev, last, "pixels in the compute dtype on the device");
     gc_tensor_release(host);
     gc_tensor_release(dev);
     gc_clip_free(m);
@@ -253,6 +358,7 @@ int main(void)
     Suite *s = suite_create("memory");
     TCase *tc = gc_test_tcase("memory");
     tcase_add_test(tc, test_block_forward_peak);
+    tcase_add_test(tc, test_block_head_rows);
     tcase_add_test(tc, test_clip_image_tower_peak);
     tcase_add_test(tc, test_input_in_place);
     tcase_add_test(tc, test_upload_no_staging);

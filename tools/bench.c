@@ -53,6 +53,8 @@ static double clip_pair_flops(const gc_clip_config *c, int64_t text_len)
     const gc_clip_tower_config *v = &c->vision, *t = &c->text;
     double gp = (double)(v->image_size / v->patch), N = gp * gp + 1, D = (double)v->hidden, F = (double)v->intermediate;
     fl += (double)v->layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D);
+    /* the last block runs q, k and v on every token and the rest on the class token only */
+    if (v->layers) fl -= (N - 1) * (2 * D * D + 4 * D * F + 4 * N * D);
     fl += 2 * (N - 1) * (double)(v->channels * v->patch * v->patch) * D + 2 * D * (double)c->projection_dim;
     double L = (double)text_len, Dt = (double)t->hidden, Ft = (double)t->intermediate;
     fl += (double)t->layers * (8 * L * Dt * Dt + 4 * L * Dt * Ft + 4 * L * L * Dt);
