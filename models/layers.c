@@ -65,7 +65,7 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
         if (n == L) q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
         k = gc_rope(k, b->rope_cos, b->rope_sin, b->rope_start);
     }
-    q = gc_pool_keep(q), k = gc_pool_keep(k), v = gc_pool_keep(v);
+    q = gc_tensor_retain(q), k = gc_tensor_retain(k), v = gc_tensor_retain(v); /* until the attention has run */
     gc_pool_pop(st);
     /* the layernorm outputs are cheap to redo: the tape frees them until their
      * consumers' backward (kept where they escaped or are not on the tape) */
@@ -73,6 +73,7 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     st = gc_pool_push();
     gc_attn_opts ao = {.causal = b->causal, .dropout = b->attn_dropout, .dropout_op = b->op_base};
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, n, D));
+    gc_tensor_release(q), gc_tensor_release(k), gc_tensor_release(v); /* the GEMM path saved copies */
     a = gc_lin_forward(&b->o, a, b->op_base + 4);
     a = scale_branch(b, a, b->ls1, b->op_base + 7);
     gc_tensor *r = gc_pool_keep(gc_add(n < L ? gc_slice(x, 1, 0, n) : x, a));

@@ -197,7 +197,7 @@ static gc_clip *small_clip(void)
     c.vision.layers = 3;
     c.vision.hidden = 32;
     c.vision.heads = 4;
-    c.vision.intermediate = 128;
+    c.vision.intermediate = 256; /* fc2 (8 wide) is the peak on every attention path */
     c.projection_dim = 24;
     gc_clip_options o = {.device = gc_test_device(), .dtype = gc_test_dtype()};
     gc_clip *m;
