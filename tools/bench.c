@@ -201,7 +201,7 @@ static double gemm_ceiling(gc_device dev)
 
 static int parse(int argc, char **argv, bench_args *a)
 {
-    *a = (bench_args){.model = "clip-vit-b16", .device = "cuda", .dtype = "bf16", .pixels = "host", .batch = 128,
+    *a = (bench_args){.model = "clip-vit-b16", .device = "cuda", .dtype = "bf16", .pixels = "device", .batch = 128,
                       .chunk = 64, .steps = 8, .warmup = 2};
     for (int i = 0; i < argc; i++) {
         const char *f = argv[i];

@@ -14,6 +14,7 @@ rows=(
   "clip-vit-b16 --batch 128 --chunk 64 --checkpointing --lora 16"
   "clip-vit-b32 --batch 4096 --chunk 256 --steps 3 --warmup 1"
   "dinov3-vit-b16 --batch 256 --chunk 64"
+  "clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1 --pixels host"
 )
 : >"$OUT/ours.jsonl"
 for r in "${rows[@]}"; do
