@@ -17,7 +17,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 // See runtime/cuda.cu: the C headers have no extern "C" guards of their own.
 extern "C" {
@@ -212,32 +211,32 @@ unsigned grid_for(const RowArgs &a)
 // Register-resident row length: columns per lane, 0 for the two-pass kernels.
 int nper_for(int64_t Lk) { return Lk <= 32 ? 1 : Lk <= 64 ? 2 : Lk <= 128 ? 4 : Lk <= 256 ? 8 : 0; }
 
-// f(std::integral_constant<int, NPER>{}) for the register-resident row length of Lk
-template <typename F> void with_nper(int64_t Lk, F &&f)
-{
-    switch (nper_for(Lk)) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    default: f(std::integral_constant<int, 0>{}); break;
-    }
-}
-
 template <typename T> gc_status launch_fwd(const float *S, const float *mask, T *P, T *Pd, const RowArgs &a)
 {
-    with_nper(a.Lk, [&](auto n) {
-        attn_rows_fwd_kernel<T, decltype(n)::value><<<grid_for(a), 256, 0, gc_cuda_stream()>>>(S, mask, P, Pd, a);
-    });
+    const unsigned grid = grid_for(a);
+    cudaStream_t s = gc_cuda_stream();
+    switch (nper_for(a.Lk)) {
+    case 1: attn_rows_fwd_kernel<T, 1><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
+    case 2: attn_rows_fwd_kernel<T, 2><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
+    case 4: attn_rows_fwd_kernel<T, 4><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
+    case 8: attn_rows_fwd_kernel<T, 8><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
+    default: attn_rows_fwd_kernel<T, 0><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
+    }
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
 
 template <typename T> gc_status launch_bwd(const T *P, const float *dP, T *dS, T *Pd, const RowArgs &a)
 {
-    with_nper(a.Lk, [&](auto n) {
-        attn_rows_bwd_kernel<T, decltype(n)::value><<<grid_for(a), 256, 0, gc_cuda_stream()>>>(P, dP, dS, Pd, a);
-    });
+    const unsigned grid = grid_for(a);
+    cudaStream_t s = gc_cuda_stream();
+    switch (nper_for(a.Lk)) {
+    case 1: attn_rows_bwd_kernel<T, 1><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
+    case 2: attn_rows_bwd_kernel<T, 2><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
+    case 4: attn_rows_bwd_kernel<T, 4><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
+    case 8: attn_rows_bwd_kernel<T, 8><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
+    default: attn_rows_bwd_kernel<T, 0><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
+    }
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
