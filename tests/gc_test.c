@@ -425,3 +425,45 @@ int gc_test_run(Suite *s)
     srunner_free(sr);
     return failed ? 1 : 0;
 }
+
+static void block_value(const char *name, int ndim, const int64_t *shape, float *out, void *user)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    uint32_t h = 2166136261u; /* FNV-1a of the name: a stream per parameter */
+    for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
+    gc_init_normal(out, n, 0.2, *(const uint64_t *)user, h);
+    if (strstr(name, "norm") && strstr(name, "weight"))
+        for (int64_t i = 0; i < n; i++) out[i] += 1.0f;
+}
+
+void gc_test_block_init(gc_params *ps, gc_block *b, int64_t D, int64_t H, int64_t F, const gc_lora_options *lora,
+                        uint64_t seed)
+{
+    gc_params_init(ps, gc_test_device(), gc_test_dtype());
+    memset(b, 0, sizeof *b);
+    b->ln1_w = gc_param_declare(ps, "l.norm1.weight", 1, GC_SHAPE(D));
+    b->ln1_b = gc_param_declare(ps, "l.norm1.bias", 1, GC_SHAPE(D));
+    b->ln2_w = gc_param_declare(ps, "l.norm2.weight", 1, GC_SHAPE(D));
+    b->ln2_b = gc_param_declare(ps, "l.norm2.bias", 1, GC_SHAPE(D));
+    ck_assert(b->ln1_w && b->ln1_b && b->ln2_w && b->ln2_b);
+    const char *sites[6] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
+    gc_lin *lins[6] = {&b->q, &b->k, &b->v, &b->o, &b->fc1, &b->fc2};
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(gc_lin_declare(ps, lins[i], "l", sites[i], i == 4 ? F : D, i == 5 ? F : D, true, lora), GC_OK);
+    b->heads = H;
+    b->act = GC_ACT_QUICK_GELU;
+    b->eps = 1e-5;
+    ck_assert_int_eq(gc_params_init_values(ps, block_value, &seed), GC_OK);
+    if (lora) ck_assert_int_eq(gc_params_freeze_base(ps), GC_OK);
+}
+
+gc_tensor *gc_test_block_input(int64_t B, int64_t L, int64_t D, uint64_t seed, bool needs_grad)
+{
+    gc_tensor *h = gc_test_randn(3, GC_SHAPE(B, L, D), seed, 1.0);
+    gc_tensor *x = gc_tensor_to(h, gc_test_device(), gc_test_dtype());
+    gc_tensor_release(h);
+    ck_assert(x);
+    if (needs_grad) ck_assert_int_eq(gc_tensor_requires_grad(x, true), GC_OK);
+    return x;
+}

@@ -9,6 +9,7 @@
 
 #include "../autograd/gc_autograd.h"
 #include "../kernels/gc_ops.h"
+#include "../models/gc_layers.h"
 #include "../models/gc_params.h"
 #include "../models/gc_safetensors.h"
 #include "../runtime/gc_rng.h"
@@ -104,6 +105,17 @@ double gc_test_norm(const gc_tensor *t);
  * given one more row (its next-to-last dimension), with a zero [3] tensor `extra`, and copies
  * config.json; NULL skips any of the three. For tests of checkpoints that do not fit. */
 void gc_test_write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra);
+
+/* A CLIP-style pre-LN block of width D, H heads, MLP F (quick GELU, biases everywhere, HF
+ * names under "l.") in ps, on the test device and dtype; weights normal(0, 0.2) drawn
+ * from seed, one stream per parameter name, layernorm weights around 1. lora: NULL, or
+ * adapters on a frozen base. */
+void gc_test_block_init(gc_params *ps, gc_block *b, int64_t D, int64_t H, int64_t F, const gc_lora_options *lora,
+                        uint64_t seed);
+
+/* A block input [B, L, D] on the test device and dtype, randn from seed; needs_grad: a
+ * trainable leaf. */
+gc_tensor *gc_test_block_input(int64_t B, int64_t L, int64_t D, uint64_t seed, bool needs_grad);
 
 /* rm -rf dir (asserts it succeeds). */
 void gc_test_rm_rf(const char *dir);

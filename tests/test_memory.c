@@ -27,46 +27,6 @@ static size_t held(gc_dtype dt, int64_t n)
     return b;
 }
 
-static void init_value(const char *name, int ndim, const int64_t *shape, float *out, void *user)
-{
-    (void)user;
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
-    uint32_t h = 2166136261u; /* FNV-1a of the name: a stream per parameter */
-    for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
-    gc_init_normal(out, n, 0.2, 11, h);
-    if (strstr(name, "norm") && strstr(name, "weight"))
-        for (int64_t i = 0; i < n; i++) out[i] += 1.0f;
-}
-
-/* A CLIP-style block of width D, H heads, MLP F (quick GELU, biases everywhere). */
-static void block_init(gc_params *ps, gc_block *b, int64_t D, int64_t H, int64_t F)
-{
-    gc_params_init(ps, gc_test_device(), gc_test_dtype());
-    memset(b, 0, sizeof *b);
-    b->ln1_w = gc_param_declare(ps, "l.norm1.weight", 1, GC_SHAPE(D));
-    b->ln1_b = gc_param_declare(ps, "l.norm1.bias", 1, GC_SHAPE(D));
-    b->ln2_w = gc_param_declare(ps, "l.norm2.weight", 1, GC_SHAPE(D));
-    b->ln2_b = gc_param_declare(ps, "l.norm2.bias", 1, GC_SHAPE(D));
-    const char *sites[6] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
-    gc_lin *lins[6] = {&b->q, &b->k, &b->v, &b->o, &b->fc1, &b->fc2};
-    for (int i = 0; i < 6; i++)
-        ck_assert_int_eq(gc_lin_declare(ps, lins[i], "l", sites[i], i == 4 ? F : D, i == 5 ? F : D, true, NULL), GC_OK);
-    b->heads = H;
-    b->act = GC_ACT_QUICK_GELU;
-    b->eps = 1e-5;
-    ck_assert_int_eq(gc_params_init_values(ps, init_value, NULL), GC_OK);
-}
-
-static gc_tensor *block_input(int64_t B, int64_t L, int64_t D)
-{
-    gc_tensor *h = gc_test_randn(3, GC_SHAPE(B, L, D), 5, 1.0);
-    gc_tensor *x = gc_tensor_to(h, gc_test_device(), gc_test_dtype());
-    gc_tensor_release(h);
-    ck_assert_int_eq(gc_tensor_requires_grad(x, true), GC_OK);
-    return x;
-}
-
 typedef struct fwd_bytes {
     size_t end, peak; /* above the start: held after the forward (its output among it), and the peak */
 } fwd_bytes;
@@ -101,8 +61,8 @@ START_TEST(test_block_forward_peak)
     const int64_t B = 3, L = 11, D = 32, H = 4, F = 128;
     gc_params ps;
     gc_block b;
-    block_init(&ps, &b, D, H, F);
-    gc_tensor *x = block_input(B, L, D);
+    gc_test_block_init(&ps, &b, D, H, F, NULL, 11);
+    gc_tensor *x = gc_test_block_input(B, L, D, 5, true);
     const size_t act_in = held(gc_test_dtype(), B * L * F);
     for (int recompute = 0; recompute < 2; recompute++) {
         bool prev = gc_recompute_set_enabled(recompute);
@@ -130,8 +90,8 @@ START_TEST(test_block_head_rows)
     gc_dtype dt = gc_test_dtype();
     gc_params ps;
     gc_block b;
-    block_init(&ps, &b, D, H, F);
-    gc_tensor *x = block_input(B, L, D);
+    gc_test_block_init(&ps, &b, D, H, F, NULL, 11);
+    gc_tensor *x = gc_test_block_input(B, L, D, 5, true);
     /* the cotangent: g1 on row 0 (gall: the same, zeros on the other rows) */
     gc_tensor *h1 = gc_test_randn(3, GC_SHAPE(B, 1, D), 9, 1.0), *hall = gc_tensor_zeros(GC_F32, GC_CPU, 3, GC_SHAPE(B, L, D));
     for (int64_t i = 0; i < B; i++)
@@ -251,9 +211,9 @@ START_TEST(test_clip_image_tower_peak)
     int64_t g = S / c->vision.patch;
     gc_params ps;
     gc_block b;
-    block_init(&ps, &b, c->vision.hidden, c->vision.heads, c->vision.intermediate);
+    gc_test_block_init(&ps, &b, c->vision.hidden, c->vision.heads, c->vision.intermediate, NULL, 11);
     b.out_rows = 1;
-    gc_tensor *x = block_input(3, g * g + 1, c->vision.hidden);
+    gc_tensor *x = gc_test_block_input(3, g * g + 1, c->vision.hidden, 5, true);
     size_t last = block_forward_bytes(&b, x).end;
     gc_tensor_release(x);
     gc_params_free(&ps);

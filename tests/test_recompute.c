@@ -24,52 +24,6 @@ typedef struct blk {
     gc_block b;
 } blk;
 
-static void init_value(const char *name, int ndim, const int64_t *shape, float *out, void *user)
-{
-    (void)user;
-    int64_t n = 1;
-    for (int i = 0; i < ndim; i++) n *= shape[i];
-    uint32_t h = 2166136261u; /* FNV-1a of the name: a stream per parameter */
-    for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 16777619u;
-    gc_init_normal(out, n, 0.2, 7, h);
-    if (strstr(name, "norm") && strstr(name, "weight"))
-        for (int64_t i = 0; i < n; i++) out[i] += 1.0f;
-}
-
-/* A CLIP-style block of width D, H heads, MLP F; lora: NULL or adapters (base frozen). */
-static void blk_init(blk *k, int64_t D, int64_t H, int64_t F, const gc_lora_options *lora)
-{
-    gc_params *ps = &k->ps;
-    gc_block *b = &k->b;
-    gc_params_init(ps, gc_test_device(), gc_test_dtype());
-    memset(b, 0, sizeof *b);
-    b->ln1_w = gc_param_declare(ps, "l.norm1.weight", 1, GC_SHAPE(D));
-    b->ln1_b = gc_param_declare(ps, "l.norm1.bias", 1, GC_SHAPE(D));
-    b->ln2_w = gc_param_declare(ps, "l.norm2.weight", 1, GC_SHAPE(D));
-    b->ln2_b = gc_param_declare(ps, "l.norm2.bias", 1, GC_SHAPE(D));
-    ck_assert_int_eq(gc_lin_declare(ps, &b->q, "l", "q_proj", D, D, true, lora), GC_OK);
-    ck_assert_int_eq(gc_lin_declare(ps, &b->k, "l", "k_proj", D, D, true, lora), GC_OK);
-    ck_assert_int_eq(gc_lin_declare(ps, &b->v, "l", "v_proj", D, D, true, lora), GC_OK);
-    ck_assert_int_eq(gc_lin_declare(ps, &b->o, "l", "out_proj", D, D, true, lora), GC_OK);
-    ck_assert_int_eq(gc_lin_declare(ps, &b->fc1, "l", "fc1", F, D, true, lora), GC_OK);
-    ck_assert_int_eq(gc_lin_declare(ps, &b->fc2, "l", "fc2", D, F, true, lora), GC_OK);
-    ck_assert(b->ln1_w && b->ln1_b && b->ln2_w && b->ln2_b);
-    b->heads = H;
-    b->act = GC_ACT_QUICK_GELU;
-    b->eps = 1e-5;
-    ck_assert_int_eq(gc_params_init_values(ps, init_value, NULL), GC_OK);
-    if (lora) ck_assert_int_eq(gc_params_freeze_base(ps), GC_OK);
-}
-
-static gc_tensor *blk_input(int64_t B, int64_t L, int64_t D, bool needs_grad)
-{
-    gc_tensor *h = gc_test_randn(3, GC_SHAPE(B, L, D), 21, 1.0);
-    gc_tensor *x = gc_tensor_to(h, gc_test_device(), gc_test_dtype());
-    gc_tensor_release(h);
-    if (needs_grad) ck_assert_int_eq(gc_tensor_requires_grad(x, true), GC_OK);
-    return x;
-}
-
 typedef struct blk_run {
     size_t saved, mem;   /* the tape's saved bytes and the device's current bytes after the forward */
     size_t peak;         /* device peak over forward and backward, above the start */
@@ -162,8 +116,8 @@ START_TEST(test_block_saved_bytes_and_grads)
     const int64_t B = 2, L = 7, D = 16, H = 2, F = 64;
     gc_lora_options lo = {.r = 4, .alpha = 8, .dropout = c->lora_dropout, .targets = "q_proj,v_proj,fc1"};
     blk k;
-    blk_init(&k, D, H, F, c->lora ? &lo : NULL);
-    gc_tensor *x = blk_input(B, L, D, c->x_grad);
+    gc_test_block_init(&k.ps, &k.b, D, H, F, c->lora ? &lo : NULL, 7);
+    gc_tensor *x = gc_test_block_input(B, L, D, 21, c->x_grad);
     blk_run off = blk_step(&k, x, 1, c->checkpoint, false), on = blk_step(&k, x, 1, c->checkpoint, true);
     const size_t out_bytes = (size_t)(B * L * D) * gc_dtype_size(gc_test_dtype());
     const size_t saves = (size_t)c->saves, freed = (size_t)c->freed;
@@ -199,8 +153,8 @@ START_TEST(test_two_blocks_peak)
 {
     const int64_t B = 2, L = 7, D = 16, H = 2, F = 64;
     blk k;
-    blk_init(&k, D, H, F, NULL);
-    gc_tensor *x = blk_input(B, L, D, true);
+    gc_test_block_init(&k.ps, &k.b, D, H, F, NULL, 7);
+    gc_tensor *x = gc_test_block_input(B, L, D, 21, true);
     blk_run off = blk_step(&k, x, 2, false, false), on = blk_step(&k, x, 2, false, true);
     const size_t out_bytes = (size_t)(B * L * D) * gc_dtype_size(gc_test_dtype());
     printf("two blocks: saved %zu -> %zu bytes, peak %zu -> %zu bytes\n", off.saved, on.saved, off.peak, on.peak);
@@ -220,8 +174,8 @@ START_TEST(test_vit_b16_block_bytes)
 {
     const int64_t B = 1, L = 197, D = 768, H = 12, F = 3072;
     blk k;
-    blk_init(&k, D, H, F, NULL);
-    gc_tensor *x = blk_input(B, L, D, true);
+    gc_test_block_init(&k.ps, &k.b, D, H, F, NULL, 7);
+    gc_tensor *x = gc_test_block_input(B, L, D, 21, true);
     size_t saved[2], mem[2];
     for (int on = 0; on < 2; on++) {
         bool prev = gc_recompute_set_enabled(on);
@@ -256,8 +210,8 @@ START_TEST(test_block_allocator_steady_state)
     if (dev.type != GC_DEVICE_CUDA) return; /* the host allocator does not cache */
     const int64_t B = 2, L = 37, D = 64, H = 2, F = 256;
     blk k;
-    blk_init(&k, D, H, F, NULL);
-    gc_tensor *x = blk_input(B, L, D, true);
+    gc_test_block_init(&k.ps, &k.b, D, H, F, NULL, 7);
+    gc_tensor *x = gc_test_block_input(B, L, D, 21, true);
     uint64_t allocs[4];
     size_t cur[4];
     for (int s = 0; s < 4; s++) {
