@@ -31,8 +31,11 @@ typedef struct fwd_bytes {
     size_t end, peak; /* above the start: held after the forward (its output among it), and the peak */
 } fwd_bytes;
 
-/* One forward of the block on the tape (dropped after) */
-static fwd_bytes block_forward_bytes(const gc_block *b, gc_tensor *x)
+typedef gc_tensor *(*fwd_fn)(void *ctx, gc_tensor *x);
+
+/* One forward fn(ctx, x) on a tape (dropped after): the bytes it holds at the end and at
+ * its peak, above the start */
+static fwd_bytes forward_bytes(fwd_fn fn, void *ctx, gc_tensor *x)
 {
     gc_device dev = gc_test_device();
     gc_device_sync(dev);
@@ -41,7 +44,7 @@ static fwd_bytes block_forward_bytes(const gc_block *b, gc_tensor *x)
     gc_tape *t = gc_tape_init();
     gc_tape_begin(t);
     gc_pool *p = gc_pool_push();
-    gc_tensor *y = gc_block_forward(b, x);
+    gc_tensor *y = fn(ctx, x);
     gc_tape_end(t);
     ck_assert_msg(y, "%s", gc_error_message());
     gc_memory_stats st = gc_memory_stats_get(dev);
@@ -50,6 +53,11 @@ static fwd_bytes block_forward_bytes(const gc_block *b, gc_tensor *x)
     gc_tape_free(t);
     return r;
 }
+
+static gc_tensor *block_fwd(void *b, gc_tensor *x) { return gc_block_forward(b, x); }
+static gc_tensor *image_fwd(void *m, gc_tensor *x) { return gc_clip_encode_image(m, x); }
+
+static fwd_bytes block_forward_bytes(const gc_block *b, gc_tensor *x) { return forward_bytes(block_fwd, (void *)b, x); }
 
 /* A CLIP-style block [B, L, D] on the tape: its forward peaks at what it keeps (the bytes
  * it still holds when it returns, its output among them) plus fc2's activation input
@@ -180,24 +188,13 @@ static void image_tower_peak(gc_clip *m, gc_tensor *pixels, size_t last_block, c
     int64_t B = pixels->shape[0], g = c->vision.image_size / c->vision.patch, R = B * (g * g + 1);
     int64_t D = c->vision.hidden, F = c->vision.intermediate, P = c->projection_dim;
     size_t act_in = held(dt, R * F), tail = held(dt, B * D) + 2 * held(GC_F32, B) + held(dt, B * P);
-    gc_device_sync(dev);
-    gc_memory_reset_peak(dev);
-    size_t base = gc_memory_stats_get(dev).current;
-    gc_tape *t = gc_tape_init();
-    gc_tape_begin(t);
-    gc_pool *p = gc_pool_push();
-    gc_tensor *y = gc_clip_encode_image(m, pixels);
-    gc_tape_end(t);
-    ck_assert_msg(y, "%s", gc_error_message());
-    gc_memory_stats st = gc_memory_stats_get(dev);
-    size_t end = st.current - base, peak = st.peak - base;
+    fwd_bytes r = forward_bytes(image_fwd, m, pixels);
+    size_t end = r.end, peak = r.peak;
     printf("image tower, %s, on %s %s: holds %zu bytes after the forward, peak %zu\n", label, gc_device_name(dev),
            gc_dtype_name(dt), end, peak);
     ck_assert_msg(peak + last_block + tail == end + act_in,
                   "%s: peak %zu + last block %zu + tail %zu != end %zu + fc2's input %zu: %zd bytes more at the peak", label,
                   peak, last_block, tail, end, act_in, (ssize_t)(peak + last_block + tail - end - act_in));
-    gc_pool_pop(p);
-    gc_tape_free(t);
 }
 
 START_TEST(test_clip_image_tower_peak)
