@@ -467,3 +467,13 @@ gc_tensor *gc_test_block_input(int64_t B, int64_t L, int64_t D, uint64_t seed, b
     if (needs_grad) ck_assert_int_eq(gc_tensor_requires_grad(x, true), GC_OK);
     return x;
 }
+
+void gc_test_check_chunks(gc_test_step_fn step, void *fixture, const char *what, const int64_t *chunks, int n, double tol)
+{
+    for (int c = 0; c < n; c++) {
+        char label[160];
+        snprintf(label, sizeof label, "%s chunk %lld", what, (long long)chunks[c]);
+        double e = step(fixture, chunks[c], label);
+        ck_assert_msg(e < tol, "%s: worst relative error %.3g", label, e);
+    }
+}

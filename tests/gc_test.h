@@ -117,6 +117,13 @@ void gc_test_block_init(gc_params *ps, gc_block *b, int64_t D, int64_t H, int64_
  * trainable leaf. */
 gc_tensor *gc_test_block_input(int64_t B, int64_t L, int64_t D, uint64_t seed, bool needs_grad);
 
+/* One fixture step at a chunk size: the worst relative error against the references. */
+typedef double (*gc_test_step_fn)(void *fixture, int64_t chunk, const char *label);
+
+/* step(fixture, chunk, "<what> chunk <chunk>") for each of the n chunk sizes; asserts
+ * every error is below tol. */
+void gc_test_check_chunks(gc_test_step_fn step, void *fixture, const char *what, const int64_t *chunks, int n, double tol);
+
 /* rm -rf dir (asserts it succeeds). */
 void gc_test_rm_rf(const char *dir);
 

@@ -62,8 +62,9 @@ static void fixture_close(fixture *f)
 /* one step; returns the worst relative error over every compared tensor (gc_test_ref_err's absolute
  * floor covers gradients that are zero in exact arithmetic, such as a key bias's: softmax ignores a
  * shift shared by a whole row, and transformers stores ~1e-17 there) */
-static double compare_step(fixture *f, int64_t chunk, const char *label)
+static double compare_step(void *vf, int64_t chunk, const char *label)
 {
+    fixture *f = vf;
     gc_params *ps = gc_clip_params(f->m);
     ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
     gc_clip_task task;
@@ -93,12 +94,7 @@ START_TEST(test_matches_transformers)
     fixture_open(&f, CASES[_i % N_CASES], NULL);
     int64_t B = f.pixels->shape[0];
     int64_t chunks[4] = {0, 1, B / 2 + 1 /* uneven */, B};
-    for (int c = 0; c < 4; c++) {
-        char label[128];
-        snprintf(label, sizeof label, "%s chunk %lld", CASES[_i % N_CASES], (long long)chunks[c]);
-        double e = compare_step(&f, chunks[c], label);
-        ck_assert_msg(e < tolerance_for(CASES[_i]), "%s: worst relative error %.3g", label, e);
-    }
+    gc_test_check_chunks(compare_step, &f, CASES[_i % N_CASES], chunks, 4, tolerance_for(CASES[_i]));
     fixture_close(&f);
 }
 END_TEST
@@ -113,12 +109,9 @@ START_TEST(test_checkpointing_matches_transformers)
     fixture_open(&f, CASES[_i % N_CASES], &o);
     int64_t B = f.pixels->shape[0];
     int64_t chunks[2] = {0, B / 2 + 1};
-    for (int c = 0; c < 2; c++) {
-        char label[128];
-        snprintf(label, sizeof label, "%s checkpointed, chunk %lld", CASES[_i % N_CASES], (long long)chunks[c]);
-        double e = compare_step(&f, chunks[c], label);
-        ck_assert_msg(e < tolerance_for(CASES[_i]), "%s: worst relative error %.3g", label, e);
-    }
+    char what[128];
+    snprintf(what, sizeof what, "%s checkpointed,", CASES[_i % N_CASES]);
+    gc_test_check_chunks(compare_step, &f, what, chunks, 2, tolerance_for(CASES[_i]));
     fixture_close(&f);
 }
 END_TEST

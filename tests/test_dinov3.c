@@ -127,8 +127,9 @@ static void task_init(task *t, gc_gradcache *gc, gc_dinov3 *m, gc_tensor *pa, gc
 }
 
 /* one step; returns the worst relative error over every compared tensor */
-static double compare_step(fixture *f, int64_t chunk, const char *label)
+static double compare_step(void *vf, int64_t chunk, const char *label)
 {
+    fixture *f = vf;
     gc_params *ps = gc_dinov3_params(f->m);
     ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
     task t;
@@ -158,12 +159,7 @@ START_TEST(test_matches_transformers)
     fixture_open(&f, CASES[_i], NULL);
     int64_t B = f.pa->shape[0];
     int64_t chunks[4] = {0, 1, B / 2 + 1 /* uneven */, B};
-    for (int c = 0; c < 4; c++) {
-        char label[128];
-        snprintf(label, sizeof label, "%s chunk %lld", CASES[_i], (long long)chunks[c]);
-        double e = compare_step(&f, chunks[c], label);
-        ck_assert_msg(e < tolerance(), "%s: worst relative error %.3g", label, e);
-    }
+    gc_test_check_chunks(compare_step, &f, CASES[_i], chunks, 4, tolerance());
     fixture_close(&f);
 }
 END_TEST
@@ -176,12 +172,9 @@ START_TEST(test_checkpointing_matches_transformers)
     fixture f;
     fixture_open(&f, CASES[_i], &o);
     int64_t chunks[2] = {0, 2};
-    for (int c = 0; c < 2; c++) {
-        char label[128];
-        snprintf(label, sizeof label, "%s checkpointed, chunk %lld", CASES[_i], (long long)chunks[c]);
-        double e = compare_step(&f, chunks[c], label);
-        ck_assert_msg(e < tolerance(), "%s: worst relative error %.3g", label, e);
-    }
+    char what[128];
+    snprintf(what, sizeof what, "%s checkpointed,", CASES[_i]);
+    gc_test_check_chunks(compare_step, &f, what, chunks, 2, tolerance());
     fixture_close(&f);
 }
 END_TEST
