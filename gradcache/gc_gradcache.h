@@ -52,6 +52,7 @@ typedef struct gc_gradcache {
     gc_loss_fn loss;
     void *loss_user;                             /* labels, hard negatives, loss parameters */
     bool use_cache;                              /* false: one plain forward per tower */
+    bool replay_all;                             /* true: replay tower 0's last chunk too (see above) */
     /* optional: called as each phase begins ("embed", "loss", "replay") and with "done"
      * at the end, e.g. to record timers */
     void (*on_phase)(void *user, const char *phase);

@@ -61,24 +61,46 @@ static int64_t chunk_of(const gc_gradcache_tower *tw)
     return tw->chunk_size > 0 && tw->chunk_size < B ? tw->chunk_size : B;
 }
 
-/* Phase 1 (and embed): no-graph forwards, chunk by chunk, into one [B, D] f32 tensor. */
-static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_context rng)
+/* A chunk whose graph is kept from phase 1 to phase 3 instead of replayed. */
+typedef struct kept_chunk {
+    gc_tape *tape;
+    gc_pool *pool;  /* holds the chunk's activations; popped after its backward */
+    gc_tensor *y;
+    int64_t start, end;
+} kept_chunk;
+
+static void kept_free(kept_chunk *k)
+{
+    if (k->pool) gc_pool_pop(k->pool);
+    gc_tape_free(k->tape);
+    memset(k, 0, sizeof *k);
+}
+
+/* Phase 1 (and embed): no-graph forwards, chunk by chunk, into one [B, D] f32 tensor.
+ * With `keep`, the last chunk runs with a graph instead, left open in *keep. */
+static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_context rng, kept_chunk *keep)
 {
     int64_t B = batch_rows(tw), C = chunk_of(tw);
     gc_tensor *reps = NULL;
     bool prev = gc_grad_set_enabled(false);
     for (int64_t s = 0; s < B; s += C) {
         int64_t e = s + C < B ? s + C : B;
+        bool graph = keep && e == B;
         gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, s)); /* RandContext of this chunk */
+        gc_tape *tape = graph ? gc_tape_init() : NULL;
+        if (graph && !tape) break;
+        if (graph) gc_grad_set_enabled(prev), gc_tape_begin(tape);
         gc_pool *p = gc_pool_push();
         gc_tensor *y = run_chunk(tw, s, e);
+        if (graph) gc_tape_end(tape), gc_grad_set_enabled(false);
         if (y && !reps) reps = gc_tensor_new(GC_F32, y->device, 2, GC_SHAPE(B, y->shape[1]));
         gc_tensor *dst = y && reps ? gc_rows(reps, s, e) : NULL;
         gc_status st = dst && y->shape[1] == reps->shape[1] ? gc_tensor_copy_into(dst, y, false) : GC_ERR_SHAPE;
         if (st != GC_OK && gc_error_code() == GC_OK)
             gc_error_set(GC_ERR_SHAPE, "gradient cache: %s gave a different width for rows %lld..%lld",
                          tw->func.name ? tw->func.name : "tower", (long long)s, (long long)e);
-        gc_pool_pop(p);
+        if (graph) *keep = (kept_chunk){tape, p, y, s, e}; /* its pool stays open */
+        else gc_pool_pop(p);
         if (st != GC_OK) { gc_tensor_release(reps); reps = NULL; break; }
     }
     gc_grad_set_enabled(prev);
@@ -92,7 +114,7 @@ gc_status gc_gradcache_embed(gc_gradcache *gc, gc_rand_context rng, gc_tensor **
     gc_status st = GC_OK;
     for (int t = 0; t < gc->n_towers; t++) reps[t] = NULL;
     for (int t = 0; t < gc->n_towers && st == GC_OK; t++)
-        if (!(reps[t] = forward_no_grad(&gc->towers[t], t, rng))) st = GC_PENDING();
+        if (!(reps[t] = forward_no_grad(&gc->towers[t], t, rng, NULL))) st = GC_PENDING();
     gc_rand_context_set(saved);
     return st;
 }
@@ -143,13 +165,26 @@ static gc_status step_full_batch(gc_gradcache *gc, gc_rand_context rng, gc_gradc
     return st;
 }
 
+/* Backpropagate a chunk's rows of the cache (the gradient of reps) through its graph:
+ * d<y, cache rows>. */
+static gc_status chunk_backward(const gc_gradcache_tower *tw, gc_tensor *reps, kept_chunk *c)
+{
+    gc_tensor *cache = gc_tensor_grad(reps);
+    gc_tensor *g = c->y ? gc_rows(cache, c->start, c->end) : NULL;
+    if (!g) return GC_PENDING();
+    if (c->y->shape[1] != cache->shape[1])
+        return gc_error_set(GC_ERR_STATE, "gradient cache: %s gave width %lld on replay, %lld before",
+                            tw->func.name ? tw->func.name : "tower", (long long)c->y->shape[1], (long long)cache->shape[1]);
+    return c->y->slot ? gc_backward(c->tape, 1, &c->y, &g) : GC_OK;
+}
+
 gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_result *res)
 {
     memset(res, 0, sizeof *res);
     GC_TRY(check_towers(gc));
     if (!gc->loss) return gc_error_set(GC_ERR_INVALID, "gradient cache: no loss function");
     gc_rand_context saved = gc_rand_context_get();
-    gc_status st;
+    gc_status st = GC_OK;
     if (!gc->use_cache) {
         mark(gc, "full");
         st = step_full_batch(gc, rng, res);
@@ -158,9 +193,14 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
         if (st != GC_OK) gc_gradcache_result_clear(res);
         return st;
     }
-    /* 1. representations, chunk by chunk, without a graph */
+    /* 1. representations, chunk by chunk, without a graph; the last tower first, so that
+     *    tower 0's last chunk, run with its graph unless replay_all, is the one that ends
+     *    the phase and the first backpropagated: one graph is alive at a time */
     mark(gc, "embed");
-    st = gc_gradcache_embed(gc, rng, res->reps);
+    kept_chunk kept = {0};
+    for (int t = gc->n_towers - 1; t >= 0 && st == GC_OK; t--)
+        if (!(res->reps[t] = forward_no_grad(&gc->towers[t], t, rng, t == 0 && !gc->replay_all ? &kept : NULL)))
+            st = GC_PENDING();
     /* 2. the loss on the full batch; the representations' gradient is the cache */
     mark(gc, "loss");
     gc_tensor *loss = NULL;
@@ -170,28 +210,26 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
         if (!gc_tensor_grad(res->reps[t]))
             st = gc_error_set(GC_ERR_STATE, "gradient cache: the loss gave %s %d's representations no gradient",
                               gc->towers[t].func.name ? gc->towers[t].func.name : "tower", t);
-    /* 3. replay each chunk with its RandContext and backpropagate its rows of the cache */
+    /* 3. backpropagate each chunk's rows of the cache through its graph: the kept chunk's
+     *    from phase 1, every other chunk's replayed under its RandContext */
     mark(gc, "replay");
+    if (kept.tape && st == GC_OK) st = chunk_backward(&gc->towers[0], res->reps[0], &kept);
+    kept_free(&kept);
     for (int t = 0; t < gc->n_towers && st == GC_OK; t++) {
         gc_gradcache_tower *tw = &gc->towers[t];
         int64_t B = batch_rows(tw), C = chunk_of(tw);
-        gc_tensor *cache = gc_tensor_grad(res->reps[t]);
         for (int64_t s = 0; s < B && st == GC_OK; s += C) {
             int64_t e = s + C < B ? s + C : B;
+            if (t == 0 && !gc->replay_all && e == B) continue; /* the kept chunk: done */
             gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, s));
-            gc_tape *tape = gc_tape_init();
-            gc_tape_begin(tape);
-            gc_pool *p = gc_pool_push();
-            gc_tensor *y = run_chunk(tw, s, e);
-            gc_tape_end(tape);
-            gc_tensor *g = y ? gc_rows(cache, s, e) : NULL;
-            if (!g) st = GC_PENDING();
-            else if (y->shape[1] != cache->shape[1])
-                st = gc_error_set(GC_ERR_STATE, "gradient cache: %s gave width %lld on replay, %lld before",
-                                  tw->func.name ? tw->func.name : "tower", (long long)y->shape[1], (long long)cache->shape[1]);
-            else if (y->slot) st = gc_backward(tape, 1, &y, &g); /* d<y, cache rows> */
-            gc_pool_pop(p);
-            gc_tape_free(tape);
+            kept_chunk c = {gc_tape_init(), NULL, NULL, s, e};
+            if (!c.tape) { st = GC_PENDING(); break; }
+            gc_tape_begin(c.tape);
+            c.pool = gc_pool_push();
+            c.y = run_chunk(tw, s, e);
+            gc_tape_end(c.tape);
+            st = chunk_backward(tw, res->reps[t], &c);
+            kept_free(&c);
         }
     }
     for (int t = 0; t < gc->n_towers && res->reps[t]; t++) gc_tensor_requires_grad(res->reps[t], false);
