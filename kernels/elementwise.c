@@ -19,6 +19,9 @@ gc_status gc_cuda_mul_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, 
                           const int64_t *sa, const int64_t *sb);
 gc_status gc_cuda_binary_bwd(gc_tensor *g, const gc_tensor *gy, const gc_tensor *other, int ndim, const int64_t *shape,
                              const int64_t *s_other, const int64_t *s_g, float scale, bool acc);
+gc_status gc_cuda_add_scaled_fwd(gc_tensor *y, const gc_tensor *x, const gc_tensor *a, const gc_tensor *s);
+gc_status gc_cuda_add_scaled_bwd(gc_tensor *ga, bool acc_a, gc_tensor *gs, bool acc_s, const gc_tensor *gy,
+                                 const gc_tensor *a, const gc_tensor *s);
 gc_status gc_cuda_scale_fwd(gc_tensor *y, const gc_tensor *x, float s);
 gc_status gc_cuda_scale_bwd(gc_tensor *gx, const gc_tensor *gy, float s, bool acc);
 gc_status gc_cuda_exp_fwd(gc_tensor *y, const gc_tensor *x);
@@ -226,6 +229,84 @@ static gc_tensor *binary(const char *op, gc_tensor *a, gc_tensor *b, bool mul, f
 gc_tensor *gc_add(gc_tensor *a, gc_tensor *b) { return binary("add", a, b, false, 1.0f); }
 gc_tensor *gc_sub(gc_tensor *a, gc_tensor *b) { return binary("sub", a, b, false, -1.0f); }
 gc_tensor *gc_mul(gc_tensor *a, gc_tensor *b) { return binary("mul", a, b, true, 1.0f); }
+
+/* ---------------------------------------------------------------- add_scaled */
+
+/* y = x + a * s, s [D] along the last dim: a residual add with a layer scale in one
+ * pass (instead of a full-size product, then the add). */
+static void cpu_add_scaled_fwd(float *y, const float *x, const float *a, const float *s, int64_t R, int64_t D)
+{
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < D; j++) y[r * D + j] = x[r * D + j] + a[r * D + j] * s[j];
+}
+
+/* ga (+)= gy * s;  gs (+)= sum over rows of gy * a (ascending rows, in double). Either may be NULL. */
+static gc_status cpu_add_scaled_bwd(float *ga, bool acc_a, float *gs, bool acc_s, const float *gy, const float *a,
+                                    const float *s, int64_t R, int64_t D)
+{
+    if (ga)
+        for (int64_t i = 0; i < R * D; i++) ga[i] = (acc_a ? ga[i] : 0.0f) + gy[i] * s[i % D];
+    if (!gs) return GC_OK;
+    double *sum = calloc((size_t)(D > 0 ? D : 1), sizeof *sum);
+    if (!sum) return gc_error_set(GC_ERR_OOM, "out of host memory");
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < D; j++) sum[j] += (double)gy[r * D + j] * a[r * D + j];
+    for (int64_t j = 0; j < D; j++) gs[j] = (float)(acc_s ? gs[j] + sum[j] : sum[j]);
+    free(sum);
+    return GC_OK;
+}
+
+/* saved[0] = a (if s needs a gradient), saved[1] = s (if a does) */
+static gc_status add_scaled_backward(gc_node *nd, gc_tensor *gy)
+{
+    bool acc_a = false, acc_s = false;
+    gc_tensor *ga = nd->in[1] ? gc_grad_target(nd, 1, &acc_a) : NULL;
+    gc_tensor *gs = nd->in[2] ? gc_grad_target(nd, 2, &acc_s) : NULL;
+    if ((nd->in[1] && !ga) || (nd->in[2] && !gs)) return GC_PENDING();
+    if (ga || gs) {
+        gc_tensor *a = nd->saved[0], *s = nd->saved[1];
+        int64_t D = gy->shape[gy->ndim - 1], R = D ? gc_tensor_numel(gy) / D : 0;
+        gc_status st;
+        if (gy->device.type == GC_DEVICE_CUDA) st = GC_CUDA_DISPATCH(gc_cuda_add_scaled_bwd(ga, acc_a, gs, acc_s, gy, a, s));
+        else st = cpu_add_scaled_bwd(ga ? gc_tensor_data(ga) : NULL, acc_a, gs ? gc_tensor_data(gs) : NULL, acc_s,
+                                     gc_tensor_data(gy), a ? gc_tensor_data(a) : NULL, s ? gc_tensor_data(s) : NULL, R, D);
+        GC_TRY(st);
+    }
+    return gc_grad_pass(nd, 0, gy); /* after the reads of gy above: x may take its buffer */
+}
+
+gc_tensor *gc_add_scaled(gc_tensor *x, gc_tensor *a, gc_tensor *s)
+{
+    if (!x || !a || !s) return NULL;
+    gc_tensor *ins[3] = {x, a, s};
+    if (!gc_check_same_device("add_scaled", 3, ins) || !gc_check_same_dtype("add_scaled", x, a) ||
+        !gc_check_same_dtype("add_scaled", a, s) || !gc_check_float("add_scaled", x))
+        return NULL;
+    char sx[GC_SHAPE_STR_LEN], sa[GC_SHAPE_STR_LEN], ss[GC_SHAPE_STR_LEN];
+    bool same = x->ndim == a->ndim && x->ndim >= 1;
+    for (int d = 0; same && d < x->ndim; d++) same = x->shape[d] == a->shape[d];
+    if (!same || s->ndim != 1 || s->shape[0] != x->shape[x->ndim - 1]) {
+        gc_error_set(GC_ERR_SHAPE, "add_scaled: x %s, a %s and scale %s: x and a must match and the scale be [last dim]",
+                     gc_shape_str(x, sx, sizeof sx), gc_shape_str(a, sa, sizeof sa), gc_shape_str(s, ss, sizeof ss));
+        return NULL;
+    }
+    gc_tensor *xc = gc_contiguous_raw(x), *ac = gc_contiguous_raw(a), *sc = gc_contiguous_raw(s);
+    gc_tensor *y = xc && ac && sc ? gc_op_new(x->dtype, x->device, x->ndim, x->shape) : NULL;
+    if (!y) return NULL;
+    int64_t D = x->shape[x->ndim - 1], R = D ? gc_tensor_numel(x) / D : 0;
+    if (R * D > 0) {
+        gc_status st;
+        if (x->device.type == GC_DEVICE_CUDA) st = GC_CUDA_DISPATCH(gc_cuda_add_scaled_fwd(y, xc, ac, sc));
+        else {
+            cpu_add_scaled_fwd(gc_tensor_data(y), gc_tensor_data(xc), gc_tensor_data(ac), gc_tensor_data(sc), R, D);
+            st = GC_OK;
+        }
+        if (st != GC_OK) return NULL;
+    }
+    gc_tensor *sv[2] = {s->slot ? ac : NULL, a->slot ? sc : NULL}; /* only what a gradient needs */
+    gc_autograd_record("add_scaled", add_scaled_backward, y, 3, ins, 2, sv);
+    return y;
+}
 
 /* ---------------------------------------------------------------- scale */
 

@@ -349,6 +349,95 @@ gc_status bcast_grad(gc_tensor *gt, const gc_tensor *gyt, const gc_tensor *ot, c
     return GC_OK;
 }
 
+// ------------------------------------------------------------------ add_scaled
+
+// y = x + a * s over [R, D], s [D]. V = kVec: 16-byte accesses (D % kVec == 0, aligned).
+template <typename T, int V>
+__global__ void add_scaled_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, const T *__restrict__ a,
+                                      const T *__restrict__ s, int64_t nv, int64_t D)
+{
+    for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t i = v * V;
+        float fx[V], fa[V], fs[V];
+        load_v<V>(x + i, fx);
+        load_v<V>(a + i, fa);
+        load_v<V>(s + i % D, fs);
+#pragma unroll
+        for (int k = 0; k < V; k++) fx[k] += fa[k] * fs[k];
+        store_v<V>(y + i, fx, false);
+    }
+}
+
+// Backward over [R, D] in one read of gy and a: ga (+)= gy * s, and the column sums of
+// gy * a per chunk of rows into part[chunk][D] (the layer scale's gradient, finished by
+// bcast_grad_finish_kernel in chunk order: deterministic). Block (32, 8): 32 column
+// groups of V, 8 lanes over the chunk's rows, lanes added in order.
+template <typename T, typename G, int V>
+__global__ void add_scaled_bwd_kernel(G *__restrict__ ga, bool acc, float *__restrict__ part, const T *__restrict__ gy,
+                                      const T *__restrict__ a, const T *__restrict__ s, int64_t R, int64_t D, int64_t rpc)
+{
+    __shared__ float red[8][32 * V + 1];
+    const int64_t c = ((int64_t)blockIdx.x * 32 + threadIdx.x) * V, chunk = blockIdx.y;
+    const int64_t r0 = chunk * rpc, r1 = r0 + rpc < R ? r0 + rpc : R;
+    float sum[V], fs[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) sum[k] = 0.0f;
+    if (c < D) {
+        load_v<V>(s + c, fs);
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+            float g[V], fa[V];
+            load_v<V>(gy + r * D + c, g);
+            if (part) {
+                load_v<V>(a + r * D + c, fa);
+#pragma unroll
+                for (int k = 0; k < V; k++) sum[k] += g[k] * fa[k];
+            }
+            if (ga) {
+#pragma unroll
+                for (int k = 0; k < V; k++) g[k] *= fs[k];
+                store_v<V>(ga + r * D + c, g, acc);
+            }
+        }
+    }
+    if (!part) return;
+#pragma unroll
+    for (int k = 0; k < V; k++) red[threadIdx.y][threadIdx.x * V + k] = sum[k];
+    __syncthreads();
+    if (threadIdx.y == 0 && c < D) {
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float t = 0.0f;
+#pragma unroll
+            for (int l = 0; l < 8; l++) t += red[l][threadIdx.x * V + k];
+            part[chunk * D + c + k] = t;
+        }
+    }
+}
+
+template <typename T> gc_status add_scaled_fwd(gc_tensor *y, const gc_tensor *x, const gc_tensor *a, const gc_tensor *s)
+{
+    const int64_t n = gc_tensor_numel(y), D = y->shape[y->ndim - 1];
+    T *py = (T *)gc_tensor_data(y);
+    const T *px = (const T *)gc_tensor_data(x), *pa = (const T *)gc_tensor_data(a), *ps = (const T *)gc_tensor_data(s);
+    if (D % kVec == 0 && aligned16(py) && aligned16(px) && aligned16(pa) && aligned16(ps))
+        add_scaled_fwd_kernel<T, kVec><<<grid_vec(n / kVec), kThreads, 0, gc_cuda_stream()>>>(py, px, pa, ps, n / kVec, D);
+    else
+        add_scaled_fwd_kernel<T, 1><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(py, px, pa, ps, n, D);
+    GC_CUDA_LAUNCH_CHECK();
+    return GC_OK;
+}
+
+template <typename T, typename G, int V>
+gc_status add_scaled_bwd_launch(G *ga, bool acc, float *part, const T *gy, const T *a, const T *s, int64_t R, int64_t D,
+                                int64_t rpc, int64_t chunks)
+{
+    const int64_t col_blocks = (D / V + 31) / 32;
+    add_scaled_bwd_kernel<T, G, V><<<dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, gc_cuda_stream()>>>(
+        ga, acc, part, gy, a, s, R, D, rpc);
+    GC_CUDA_LAUNCH_CHECK();
+    return GC_OK;
+}
+
 // ------------------------------------------------------------------ unary
 
 constexpr float kSqrt1_2 = 0.70710678118654752440f;
@@ -596,6 +685,53 @@ extern "C" gc_status gc_cuda_binary_bwd(gc_tensor *g, const gc_tensor *gy, const
         return other ? bcast_grad<T, G, true>(g, gy, other, geo, nt, R, scale, acc)
                      : bcast_grad<T, G, false>(g, gy, other, geo, nt, R, scale, acc);
     });
+}
+
+extern "C" gc_status gc_cuda_add_scaled_fwd(gc_tensor *y, const gc_tensor *x, const gc_tensor *a, const gc_tensor *s)
+{
+    return with_type(y->dtype, "add_scaled", [&](auto tv) { return add_scaled_fwd<typename decltype(tv)::type>(y, x, a, s); });
+}
+
+// ga, gs may be NULL (no gradient wanted); a, s are then NULL too where not needed.
+extern "C" gc_status gc_cuda_add_scaled_bwd(gc_tensor *ga, bool acc_a, gc_tensor *gs, bool acc_s, const gc_tensor *gy,
+                                            const gc_tensor *a, const gc_tensor *s)
+{
+    const int64_t D = gy->shape[gy->ndim - 1], R = D ? gc_tensor_numel(gy) / D : 0;
+    if (R == 0) return gs && !acc_s ? gc_cuda_memzero(gc_tensor_data(gs), gc_tensor_nbytes(gs)) : GC_OK;
+    if (ga && ga->dtype != gy->dtype && ga->dtype != GC_F32)
+        return gc_error_set(GC_ERR_DTYPE, "add_scaled backward: gradient %s of %s values", gc_dtype_name(ga->dtype),
+                            gc_dtype_name(gy->dtype));
+    // rows per chunk: a shape-only choice, so the column sums' order is reproducible
+    const int64_t rpc = 64, chunks = (R + rpc - 1) / rpc;
+    if (chunks > 65535) return gc_error_set(GC_ERR_SHAPE, "add_scaled backward: %lld rows is too many", (long long)R);
+    gc_tensor *part = nullptr;
+    if (gs) {
+        int64_t n = chunks * D;
+        if (!(part = gc_tensor_new(GC_F32, gy->device, 1, &n))) return GC_PENDING();
+    }
+    float *pp = part ? (float *)gc_tensor_data(part) : nullptr;
+    const void *pa = a ? gc_tensor_data(a) : nullptr, *ps = gc_tensor_data(s ? s : gy); // s unread when !ga
+    void *pga = ga ? gc_tensor_data(ga) : nullptr;
+    const bool vec = D % kVec == 0 && aligned16(gc_tensor_data(gy)) && (!pa || aligned16(pa)) && aligned16(ps) &&
+                     (!pga || aligned16(pga));
+    gc_status st = with_types(gy->dtype, ga ? ga->dtype : gy->dtype, "add_scaled backward", [&](auto tv, auto tg) {
+        using T = typename decltype(tv)::type;
+        using G = typename decltype(tg)::type;
+        const T *gyp = (const T *)gc_tensor_data(gy), *ap = (const T *)pa, *sp = (const T *)ps;
+        return vec ? add_scaled_bwd_launch<T, G, kVec>((G *)pga, acc_a, pp, gyp, ap, sp, R, D, rpc, chunks)
+                   : add_scaled_bwd_launch<T, G, 1>((G *)pga, acc_a, pp, gyp, ap, sp, R, D, rpc, chunks);
+    });
+    if (st == GC_OK && gs) {
+        st = with_type(gs->dtype, "add_scaled backward", [&](auto tg) {
+            using G = typename decltype(tg)::type;
+            bcast_grad_finish_kernel<G><<<grid_for(D), kThreads, 0, gc_cuda_stream()>>>((G *)gc_tensor_data(gs), pp, D,
+                                                                                          chunks, 1.0f, acc_s);
+            GC_CUDA_LAUNCH_CHECK();
+            return GC_OK;
+        });
+    }
+    gc_tensor_release(part); // stream order: the block is reused only by later work
+    return st;
 }
 
 extern "C" gc_status gc_cuda_scale_fwd(gc_tensor *y, const gc_tensor *x, float s)

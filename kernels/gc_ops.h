@@ -50,6 +50,9 @@ gc_tensor *gc_add(gc_tensor *a, gc_tensor *b);
 gc_tensor *gc_sub(gc_tensor *a, gc_tensor *b);
 gc_tensor *gc_mul(gc_tensor *a, gc_tensor *b);
 gc_tensor *gc_scale(gc_tensor *x, double s);  /* x * s */
+/* y = x + a * s: x, a [..., D] of one shape, s [D] (a residual add of a branch times its
+ * layer scale), one pass; backward hands gy to x and adds gy*s to a, sum_rows(gy*a) to s. */
+gc_tensor *gc_add_scaled(gc_tensor *x, gc_tensor *a, gc_tensor *s);
 gc_tensor *gc_exp(gc_tensor *x);
 
 typedef enum gc_act {

@@ -32,6 +32,13 @@ static gc_tensor *scale_branch(const gc_block *b, gc_tensor *a, gc_tensor *ls, u
     return gc_mul(a, gc_cast(s, a->dtype));
 }
 
+/* x + dp(ls * a): one fused pass where there is a layer scale and no drop_path */
+static gc_tensor *residual_add(const gc_block *b, gc_tensor *x, gc_tensor *a, gc_tensor *ls, uint32_t op)
+{
+    if (ls && a && !(b->drop_path > 0)) return gc_add_scaled(x, a, ls);
+    return gc_add(x, scale_branch(b, a, ls, op));
+}
+
 /* The query rows a block computes: its first out_rows where those rows mean the same
  * as in the whole block (see gc_block.out_rows), else all L. */
 static int64_t query_rows(const gc_block *b, int64_t L)
@@ -75,8 +82,7 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, n, D));
     gc_tensor_release(q), gc_tensor_release(k), gc_tensor_release(v); /* the GEMM path saved copies */
     a = gc_lin_forward(&b->o, a, b->op_base + 4);
-    a = scale_branch(b, a, b->ls1, b->op_base + 7);
-    gc_tensor *r = gc_pool_keep(gc_add(n < L ? gc_slice(x, 1, 0, n) : x, a));
+    gc_tensor *r = gc_pool_keep(residual_add(b, n < L ? gc_slice(x, 1, 0, n) : x, a, b->ls1, b->op_base + 7));
     gc_pool_pop(st);
     st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
@@ -87,8 +93,7 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
     m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
                       : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);
-    m = scale_branch(b, m, b->ls2, b->op_base + 8);
-    gc_tensor *y = gc_pool_keep(gc_add(r, m));
+    gc_tensor *y = gc_pool_keep(residual_add(b, r, m, b->ls2, b->op_base + 8));
     gc_pool_pop(pool);
     return y;
 }

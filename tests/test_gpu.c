@@ -267,6 +267,11 @@ static gc_tensor *f_mul(gc_tensor *const *in, void *ctx) { (void)ctx; return gc_
 static gc_tensor *f_scale(gc_tensor *const *in, void *ctx) { return gc_scale(in[0], *(const double *)ctx); }
 static gc_tensor *f_exp(gc_tensor *const *in, void *ctx) { (void)ctx; return gc_exp(in[0]); }
 static gc_tensor *f_act(gc_tensor *const *in, void *ctx) { return gc_activation(in[0], *(const gc_act *)ctx); }
+/* ctx non-NULL: a = 0.5 in[1], a fresh gradient of a's dtype (else the leaf's f32, +=) */
+static gc_tensor *f_add_scaled(gc_tensor *const *in, void *ctx)
+{
+    return gc_add_scaled(in[0], ctx ? gc_scale(in[1], 0.5) : in[1], in[2]);
+}
 
 START_TEST(test_elementwise)
 {
@@ -298,6 +303,17 @@ START_TEST(test_elementwise)
     /* realistic: bias-like broadcast over a ViT-B activation */
     gc_tensor *big[2] = {PARAM(150, 1.0, 64, 197, 768), PARAM(151, 1.0, 768)};
     cmp2(&lg, "add [64,197,768] [768]", f_add, NULL, 2, big, TOL32, TOL16);
+    /* a residual add with a layer scale: scalar path (53 columns), vector path, DINOv3's
+     * shape (201 chunks of 64 rows for the scale's gradient) */
+    int inner = 1;
+    gc_tensor *as1[3] = {PARAM(160, 1.0, 37, 53), PARAM(161, 1.0, 37, 53), PARAM(162, 1.0, 53)};
+    cmp2(&lg, "add_scaled [37,53] [37,53] [53]", f_add_scaled, NULL, 3, as1, TOL32, TOL16);
+    cmp2(&lg, "add_scaled [37,53] 0.5[37,53] [53]", f_add_scaled, &inner, 3, as1, TOL32, TOL16);
+    gc_tensor *as2[3] = {PARAM(163, 1.0, 3, 70, 48), PARAM(164, 1.0, 3, 70, 48), PARAM(165, 1.0, 48)};
+    cmp2(&lg, "add_scaled [3,70,48] [3,70,48] [48]", f_add_scaled, NULL, 3, as2, TOL32, TOL16);
+    cmp2(&lg, "add_scaled [3,70,48] 0.5[3,70,48] [48]", f_add_scaled, &inner, 3, as2, TOL32, TOL16);
+    gc_tensor *as3[3] = {PARAM(166, 1.0, 64, 201, 768), PARAM(167, 1.0, 64, 201, 768), PARAM(168, 0.1, 768)};
+    cmp2(&lg, "add_scaled [64,201,768] 0.5[..] [768]", f_add_scaled, &inner, 3, as3, TOL32, TOL16);
     cmp2(&lg, "mul [64,197,768] [768]", f_mul, NULL, 2, big, TOL32, TOL16);
     gc_tensor *big2[2] = {big[0], PARAM(152, 1.0, 64, 197, 768)};
     cmp2(&lg, "add [64,197,768] [64,197,768]", f_add, NULL, 2, big2, TOL32, TOL16);

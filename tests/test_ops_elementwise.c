@@ -189,6 +189,49 @@ START_TEST(test_binary_errors)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- add_scaled */
+
+/* x + a * s, and its composition from add and mul: one as in[0..2], x used again after
+ * (the passed-on gradient must not be clobbered by a later consumer's +=) */
+static gc_tensor *f_add_scaled(gc_tensor *const *in, void *ctx)
+{
+    gc_tensor *y = ctx ? gc_add(in[0], gc_mul(in[1], in[2])) : gc_add_scaled(in[0], in[1], in[2]);
+    return gc_mul(y, gc_exp(in[0]));
+}
+
+START_TEST(test_add_scaled)
+{
+    gc_pool *p = gc_pool_push();
+    gc_tensor *in[3] = {gc_pool_add(gc_test_param(3, GC_SHAPE(2, 5, 7), 21, 1.0)),
+                        gc_pool_add(gc_test_param(3, GC_SHAPE(2, 5, 7), 22, 1.0)), gc_pool_add(gc_test_param(1, GC_SHAPE(7), 23, 1.0))};
+    GC_ASSERT_GRADCHECK(f_add_scaled, NULL, 3, in, NULL);
+    /* the same numbers as the composition it replaces */
+    double got[3][70], want[3][70];
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 3; i++) gc_tensor_zero_grad(in[i]);
+        gc_tape *t = gc_tape_init();
+        gc_tape_begin(t);
+        gc_tensor *y = gc_sum(f_add_scaled(in, k ? &k : NULL));
+        gc_tape_end(t);
+        ck_assert_int_eq(gc_backward(t, 1, &y, NULL), GC_OK);
+        gc_tape_free(t);
+        for (int i = 0; i < 3; i++) gc_tensor_to_host_f64(gc_tensor_grad(in[i]), k ? want[i] : got[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < (i == 2 ? 7 : 70); j++) ck_assert_double_eq_tol(got[i][j], want[i][j], 1e-5 * (1 + fabs(want[i][j])));
+    /* shapes are checked and named */
+    gc_error_clear();
+    ck_assert_ptr_null(gc_add_scaled(in[0], in[1], gc_pool_add(gc_test_param(1, GC_SHAPE(5), 24, 1.0))));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_SHAPE);
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "[5]"));
+    gc_error_clear();
+    ck_assert_ptr_null(gc_add_scaled(in[0], gc_pool_add(gc_test_param(2, GC_SHAPE(10, 7), 25, 1.0)), in[2]));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_SHAPE);
+    gc_error_clear();
+    gc_pool_pop(p);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- scale / exp / activations */
 
 static gc_tensor *f_scale_exp(gc_tensor *const *in, void *ctx)
@@ -663,6 +706,7 @@ int main(void)
     tcase_add_test(tc, test_binary_values);
     tcase_add_test(tc, test_scalar_grad_is_sum);
     tcase_add_test(tc, test_binary_errors);
+    tcase_add_test(tc, test_add_scaled);
     tcase_add_test(tc, test_unary_grads);
     tcase_add_test(tc, test_activation_values);
     tcase_add_test(tc, test_act_parse);
