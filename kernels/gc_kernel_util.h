@@ -36,7 +36,8 @@ bool gc_check_index(const char *op, const gc_tensor *t);  /* i32 or i64 */
 gc_tensor *gc_contiguous_raw(gc_tensor *x); /* non-differentiable, pool-owned */
 
 /* gx (+)= gy act'(x), all contiguous, of one shape (elementwise.c): the activation's
- * backward, for ops that fold an activation in (gc_linear_act). */
+ * backward, for ops that fold an activation in (gc_linear_act). gx may be gy itself
+ * (in place: each element is read before it is written, by the same thread). */
 gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, gc_act act);
 
 #endif

@@ -238,7 +238,8 @@ gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
 
 /* saved: x (pre-activation, [R, in]), w. inputs: x, w, b. iarg[0]: act.
  * Recomputes a = act(x) for dW (released before da is made), then db, and da = gy W
- * taken through the activation's backward straight into x's gradient. */
+ * taken through the activation's backward straight into x's gradient (in place there
+ * when that gradient is new). */
 static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
 {
     gc_tensor *x = nd->saved[0], *w = nd->saved[1];
@@ -260,7 +261,10 @@ static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
     if (gb) st = sum_rows(dev, gy, gb, acc);
     gc_tensor *gx = st == GC_OK ? gc_grad_target(nd, 0, &acc) : NULL;
     if (gx) {
-        gc_tensor *da = gc_op_new(x->dtype, dev, 2, GC_SHAPE(R, in));
+        /* x's gradient is new: da is made in its buffer and taken through the activation in
+         * place, one [R, in] buffer at the peak instead of two */
+        bool in_place = !acc && gx->dtype == x->dtype && gc_tensor_is_contiguous(gx);
+        gc_tensor *da = in_place ? gx : gc_op_new(x->dtype, dev, 2, GC_SHAPE(R, in));
         st = da ? gemm_plain(dev, false, false, R, in, out, gy, w, da, false, 1, false) : GC_PENDING();
         if (st == GC_OK) st = gc_act_backward_into(gx, acc, da, x, act);
     }

@@ -264,8 +264,11 @@ extern "C" gc_status gc_cuda_memcpy(void *dst, const void *src, size_t n, int ki
 {
     if (!n) return GC_OK;
     GC_TRY(gc_cuda_init());
-    // Host -> device from pageable memory (the host allocator never pins) returns once the
-    // data is staged, so the host buffer may be reused at once.
+    // Host -> device from pageable memory returns once the driver has staged the data (the
+    // host waits for it), so the host buffer may be reused at once. From page-locked memory
+    // (gc_tensor_pin) it returns at once and the copy reads the buffer later, in stream
+    // order: the host must not write into it until a stream sync after this copy (the rule
+    // at gc_tensor_pin; gc_cuda_host_unregister syncs before the memory can be freed).
     GC_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, (cudaMemcpyKind)kind, rt.stream));
     // The host reads what it asked for: wait until it has arrived.
     if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDefault || kind == cudaMemcpyHostToHost)
@@ -286,6 +289,39 @@ extern "C" gc_status gc_cuda_sync(void)
     GC_TRY(gc_cuda_init());
     GC_CUDA_CHECK(cudaStreamSynchronize(rt.stream)); // reports faults of queued kernels
     GC_CUDA_CHECK(cudaGetLastError());
+    return GC_OK;
+}
+
+// ------------------------------------------------------------------ page-locked host memory
+
+extern "C" gc_status gc_cuda_host_register(void *p, size_t n, const char *what, bool *registered)
+{
+    *registered = false;
+    if (!p || !n) return GC_OK;
+    GC_TRY(gc_cuda_init());
+    cudaError_t e = cudaHostRegister(p, n, cudaHostRegisterDefault);
+    if (e == cudaErrorHostMemoryAlreadyRegistered) {
+        // Another owner pinned (part of) it: copies are still correct (and asynchronous
+        // where the range is pinned); that owner unregisters it, not us.
+        (void)cudaGetLastError();
+        return GC_OK;
+    }
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); // not sticky: later launch checks must not see it
+        return gc_error_set(GC_ERR_CUDA, "pinning %s: cudaHostRegister of %zu bytes (%.2f MiB) of host memory failed: %s",
+                            what ? what : "host memory", n, mib(n), cudaGetErrorString(e));
+    }
+    *registered = true;
+    return GC_OK;
+}
+
+extern "C" gc_status gc_cuda_host_unregister(void *p)
+{
+    if (!p) return GC_OK;
+    GC_TRY(gc_cuda_init());
+    // Queued uploads may still read the memory, which is about to be freed: let them finish.
+    GC_CUDA_CHECK(cudaStreamSynchronize(rt.stream));
+    GC_CUDA_CHECK(cudaHostUnregister(p));
     return GC_OK;
 }
 

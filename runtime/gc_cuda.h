@@ -33,6 +33,12 @@ void gc_cuda_free(void *p);
 gc_status gc_cuda_memcpy(void *dst, const void *src, size_t n, int kind); /* kind: cudaMemcpyKind */
 gc_status gc_cuda_memzero(void *p, size_t n);
 gc_status gc_cuda_sync(void);
+/* Page-lock [p, p + n) (cudaHostRegister); `what` names it in the error. *registered:
+ * whether this call did it (false when the range was already registered: that owner
+ * unregisters it). */
+gc_status gc_cuda_host_register(void *p, size_t n, const char *what, bool *registered);
+/* Undo gc_cuda_host_register, after a stream sync (copies from it may still be queued). */
+gc_status gc_cuda_host_unregister(void *p);
 gc_memory_stats gc_cuda_memory_stats(void);
 void gc_cuda_memory_reset_peak(void);
 void gc_cuda_release_cached(void);

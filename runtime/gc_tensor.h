@@ -40,6 +40,8 @@ typedef struct gc_storage {
     /* Autograd: the node that recomputes data freed by gc_recompute_release (data is
      * NULL until it has), or NULL. */
     struct gc_node *recompute;
+    /* Host storage page-locked by gc_tensor_pin: unregistered before it is freed. */
+    bool pinned;
 } gc_storage;
 
 typedef struct gc_tensor {
@@ -103,6 +105,19 @@ gc_status gc_tensor_to_host_f32(const gc_tensor *t, float *out);
 gc_status gc_tensor_to_host_f64(const gc_tensor *t, double *out);
 /* Scalar value of a one-element tensor (synchronises with the device). */
 gc_status gc_tensor_item(const gc_tensor *t, double *out);
+
+/* Page-locks the host storage under t (all of it, once: views of one storage share it)
+ * so that uploads from it (gc_tensor_to, gc_tensor_copy_into) are asynchronous copies
+ * in stream order at full bus speed instead of staged copies that block the host; the
+ * storage is unlocked when it is freed. A no-op returning GC_OK for a tensor on a GPU,
+ * an empty one, a build without CUDA or a machine without a GPU. Memory another
+ * registration already covers stays as it is (not unlocked here either).
+ * THE RULE: an upload from pinned memory returns before the data is read, so the host
+ * must not write into the buffer again until the stream has passed the copies that
+ * read it: a gc_device_sync (or a call that synchronises, like gc_tensor_item) after
+ * the last upload and before the write. Freeing it is safe: that synchronises. */
+gc_status gc_tensor_pin(gc_tensor *t);
+bool gc_tensor_is_pinned(const gc_tensor *t); /* its storage was pinned by gc_tensor_pin */
 
 /* bf16 / f16 helpers (round to nearest even) */
 static inline float gc_bf16_to_f32(uint16_t h) { union { uint32_t u; float f; } v = { (uint32_t)h << 16 }; return v.f; }

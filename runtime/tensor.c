@@ -73,6 +73,10 @@ static gc_storage *storage_new(gc_device dev, size_t nbytes)
 static void storage_release(gc_storage *s)
 {
     if (!s || --s->refcount > 0) return;
+#ifdef GC_WITH_CUDA
+    /* syncs first: an upload may still read it; an error is recorded, the memory freed anyway */
+    if (s->pinned) (void)gc_cuda_host_unregister(s->data);
+#endif
     if (s->release) s->release(s->release_ctx, s->data, s->nbytes);
     else if (s->data) gc_device_free(s->device, s->data);
     free(s);
@@ -450,6 +454,25 @@ static gc_status to_host(const gc_tensor *t, gc_dtype dt, void *out)
 
 gc_status gc_tensor_to_host_f32(const gc_tensor *t, float *out) { return to_host(t, GC_F32, out); }
 gc_status gc_tensor_to_host_f64(const gc_tensor *t, double *out) { return to_host(t, GC_F64, out); }
+
+gc_status gc_tensor_pin(gc_tensor *t)
+{
+    if (!t) return GC_PENDING();
+    gc_storage *s = t->storage;
+    /* device memory is not pageable; an empty (or recompute-freed) storage has no pages */
+    if (t->device.type != GC_DEVICE_CPU || s->pinned || !s->data || !s->nbytes) return GC_OK;
+#ifdef GC_WITH_CUDA
+    if (!gc_cuda_available()) return GC_OK; /* no GPU to upload to: locking pages would only cost */
+    char sh[GC_SHAPE_STR_LEN], what[GC_SHAPE_STR_LEN + 96];
+    snprintf(what, sizeof what, "%s %s %s", gc_tensor_label(t), gc_dtype_name(t->dtype), gc_shape_str(t, sh, sizeof sh));
+    bool registered;
+    GC_TRY(gc_cuda_host_register(s->data, s->nbytes, what, &registered));
+    s->pinned = registered;
+#endif
+    return GC_OK;
+}
+
+bool gc_tensor_is_pinned(const gc_tensor *t) { return t && t->storage && t->storage->pinned; }
 
 gc_status gc_tensor_item(const gc_tensor *t, double *out)
 {
