@@ -35,6 +35,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 // See runtime/cuda.cu: the C headers have no extern "C" guards of their own.
 extern "C" {
@@ -705,7 +707,18 @@ bool tile_ok(const gc_tensor *x)
 
 template <typename K> gc_status launch(K kernel, dim3 grid, size_t smem, const FlashArgs &a)
 {
-    if (smem > 48 * 1024) GC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    // Over 48 KB a kernel must be allowed its shared memory: once per kernel and size, not
+    // a host call per launch. The runtime drives one device per process (runtime/cuda.cu).
+    static std::mutex mu;
+    static std::unordered_map<const void *, size_t> allowed;
+    if (smem > 48 * 1024) {
+        std::lock_guard<std::mutex> lock(mu);
+        size_t &have = allowed[(const void *)kernel];
+        if (smem > have) {
+            GC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            have = smem;
+        }
+    }
     kernel<<<grid, kThreadsFa, smem, gc_cuda_stream()>>>(a);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
