@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "../runtime/gc_error.h"
+#include "../runtime/gc_tensor.h"
 
 /* ================================================================ images (image.c) */
 
@@ -153,6 +154,9 @@ typedef struct gc_batch {
     int size;              /* S */
     float *pixels;         /* [n, 3, S, S], contiguous: each sample's (first) image */
     float *pixels_b;       /* [n, 3, S, S]: the second images (a source of 2 views), else NULL */
+    /* Host tensors [B, 3, S, S] over pixels / pixels_b (rows [0, n) are this batch), owned
+     * by the loader: the model can upload chunks straight from them (gc_rows). */
+    gc_tensor *pixels_tensor, *pixels_b_tensor;
     const char **captions; /* n captions, owned by the data set (NULL for a source without captions) */
     int64_t *indices;      /* n sample indices */
     int64_t *indices_b;    /* n data set indices of the second images (2 views), else NULL */
@@ -171,6 +175,10 @@ typedef struct gc_loader_opts {
     int64_t epochs;        /* stop after epoch `epochs - 1`; 0 = never stop */
     gc_loader_pos start;   /* first batch; cursor < 0 means batch * batch_size */
     gc_preprocess pre;
+    /* Page-lock the batch buffers (gc_tensor_pin; a no-op without a GPU) so that uploads
+     * from them are asynchronous. gc_loader_next then synchronises the stream before it
+     * hands the previous batch's buffers back to be refilled (see there). */
+    bool pin_memory;
 } gc_loader_opts;
 
 /* batch_size B, 4 workers, prefetch 2, seed 0, shuffled, drop_last, endless, CLIP preprocessing at S */
@@ -223,7 +231,12 @@ gc_status gc_loader_load_view(const gc_dataset *ds, int64_t i, const gc_loader_o
                               gc_image *out);
 
 /* The next batch, valid until the following call or gc_loader_free; *out = NULL at the
- * end (opts->epochs). Errors (e.g. an epoch without a single full batch) are sticky. */
+ * end (opts->epochs). Errors (e.g. an epoch without a single full batch) are sticky.
+ * The previous batch's buffers go back to the assembler, which refills them from its
+ * thread at once. Uploads from pinned buffers (pin_memory) read them asynchronously, so
+ * with pinned buffers this first waits for the stream (gc_device_sync): no queued
+ * upload still reads a buffer when it is refilled. gc_loader_free is safe too (freeing
+ * pinned memory synchronises). */
 gc_status gc_loader_next(gc_loader *l, const gc_batch **out);
 int64_t gc_loader_batches_per_epoch(const gc_loader *l); /* floor(N / B): without skips */
 void gc_loader_report_get(gc_loader *l, gc_loader_report *r);

@@ -82,7 +82,7 @@ gc_status gc_checkpoint_load_weights(const char *ck, const gc_train_config *c, g
 /* ---------------------------------------------------------------- data */
 
 /* The training loader: batch_size, workers (at least 1), seed, from `start`; CLIP's
- * preprocessing at S (the DINOv3 trainer sets its own). */
+ * preprocessing at S (the DINOv3 trainer sets its own); pinned buffers on cuda. */
 gc_loader_opts gc_train_loader_opts(const gc_train_config *c, int S, gc_loader_pos start);
 /* An evaluation's: n samples once, in order, batches of at most batch_size, the last kept. */
 gc_loader_opts gc_eval_loader_opts(const gc_train_config *c, int S, int64_t n);

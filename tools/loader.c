@@ -9,7 +9,13 @@
  * (normalised into it), a bad one is counted and skipped. Since each position's outcome
  * depends only on the sample (and the (seed, epoch, sample) augmentation draws), batches
  * do not depend on the number of workers or on timing. Filled batches wait in a FIFO of
- * at most `prefetch` buffers; the consumer holds one more. */
+ * at most `prefetch` buffers; the consumer holds one more.
+ *
+ * Pinned buffers (pin_memory). The consumer's uploads from the batch it holds are
+ * asynchronous then: they may still be queued on the stream when the host moves on. The
+ * assembler writes into a buffer only once it is on the free list, and the held buffer
+ * gets there only in gc_loader_next, after a stream sync: the one place where a batch's
+ * memory is handed back for reuse is also where the copies reading it are known done. */
 #include "gc_data.h"
 
 #include <pthread.h>
@@ -72,6 +78,7 @@ struct gc_loader {
 
     /* consumer */
     int held;                /* buffer index or -1 */
+    bool pinned;             /* the buffers are page-locked: sync before handing one back */
     gc_loader_report rep;
 };
 
@@ -286,6 +293,27 @@ static void *assembler_main(void *arg)
 
 /* ---------------------------------------------------------------- public */
 
+static void free_pixels(void *ctx, void *data, size_t nbytes)
+{
+    (void)ctx;
+    (void)nbytes;
+    free(data);
+}
+
+/* A host tensor [B, 3, S, S] owning p (malloc'd or NULL; freed here if the tensor cannot be made).
+ * Not through the host allocator: the loader's buffers stay out of the host memory stats. */
+static gc_tensor *pixels_tensor(float *p, int64_t B, int64_t S, const char *name)
+{
+    if (!p) return NULL;
+    gc_tensor *t = gc_tensor_wrap(GC_F32, GC_CPU, 4, GC_SHAPE(B, 3, S, S), p, free_pixels, NULL);
+    if (!t) {
+        free(p);
+        return NULL;
+    }
+    gc_tensor_set_name(t, name);
+    return t;
+}
+
 static void loader_stop(gc_loader *l)
 {
     pthread_mutex_lock(&l->mu);
@@ -314,8 +342,10 @@ void gc_loader_free(gc_loader *l)
         for (int i = 0; i < l->W; i++) sample_free(&l->slots[i].smp);
     if (l->bufs)
         for (int i = 0; i < l->n_bufs; i++) {
-            free(l->bufs[i].b.pixels);
-            free(l->bufs[i].b.pixels_b);
+            gc_batch *b = &l->bufs[i].b;
+            /* the tensors own the pixels (freeing pinned ones waits for the stream) */
+            gc_tensor_release(b->pixels_tensor);
+            gc_tensor_release(b->pixels_b_tensor);
             free(l->bufs[i].b.captions);
             free(l->bufs[i].b.indices);
             free(l->bufs[i].b.indices_b);
@@ -414,13 +444,15 @@ gc_loader *gc_loader_new_source(const gc_loader_source *src, const gc_loader_opt
     for (int i = 0; i < l->n_bufs && !oom; i++) {
         gc_batch *b = &l->bufs[i].b;
         b->size = (int)l->S;
-        b->pixels = malloc(sizeof(float) * px);
+        b->pixels_tensor = pixels_tensor(malloc(sizeof(float) * px), l->B, l->S, "loader batch pixels");
+        b->pixels = b->pixels_tensor ? gc_tensor_data(b->pixels_tensor) : NULL;
         b->indices = calloc((size_t)l->B, sizeof(int64_t));
-        oom = !b->pixels || !b->indices;
+        oom = !b->pixels_tensor || !b->indices;
         if (src->views == 2) {
-            b->pixels_b = malloc(sizeof(float) * px);
+            b->pixels_b_tensor = pixels_tensor(malloc(sizeof(float) * px), l->B, l->S, "loader batch pixels_b");
+            b->pixels_b = b->pixels_b_tensor ? gc_tensor_data(b->pixels_b_tensor) : NULL;
             b->indices_b = calloc((size_t)l->B, sizeof(int64_t));
-            oom |= !b->pixels_b || !b->indices_b;
+            oom |= !b->pixels_b_tensor || !b->indices_b;
         }
         if (src->caption) {
             b->captions = calloc((size_t)l->B, sizeof(char *));
@@ -434,6 +466,14 @@ gc_loader *gc_loader_new_source(const gc_loader_source *src, const gc_loader_opt
         gc_loader_free(l);
         return NULL;
     }
+    for (int i = 0; i < l->n_bufs && o->pin_memory; i++) { /* before any thread writes into them */
+        gc_batch *b = &l->bufs[i].b;
+        if (gc_tensor_pin(b->pixels_tensor) != GC_OK || (b->pixels_b_tensor && gc_tensor_pin(b->pixels_b_tensor) != GC_OK)) {
+            gc_loader_free(l);
+            return NULL;
+        }
+    }
+    l->pinned = gc_tensor_is_pinned(l->bufs[0].b.pixels_tensor);
     if (pthread_create(&l->asm_thread, NULL, assembler_main, l) != 0) {
         gc_error_set(GC_ERR_STATE, "loader: cannot start a thread");
         gc_loader_free(l);
@@ -455,6 +495,10 @@ gc_status gc_loader_next(gc_loader *l, const gc_batch **out)
 {
     if (out) *out = NULL;
     if (!l || !out) return gc_error_set(GC_ERR_INVALID, "loader next: NULL argument");
+    /* The held batch is refilled as soon as it is handed back: with pinned buffers, wait
+     * for the uploads from it first (see the top). Outside the lock: only this thread
+     * touches `held`. */
+    if (l->held >= 0 && l->pinned) GC_TRY(gc_device_sync(GC_CUDA0));
     pthread_mutex_lock(&l->mu);
     if (l->held >= 0) {
         l->free_list[l->n_free++] = l->held;

@@ -32,6 +32,7 @@ typedef struct trainer {
     gc_tokenizer *tok;
     gc_dataset *train, *val;
     gc_loader *loader;
+    gc_tensor *ids;          /* [batch_size, ctx_len] host ids, refilled every step (pinned on cuda) */
     gc_adamw opt;
     bool opt_ready;
     int64_t step, total_steps, steps_per_epoch, ctx_len, pad_id;
@@ -105,20 +106,25 @@ static gc_status open_tokenizer(trainer *t)
     return GC_OK;
 }
 
+/* captions -> rows [0, n) of ids (host I64 [>= n, ctx_len]) */
+static gc_status tokenize_into(trainer *t, const char *const *caps, int n, gc_tensor *ids)
+{
+    int64_t *p = gc_tensor_data(ids);
+    for (int i = 0; i < n; i++) {
+        int64_t used;
+        GC_TRY(gc_tokenizer_encode(t->tok, caps[i], t->ctx_len, t->pad_id, p + (int64_t)i * t->ctx_len, &used));
+    }
+    return GC_OK;
+}
+
 /* captions -> ids [n, ctx_len] (host) */
 static gc_tensor *tokenize(trainer *t, const char *const *caps, int n)
 {
-    int64_t *ids = malloc(sizeof(int64_t) * (size_t)(n * t->ctx_len));
-    if (!ids) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
-    for (int i = 0; i < n; i++) {
-        int64_t used;
-        if (gc_tokenizer_encode(t->tok, caps[i], t->ctx_len, t->pad_id, ids + (int64_t)i * t->ctx_len, &used) != GC_OK) {
-            free(ids);
-            return NULL;
-        }
+    gc_tensor *x = gc_tensor_new(GC_I64, GC_CPU, 2, GC_SHAPE(n, t->ctx_len));
+    if (x && tokenize_into(t, caps, n, x) != GC_OK) {
+        gc_tensor_release(x);
+        return NULL;
     }
-    gc_tensor *x = gc_tensor_from_data(GC_I64, GC_CPU, 2, GC_SHAPE(n, t->ctx_len), ids);
-    free(ids);
     return x;
 }
 
@@ -231,6 +237,9 @@ static gc_status train(trainer *t, const char *resume)
     int S = (int)gc_clip_get_config(t->model)->vision.image_size;
     gc_loader_opts lo = gc_train_loader_opts(c, S, resume ? t->next : (gc_loader_pos){0, 0, 0});
     if (!(t->loader = gc_loader_new(t->train, &lo))) return GC_PENDING();
+    if (!(t->ids = gc_tensor_new(GC_I64, GC_CPU, 2, GC_SHAPE(c->batch_size, t->ctx_len)))) return GC_PENDING();
+    gc_tensor_set_name(t->ids, "batch input_ids");
+    if (lo.pin_memory) GC_TRY(gc_tensor_pin(t->ids));
     t->steps_per_epoch = gc_loader_batches_per_epoch(t->loader);
     t->total_steps = c->max_steps > 0 ? c->max_steps : c->epochs * t->steps_per_epoch;
     int64_t chunk = c->use_gradient_cache ? c->gradient_cache_chunk_size : 0;
@@ -243,9 +252,16 @@ static gc_status train(trainer *t, const char *resume)
         const gc_batch *b;
         GC_TRY(gc_loader_next(t->loader, &b));
         if (!b) break;
+        /* The batch is read where it lies: the loader's pixels and the trainer's ids, pinned on
+         * cuda, so that every chunk's upload is asynchronous. Both buffers are rewritten only
+         * after a stream sync that follows the last step's uploads: the loader's in
+         * gc_loader_next (above), the ids here (the step synchronised reading its loss
+         * already, so this costs nothing; it keeps the rule from resting on that). */
+        if (gc_tensor_is_pinned(t->ids)) GC_TRY(gc_device_sync(t->dev));
+        GC_TRY(tokenize_into(t, b->captions, b->n, t->ids));
         gc_pool *p = gc_pool_push();
-        gc_tensor *px = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(b->n, 3, b->size, b->size), b->pixels));
-        gc_tensor *ids = gc_pool_add(tokenize(t, b->captions, b->n));
+        gc_tensor *px = gc_rows(b->pixels_tensor, 0, b->n);
+        gc_tensor *ids = gc_rows(t->ids, 0, b->n);
         gc_status st = px && ids ? GC_OK : GC_PENDING();
         gc_clip_task task;
         gc_gradcache_result res = {0};
@@ -287,6 +303,7 @@ static gc_status train(trainer *t, const char *resume)
 static void trainer_free(trainer *t)
 {
     if (t->loader) gc_loader_free(t->loader);
+    gc_tensor_release(t->ids);
     gc_train_log_free(&t->log);
     if (t->opt_ready) gc_adamw_free(&t->opt);
     gc_dataset_free(t->train);

@@ -654,9 +654,10 @@ static gc_status train(ptrainer *t, const char *resume)
         GC_TRY(gc_loader_next(t->loader, &b));
         if (!b) break;
         gc_pool *p = gc_pool_push();
-        int64_t n = b->n, S = b->size;
-        gc_tensor *pa = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->pixels));
-        gc_tensor *pb = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b->pixels_b));
+        /* read where they lie: the loader's buffers, pinned on cuda, so that each chunk's
+         * upload is asynchronous; gc_loader_next syncs before it lets them be refilled */
+        gc_tensor *pa = gc_rows(b->pixels_tensor, 0, b->n);
+        gc_tensor *pb = gc_rows(b->pixels_b_tensor, 0, b->n);
         gc_dinov3_task task;
         memset(&task, 0, sizeof task);
         gc_gradcache_result res = {0};

@@ -367,6 +367,9 @@ gc_loader_opts gc_train_loader_opts(const gc_train_config *c, int S, gc_loader_p
     lo.workers = (int)(c->workers > 0 ? c->workers : 1);
     lo.seed = c->seed;
     lo.start = start;
+    /* the model uploads each chunk from the loader's buffers: asynchronously when pinned */
+    gc_device dev;
+    lo.pin_memory = gc_device_parse(c->device, &dev) == GC_OK && dev.type == GC_DEVICE_CUDA;
     return lo;
 }
 
