@@ -125,6 +125,21 @@ static int load_inputs(const char *path, gc_tensor **pixels, gc_tensor **ids)
     return rc;
 }
 
+/* The inputs stay on the host and the model uploads a chunk at a time: page-locked for a
+ * GPU run, those uploads are asynchronous copies. Written once when loaded and never
+ * again, so no upload can see a rewrite (freeing them synchronises). Call after the
+ * device was checked. */
+static int pin_inputs(const grad_args *a, gc_tensor *x, gc_tensor *y)
+{
+    gc_device dev;
+    if (gc_device_parse(a->device, &dev) != GC_OK || dev.type != GC_DEVICE_CUDA) {
+        gc_error_clear();
+        return 0;
+    }
+    if ((x && gc_tensor_pin(x) != GC_OK) || (y && gc_tensor_pin(y) != GC_OK)) return gc_cli_fail_status(a->inputs);
+    return 0;
+}
+
 static int open_model(const grad_args *a, gc_clip **m)
 {
     gc_clip_options opt = {0};
@@ -228,6 +243,7 @@ static int dinov3_grad(const grad_args *a)
     if (load_views(a->inputs, &va, &vb, true)) return 1;
     gc_dinov3 *m = NULL;
     int rc = open_dinov3(a, &m);
+    if (!rc) rc = pin_inputs(a, va, vb);
     gc_dinov3_task task;
     gc_gradcache_result res = {0};
     if (!rc && gc_dinov3_task_init(&task, m, va, vb, a->chunk, a->temperature) != GC_OK) rc = gc_cli_fail_status(NULL);
@@ -262,6 +278,7 @@ static int dinov3_embed(const grad_args *a)
     if (load_views(a->inputs, &va, &vb, false)) return 1;
     gc_dinov3 *m = NULL;
     int rc = open_dinov3(a, &m);
+    if (!rc) rc = pin_inputs(a, va, vb);
     if (!rc) {
         gc_dinov3_set_training(m, false);
         gc_tensor *ins[2] = {va, vb}, *outs[2] = {NULL, NULL};
@@ -308,7 +325,8 @@ static int cmd_grad(int argc, char **argv)
     if (!pixels || !ids) return gc_cli_fail("%s: grad needs both pixel_values and input_ids", a.inputs);
     gc_clip *m;
     if (open_model(&a, &m)) return 1;
-    int rc = 0;
+    int rc = pin_inputs(&a, pixels, ids);
+    if (rc) goto out;
     gc_clip_task task;
     gc_clip_task_init(&task, m, pixels, ids, a.chunk);
     gc_params *ps = gc_clip_params(m);
@@ -382,8 +400,8 @@ static int cmd_embed(int argc, char **argv)
     if (open_model(&a, &m)) return 1;
     gc_clip_set_training(m, false);
     gc_tensor *img = NULL, *txt = NULL;
-    int rc = 0;
-    if (gc_clip_task_embed(m, pixels, ids, a.chunk, &img, &txt) != GC_OK) rc = gc_cli_fail_status(NULL);
+    int rc = pin_inputs(&a, pixels, ids);
+    if (!rc && gc_clip_task_embed(m, pixels, ids, a.chunk, &img, &txt) != GC_OK) rc = gc_cli_fail_status(NULL);
     if (!rc) {
         const char *names[2];
         gc_tensor *ts[2];
