@@ -729,6 +729,10 @@ static void loader_run(const gc_dataset *ds, gc_loader_opts o, int max_batches, 
         r->next[b] = bt->next;
         r->skipped[b] = bt->skipped;
         r->pix_hash[b] = fnv(bt->pixels, sizeof(float) * 3 * (size_t)bt->size * bt->size * (size_t)bt->n);
+        /* the tensor the trainers upload from is the same memory */
+        ck_assert(bt->pixels_tensor && gc_tensor_data(bt->pixels_tensor) == bt->pixels);
+        ck_assert(bt->pixels_tensor->shape[0] == o.batch_size && bt->pixels_tensor->shape[3] == bt->size);
+        ck_assert(gc_tensor_is_pinned(bt->pixels_tensor) == (o.pin_memory && gc_cuda_available()));
         for (int i = 0; i < bt->n; i++) ck_assert_str_eq(bt->captions[i], gc_dataset_caption(ds, bt->indices[i]));
         r->n = b + 1;
     }
@@ -763,6 +767,12 @@ START_TEST(test_loader_deterministic)
     loader_run(ds, o, 12, &r4, NULL);
     ck_assert_int_eq(r1.n, 12);
     assert_runs_equal(&r1, &r4, 0, 12);
+    /* pinned buffers (a no-op without a GPU): the same batches */
+    static run rp;
+    o.pin_memory = true;
+    loader_run(ds, o, 12, &rp, NULL);
+    o.pin_memory = false;
+    assert_runs_equal(&r1, &rp, 0, 12);
     /* each epoch is a permutation, and epochs differ */
     for (int e = 0; e < 2; e++) {
         int seen[40] = {0};

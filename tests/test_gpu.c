@@ -1282,6 +1282,95 @@ START_TEST(test_allocator_steady_state)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- runtime: pinned host memory */
+
+static void no_release(void *ctx, void *data, size_t nbytes)
+{
+    (void)ctx;
+    (void)data;
+    (void)nbytes;
+}
+
+/* gc_tensor_pin: chunks of a pinned host batch uploaded with gc_tensor_to (same dtype: one
+ * asynchronous copy) and gc_input_to (bf16: copy, then convert on the device), the host
+ * buffer overwritten only after gc_device_sync (gc_cuda_sync), as the rule says: every device copy is
+ * exact. Pinning a view, twice, a device tensor, memory another tensor already pinned;
+ * freeing a pinned tensor with its upload still queued. */
+START_TEST(test_pinned_uploads)
+{
+    cmp_log lg = {0};
+#define EXPECT(cond, ...) do { lg.total++; if (!(cond)) log_fail(&lg, __VA_ARGS__); } while (0)
+    gc_pool *p = gc_pool_push();
+    const int64_t R = 4096, C = 1000, CH = 384; /* 16 MB: the copies take a while (last chunk partial) */
+    gc_tensor *ref = gc_pool_add(gc_test_uniform(2, GC_SHAPE(R, C), 1200, -1, 1));
+    gc_tensor *x = gc_pool_add(gc_tensor_to(ref, GC_CPU, GC_F32));
+    EXPECT(x && gc_tensor_pin(x) == GC_OK && gc_tensor_is_pinned(x), "pin [%lld, %lld] f32: %s", (long long)R, (long long)C,
+           gc_error_message());
+    gc_error_clear();
+    enum { MAXC = 16 };
+    gc_tensor *up32[MAXC] = {0}, *up16[MAXC] = {0};
+    int nc = 0;
+    for (int64_t s0 = 0; s0 < R && nc < MAXC; s0 += CH, nc++) {
+        int64_t e = s0 + CH < R ? s0 + CH : R;
+        up32[nc] = gc_pool_add(gc_tensor_to(gc_rows(x, s0, e), GC_CUDA0, GC_F32));
+        up16[nc] = gc_input_to(gc_rows(x, s0, e), GC_CUDA0, GC_BF16);
+    }
+    EXPECT(gc_device_sync(GC_CUDA0) == GC_OK, "sync after the uploads: %s", gc_error_message());
+    /* the stream has passed every copy: the host may write into the buffer */
+    EXPECT(gc_tensor_fill(x, -7.0) == GC_OK, "overwriting the host batch: %s", gc_error_message());
+    for (int k = 0; k < nc; k++) {
+        int64_t s0 = k * CH, e = s0 + CH < R ? s0 + CH : R;
+        gc_tensor *want = gc_rows(ref, s0, e);
+        gc_tensor *want16 = gc_pool_add(gc_tensor_to(want, GC_CPU, GC_BF16));
+        double e32 = up32[k] ? gc_test_rel_err(up32[k], want) : INFINITY;
+        double e16 = up16[k] ? gc_test_rel_err(up16[k], want16) : INFINITY;
+        EXPECT(e32 == 0 && e16 == 0, "chunk %d rows %lld..%lld: f32 rel err %.3g, bf16 %.3g (%s)", k, (long long)s0,
+               (long long)e, e32, e16, gc_error_message());
+    }
+    printf("%-40s %d chunks of [%lld, %lld] f32 and bf16, host rewritten after the sync: exact\n", "pinned uploads", nc,
+           (long long)CH, (long long)C);
+    gc_error_clear();
+
+    /* a view pins its storage, once; a device tensor has nothing to pin */
+    gc_tensor *y = gc_pool_add(gc_tensor_to(ref, GC_CPU, GC_F32));
+    gc_tensor *yv = gc_rows(y, 100, 200);
+    EXPECT(gc_tensor_pin(yv) == GC_OK && gc_tensor_is_pinned(y), "pin a view: %s", gc_error_message());
+    EXPECT(gc_tensor_pin(y) == GC_OK && gc_tensor_pin(yv) == GC_OK, "pin twice: %s", gc_error_message());
+    gc_tensor *d = up32[0];
+    EXPECT(d && gc_tensor_pin(d) == GC_OK && !gc_tensor_is_pinned(d), "pin a device tensor: %s", gc_error_message());
+    gc_error_clear();
+
+    /* the same memory under a second tensor: already registered, so not its to unpin; its
+     * uploads are still right, and releasing it leaves the first registration alone */
+    gc_tensor *alias = gc_tensor_wrap(GC_F32, GC_CPU, 2, GC_SHAPE(R, C), gc_tensor_data(y), no_release, NULL);
+    EXPECT(alias && gc_tensor_pin(alias) == GC_OK && !gc_tensor_is_pinned(alias), "pin memory pinned already: %s",
+           gc_error_message());
+    gc_tensor *ya = alias ? gc_pool_add(gc_tensor_to(gc_rows(alias, 7, 900), GC_CUDA0, GC_F32)) : NULL;
+    gc_tensor_release(alias);
+    gc_tensor *yb = gc_pool_add(gc_tensor_to(gc_rows(y, 7, 900), GC_CUDA0, GC_F32));
+    EXPECT(ya && yb && gc_test_rel_err(ya, gc_rows(ref, 7, 900)) == 0 && gc_test_rel_err(yb, gc_rows(ref, 7, 900)) == 0,
+           "uploads through the alias / the owner differ: %s", gc_error_message());
+    gc_error_clear();
+
+    /* freed with its upload still queued: the unpinning waits for the copy */
+    gc_tensor *z = gc_tensor_to(ref, GC_CPU, GC_F32);
+    EXPECT(z && gc_tensor_pin(z) == GC_OK, "pin: %s", gc_error_message());
+    gc_tensor *zd = z ? gc_pool_add(gc_tensor_to(z, GC_CUDA0, GC_F32)) : NULL;
+    gc_tensor_release(z);
+    float *junk = malloc(sizeof(float) * (size_t)(R * C)); /* likely the same pages again */
+    if (junk) for (int64_t i = 0; i < R * C; i++) junk[i] = -3.0f;
+    EXPECT(zd && gc_test_rel_err(zd, ref) == 0, "a pinned tensor freed before its upload ran: rel err %.3g (%s)",
+           zd ? gc_test_rel_err(zd, ref) : INFINITY, gc_error_message());
+    free(junk);
+    gc_error_clear();
+    EXPECT(gc_device_sync(GC_CUDA0) == GC_OK, "the GPU after pinning: %s", gc_error_message());
+    gc_pool_pop(p);
+    gc_memory_release_cached(GC_CUDA0);
+#undef EXPECT
+    CMP_DONE(lg);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- error paths on the GPU */
 
 START_TEST(test_gpu_errors)
@@ -1371,7 +1460,7 @@ int main(void)
     Suite *s = suite_create("gpu");
     struct { const char *name; const TTest *test; } tests[] = {
         {"runtime", test_copy_fill}, {"runtime", test_allocator}, {"runtime", test_allocator_steady_state},
-        {"runtime", test_gpu_errors}, {"gemm", test_gemm}, {"gemm", test_matmul_linear},
+        {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_matmul_linear},
         {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
         {"attention", test_attention},
         {"flash", test_flash_dispatch}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},

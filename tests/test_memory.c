@@ -270,8 +270,9 @@ START_TEST(test_upload_no_staging)
 }
 END_TEST
 
-/* The pixels' placement does not change a step: pixels f32 on the host and the same
- * pixels already in the compute dtype on the device give bit-identical losses and
+/* The pixels' placement does not change a step: pixels f32 on the host (pageable, and
+ * page-locked by gc_tensor_pin, whose chunk uploads are asynchronous on a GPU) and the
+ * same pixels already in the compute dtype on the device give bit-identical losses and
  * gradients through the gradient cache. */
 START_TEST(test_clip_pixels_placement_bit_identical)
 {
@@ -280,28 +281,35 @@ START_TEST(test_clip_pixels_placement_bit_identical)
     int64_t B = 6, S = c->vision.image_size, L = 9;
     gc_tensor *host = gc_test_uniform(4, GC_SHAPE(B, 3, S, S), 4, -1, 1);
     gc_tensor *dev = gc_tensor_to(host, gc_test_device(), gc_test_dtype());
+    gc_tensor *pinned = gc_tensor_to(host, GC_CPU, GC_F32);
+    ck_assert_int_eq(gc_tensor_pin(pinned), GC_OK);
     gc_tensor *ids = gc_test_ints(GC_I64, 2, GC_SHAPE(B, L), 6, 3, c->text.vocab - 1);
     gc_params *ps = gc_clip_params(m);
-    double loss[2];
-    double *grads[2];
-    for (int i = 0; i < 2; i++) {
+    gc_tensor *pixels[3] = {host, pinned, dev};
+    double loss[3];
+    double *grads[3];
+    for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
         gc_clip_task t;
-        gc_clip_task_init(&t, m, i ? dev : host, ids, 4);
+        gc_clip_task_init(&t, m, pixels[i], ids, 4);
         gc_gradcache_result res;
         ck_assert_msg(gc_clip_task_step(&t, (gc_rand_context){5, 1, 0}, &res) == GC_OK, "%s", gc_error_message());
         loss[i] = res.loss;
         grads[i] = gc_test_flat_grads(ps);
         gc_gradcache_result_clear(&res);
     }
-    ck_assert_msg(!memcmp(&loss[0], &loss[1], sizeof(double)), "loss %.17g vs %.17g", loss[0], loss[1]);
     int64_t n = gc_params_count(ps, false);
-    for (int64_t i = 0; i < n; i++)
-        ck_assert_msg(!memcmp(&grads[0][i], &grads[1][i], sizeof(double)), "gradient %lld: %.9g vs %.9g", (long long)i,
-                      grads[0][i], grads[1][i]);
-    printf("pixels on the host / on the device: loss %.9g, %lld gradients bit-identical\n", loss[0], (long long)n);
-    free(grads[0]);
-    free(grads[1]);
+    for (int k = 1; k < 3; k++) {
+        ck_assert_msg(!memcmp(&loss[0], &loss[k], sizeof(double)), "%s: loss %.17g vs %.17g", k == 1 ? "pinned" : "device",
+                      loss[0], loss[k]);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_msg(!memcmp(&grads[0][i], &grads[k][i], sizeof(double)), "%s: gradient %lld: %.9g vs %.9g",
+                          k == 1 ? "pinned" : "device", (long long)i, grads[0][i], grads[k][i]);
+    }
+    printf("pixels on the host / pinned on the host%s / on the device: loss %.9g, %lld gradients bit-identical\n",
+           gc_tensor_is_pinned(pinned) ? "" : " (a no-op here)", loss[0], (long long)n);
+    for (int k = 0; k < 3; k++) free(grads[k]);
+    gc_tensor_release(pinned);
     gc_tensor_release(host);
     gc_tensor_release(dev);
     gc_tensor_release(ids);

@@ -1,4 +1,6 @@
 /* Tensors: creation, views, copies across dtypes, pools, memory accounting. */
+#include <stdlib.h>
+
 #include "gc_test.h"
 
 START_TEST(test_create_and_views)
@@ -107,6 +109,60 @@ START_TEST(test_errors_are_reported)
 }
 END_TEST
 
+static int released;
+static void count_release(void *ctx, void *data, size_t nbytes)
+{
+    (void)ctx;
+    (void)nbytes;
+    released++;
+    free(data);
+}
+
+/* gc_tensor_pin without a GPU (no CUDA build, or no device): a no-op that keeps the data,
+ * for views, repeats and empty tensors alike, and the storage frees as usual. Where a GPU
+ * is present the same calls pin, once per storage, and unpin when it is freed. */
+START_TEST(test_pin)
+{
+    bool gpu = gc_cuda_available();
+    gc_memory_stats before = gc_memory_stats_get(GC_CPU);
+    gc_tensor *x = gc_test_uniform(2, GC_SHAPE(64, 33), 11, -1, 1);
+    gc_tensor *ref = gc_tensor_to(x, GC_CPU, GC_F32);
+    ck_assert_int_eq(gc_tensor_pin(x), GC_OK);
+    ck_assert(gc_tensor_is_pinned(x) == gpu);
+    ck_assert_double_eq(gc_test_rel_err(x, ref), 0);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *v = gc_rows(x, 5, 17); /* a view: its storage is x's, already pinned */
+    ck_assert_int_eq(gc_tensor_pin(v), GC_OK);
+    ck_assert_int_eq(gc_tensor_pin(x), GC_OK);
+    ck_assert(gc_tensor_is_pinned(v) == gpu);
+    ck_assert_double_eq(gc_test_rel_err(v, gc_rows(ref, 5, 17)), 0);
+    gc_tensor *empty = gc_pool_add(gc_tensor_new(GC_F32, GC_CPU, 2, GC_SHAPE(0, 4)));
+    ck_assert_int_eq(gc_tensor_pin(empty), GC_OK);
+    ck_assert(!gc_tensor_is_pinned(empty));
+    gc_pool_pop(p);
+    /* written after pinning, read back: ordinary host memory to the CPU */
+    ck_assert_int_eq(gc_tensor_fill(x, 2.5), GC_OK);
+    ck_assert_float_eq(((float *)gc_tensor_data(x))[64 * 33 - 1], 2.5f);
+    gc_tensor_release(x);
+    gc_tensor_release(ref);
+    ck_assert_uint_eq(gc_memory_stats_get(GC_CPU).current, before.current);
+    /* wrapped storage: its own release runs once, after the unpinning */
+    released = 0;
+    float *w = malloc(sizeof(float) * 100);
+    for (int i = 0; i < 100; i++) w[i] = (float)i;
+    gc_tensor *t = gc_tensor_wrap(GC_F32, GC_CPU, 1, GC_SHAPE(100), w, count_release, NULL);
+    ck_assert_int_eq(gc_tensor_pin(t), GC_OK);
+    ck_assert_float_eq(((float *)gc_tensor_data(t))[99], 99.0f);
+    gc_tensor_release(t);
+    ck_assert_int_eq(released, 1);
+    /* NULL: the pending error, no crash */
+    gc_error_clear();
+    ck_assert_int_ne(gc_tensor_pin(NULL), GC_OK);
+    gc_error_clear();
+    ck_assert(!gc_tensor_is_pinned(NULL));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("tensor");
@@ -115,6 +171,7 @@ int main(void)
     tcase_add_test(tc, test_dtype_conversions);
     tcase_add_test(tc, test_pools_and_memory);
     tcase_add_test(tc, test_errors_are_reported);
+    tcase_add_test(tc, test_pin);
     suite_add_tcase(s, tc);
     return gc_test_run(s);
 }
