@@ -9,6 +9,10 @@
 // stream: (1) no other stream, including the legacy default stream (plain cudaMemcpy /
 // kernel<<<g, b>>> without a stream), (2) no host access to device memory without a
 // stream sync first (gc_cuda_memcpy to the host synchronises before returning).
+// Page-locked host memory (gc_tensor_pin) adds one rule the other way: an upload from
+// it returns before it has read the memory, so the host writes into (or frees) such a
+// buffer only after a stream sync that follows the upload (gc_cuda_host_unregister syncs
+// before the memory is freed; tools/loader.c syncs before a batch buffer is refilled).
 //
 // The caching allocator. Sizes are rounded up to a size class: multiples of 512 B below
 // 1 MiB, above that 8 classes per power of two (1/8 steps: at most 12.5% waste). A
