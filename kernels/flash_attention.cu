@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 
 // See runtime/cuda.cu: the C headers have no extern "C" guards of their own.
@@ -104,12 +105,24 @@ __device__ __forceinline__ bool keep_elem(const FlashArgs &a, int b, int h, int 
     return gc_rand_uniform(a.seed, a.step, a.op, (uint32_t)(a.sample_offset + b), e) >= a.p;
 }
 
-// Log2-domain score of key j from the raw dot product q.k; -inf where hidden. Forward and
-// backward evaluate this same expression on the same products.
-__device__ __forceinline__ float score2(const FlashArgs &a, float dot, const float *mrow, int j, int nvis)
+// Log2-domain score of key j from the raw dot product q.k where the query sees the key
+// (vis), else -inf. Forward and backward evaluate this same expression on the same
+// products. A select, not a branch: this runs once per score. MASK (a template flag, so
+// the unmasked kernels carry no test) adds the additive mask, read for visible keys only.
+template <bool MASK>
+__device__ __forceinline__ float score2(const FlashArgs &a, float dot, const float *mrow, int j, bool vis)
 {
-    if (j >= nvis) return -INFINITY;
-    return dot * a.scale_log2 + (mrow ? mrow[j] * kLog2e : 0.f);
+    const float s = MASK ? fmaf(dot, a.scale_log2, vis ? mrow[j] * kLog2e : 0.f) : dot * a.scale_log2;
+    return vis ? s : -INFINITY;
+}
+
+// 2^x on the special-function unit (ex2.approx.ftz: relative error ~2^-22, results below
+// 2^-126 flushed to 0; exp2f adds a denormal-range fix-up per call). 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 
 __device__ __forceinline__ const float *mask_row(const FlashArgs &a, int b, int i)
@@ -142,8 +155,11 @@ template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile(
 template <int R, int D, int LD>
 __device__ __forceinline__ void load_tile(bf16 *s, const bf16 *g, int64_t rs, int r0, int L)
 {
-    constexpr int CH = D / 8; // 16-byte chunks per row
-    for (int e = threadIdx.x; e < R * CH; e += kThreadsFa) {
+    constexpr int CH = D / 8, N = R * CH; // 16-byte chunks per row, per tile
+#pragma unroll
+    for (int it = 0; it < (N + kThreadsFa - 1) / kThreadsFa; it++) {
+        const int e = it * kThreadsFa + threadIdx.x;
+        if (N % kThreadsFa != 0 && e >= N) break;
         const int r = e / CH, c = e % CH;
         const bool ok = r0 + r < L;
         cp_async16(s + r * LD + c * 8, ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g, ok);
@@ -288,7 +304,8 @@ template <int D> struct FwdCfg {
     static constexpr size_t bytes = sizeof(bf16) * (size_t)(BM + 4 * BN) * LD; // Q; K and V, twice
 };
 
-template <int D, bool DROP> // DROP: a.p > 0 (the Philox code costs registers when compiled in)
+// DROP: a.p > 0 (the Philox code costs registers when compiled in); MASK: a.mask != null
+template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(const FlashArgs a)
 {
     typedef FwdCfg<D> C;
@@ -355,7 +372,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
-                    s[n][e] = score2(a, s[n][e], r ? mr1 : mr0, j, r ? nv1 : nv0);
+                    s[n][e] = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, j < (r ? nv1 : nv0));
                     mn[r] = fmaxf(mn[r], s[n][e]);
                 }
             }
@@ -364,18 +381,20 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
             for (int r = 0; r < 2; r++) {
                 mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 1));
                 mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 2));
-                alpha[r] = mn[r] == -INFINITY ? 1.f : exp2f(mx[r] - mn[r]); // nothing visible yet: O stays 0
+                alpha[r] = mn[r] == -INFINITY ? 1.f : fast_exp2(mx[r] - mn[r]); // nothing visible yet: O stays 0
                 mx[r] = mn[r];
             }
 
-            // P (f32 sum before dropout, as the reference), then dropout, in place of S
+            // P (f32 sum before dropout, as the reference), then dropout, in place of S; a row
+            // that sees nothing yet subtracts 0 from its -inf scores: P = 0, no test per score
+            const float ms[2] = {mn[0] == -INFINITY ? 0.f : mn[0], mn[1] == -INFINITY ? 0.f : mn[1]};
             float ls[2] = {0.f, 0.f};
 #pragma unroll
             for (int n = 0; n < NS; n++) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1;
-                    const float pr = mn[r] == -INFINITY ? 0.f : exp2f(s[n][e] - mn[r]);
+                    const float pr = fast_exp2(s[n][e] - ms[r]);
                     ls[r] += pr;
                     float pd = pr;
                     if (DROP && pr != 0.f)
@@ -446,7 +465,7 @@ template <int D> struct DqCfg {
     static constexpr size_t bytes = sizeof(bf16) * (size_t)(2 * BM + 4 * BN) * LD; // Q, dO; K and V, twice
 };
 
-template <int D, bool DROP>
+template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kernel(const FlashArgs a)
 {
     typedef DqCfg<D> C;
@@ -524,8 +543,8 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kern
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
-                    const float s2 = score2(a, s[n][e], r ? mr1 : mr0, j, r ? nv1 : nv0);
-                    const float pr = exp2f(s2 - (r ? ls1 : ls0));
+                    const float s2 = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, j < (r ? nv1 : nv0));
+                    const float pr = fast_exp2(s2 - (r ? ls1 : ls0));
                     float d = dp[n][e];
                     if (DROP) d = pr != 0.f && keep_elem(a, b, h, r ? i1 : i0, j) ? d * a.inv_keep : 0.f;
                     s[n][e] = pr * (d - (r ? de1 : de0));
@@ -565,7 +584,7 @@ template <int D> struct DkvCfg {
     static_assert(kv_bytes % 16 == 0 && buf_bytes % 16 == 0, "cp.async needs 16-byte aligned tiles");
 };
 
-template <int D, bool DROP>
+template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
 {
     typedef DkvCfg<D> C;
@@ -582,9 +601,10 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
         i_begin = i_first <= 0 ? 0 : i_first >= a.Lq ? a.Lq : (int)(i_first / BM * BM);
     }
     const int n_qt = (a.Lq - i_begin + BM - 1) / BM, n_tiles = a.G * n_qt;
-    // tile it into buffer u: Q, dO, lse, Delta of head hk G + it / n_qt, queries from qs
-    auto load_q_tile = [&](int it, int u) {
-        const int h = hk * a.G + it / n_qt, qs = i_begin + (it % n_qt) * BM;
+    // tile (head h, queries from qs) into buffer u: Q, dO, lse, Delta. Tile it is head
+    // hk G + it / n_qt, queries i_begin + (it % n_qt) BM; the loop below steps (h, qs)
+    // along instead of dividing.
+    auto load_q_tile = [&](int h, int qs, int u) {
         unsigned char *buf = flash_smem + C::kv_bytes + u * C::buf_bytes;
         bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
         float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
@@ -602,7 +622,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
     load_tile<BN, D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, k0, a.Lk);
     load_tile<BN, D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, k0, a.Lk);
     cp_async_commit();
-    if (n_tiles > 0) load_q_tile(0, 0);
+    if (n_tiles > 0) load_q_tile(hk * a.G, i_begin, 0);
     cp_async_commit();
     cp_async_wait<1>(); // K and V are in
     __syncthreads();
@@ -617,12 +637,13 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
 
+    int h = hk * a.G, qs = i_begin; // this tile's head and first query
     for (int it = 0, u = 0; it < n_tiles; it++, u ^= 1) {
-        if (it + 1 < n_tiles) load_q_tile(it + 1, u ^ 1);
+        const int qn = qs + BM < a.Lq ? qs + BM : i_begin, hn = qs + BM < a.Lq ? h : h + 1; // the next tile's
+        if (it + 1 < n_tiles) load_q_tile(hn, qn, u ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        const int h = hk * a.G + it / n_qt, qs = i_begin + (it % n_qt) * BM;
         const unsigned char *buf = flash_smem + C::kv_bytes + u * C::buf_bytes;
         const bf16 *sQ = reinterpret_cast<const bf16 *>(buf), *sG = sQ + BM * LD;
         const float *sLse = reinterpret_cast<const float *>(sG + BM * LD), *sDel = sLse + BM;
@@ -637,14 +658,26 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
 #pragma unroll
                 for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
             mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, warp * 16, n_lo, n_hi); // S^T = K Q^T, dPd^T = V dO^T
-            // Pd^T into st's place, dS^T into dpt's
+            // Pd^T into st's place, dS^T into dpt's. Key j (row r) is seen by the tile's
+            // queries c in [lo, hi): real queries (qs + c < Lq) of a real key, from j - (Lk - Lq)
+            // on when causal (j < visible(a, qs + c)); kept relative to this thread's 2 t.
+            int lo[2], hi[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int j = r ? j1 : j0;
+                lo[r] = (a.causal ? j - (a.Lk - a.Lq) - qs : 0) - 2 * t;
+                hi[r] = j < a.Lk ? a.Lq - qs - 2 * t : lo[r];
+            }
 #pragma unroll
             for (int n = 0; n < NS; n++) {
+                const float2 lse2 = *reinterpret_cast<const float2 *>(sLse + n * 8 + 2 * t);
+                const float2 del2 = *reinterpret_cast<const float2 *>(sDel + n * 8 + 2 * t);
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int c = n * 8 + 2 * t + (e & 1), i = qs + c, j = (e >> 1) ? j1 : j0;
-                    const float s2 = score2(a, st[n][e], mask_row(a, b, i), j, visible(a, i));
-                    const float pr = exp2f(s2 - sLse[c]);
+                    const int r = e >> 1, cc = n * 8 + (e & 1), c = cc + 2 * t, i = qs + c, j = r ? j1 : j0;
+                    const bool vis = cc >= lo[r] && cc < hi[r];
+                    const float s2 = score2<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
+                    const float pr = fast_exp2(s2 - ((e & 1) ? lse2.y : lse2.x));
                     float pd = pr, d = dpt[n][e];
                     if (DROP) {
                         const bool keep = pr != 0.f && keep_elem(a, b, h, i, j);
@@ -652,7 +685,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
                         d = keep ? d * a.inv_keep : 0.f;
                     }
                     st[n][e] = pd;
-                    dpt[n][e] = pr * (d - sDel[c]);
+                    dpt[n][e] = pr * (d - ((e & 1) ? del2.y : del2.x));
                 }
             }
             // dV += Pd^T dO, dK += dS^T Q over the 16-query steps with a visible entry
@@ -670,6 +703,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
             }
         }
         __syncthreads();
+        h = hn, qs = qn;
     }
     // dK, then dV: they may be one buffer (self-attention), the later one accumulating;
     // a thread stores the same (key, column) elements of both
@@ -746,20 +780,32 @@ FlashArgs base_args(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, 
     return a;
 }
 
+// f(integral_constant DROP, integral_constant MASK): the kernel variant for these arguments
+template <typename F> gc_status with_variant(const FlashArgs &a, F &&f)
+{
+    using std::integral_constant;
+    const bool drop = a.p > 0.f, mask = a.mask != nullptr;
+    if (drop) return mask ? f(integral_constant<bool, true>{}, integral_constant<bool, true>{})
+                          : f(integral_constant<bool, true>{}, integral_constant<bool, false>{});
+    return mask ? f(integral_constant<bool, false>{}, integral_constant<bool, true>{})
+                : f(integral_constant<bool, false>{}, integral_constant<bool, false>{});
+}
+
 template <int D> gc_status launch_fwd(const FlashArgs &a)
 {
     const dim3 grid((unsigned)((a.Lq + FwdCfg<D>::BM - 1) / FwdCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
-    return a.p > 0.f ? launch(flash_fwd_kernel<D, true>, grid, FwdCfg<D>::bytes, a)
-                     : launch(flash_fwd_kernel<D, false>, grid, FwdCfg<D>::bytes, a);
+    return with_variant(a, [&](auto drop, auto mask) {
+        return launch(flash_fwd_kernel<D, drop.value, mask.value>, grid, FwdCfg<D>::bytes, a);
+    });
 }
 
 template <int D> gc_status launch_bwd(const FlashArgs &a)
 {
-    const bool drop = a.p > 0.f;
     if (a.dq) { // also writes Delta
         const dim3 grid((unsigned)((a.Lq + DqCfg<D>::BM - 1) / DqCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
-        GC_TRY(drop ? launch(flash_bwd_dq_kernel<D, true>, grid, DqCfg<D>::bytes, a)
-                    : launch(flash_bwd_dq_kernel<D, false>, grid, DqCfg<D>::bytes, a));
+        GC_TRY(with_variant(a, [&](auto drop, auto mask) {
+            return launch(flash_bwd_dq_kernel<D, drop.value, mask.value>, grid, DqCfg<D>::bytes, a);
+        }));
     } else if (a.dk || a.dv) {
         const int64_t rows = (int64_t)a.B * a.Lq * a.H;
         flash_delta_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, gc_cuda_stream()>>>(a, D);
@@ -767,8 +813,9 @@ template <int D> gc_status launch_bwd(const FlashArgs &a)
     }
     if (a.dk || a.dv) {
         const dim3 grid((unsigned)((a.Lk + DkvCfg<D>::BN - 1) / DkvCfg<D>::BN), (unsigned)(a.H / a.G), (unsigned)a.B);
-        GC_TRY(drop ? launch(flash_bwd_dkv_kernel<D, true>, grid, DkvCfg<D>::bytes, a)
-                    : launch(flash_bwd_dkv_kernel<D, false>, grid, DkvCfg<D>::bytes, a));
+        GC_TRY(with_variant(a, [&](auto drop, auto mask) {
+            return launch(flash_bwd_dkv_kernel<D, drop.value, mask.value>, grid, DkvCfg<D>::bytes, a);
+        }));
     }
     return GC_OK;
 }
