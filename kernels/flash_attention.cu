@@ -26,6 +26,11 @@
 // past the last key its queries see (the tail of L = 197 in a 256-wide grid of tiles, the
 // causal triangle), whole warps of padding rows. Those entries are -inf scores and zero
 // probabilities either way, so skipping changes no bit of the results.
+// Instruction count, not memory, bounds these kernels at ViT sizes, so the per-score work is
+// kept branch-free: a tile every row of a warp sees in full (the bulk) runs a copy of the
+// body with no visibility test at all, the edge tiles a select per score; masks and
+// dropout are template flags, absent from the kernels that do not use them; P comes from
+// ex2.approx. (SASS of the D = 64 forward loop: 1770 instructions a tile before, 694 after.)
 // Gradients are written (=, or += when acc) in the dtype of the buffers given (f32 or bf16).
 // Launch order dQ, then dK, then dV (after a block barrier): q, k, v may share one gradient
 // buffer (self-attention), in which case the later ones accumulate (acc true).
@@ -334,6 +339,8 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
     const int i0 = q0 + warp * 16 + g, i1 = i0 + 8;
     const int nv0 = visible(a, i0), nv1 = visible(a, i1);
     const int wk_end = q0 + warp * 16 < a.Lq ? key_end(a, q0 + warp * 16 + 16) : 0;
+    // keys below wk_all are seen by all the warp's rows (its first row sees the fewest)
+    const int wk_all = q0 + warp * 16 + 16 <= a.Lq ? visible(a, q0 + warp * 16) : 0;
     const float *mr0 = mask_row(a, b, i0), *mr1 = mask_row(a, b, i1);
     float o[NO][4];
 #pragma unroll
@@ -351,8 +358,11 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
         cp_async_wait<1>(); // this tile is in
         __syncthreads();
 
+        // FULL: every row of the warp sees every key of the tile (the bulk of the tiles): no
+        // test per score or per product, a second copy of the body for the edge tiles
         const int ns = tiles_for<NS>(wk_end - k0); // 8-key tiles with a key the warp sees
-        if (ns > 0) {
+        auto tile = [&](auto full) {
+            constexpr bool FULL = decltype(full)::value;
             float s[NS][4];
 #pragma unroll
             for (int n = 0; n < NS; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
@@ -362,7 +372,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
                 load_a_frag<LD>(qf, sQ, warp * 16, kk * 16);
 #pragma unroll
                 for (int n = 0; n < NS; n += 2)
-                    if (n < ns) mma_bt2<LD>(s[n], s[n + 1], qf, sK, n, kk * 16);
+                    if (FULL || n < ns) mma_bt2<LD>(s[n], s[n + 1], qf, sK, n, kk * 16);
             }
 
             // log2-domain scores, the new running max of both rows (a row lives in one quad)
@@ -372,7 +382,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
-                    s[n][e] = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, j < (r ? nv1 : nv0));
+                    s[n][e] = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, FULL || j < (r ? nv1 : nv0));
                     mn[r] = fmaxf(mn[r], s[n][e]);
                 }
             }
@@ -413,13 +423,15 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
             // O += P V over the 16-key steps that hold a visible key
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
-                if (2 * kk >= ns) break;
+                if (!FULL && 2 * kk >= ns) break;
                 uint32_t pa[4];
                 c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
                 for (int n = 0; n < NO; n += 2) mma_b2<LD>(o[n], o[n + 1], pa, sV, n, kk * 16);
             }
-        }
+        };
+        if (k0 + BN <= wk_all) tile(std::true_type{});
+        else if (ns > 0) tile(std::false_type{});
         __syncthreads(); // every warp is done with this buffer before it is refilled
     }
 
@@ -511,6 +523,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kern
     const int i0 = q0 + warp * 16 + g, i1 = i0 + 8;
     const int nv0 = visible(a, i0), nv1 = visible(a, i1);
     const int wk_end = q0 + warp * 16 < a.Lq ? key_end(a, q0 + warp * 16 + 16) : 0;
+    const int wk_all = q0 + warp * 16 + 16 <= a.Lq ? visible(a, q0 + warp * 16) : 0; // as in the forward
     const float *mr0 = mask_row(a, b, i0), *mr1 = mask_row(a, b, i1);
     const float *lse = a.lse + ((int64_t)b * a.H + h) * a.Lq;
     const float ls0 = i0 < a.Lq ? lse[i0] : INFINITY, ls1 = i1 < a.Lq ? lse[i1] : INFINITY;
@@ -530,20 +543,21 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kern
         __syncthreads();
 
         const int ns = tiles_for<NS>(wk_end - k0);
-        if (ns > 0) {
+        auto tile = [&](auto full) { // FULL: as in the forward
+            constexpr bool FULL = decltype(full)::value;
             float s[NS][4], dp[NS][4];
 #pragma unroll
             for (int n = 0; n < NS; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.f;
-            mma_bt_pair<KD, NS, LD>(s, dp, sQ, sG, sK, sV, warp * 16, 0, ns); // S = Q K^T, dPd = dO V^T
+            mma_bt_pair<KD, NS, LD>(s, dp, sQ, sG, sK, sV, warp * 16, 0, FULL ? NS : ns); // S = Q K^T, dPd = dO V^T
             // dS = P (dP' - Delta), in place of S
 #pragma unroll
             for (int n = 0; n < NS; n++) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
-                    const float s2 = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, j < (r ? nv1 : nv0));
+                    const float s2 = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, FULL || j < (r ? nv1 : nv0));
                     const float pr = fast_exp2(s2 - (r ? ls1 : ls0));
                     float d = dp[n][e];
                     if (DROP) d = pr != 0.f && keep_elem(a, b, h, r ? i1 : i0, j) ? d * a.inv_keep : 0.f;
@@ -553,13 +567,15 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kern
             // dQ += dS K
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
-                if (2 * kk >= ns) break;
+                if (!FULL && 2 * kk >= ns) break;
                 uint32_t sa[4];
                 c_to_a(sa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
                 for (int n = 0; n < NO; n += 2) mma_b2<LD>(dq[n], dq[n + 1], sa, sK, n, kk * 16);
             }
-        }
+        };
+        if (k0 + BN <= wk_all) tile(std::true_type{});
+        else if (ns > 0) tile(std::false_type{});
         __syncthreads();
     }
 #pragma unroll
@@ -629,6 +645,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
 
     const int j0 = k0 + warp * 16 + g, j1 = j0 + 8; // this thread's two keys
     const bool w_keys = k0 + warp * 16 < a.Lk;     // the warp has a real key
+    const bool w_all = k0 + warp * 16 + 16 <= a.Lk; // ... and only real keys
     // queries below wq_lo see none of the warp's keys (causal: key j needs i >= j - (Lk - Lq))
     const int64_t wq_lo = a.causal ? (int64_t)k0 + warp * 16 - (a.Lk - a.Lq) : 0;
     float dk[NO][4], dv[NO][4];
@@ -651,13 +668,16 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
         // 8-query tiles [n_lo, n_hi) hold a query that sees one of the warp's keys
         const int n_lo = wq_lo - qs >= 8 * NS ? NS : wq_lo - qs > 0 ? (int)(wq_lo - qs) / 8 : 0;
         const int n_hi = w_keys ? tiles_for<NS>(a.Lq - qs) : 0;
-        if (n_lo < n_hi) {
+        // FULL: every query of the tile sees every key of the warp (as in the forward)
+        const bool full = w_all && qs + BM <= a.Lq && (!a.causal || qs >= (int64_t)k0 + warp * 16 + 15 - (a.Lk - a.Lq));
+        auto tile = [&](auto full_c) {
+            constexpr bool FULL = decltype(full_c)::value;
             float st[NS][4], dpt[NS][4]; // [keys x queries]
 #pragma unroll
             for (int n = 0; n < NS; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
-            mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, warp * 16, n_lo, n_hi); // S^T = K Q^T, dPd^T = V dO^T
+            mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, warp * 16, FULL ? 0 : n_lo, FULL ? NS : n_hi); // S^T = K Q^T, dPd^T = V dO^T
             // Pd^T into st's place, dS^T into dpt's. Key j (row r) is seen by the tile's
             // queries c in [lo, hi): real queries (qs + c < Lq) of a real key, from j - (Lk - Lq)
             // on when causal (j < visible(a, qs + c)); kept relative to this thread's 2 t.
@@ -675,7 +695,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, cc = n * 8 + (e & 1), c = cc + 2 * t, i = qs + c, j = r ? j1 : j0;
-                    const bool vis = cc >= lo[r] && cc < hi[r];
+                    const bool vis = FULL || (cc >= lo[r] && cc < hi[r]);
                     const float s2 = score2<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
                     const float pr = fast_exp2(s2 - ((e & 1) ? lse2.y : lse2.x));
                     float pd = pr, d = dpt[n][e];
@@ -691,7 +711,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
             // dV += Pd^T dO, dK += dS^T Q over the 16-query steps with a visible entry
 #pragma unroll
             for (int kk = 0; kk < BM / 16; kk++) {
-                if (2 * kk + 1 < n_lo || 2 * kk >= n_hi) continue;
+                if (!FULL && (2 * kk + 1 < n_lo || 2 * kk >= n_hi)) continue;
                 uint32_t pa[4], sa[4];
                 c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
                 c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
@@ -701,7 +721,9 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
                     mma_b2<LD>(dk[n], dk[n + 1], sa, sQ, n, kk * 16);
                 }
             }
-        }
+        };
+        if (full) tile(std::true_type{});
+        else if (n_lo < n_hi) tile(std::false_type{});
         __syncthreads();
         h = hn, qs = qn;
     }
