@@ -128,38 +128,50 @@ __global__ void norm_bwd_kernel(int mode, const T *__restrict__ x, const T *__re
     }
 }
 
-// Block (32, 8) = 32 columns x 8 row lanes over rows [chunk*chunk_rows, +chunk_rows):
-// part_w[chunk, c] = sum gy xh, part_b[chunk, c] = sum gy, in a fixed order.
-// grid (chunks, ceil(D / 32)).
-template <typename T>
+// Block (32, 8) = 32 groups of V columns x 8 row lanes over rows [chunk*chunk_rows,
+// +chunk_rows): part_w[chunk, c] = sum gy xh, part_b[chunk, c] = sum gy, in a fixed order
+// (lane ty takes rows r0 + ty, r0 + ty + 8, ...; the 8 lanes are added in order), the same
+// for every V. V = 16 bytes of T when D allows: one vector load of x and of gy per row.
+// grid (chunks, ceil(D / (32 V))).
+template <typename T, int V>
 __global__ void norm_wb_part_kernel(int mode, const T *__restrict__ x, const T *__restrict__ gy,
                                     const float *__restrict__ mean, const float *__restrict__ stat,
                                     float *__restrict__ part_w, float *__restrict__ part_b, int64_t R, int64_t D,
                                     int64_t chunk_rows)
 {
-    __shared__ float sw[8][33], sb[8][33];
+    __shared__ float sw[8][32 * V + 1], sb[8][32 * V + 1];
     int tx = threadIdx.x, ty = threadIdx.y;
-    int64_t c = (int64_t)blockIdx.y * 32 + tx;
+    int64_t c = ((int64_t)blockIdx.y * 32 + tx) * V;
     int64_t r0 = (int64_t)blockIdx.x * chunk_rows, r1 = r0 + chunk_rows < R ? r0 + chunk_rows : R;
-    float aw = 0.0f, ab = 0.0f;
+    float aw[V], ab[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) aw[k] = ab[k] = 0.0f;
     if (c < D)
         for (int64_t r = r0 + ty; r < r1; r += 8) {
-            float g = to_f(gy[r * D + c]);
-            float m = mode == NORM_LAYER ? mean[r] : 0.0f;
-            aw += g * (to_f(x[r * D + c]) - m) * stat[r];
-            ab += g;
+            float g[V], xv[V];
+            load_v<V>(gy + r * D + c, g);
+            load_v<V>(x + r * D + c, xv);
+            float m = mode == NORM_LAYER ? mean[r] : 0.0f, st = stat[r];
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                aw[k] += g[k] * (xv[k] - m) * st;
+                ab[k] += g[k];
+            }
         }
-    sw[ty][tx] = aw;
-    sb[ty][tx] = ab;
+#pragma unroll
+    for (int k = 0; k < V; k++) sw[ty][tx * V + k] = aw[k], sb[ty][tx * V + k] = ab[k];
     __syncthreads();
     if (ty == 0 && c < D) {
-        float tw = 0.0f, tb = 0.0f;
-        for (int k = 0; k < 8; k++) {
-            tw += sw[k][tx];
-            tb += sb[k][tx];
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float tw = 0.0f, tb = 0.0f;
+            for (int l = 0; l < 8; l++) {
+                tw += sw[l][tx * V + k];
+                tb += sb[l][tx * V + k];
+            }
+            if (part_w) part_w[(int64_t)blockIdx.x * D + c + k] = tw;
+            if (part_b) part_b[(int64_t)blockIdx.x * D + c + k] = tb;
         }
-        if (part_w) part_w[(int64_t)blockIdx.x * D + c] = tw;
-        if (part_b) part_b[(int64_t)blockIdx.x * D + c] = tb;
     }
 }
 
@@ -285,16 +297,21 @@ extern "C" gc_status gc_cuda_norm_bwd_wb(int mode, const void *x, const void *gy
     }
     int64_t chunks = (R + chunk_rows - 1) / chunk_rows;
     float *pw = gw ? part : nullptr, *pb = gb ? part + chunks * D : nullptr;
-    dim3 grid((unsigned)chunks, (unsigned)((D + 31) / 32)), block(32, 8);
+    auto launch = [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        constexpr int VT = 16 / sizeof(T);
+        const T *xt = (const T *)x, *gt = (const T *)gy;
+        dim3 block(32, 8);
+        if (D % VT == 0 && aligned16(x) && aligned16(gy))
+            norm_wb_part_kernel<T, VT><<<dim3((unsigned)chunks, (unsigned)((D / VT + 31) / 32)), block, 0, gc_cuda_stream()>>>(
+                mode, xt, gt, mean, stat, pw, pb, R, D, chunk_rows);
+        else
+            norm_wb_part_kernel<T, 1><<<dim3((unsigned)chunks, (unsigned)((D + 31) / 32)), block, 0, gc_cuda_stream()>>>(
+                mode, xt, gt, mean, stat, pw, pb, R, D, chunk_rows);
+    };
     switch (dt) {
-    case GC_F32:
-        norm_wb_part_kernel<float><<<grid, block, 0, gc_cuda_stream()>>>(mode, (const float *)x, (const float *)gy, mean,
-                                                                         stat, pw, pb, R, D, chunk_rows);
-        break;
-    case GC_BF16:
-        norm_wb_part_kernel<__nv_bfloat16><<<grid, block, 0, gc_cuda_stream()>>>(
-            mode, (const __nv_bfloat16 *)x, (const __nv_bfloat16 *)gy, mean, stat, pw, pb, R, D, chunk_rows);
-        break;
+    case GC_F32: launch(Tag<float>{}); break;
+    case GC_BF16: launch(Tag<__nv_bfloat16>{}); break;
     default: return gc_error_set(GC_ERR_DTYPE, "norm backward on cuda: dtype %s", gc_dtype_name(dt));
     }
     GC_CUDA_LAUNCH_CHECK();
