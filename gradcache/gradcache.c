@@ -88,7 +88,7 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
         bool graph = keep && e == B;
         gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, s)); /* RandContext of this chunk */
         gc_tape *tape = graph ? gc_tape_init() : NULL;
-        if (graph && !tape) break;
+        if (graph && !tape) { gc_tensor_release(reps); reps = NULL; break; }
         if (graph) gc_grad_set_enabled(prev), gc_tape_begin(tape);
         gc_pool *p = gc_pool_push();
         gc_tensor *y = run_chunk(tw, s, e);
