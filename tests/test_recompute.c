@@ -22,7 +22,22 @@
 typedef struct blk {
     gc_params ps;
     gc_block b;
+    gc_tensor *x; /* the input [B, L, D] */
 } blk;
+
+/* The seeded test block (gc_test_block_init) and its input; blk_free releases both. */
+static void blk_init(blk *k, int64_t B, int64_t L, int64_t D, int64_t H, int64_t F, const gc_lora_options *lora,
+                     bool x_grad)
+{
+    gc_test_block_init(&k->ps, &k->b, D, H, F, lora, 7);
+    k->x = gc_test_block_input(B, L, D, 21, x_grad);
+}
+
+static void blk_free(blk *k)
+{
+    gc_tensor_release(k->x);
+    gc_params_free(&k->ps);
+}
 
 typedef struct blk_run {
     size_t saved, mem;   /* the tape's saved bytes and the device's current bytes after the forward */
@@ -116,8 +131,8 @@ START_TEST(test_block_saved_bytes_and_grads)
     const int64_t B = 2, L = 7, D = 16, H = 2, F = 64;
     gc_lora_options lo = {.r = 4, .alpha = 8, .dropout = c->lora_dropout, .targets = "q_proj,v_proj,fc1"};
     blk k;
-    gc_test_block_init(&k.ps, &k.b, D, H, F, c->lora ? &lo : NULL, 7);
-    gc_tensor *x = gc_test_block_input(B, L, D, 21, c->x_grad);
+    blk_init(&k, B, L, D, H, F, c->lora ? &lo : NULL, c->x_grad);
+    gc_tensor *x = k.x;
     blk_run off = blk_step(&k, x, 1, c->checkpoint, false), on = blk_step(&k, x, 1, c->checkpoint, true);
     const size_t out_bytes = (size_t)(B * L * D) * gc_dtype_size(gc_test_dtype());
     const size_t saves = (size_t)c->saves, freed = (size_t)c->freed;
@@ -141,8 +156,7 @@ START_TEST(test_block_saved_bytes_and_grads)
     assert_same(&on, &off, B * L * D, n_grads, c->label);
     blk_run_free(&off);
     blk_run_free(&on);
-    gc_tensor_release(x);
-    gc_params_free(&k.ps);
+    blk_free(&k);
 }
 END_TEST
 
@@ -153,8 +167,8 @@ START_TEST(test_two_blocks_peak)
 {
     const int64_t B = 2, L = 7, D = 16, H = 2, F = 64;
     blk k;
-    gc_test_block_init(&k.ps, &k.b, D, H, F, NULL, 7);
-    gc_tensor *x = gc_test_block_input(B, L, D, 21, true);
+    blk_init(&k, B, L, D, H, F, NULL, true);
+    gc_tensor *x = k.x;
     blk_run off = blk_step(&k, x, 2, false, false), on = blk_step(&k, x, 2, false, true);
     const size_t out_bytes = (size_t)(B * L * D) * gc_dtype_size(gc_test_dtype());
     printf("two blocks: saved %zu -> %zu bytes, peak %zu -> %zu bytes\n", off.saved, on.saved, off.peak, on.peak);
@@ -163,8 +177,7 @@ START_TEST(test_two_blocks_peak)
     assert_same(&on, &off, B * L * D, gc_params_count(&k.ps, false) + gc_tensor_numel(x), "two blocks");
     blk_run_free(&off);
     blk_run_free(&on);
-    gc_tensor_release(x);
-    gc_params_free(&k.ps);
+    blk_free(&k);
 }
 END_TEST
 
@@ -174,8 +187,8 @@ START_TEST(test_vit_b16_block_bytes)
 {
     const int64_t B = 1, L = 197, D = 768, H = 12, F = 3072;
     blk k;
-    gc_test_block_init(&k.ps, &k.b, D, H, F, NULL, 7);
-    gc_tensor *x = gc_test_block_input(B, L, D, 21, true);
+    blk_init(&k, B, L, D, H, F, NULL, true);
+    gc_tensor *x = k.x;
     size_t saved[2], mem[2];
     for (int on = 0; on < 2; on++) {
         bool prev = gc_recompute_set_enabled(on);
@@ -198,8 +211,7 @@ START_TEST(test_vit_b16_block_bytes)
            gc_dtype_name(gc_test_dtype()), saved[0], saved[1], mem[0], mem[1]);
     ck_assert_uint_eq(saved[0] - saved[1], 4 * ln);
     if (gc_test_device().type == GC_DEVICE_CPU) ck_assert_uint_eq(mem[0] - mem[1], 2 * ln);
-    gc_tensor_release(x);
-    gc_params_free(&k.ps);
+    blk_free(&k);
 }
 END_TEST
 
@@ -210,8 +222,8 @@ START_TEST(test_block_allocator_steady_state)
     if (dev.type != GC_DEVICE_CUDA) return; /* the host allocator does not cache */
     const int64_t B = 2, L = 37, D = 64, H = 2, F = 256;
     blk k;
-    gc_test_block_init(&k.ps, &k.b, D, H, F, NULL, 7);
-    gc_tensor *x = gc_test_block_input(B, L, D, 21, true);
+    blk_init(&k, B, L, D, H, F, NULL, true);
+    gc_tensor *x = k.x;
     uint64_t allocs[4];
     size_t cur[4];
     for (int s = 0; s < 4; s++) {
@@ -228,8 +240,7 @@ START_TEST(test_block_allocator_steady_state)
            (unsigned long long)allocs[3]);
     ck_assert_msg(allocs[2] == allocs[1] && allocs[3] == allocs[1], "a repeated step allocated");
     ck_assert_msg(cur[2] == cur[1] && cur[3] == cur[1], "a repeated step leaked");
-    gc_tensor_release(x);
-    gc_params_free(&k.ps);
+    blk_free(&k);
 }
 END_TEST
 
