@@ -272,16 +272,21 @@ __global__ void bcast_grad_cols_kernel(G *__restrict__ g, float *__restrict__ pa
     }
 }
 
-// Second pass: g[t] (+)= scale * sum over chunks of part[c * nt + t], chunks in order.
+// Second pass: g[t] (+)= scale * sum over chunks of part[c * nt + t] in a fixed order
+// (col_partials_sum). Block (32, 16), grid ceil(nt / 32): launch with finish_grad.
 template <typename G>
 __global__ void bcast_grad_finish_kernel(G *__restrict__ g, const float *__restrict__ part, int64_t nt, int64_t chunks,
                                          float scale, bool acc)
 {
-    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < nt; t += (int64_t)gridDim.x * blockDim.x) {
-        float v = 0.0f;
-        for (int64_t c = 0; c < chunks; c++) v += part[c * nt + t];
-        store_grad(g, t, scale * v, acc);
-    }
+    const int64_t t = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    const float v = col_partials_sum(part, chunks, nt, t);
+    if (threadIdx.y == 0 && t < nt) store_grad(g, t, scale * v, acc);
+}
+
+template <typename G> void finish_grad(G *g, const float *part, int64_t nt, int64_t chunks, float scale, bool acc)
+{
+    bcast_grad_finish_kernel<G><<<(unsigned)((nt + 31) / 32), dim3(32, 16), 0, gc_cuda_stream()>>>(g, part, nt, chunks,
+                                                                                                  scale, acc);
 }
 
 // Append dim (size, stride gy, stride other) to a list, merging with the previous entry
@@ -339,7 +344,7 @@ gc_status bcast_grad(gc_tensor *gt, const gc_tensor *gyt, const gc_tensor *ot, c
             g, pp, gy, o, geo, nt, R, rpc, scale, acc);
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess && part) {
-        bcast_grad_finish_kernel<G><<<grid_for(nt), kThreads, 0, st>>>(g, pp, nt, chunks, scale, acc);
+        finish_grad<G>(g, pp, nt, chunks, scale, acc);
         e = cudaGetLastError();
     }
     gc_tensor_release(part); // stream order: the block is reused only by later work
@@ -724,8 +729,7 @@ extern "C" gc_status gc_cuda_add_scaled_bwd(gc_tensor *ga, bool acc_a, gc_tensor
     if (st == GC_OK && gs) {
         st = with_type(gs->dtype, "add_scaled backward", [&](auto tg) {
             using G = typename decltype(tg)::type;
-            bcast_grad_finish_kernel<G><<<grid_for(D), kThreads, 0, gc_cuda_stream()>>>((G *)gc_tensor_data(gs), pp, D,
-                                                                                          chunks, 1.0f, acc_s);
+            finish_grad<G>((G *)gc_tensor_data(gs), pp, D, chunks, 1.0f, acc_s);
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;
         });

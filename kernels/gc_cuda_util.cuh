@@ -123,6 +123,26 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+// The second pass of the deterministic column reductions (layernorm weights, bias and
+// layer-scale gradients): sum over p < chunks of part[p * D + c] for the 32 columns
+// c = blockIdx.x * 32 + threadIdx.x of a (32, 16) block, 16 lanes over p, the lanes then
+// added in order. Thread (x, 0) gets the sum of its column, the others 0. Every thread
+// of the block must call it (it synchronises).
+__device__ __forceinline__ float col_partials_sum(const float *__restrict__ part, int64_t chunks, int64_t D, int64_t c)
+{
+    __shared__ float s[16][33];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    float a = 0.0f;
+    if (c < D)
+        for (int64_t p = ty; p < chunks; p += 16) a += part[p * D + c];
+    s[ty][tx] = a;
+    __syncthreads();
+    float t = 0.0f;
+    if (ty == 0)
+        for (int k = 0; k < 16; k++) t += s[k][tx];
+    return t;
+}
+
 } // namespace
 
 #endif

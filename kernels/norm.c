@@ -25,17 +25,17 @@
 
 enum { NORM_LAYER = 0, NORM_RMS = 1, NORM_L2 = 2 }; /* same values in norm.cu */
 
-/* rows per partial-sum chunk of the GPU dw/db reduction (norm.cu reads it as given) */
-#define NORM_WB_CHUNK_ROWS 64
+/* rows per partial-sum chunk of the GPU dw/db reduction: the rows a block of the fused
+ * backward kernel takes (norm.cu reads it as given) */
+#define NORM_WB_CHUNK_ROWS 32
 
 #ifdef GC_WITH_CUDA
 gc_status gc_cuda_norm_fwd(int mode, const void *x, const void *w, const void *b, void *y, gc_dtype dt, float *mean,
                            float *stat, int64_t R, int64_t D, float eps);
 gc_status gc_cuda_norm_bwd(int mode, const void *x, const void *w, const void *gy, gc_dtype dt, const float *mean,
-                           const float *stat, int64_t R, int64_t D, float eps, void *gx, gc_dtype gx_dt, bool gx_acc);
-gc_status gc_cuda_norm_bwd_wb(int mode, const void *x, const void *gy, gc_dtype dt, const float *mean,
-                              const float *stat, int64_t R, int64_t D, void *gw, gc_dtype gw_dt, bool gw_acc,
-                              void *gb, gc_dtype gb_dt, bool gb_acc, float *part, int64_t chunk_rows);
+                           const float *stat, int64_t R, int64_t D, float eps, void *gx, gc_dtype gx_dt, bool gx_acc,
+                           void *gw, gc_dtype gw_dt, bool gw_acc, void *gb, gc_dtype gb_dt, bool gb_acc, float *part,
+                           int64_t chunk_rows);
 #endif
 
 static const char *mode_name(int mode)
@@ -161,20 +161,17 @@ static gc_status norm_backward(gc_node *nd, gc_tensor *gy)
     for (int i = 0; i < 3; i++)
         if (nd->in[i] && !nd->in[i]->grad) return GC_PENDING();
     if (x->device.type == GC_DEVICE_CUDA) {
-        if (gx)
-            GC_TRY(GC_CUDA_DISPATCH(gc_cuda_norm_bwd(mode, gc_tensor_data(x), data_or_null(w), gc_tensor_data(gy),
-                                                     x->dtype, data_or_null(mean), gc_tensor_data(stat), R, D,
-                                                     (float)eps, gc_tensor_data(gx), gx->dtype, ax)));
+        gc_tensor *part = NULL; /* f32 [2, chunks, D]: the dw and db partial sums */
         if (gw || gb) {
             int64_t chunks = (R + NORM_WB_CHUNK_ROWS - 1) / NORM_WB_CHUNK_ROWS;
-            gc_tensor *part = gc_op_new(GC_F32, x->device, 3, GC_SHAPE(2, chunks > 0 ? chunks : 1, D));
+            part = gc_op_new(GC_F32, x->device, 3, GC_SHAPE(2, chunks > 0 ? chunks : 1, D));
             if (!part) return GC_PENDING();
-            GC_TRY(GC_CUDA_DISPATCH(gc_cuda_norm_bwd_wb(mode, gc_tensor_data(x), gc_tensor_data(gy), x->dtype,
-                                                        data_or_null(mean), gc_tensor_data(stat), R, D,
-                                                        data_or_null(gw), gw ? gw->dtype : GC_F32, aw, data_or_null(gb),
-                                                        gb ? gb->dtype : GC_F32, ab, gc_tensor_data(part),
-                                                        NORM_WB_CHUNK_ROWS)));
         }
+        GC_TRY(GC_CUDA_DISPATCH(gc_cuda_norm_bwd(
+            mode, gc_tensor_data(x), data_or_null(w), gc_tensor_data(gy), x->dtype, data_or_null(mean),
+            gc_tensor_data(stat), R, D, (float)eps, data_or_null(gx), gx ? gx->dtype : GC_F32, ax, data_or_null(gw),
+            gw ? gw->dtype : GC_F32, aw, data_or_null(gb), gb ? gb->dtype : GC_F32, ab, data_or_null(part),
+            NORM_WB_CHUNK_ROWS)));
         return GC_OK;
     }
     if (gx)

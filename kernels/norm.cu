@@ -1,9 +1,14 @@
 // CUDA kernels of the normalisations (norm.c has the math and the CPU reference).
-// One warp per row, eight rows per 256-thread block; rows are read in 16-byte vectors
-// when D and every pointer allow it (D % 8 for bf16, % 4 for f32), else element-wise.
-// Statistics and sums in f32. The dw/db reduction is deterministic: each block sums a
-// fixed chunk of rows for 32 columns into an f32 partial, and a second kernel adds the
-// partials of a column in a fixed order (no atomics).
+// One warp per row, eight rows per 256-thread block, statistics and sums in f32. Rows of
+// up to 32 x 8 16-byte vectors (D <= 2048 in bf16) are read once into registers; wider
+// rows, or rows that are not 16-byte vectors (D % 8 for bf16, % 4 for f32, and every
+// pointer), take the loops that re-read them.
+// The dw/db reduction is deterministic: each block sums a fixed chunk of rows into an
+// f32 partial per column (warp w takes rows w, w + 8, ... of the chunk; the warps' sums
+// are added in warp order), and a second kernel adds the partials of a column in a fixed
+// order (no atomics). For rows of up to 3 vectors a lane (ViT-B's 768, text's 512) the
+// backward kernel makes the partials from the x and gy it already holds: one read of
+// each for dx, dw and db.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -71,6 +76,62 @@ __global__ void norm_fwd_kernel(int mode, const T *__restrict__ x, const T *__re
     }
 }
 
+// The same for rows of at most 32 * V * NV elements, kept in registers: x is read once.
+// Lane l holds vectors j * 32 + l (j < NV): the loop kernel's order, so the same sums.
+template <typename T, int V, int NV>
+__global__ void __launch_bounds__(256) norm_fwd_reg_kernel(int mode, const T *__restrict__ x, const T *__restrict__ w,
+                                                           const T *__restrict__ b, T *__restrict__ y,
+                                                           float *__restrict__ mean, float *__restrict__ stat, int64_t R,
+                                                           int64_t D, float eps)
+{
+    const int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    const T *xr = x + r * D;
+    float f[NV][V], s = 0.0f, m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        const int64_t c = ((int64_t)j * 32 + lane) * V;
+        if (c < D) load_v<V>(xr + c, f[j]);
+        else
+#pragma unroll
+            for (int k = 0; k < V; k++) f[j][k] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < V; k++) s += f[j][k];
+    }
+    if (mode == NORM_LAYER) m = warp_sum(s) / (float)D;
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; j++)
+        if (((int64_t)j * 32 + lane) * V < D)
+#pragma unroll
+            for (int k = 0; k < V; k++) ss += (f[j][k] - m) * (f[j][k] - m);
+    ss = warp_sum(ss);
+    float scale, st;
+    if (mode == NORM_L2) {
+        st = sqrtf(ss);
+        scale = 1.0f / fmaxf(st, eps);
+    } else {
+        scale = rsqrtf(ss / (float)D + eps);
+        st = scale;
+    }
+    if (lane == 0) {
+        if (mean) mean[r] = m;
+        if (stat) stat[r] = st;
+    }
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        const int64_t c = ((int64_t)j * 32 + lane) * V;
+        if (c >= D) continue;
+        float o[V], wv[V], bv[V];
+        if (w) load_v<V>(w + c, wv);
+        if (b) load_v<V>(b + c, bv);
+#pragma unroll
+        for (int k = 0; k < V; k++) o[k] = (f[j][k] - m) * scale * (w ? wv[k] : 1.0f) + (b ? bv[k] : 0.0f);
+        store_v<V>(y + r * D + c, o, false);
+    }
+}
+
 // gx [R, D] (+)= the input gradient (see norm.c for the formulas)
 template <typename T, typename G, int V>
 __global__ void norm_bwd_kernel(int mode, const T *__restrict__ x, const T *__restrict__ w, const T *__restrict__ gy,
@@ -128,6 +189,114 @@ __global__ void norm_bwd_kernel(int mode, const T *__restrict__ x, const T *__re
     }
 }
 
+// The backward for rows of at most 32 * V * NV elements, x and gy read once into
+// registers. Block b takes rows [b * rpb, +rpb), warp w rows w, w + 8, ... of them.
+// gx (when not NULL) as norm_bwd_kernel, the same sums in the same order. WB: each lane
+// also sums gy xh and gy over its warp's rows for its columns, the warps' sums are added
+// in warp order in shared memory ([2, D] f32, dynamic) and written to
+// part_w / part_b [b, D]: norm_wb_part_kernel's sums with chunk_rows = rpb.
+template <typename T, typename G, int V, int NV, bool WB>
+__global__ void __launch_bounds__(256) norm_bwd_reg_kernel(int mode, const T *__restrict__ x, const T *__restrict__ w,
+                                                           const T *__restrict__ gy, const float *__restrict__ mean,
+                                                           const float *__restrict__ stat, G *__restrict__ gx, bool acc,
+                                                           float *__restrict__ part_w, float *__restrict__ part_b,
+                                                           int64_t R, int64_t D, float eps, int64_t rpb)
+{
+    extern __shared__ float red[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t r0 = (int64_t)blockIdx.x * rpb, r1 = r0 + rpb < R ? r0 + rpb : R;
+    float aw[NV][V], ab[NV][V];
+#pragma unroll
+    for (int j = 0; j < NV; j++)
+#pragma unroll
+        for (int k = 0; k < V; k++) aw[j][k] = ab[j][k] = 0.0f;
+    for (int64_t r = r0 + warp; r < r1; r += ROWS_PER_BLOCK) {
+        float xv[NV][V], gv[NV][V];
+#pragma unroll
+        for (int j = 0; j < NV; j++) {
+            const int64_t c = ((int64_t)j * 32 + lane) * V;
+            if (c < D) {
+                load_v<V>(x + r * D + c, xv[j]);
+                load_v<V>(gy + r * D + c, gv[j]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < V; k++) xv[j][k] = gv[j][k] = 0.0f;
+            }
+        }
+        const float m = mode == NORM_LAYER ? mean[r] : 0.0f, st = stat[r];
+        if (gx) {
+            const bool clipped = mode == NORM_L2 && st < eps;
+            const float scale = mode == NORM_L2 ? 1.0f / fmaxf(st, eps) : st;
+            float sg = 0.0f, sgx = 0.0f;
+#pragma unroll
+            for (int j = 0; j < NV; j++) {
+                const int64_t c = ((int64_t)j * 32 + lane) * V;
+                if (c >= D) continue;
+                float wv[V];
+                if (w) load_v<V>(w + c, wv);
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    const float g = gv[j][k] * (w ? wv[k] : 1.0f);
+                    sg += g;
+                    sgx += g * (xv[j][k] - m) * scale;
+                }
+            }
+            sg = warp_sum(sg);
+            sgx = warp_sum(sgx);
+            float a = 0.0f, cc;
+            if (mode == NORM_LAYER) {
+                a = sg / (float)D;
+                cc = sgx / (float)D;
+            } else if (mode == NORM_RMS) {
+                cc = sgx / (float)D;
+            } else {
+                cc = clipped ? 0.0f : sgx;
+            }
+#pragma unroll
+            for (int j = 0; j < NV; j++) {
+                const int64_t c = ((int64_t)j * 32 + lane) * V;
+                if (c >= D) continue;
+                float wv[V], o[V];
+                if (w) load_v<V>(w + c, wv);
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    const float g = gv[j][k] * (w ? wv[k] : 1.0f);
+                    o[k] = scale * (g - a - (xv[j][k] - m) * scale * cc);
+                }
+                store_v<V>(gx + r * D + c, o, acc);
+            }
+        }
+        if constexpr (WB)
+#pragma unroll
+            for (int j = 0; j < NV; j++)
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    aw[j][k] += gv[j][k] * (xv[j][k] - m) * st;
+                    ab[j][k] += gv[j][k];
+                }
+    }
+    if constexpr (WB) {
+        for (int i = 0; i < ROWS_PER_BLOCK; i++) { // warp order: the same sums on every run
+            if (warp == i)
+#pragma unroll
+                for (int j = 0; j < NV; j++) {
+                    const int64_t c = ((int64_t)j * 32 + lane) * V;
+                    if (c >= D) continue;
+#pragma unroll
+                    for (int k = 0; k < V; k++) {
+                        red[c + k] = (i ? red[c + k] : 0.0f) + aw[j][k];
+                        red[D + c + k] = (i ? red[D + c + k] : 0.0f) + ab[j][k];
+                    }
+                }
+            __syncthreads();
+        }
+        for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
+            if (part_w) part_w[(int64_t)blockIdx.x * D + c] = red[c];
+            if (part_b) part_b[(int64_t)blockIdx.x * D + c] = red[D + c];
+        }
+    }
+}
+
 // Block (32, 8) = 32 groups of V columns x 8 row lanes over rows [chunk*chunk_rows,
 // +chunk_rows): part_w[chunk, c] = sum gy xh, part_b[chunk, c] = sum gy, in a fixed order
 // (lane ty takes rows r0 + ty, r0 + ty + 8, ...; the 8 lanes are added in order), the same
@@ -175,83 +344,133 @@ __global__ void norm_wb_part_kernel(int mode, const T *__restrict__ x, const T *
     }
 }
 
-// out[c] (+)= sum over p of part[p, c], p in a fixed order. Block (32, 16), grid ceil(D / 32).
+// out_y[c] (+)= sum over p of part[y, p, c] (part [2, chunks, D]; y = blockIdx.y: the
+// weight's, then the bias's partials), p in a fixed order (col_partials_sum). Block
+// (32, 16), grid (ceil(D / 32), outputs). out1 NULL: one output, part[0].
 template <typename G>
-__global__ void col_sum_kernel(const float *__restrict__ part, int64_t chunks, int64_t D, G *__restrict__ out,
-                               bool acc)
+__global__ void col_sum_kernel(const float *__restrict__ part, int64_t chunks, int64_t D, G *out0, bool acc0, G *out1,
+                               bool acc1)
 {
-    __shared__ float s[16][33];
-    int tx = threadIdx.x, ty = threadIdx.y;
-    int64_t c = (int64_t)blockIdx.x * 32 + tx;
-    float a = 0.0f;
-    if (c < D)
-        for (int64_t p = ty; p < chunks; p += 16) a += part[p * D + c];
-    s[ty][tx] = a;
-    __syncthreads();
-    if (ty == 0 && c < D) {
-        float t = 0.0f;
-        for (int k = 0; k < 16; k++) t += s[k][tx];
-        out[c] = from_f<G>(acc ? to_f(out[c]) + t : t);
-    }
+    const int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
+    G *out = blockIdx.y ? out1 : out0;
+    const bool acc = blockIdx.y ? acc1 : acc0;
+    const float t = col_partials_sum(part + (int64_t)blockIdx.y * chunks * D, chunks, D, c);
+    if (threadIdx.y == 0 && c < D) out[c] = from_f<G>(acc ? to_f(out[c]) + t : t);
 }
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 unsigned row_blocks(int64_t R) { return (unsigned)((R + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK); }
 
+// Vectors of V a lane holds for a row of D, rounded up to an instantiated count; 0: the
+// row is too wide for registers.
+int reg_vectors(int64_t D, int V)
+{
+    const int64_t nv = (D + 32 * V - 1) / (32 * V);
+    return nv <= 4 ? (int)nv : nv <= 6 ? 6 : nv <= 8 ? 8 : 0;
+}
+
+template <int N> struct Int { static constexpr int value = N; };
+
+// f(Int<nv>{}) for nv in 1, 2, 3, 4, 6, 8
+template <typename F> void with_nv(int nv, F &&f)
+{
+    switch (nv) {
+    case 1: f(Int<1>{}); break;
+    case 2: f(Int<2>{}); break;
+    case 3: f(Int<3>{}); break;
+    case 4: f(Int<4>{}); break;
+    case 6: f(Int<6>{}); break;
+    default: f(Int<8>{}); break;
+    }
+}
+
+// Rows whose vectors a lane can also sum for dw/db in registers (norm_bwd_reg_kernel WB)
+constexpr int kMaxWbVectors = 3;
+
 template <typename T>
 gc_status fwd_typed(int mode, const T *x, const T *w, const T *b, T *y, float *mean, float *stat, int64_t R, int64_t D,
                     float eps)
 {
     constexpr int VT = 16 / sizeof(T);
-    bool vec = D % VT == 0 && aligned16(x) && aligned16(w) && aligned16(b) && aligned16(y);
-    if (vec)
-        norm_fwd_kernel<T, VT><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(mode, x, w, b, y, mean, stat, R, D, eps);
+    const bool vec = D % VT == 0 && aligned16(x) && aligned16(w) && aligned16(b) && aligned16(y);
+    const int nv = vec ? reg_vectors(D, VT) : 0;
+    cudaStream_t st = gc_cuda_stream();
+    if (nv)
+        with_nv(nv, [&](auto n) {
+            norm_fwd_reg_kernel<T, VT, decltype(n)::value><<<row_blocks(R), 256, 0, st>>>(mode, x, w, b, y, mean, stat, R,
+                                                                                          D, eps);
+        });
+    else if (vec)
+        norm_fwd_kernel<T, VT><<<row_blocks(R), 256, 0, st>>>(mode, x, w, b, y, mean, stat, R, D, eps);
     else
-        norm_fwd_kernel<T, 1><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(mode, x, w, b, y, mean, stat, R, D, eps);
+        norm_fwd_kernel<T, 1><<<row_blocks(R), 256, 0, st>>>(mode, x, w, b, y, mean, stat, R, D, eps);
     GC_CUDA_LAUNCH_CHECK();
+    return GC_OK;
+}
+
+// gw/gb (+)= the column sums of the partials part [2, chunks, D] (NULL: not wanted)
+gc_status col_sums(const float *part, int64_t chunks, int64_t D, void *gw, gc_dtype gw_dt, bool gw_acc, void *gb,
+                   gc_dtype gb_dt, bool gb_acc)
+{
+    const dim3 block(32, 16);
+    const unsigned cols = (unsigned)((D + 31) / 32);
+    cudaStream_t st = gc_cuda_stream();
+    auto launch = [&](const float *p, void *o0, bool a0, void *o1, bool a1, gc_dtype dt) {
+        const dim3 grid(cols, o1 ? 2 : 1);
+        return with_type(dt, "norm backward: parameter gradient", [&](auto tag) {
+            using G = typename decltype(tag)::type;
+            col_sum_kernel<G><<<grid, block, 0, st>>>(p, chunks, D, (G *)o0, a0, (G *)o1, a1);
+            GC_CUDA_LAUNCH_CHECK();
+            return GC_OK;
+        });
+    };
+    if (gw && gb && gw_dt == gb_dt) return launch(part, gw, gw_acc, gb, gb_acc, gw_dt);
+    if (gw) GC_TRY(launch(part, gw, gw_acc, nullptr, false, gw_dt));
+    if (gb) GC_TRY(launch(part + chunks * D, gb, gb_acc, nullptr, false, gb_dt));
     return GC_OK;
 }
 
 template <typename T, typename G>
 gc_status bwd_typed(int mode, const T *x, const T *w, const T *gy, const float *mean, const float *stat, int64_t R,
-                    int64_t D, float eps, G *gx, bool acc)
+                    int64_t D, float eps, G *gx, bool gx_acc, float *part_w, float *part_b, int64_t chunk_rows)
 {
     constexpr int VT = 16 / sizeof(T);
-    bool vec = D % VT == 0 && aligned16(x) && aligned16(w) && aligned16(gy) && aligned16(gx);
-    if (vec)
-        norm_bwd_kernel<T, G, VT><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(mode, x, w, gy, mean, stat, gx, acc, R,
-                                                                               D, eps);
-    else
-        norm_bwd_kernel<T, G, 1><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(mode, x, w, gy, mean, stat, gx, acc, R,
-                                                                              D, eps);
-    GC_CUDA_LAUNCH_CHECK();
-    return GC_OK;
-}
-
-template <typename T> gc_status bwd_dispatch_g(int mode, const void *x, const void *w, const void *gy,
-                                               const float *mean, const float *stat, int64_t R, int64_t D, float eps,
-                                               void *gx, gc_dtype gx_dt, bool acc)
-{
-    const T *xt = (const T *)x, *wt = (const T *)w, *gt = (const T *)gy;
-    switch (gx_dt) {
-    case GC_F32: return bwd_typed<T, float>(mode, xt, wt, gt, mean, stat, R, D, eps, (float *)gx, acc);
-    case GC_BF16: return bwd_typed<T, __nv_bfloat16>(mode, xt, wt, gt, mean, stat, R, D, eps, (__nv_bfloat16 *)gx, acc);
-    default: return gc_error_set(GC_ERR_DTYPE, "norm backward on cuda: gradient dtype %s", gc_dtype_name(gx_dt));
+    const bool vec = D % VT == 0 && aligned16(x) && aligned16(w) && aligned16(gy) && aligned16(gx);
+    const int nv = vec ? reg_vectors(D, VT) : 0;
+    const bool wb = part_w || part_b;
+    const int64_t chunks = (R + chunk_rows - 1) / chunk_rows;
+    cudaStream_t st = gc_cuda_stream();
+    if (wb && nv && nv <= kMaxWbVectors) { // one kernel: gx and the partials
+        with_nv(nv, [&](auto n) {
+            norm_bwd_reg_kernel<T, G, VT, decltype(n)::value, true><<<(unsigned)chunks, 256, 2 * D * sizeof(float), st>>>(
+                mode, x, w, gy, mean, stat, gx, gx_acc, part_w, part_b, R, D, eps, chunk_rows);
+        });
+        GC_CUDA_LAUNCH_CHECK();
+        return GC_OK;
     }
-}
-
-gc_status col_sum(const float *part, int64_t chunks, int64_t D, void *out, gc_dtype dt, bool acc)
-{
-    dim3 grid((unsigned)((D + 31) / 32)), block(32, 16);
-    switch (dt) {
-    case GC_F32: col_sum_kernel<float><<<grid, block, 0, gc_cuda_stream()>>>(part, chunks, D, (float *)out, acc); break;
-    case GC_BF16:
-        col_sum_kernel<__nv_bfloat16><<<grid, block, 0, gc_cuda_stream()>>>(part, chunks, D, (__nv_bfloat16 *)out, acc);
-        break;
-    default: return gc_error_set(GC_ERR_DTYPE, "norm backward on cuda: parameter gradient dtype %s", gc_dtype_name(dt));
+    if (gx) {
+        if (nv)
+            with_nv(nv, [&](auto n) {
+                norm_bwd_reg_kernel<T, G, VT, decltype(n)::value, false><<<row_blocks(R), 256, 0, st>>>(
+                    mode, x, w, gy, mean, stat, gx, gx_acc, nullptr, nullptr, R, D, eps, ROWS_PER_BLOCK);
+            });
+        else if (vec)
+            norm_bwd_kernel<T, G, VT><<<row_blocks(R), 256, 0, st>>>(mode, x, w, gy, mean, stat, gx, gx_acc, R, D, eps);
+        else
+            norm_bwd_kernel<T, G, 1><<<row_blocks(R), 256, 0, st>>>(mode, x, w, gy, mean, stat, gx, gx_acc, R, D, eps);
+        GC_CUDA_LAUNCH_CHECK();
     }
-    GC_CUDA_LAUNCH_CHECK();
+    if (wb) {
+        const dim3 block(32, 8);
+        if (D % VT == 0 && aligned16(x) && aligned16(gy))
+            norm_wb_part_kernel<T, VT><<<dim3((unsigned)chunks, (unsigned)((D / VT + 31) / 32)), block, 0, st>>>(
+                mode, x, gy, mean, stat, part_w, part_b, R, D, chunk_rows);
+        else
+            norm_wb_part_kernel<T, 1><<<dim3((unsigned)chunks, (unsigned)((D + 31) / 32)), block, 0, st>>>(
+                mode, x, gy, mean, stat, part_w, part_b, R, D, chunk_rows);
+        GC_CUDA_LAUNCH_CHECK();
+    }
     return GC_OK;
 }
 
@@ -261,61 +480,32 @@ extern "C" gc_status gc_cuda_norm_fwd(int mode, const void *x, const void *w, co
                                       float *mean, float *stat, int64_t R, int64_t D, float eps)
 {
     if (R == 0) return GC_OK;
-    switch (dt) {
-    case GC_F32:
-        return fwd_typed<float>(mode, (const float *)x, (const float *)w, (const float *)b, (float *)y, mean, stat, R,
-                                D, eps);
-    case GC_BF16:
-        return fwd_typed<__nv_bfloat16>(mode, (const __nv_bfloat16 *)x, (const __nv_bfloat16 *)w,
-                                        (const __nv_bfloat16 *)b, (__nv_bfloat16 *)y, mean, stat, R, D, eps);
-    default: return gc_error_set(GC_ERR_DTYPE, "norm on cuda: dtype %s", gc_dtype_name(dt));
-    }
+    return with_type(dt, "norm", [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        return fwd_typed<T>(mode, (const T *)x, (const T *)w, (const T *)b, (T *)y, mean, stat, R, D, eps);
+    });
 }
 
+// gx (+)= the input gradient (NULL: not wanted); gw/gb (+)= the weight/bias gradients
+// through part, f32 scratch [2, ceil(R / chunk_rows), D] (weight partials, then bias).
 extern "C" gc_status gc_cuda_norm_bwd(int mode, const void *x, const void *w, const void *gy, gc_dtype dt,
                                       const float *mean, const float *stat, int64_t R, int64_t D, float eps, void *gx,
-                                      gc_dtype gx_dt, bool gx_acc)
+                                      gc_dtype gx_dt, bool gx_acc, void *gw, gc_dtype gw_dt, bool gw_acc, void *gb,
+                                      gc_dtype gb_dt, bool gb_acc, float *part, int64_t chunk_rows)
 {
-    if (R == 0) return GC_OK;
-    switch (dt) {
-    case GC_F32: return bwd_dispatch_g<float>(mode, x, w, gy, mean, stat, R, D, eps, gx, gx_dt, gx_acc);
-    case GC_BF16: return bwd_dispatch_g<__nv_bfloat16>(mode, x, w, gy, mean, stat, R, D, eps, gx, gx_dt, gx_acc);
-    default: return gc_error_set(GC_ERR_DTYPE, "norm backward on cuda: dtype %s", gc_dtype_name(dt));
-    }
-}
-
-// part: f32 scratch [2, ceil(R / chunk_rows), D] (dw partials, then db partials)
-extern "C" gc_status gc_cuda_norm_bwd_wb(int mode, const void *x, const void *gy, gc_dtype dt, const float *mean,
-                                         const float *stat, int64_t R, int64_t D, void *gw, gc_dtype gw_dt, bool gw_acc,
-                                         void *gb, gc_dtype gb_dt, bool gb_acc, float *part, int64_t chunk_rows)
-{
-    if (!gw && !gb) return GC_OK;
     if (R == 0) { // sums over no rows
         if (gw && !gw_acc) GC_CUDA_CHECK(cudaMemsetAsync(gw, 0, (size_t)D * gc_dtype_size(gw_dt), gc_cuda_stream()));
         if (gb && !gb_acc) GC_CUDA_CHECK(cudaMemsetAsync(gb, 0, (size_t)D * gc_dtype_size(gb_dt), gc_cuda_stream()));
         return GC_OK;
     }
-    int64_t chunks = (R + chunk_rows - 1) / chunk_rows;
+    const int64_t chunks = (R + chunk_rows - 1) / chunk_rows;
     float *pw = gw ? part : nullptr, *pb = gb ? part + chunks * D : nullptr;
-    auto launch = [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        constexpr int VT = 16 / sizeof(T);
-        const T *xt = (const T *)x, *gt = (const T *)gy;
-        dim3 block(32, 8);
-        if (D % VT == 0 && aligned16(x) && aligned16(gy))
-            norm_wb_part_kernel<T, VT><<<dim3((unsigned)chunks, (unsigned)((D / VT + 31) / 32)), block, 0, gc_cuda_stream()>>>(
-                mode, xt, gt, mean, stat, pw, pb, R, D, chunk_rows);
-        else
-            norm_wb_part_kernel<T, 1><<<dim3((unsigned)chunks, (unsigned)((D + 31) / 32)), block, 0, gc_cuda_stream()>>>(
-                mode, xt, gt, mean, stat, pw, pb, R, D, chunk_rows);
-    };
-    switch (dt) {
-    case GC_F32: launch(Tag<float>{}); break;
-    case GC_BF16: launch(Tag<__nv_bfloat16>{}); break;
-    default: return gc_error_set(GC_ERR_DTYPE, "norm backward on cuda: dtype %s", gc_dtype_name(dt));
-    }
-    GC_CUDA_LAUNCH_CHECK();
-    if (gw) GC_TRY(col_sum(pw, chunks, D, gw, gw_dt, gw_acc));
-    if (gb) GC_TRY(col_sum(pb, chunks, D, gb, gb_dt, gb_acc));
-    return GC_OK;
+    return with_types(dt, gx ? gx_dt : GC_F32, "norm backward", [&](auto tv, auto tg) {
+        using T = typename decltype(tv)::type;
+        using G = typename decltype(tg)::type;
+        gc_status st = bwd_typed<T, G>(mode, (const T *)x, (const T *)w, (const T *)gy, mean, stat, R, D, eps, (G *)gx,
+                                       gx_acc, pw, pb, chunk_rows);
+        if (st == GC_OK && (gw || gb)) st = col_sums(part, chunks, D, gw, gw_dt, gw_acc, gb, gb_dt, gb_acc);
+        return st;
+    });
 }

@@ -1,5 +1,7 @@
-// Patch unfold on the GPU: one thread per output element (coalesced writes) for the
-// forward, one per pixel for the backward (the map is a bijection: no atomics).
+// Patch unfold on the GPU: one thread per patch row, P pixels that are contiguous both
+// in the image and in the patch vector (16-byte copies when the sizes allow). Index math
+// once per row, not per element: per-element 64-bit divisions made the forward ten
+// times slower than its memory traffic. The map is a bijection: no atomics backward.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -13,54 +15,60 @@ extern "C" {
 
 namespace {
 
-// Pixel offset in x [B, C, H, W] of element e of patches [B, N, C*P*P].
-__device__ __forceinline__ int64_t pixel_of(int64_t e, int64_t C, int64_t H, int64_t W, int64_t P)
+// Row t of the patches [B, N, C*P*P] seen as [B*N*C*P, P] (t = ((b N + n) C + c) P + y)
+// starts at t * P there; in x [B, C, H, W] it is row gy P + y of channel c of image b,
+// from column gx P (n = gy (W / P) + gx).
+__device__ __forceinline__ int64_t pixel_row(int64_t t, int64_t C, int64_t H, int64_t W, int64_t P)
 {
-    const int64_t PP = P * P, K = C * PP, GW = W / P, N = (H / P) * GW;
-    const int64_t k = e % K, bn = e / K, n = bn % N, b = bn / N;
-    const int64_t c = k / PP, yx = k - c * PP, y = yx / P, x = yx - y * P;
-    const int64_t gy = n / GW, gx = n - gy * GW;
-    return ((b * C + c) * H + gy * P + y) * W + gx * P + x;
+    const int64_t y = t % P, q = t / P, c = q % C, bn = q / C;
+    const int64_t GW = W / P, N = (H / P) * GW, n = bn % N, b = bn / N, gy = n / GW, gx = n - gy * GW;
+    return ((b * C + c) * H + gy * P + y) * W + gx * P;
 }
 
-// Patch offset of pixel e of x [B, C, H, W].
-__device__ __forceinline__ int64_t patch_of(int64_t e, int64_t C, int64_t H, int64_t W, int64_t P)
+// VB: elements a copy moves (16 bytes when P, W and both pointers allow it, else 1)
+template <typename T, int VB>
+__global__ void unfold_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t rows, int64_t C, int64_t H,
+                                  int64_t W, int64_t P)
 {
-    const int64_t w = e % W, r = e / W, h = r % H, bc = r / H, c = bc % C, b = bc / C;
-    const int64_t GW = W / P, N = (H / P) * GW, K = C * P * P;
-    return (b * N + (h / P) * GW + w / P) * K + c * P * P + (h % P) * P + w % P;
-}
-
-template <typename T>
-__global__ void unfold_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t total, int64_t C, int64_t H, int64_t W,
-                                  int64_t P)
-{
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x)
-        y[e] = x[pixel_of(e, C, H, W, P)];
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < rows; t += (int64_t)gridDim.x * blockDim.x) {
+        const T *src = x + pixel_row(t, C, H, W, P);
+        T *dst = y + t * P;
+        if constexpr (VB > 1)
+            for (int64_t i = 0; i < P; i += VB) *reinterpret_cast<uint4 *>(dst + i) = *reinterpret_cast<const uint4 *>(src + i);
+        else
+            for (int64_t i = 0; i < P; i++) dst[i] = src[i];
+    }
 }
 
 template <typename T, typename G>
-__global__ void unfold_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, int64_t total, int64_t C, int64_t H, int64_t W,
-                                  int64_t P, bool acc)
+__global__ void unfold_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, int64_t rows, int64_t C, int64_t H,
+                                  int64_t W, int64_t P, bool acc)
 {
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-        float v = to_f(gy[patch_of(e, C, H, W, P)]);
-        if (acc) v += to_f(gx[e]);
-        gx[e] = from_f<G>(v);
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < rows; t += (int64_t)gridDim.x * blockDim.x) {
+        G *dst = gx + pixel_row(t, C, H, W, P);
+        const T *src = gy + t * P;
+        for (int64_t i = 0; i < P; i++) dst[i] = from_f<G>(to_f(src[i]) + (acc ? to_f(dst[i]) : 0.0f));
     }
 }
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 } // namespace
 
 extern "C" gc_status gc_cuda_unfold_patches_fwd(gc_tensor *y, const gc_tensor *x, int64_t B, int64_t C, int64_t H, int64_t W,
                                                 int64_t P)
 {
-    const int64_t total = B * C * H * W;
-    if (total == 0) return GC_OK;
+    const int64_t rows = B * C * H * W / P;
+    if (rows == 0) return GC_OK;
     return with_type(x->dtype, "unfold_patches", [&](auto tag) {
         using T = typename decltype(tag)::type;
-        unfold_fwd_kernel<T><<<grid_for(total), kThreads, 0, gc_cuda_stream()>>>((T *)gc_tensor_data(y),
-                                                                               (const T *)gc_tensor_data(x), total, C, H, W, P);
+        constexpr int VB = 16 / sizeof(T);
+        T *py = (T *)gc_tensor_data(y);
+        const T *px = (const T *)gc_tensor_data(x);
+        if (P % VB == 0 && W % VB == 0 && aligned16(py) && aligned16(px))
+            unfold_fwd_kernel<T, VB><<<grid_for(rows), kThreads, 0, gc_cuda_stream()>>>(py, px, rows, C, H, W, P);
+        else
+            unfold_fwd_kernel<T, 1><<<grid_for(rows), kThreads, 0, gc_cuda_stream()>>>(py, px, rows, C, H, W, P);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });
@@ -69,16 +77,15 @@ extern "C" gc_status gc_cuda_unfold_patches_fwd(gc_tensor *y, const gc_tensor *x
 extern "C" gc_status gc_cuda_unfold_patches_bwd(gc_tensor *gx, const gc_tensor *gy, int64_t B, int64_t C, int64_t H, int64_t W,
                                                 int64_t P, bool acc)
 {
-    const int64_t total = B * C * H * W;
-    if (total == 0) return GC_OK;
-    return with_type(gy->dtype, "unfold_patches backward", [&](auto tv) {
+    const int64_t rows = B * C * H * W / P;
+    if (rows == 0) return GC_OK;
+    return with_types(gy->dtype, gx->dtype, "unfold_patches backward", [&](auto tv, auto tg) {
         using T = typename decltype(tv)::type;
-        return with_type(gx->dtype, "unfold_patches backward", [&](auto tg) {
-            using G = typename decltype(tg)::type;
-            unfold_bwd_kernel<T, G><<<grid_for(total), kThreads, 0, gc_cuda_stream()>>>(
-                (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), total, C, H, W, P, acc);
-            GC_CUDA_LAUNCH_CHECK();
-            return GC_OK;
-        });
+        using G = typename decltype(tg)::type;
+        unfold_bwd_kernel<T, G><<<grid_for(rows), kThreads, 0, gc_cuda_stream()>>>((G *)gc_tensor_data(gx),
+                                                                                  (const T *)gc_tensor_data(gy), rows, C, H,
+                                                                                  W, P, acc);
+        GC_CUDA_LAUNCH_CHECK();
+        return GC_OK;
     });
 }

@@ -446,6 +446,22 @@ START_TEST(test_norms_softmax)
     gc_tensor *lnb[3] = {PARAM(206, 1.0, 64 * 197, 768), PARAM(207, 1.0, 768), PARAM(208, 1.0, 768)};
     cmp2(&lg, "layernorm [12608,768] w,b", f_layernorm, &wb, 3, lnb, TOL32, TOL16_SOFT);
     cmp2(&lg, "layernorm [12608,768]", f_layernorm, &nowb, 1, lnb, TOL32, TOL16_SOFT);
+    /* the register paths of norm.cu: rows of 1..8 16-byte vectors a lane (bf16: 256 wide
+     * each), partly filled last vectors, chunks of rows cut short, and x without a gradient
+     * (the weight/bias sums alone); 2056 is past the registers and 2048 past them in f32 */
+    static const int64_t widths[] = {136, 512, 520, 1024, 2048, 2056};
+    static const int64_t heights[] = {40, 1000, 70, 77, 33, 5};
+    for (int i = 0; i < 6; i++) {
+        char name[64];
+        gc_tensor *lw[3] = {PARAM(240 + 3 * i, 1.0, heights[i], widths[i]), PARAM(241 + 3 * i, 1.0, widths[i]),
+                            PARAM(242 + 3 * i, 1.0, widths[i])};
+        snprintf(name, sizeof name, "layernorm [%lld,%lld] w,b", (long long)heights[i], (long long)widths[i]);
+        cmp2(&lg, name, f_layernorm, &wb, 3, lw, TOL32, TOL16_SOFT);
+    }
+    gc_tensor *lnx[3] = {RANDN(260, 1.0, 300, 768), PARAM(261, 1.0, 768), PARAM(262, 1.0, 768)};
+    cmp2(&lg, "layernorm [300,768] w,b, x without a gradient", f_layernorm, &wb, 3, lnx, TOL32, TOL16_SOFT);
+    gc_tensor *rnt[2] = {PARAM(263, 2.0, 300, 512), PARAM(264, 1.0, 512)};
+    cmp2(&lg, "rmsnorm [300,512]", f_rmsnorm, NULL, 2, rnt, TOL32, TOL16_SOFT);
 
     gc_tensor *rn[2] = {PARAM(210, 2.0, 37, 53), PARAM(211, 1.0, 53)};
     cmp2(&lg, "rmsnorm [37,53]", f_rmsnorm, NULL, 2, rn, TOL32, TOL16_SOFT);
