@@ -40,9 +40,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
 #include <type_traits>
-#include <unordered_map>
 
 // See runtime/cuda.cu: the C headers have no extern "C" guards of their own.
 extern "C" {
@@ -761,21 +759,19 @@ bool tile_ok(const gc_tensor *x)
     return true;
 }
 
-template <typename K> gc_status launch(K kernel, dim3 grid, size_t smem, const FlashArgs &a)
+template <auto Kernel> gc_status launch(dim3 grid, size_t smem, const FlashArgs &a)
 {
-    // Over 48 KB a kernel must be allowed its shared memory: once per kernel and size, not
-    // a host call per launch. The runtime drives one device per process (runtime/cuda.cu).
-    static std::mutex mu;
-    static std::unordered_map<const void *, size_t> allowed;
-    if (smem > 48 * 1024) {
-        std::lock_guard<std::mutex> lock(mu);
-        size_t &have = allowed[(const void *)kernel];
-        if (smem > have) {
-            GC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            have = smem;
-        }
-    }
-    kernel<<<grid, kThreadsFa, smem, gc_cuda_stream()>>>(a);
+    // Over 48 KB a kernel must be allowed its shared memory. A kernel's size is a
+    // compile-time constant: one cudaFuncSetAttribute per kernel, in a thread-safe static
+    // initialiser, and a guard read afterwards. The runtime drives one device per process
+    // (runtime/cuda.cu).
+    static const cudaError_t allowed =
+        smem > 48 * 1024 ? cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
+                         : cudaSuccess;
+    if (allowed != cudaSuccess)
+        return gc_error_set(GC_ERR_CUDA, "flash attention: %zu bytes of shared memory refused: %s", smem,
+                            cudaGetErrorString(allowed));
+    Kernel<<<grid, kThreadsFa, smem, gc_cuda_stream()>>>(a);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -817,7 +813,7 @@ template <int D> gc_status launch_fwd(const FlashArgs &a)
 {
     const dim3 grid((unsigned)((a.Lq + FwdCfg<D>::BM - 1) / FwdCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
     return with_variant(a, [&](auto drop, auto mask) {
-        return launch(flash_fwd_kernel<D, drop.value, mask.value>, grid, FwdCfg<D>::bytes, a);
+        return launch<flash_fwd_kernel<D, drop.value, mask.value>>(grid, FwdCfg<D>::bytes, a);
     });
 }
 
@@ -826,7 +822,7 @@ template <int D> gc_status launch_bwd(const FlashArgs &a)
     if (a.dq) { // also writes Delta
         const dim3 grid((unsigned)((a.Lq + DqCfg<D>::BM - 1) / DqCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
         GC_TRY(with_variant(a, [&](auto drop, auto mask) {
-            return launch(flash_bwd_dq_kernel<D, drop.value, mask.value>, grid, DqCfg<D>::bytes, a);
+            return launch<flash_bwd_dq_kernel<D, drop.value, mask.value>>(grid, DqCfg<D>::bytes, a);
         }));
     } else if (a.dk || a.dv) {
         const int64_t rows = (int64_t)a.B * a.Lq * a.H;
@@ -836,7 +832,7 @@ template <int D> gc_status launch_bwd(const FlashArgs &a)
     if (a.dk || a.dv) {
         const dim3 grid((unsigned)((a.Lk + DkvCfg<D>::BN - 1) / DkvCfg<D>::BN), (unsigned)(a.H / a.G), (unsigned)a.B);
         GC_TRY(with_variant(a, [&](auto drop, auto mask) {
-            return launch(flash_bwd_dkv_kernel<D, drop.value, mask.value>, grid, DkvCfg<D>::bytes, a);
+            return launch<flash_bwd_dkv_kernel<D, drop.value, mask.value>>(grid, DkvCfg<D>::bytes, a);
         }));
     }
     return GC_OK;
