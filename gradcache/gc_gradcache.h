@@ -62,6 +62,8 @@ typedef struct gc_gradcache {
 typedef struct gc_gradcache_result {
     double loss;
     gc_tensor *reps[GC_MAX_TOWERS];              /* full-batch representations (f32, no history); caller releases */
+    int64_t kept_rows;                           /* tower 0's rows whose phase-1 graph was kept: forwarded once,
+                                                    not replayed (0 with replay_all or without the cache) */
 } gc_gradcache_result;
 
 /* One training step's forward and backward: loss, and parameter gradients added to

@@ -201,6 +201,7 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
     for (int t = gc->n_towers - 1; t >= 0 && st == GC_OK; t--)
         if (!(res->reps[t] = forward_no_grad(&gc->towers[t], t, rng, t == 0 && !gc->replay_all ? &kept : NULL)))
             st = GC_PENDING();
+    if (kept.tape) res->kept_rows = kept.end - kept.start;
     /* 2. the loss on the full batch; the representations' gradient is the cache */
     mark(gc, "loss");
     gc_tensor *loss = NULL;

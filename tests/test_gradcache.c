@@ -67,6 +67,8 @@ static int grads(toy *m, double *out)
     return k;
 }
 
+static int64_t last_kept_rows; /* res.kept_rows of the last run */
+
 static double run(toy *m, gc_tensor *x0, gc_tensor *x1, int64_t chunk0, int64_t chunk1, bool cache, bool replay_all,
                   double *g, int *ng)
 {
@@ -79,6 +81,7 @@ static double run(toy *m, gc_tensor *x0, gc_tensor *x1, int64_t chunk0, int64_t 
     gc_rand_context rng = {1234, 7, 0};
     ck_assert_msg(gc_gradcache_step(&gc, rng, &res) == GC_OK, "%s", gc_error_message());
     *ng = grads(m, g);
+    last_kept_rows = res.kept_rows;
     gc_gradcache_result_clear(&res);
     return res.loss;
 }
@@ -98,6 +101,7 @@ static void check_chunk_invariance(double dropout)
     static double ref[2000], got[2000];
     int n;
     double lref = run(&m, x0, x1, 0, 0, false, false, ref, &n); /* no cache: one forward per tower */
+    ck_assert_int_eq(last_kept_rows, 0);
     int64_t chunks[][2] = {{1, 1}, {3, 4}, {10, 10}, {7, 2}, {100, 5}};
     for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
         for (int all = 0; all < 2; all++) { /* tower 0's last chunk kept from phase 1, or replayed */
@@ -111,6 +115,9 @@ static void check_chunk_invariance(double dropout)
             int n0 = (int)((10 + chunks[c][0] - 1) / chunks[c][0]), n1 = (int)((10 + chunks[c][1] - 1) / chunks[c][1]);
             ck_assert_int_eq(m.calls[0], 2 * n0 - !all);
             ck_assert_int_eq(m.calls[1], 2 * n1);
+            /* and the step says which rows were not replayed: tower 0's last chunk */
+            int64_t c0 = chunks[c][0] < 10 ? chunks[c][0] : 10;
+            ck_assert_int_eq(last_kept_rows, all ? 0 : 10 - (10 - 1) / c0 * c0);
         }
     }
     if (dropout > 0) { /* dropout really acts: gradients differ from dropout off */

@@ -279,6 +279,7 @@ int gc_cli_bench(int argc, char **argv)
     for (int i = 0; i < MAX_PHASES; i++) ph_ms[i] = calloc((size_t)total, sizeof(double));
     const char *ph_names[MAX_PHASES] = {0};
     int n_ph = 0, rc = 0;
+    int64_t kept_rows = 0; /* tower 0's rows not replayed (the gradient cache says which) */
     uint64_t allocs_after_warmup = 0;
     for (int64_t s = 0; s < total && !rc; s++) {
         if (s == a.warmup) {
@@ -291,6 +292,7 @@ int gc_cli_bench(int argc, char **argv)
         gc_timer_record(t0);
         gc_status st = gc_params_zero_grad(job.params);
         if (st == GC_OK) st = gc_gradcache_step(job.gc, (gc_rand_context){1, (uint32_t)s, 0}, &res);
+        if (st == GC_OK) kept_rows = res.kept_rows;
         if (st == GC_OK) st = gc_adamw_step(&adam, ac.lr);
         gc_timer_record(t1);
         if (st != GC_OK) { rc = gc_cli_fail_status("bench step"); break; }
@@ -312,8 +314,8 @@ int gc_cli_bench(int argc, char **argv)
         double med = median(step_ms + a.warmup, (int)a.steps);
         double fwd = job.pair_flops;
         int passes = (a.no_cache ? 3 : 4) + (a.checkpointing ? 1 : 0) - (a.lora ? 1 : 0);
-        /* the FLOPs run: tower 0's last chunk is not replayed (unless --replay-all) */
-        double kept = a.no_cache || a.replay_all ? 0 : job.tower0_flops * (double)(B - (B - 1) / a.chunk * a.chunk);
+        /* the FLOPs run: tower 0's kept chunk is not replayed (unless --replay-all) */
+        double kept = job.tower0_flops * (double)kept_rows;
         double tflops = (fwd * passes * (double)B - kept) / (med * 1e-3) / 1e12;
         char mode[96];
         if (a.no_cache) snprintf(mode, sizeof mode, "no cache");
