@@ -29,6 +29,7 @@ typedef struct gc_gemm_args {
     const void *a; int64_t lda;
     const void *b; int64_t ldb;
     void *c; int64_t ldc;
+    const void *c_in;    /* NULL: beta scales c itself; else C = c_in (c's layout), the result to c */
     gc_dtype ab_dtype, c_dtype;
     float alpha, beta;   /* beta 0: overwrite; 1: accumulate */
     int64_t batch, stride_a, stride_b, stride_c; /* batch 0 or 1: single */
@@ -42,6 +43,9 @@ gc_status gc_gemm(gc_device dev, const gc_gemm_args *g);
 gc_tensor *gc_matmul(gc_tensor *a, gc_tensor *b, bool trans_a, bool trans_b);
 /* x [..., in] @ w[out, in]^T + b[out] -> [..., out]; b may be NULL. */
 gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b);
+/* res + linear(x, w, b), res [..., out] (a residual): the add is the GEMM's C input, one
+ * pass over res instead of an add's three; res's gradient is gy itself. */
+gc_tensor *gc_linear_res(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *res);
 
 
 /* ---- elementwise.c ---- */
@@ -66,6 +70,8 @@ gc_tensor *gc_activation(gc_tensor *x, gc_act act);
 /* linear(activation(x, act), w, b) (matmul.c), keeping only x for backward (act(x) is
  * recomputed there): the MLP's second layer without storing its input twice. */
 gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b);
+/* res + gc_linear_act(x, act, w, b), the add in the GEMM as in gc_linear_res */
+gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res);
 gc_status gc_act_parse(const char *hf_name, gc_act *out); /* "gelu", "gelu_pytorch_tanh", "quick_gelu", "silu" ... */
 
 /* ---- norm.c ---- */

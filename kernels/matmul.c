@@ -14,7 +14,7 @@ gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, gc_dtype dd
 
 /* Row-major, f32, C = alpha op(A) op(B) + beta C (+ bias). Loop orders keep the inner
  * loop contiguous so the compiler vectorises it. */
-static void cpu_gemm_one(const gc_gemm_args *g, const float *a, const float *b, float *c)
+static void cpu_gemm_one(const gc_gemm_args *g, const float *a, const float *b, float *c, const float *c_in)
 {
     const int64_t m = g->m, n = g->n, k = g->k;
     const float alpha = g->alpha, beta = g->beta;
@@ -22,6 +22,8 @@ static void cpu_gemm_one(const gc_gemm_args *g, const float *a, const float *b, 
     for (int64_t i = 0; i < m; i++) {
         float *cr = c + i * g->ldc;
         if (beta == 0.0f) memset(cr, 0, sizeof(float) * (size_t)n);
+        else if (c_in)
+            for (int64_t j = 0; j < n; j++) cr[j] = beta * c_in[i * g->ldc + j];
         else if (beta != 1.0f)
             for (int64_t j = 0; j < n; j++) cr[j] *= beta;
         if (!g->trans_b) { /* C[i,:] += A(i,p) B[p,:] */
@@ -61,7 +63,7 @@ gc_status gc_gemm(gc_device dev, const gc_gemm_args *g)
     int64_t batch = g->batch > 1 ? g->batch : 1;
     for (int64_t z = 0; z < batch; z++)
         cpu_gemm_one(g, (const float *)g->a + z * g->stride_a, (const float *)g->b + z * g->stride_b,
-                     (float *)g->c + z * g->stride_c);
+                     (float *)g->c + z * g->stride_c, g->c_in ? (const float *)g->c_in + z * g->stride_c : NULL);
     return GC_OK;
 }
 
@@ -188,16 +190,32 @@ static gc_status linear_backward(gc_node *nd, gc_tensor *gy)
     if (gw && (st = gemm_plain(dev, true, false, out, in, R, gy, x, gw, acc, 1, false)) != GC_OK) return st;
     gc_tensor *gb = gc_grad_target(nd, 2, &acc);
     if (gb && (st = sum_rows(dev, gy, gb, acc)) != GC_OK) return st;
-    for (int i = 0; i < 3; i++)
+    if (nd->in[3] && (st = gc_grad_pass(nd, 3, gy)) != GC_OK) return st; /* the residual; gy's last reader */
+    for (int i = 0; i < 4; i++)
         if (nd->in[i] && !nd->in[i]->grad) return GC_PENDING();
     return GC_OK;
 }
 
-gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
+/* res [..., out] checked against y's shape and dtype: contiguous, or NULL with the error set */
+static gc_tensor *residual_of(gc_tensor *res, const gc_tensor *y)
+{
+    if (res->ndim != y->ndim || memcmp(res->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim) || res->dtype != y->dtype ||
+        !gc_device_eq(res->device, y->device)) {
+        char sr[GC_SHAPE_STR_LEN], sy[GC_SHAPE_STR_LEN];
+        gc_error_set(GC_ERR_SHAPE, "linear: residual %s %s %s does not match the output %s %s",
+                     gc_tensor_label(res), gc_dtype_name(res->dtype), gc_shape_str(res, sr, sizeof sr),
+                     gc_dtype_name(y->dtype), gc_shape_str(y, sy, sizeof sy));
+        return NULL;
+    }
+    return gc_contiguous(res);
+}
+
+/* y = x w^T + b (+ res, as the GEMM's C input when res is not NULL) */
+static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *res)
 {
     if (!x || !w) return NULL;
-    gc_tensor *ins[3] = {x, w, b};
-    if (!gc_check_same_device("linear", 3, ins) || !gc_check_float("linear", x) || !gc_check_same_dtype("linear", x, w) ||
+    gc_tensor *ins[4] = {x, w, b, res};
+    if (!gc_check_same_device("linear", 4, ins) || !gc_check_float("linear", x) || !gc_check_same_dtype("linear", x, w) ||
         (b && !gc_check_same_dtype("linear", x, b)))
         return NULL;
     int64_t in = gc_tensor_cols(x), out = w->ndim == 2 ? w->shape[0] : -1;
@@ -228,10 +246,26 @@ gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b)
     };
     gc_tensor *bc = b ? gc_contiguous(b) : NULL;
     if (b) { if (!bc) return NULL; g.bias = gc_tensor_data(bc); }
+    gc_tensor *rc = res ? residual_of(res, y) : NULL;
+    if (res) {
+        if (!rc) return NULL;
+        g.c_in = gc_tensor_data(rc), g.beta = 1.0f;
+    }
     if (gc_gemm(x->device, &g) != GC_OK) return NULL;
-    gc_tensor *in3[3] = {xc, wc, bc}, *sv[2] = {xc, wc};
-    gc_autograd_record("linear", linear_backward, y, 3, in3, 2, sv);
+    gc_tensor *in4[4] = {xc, wc, bc, rc}, *sv[2] = {xc, wc};
+    gc_autograd_record("linear", linear_backward, y, 4, in4, 2, sv);
     return y;
+}
+
+gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b) { return linear_impl(x, w, b, NULL); }
+
+gc_tensor *gc_linear_res(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *res)
+{
+    if (!res) {
+        gc_error_set(GC_ERR_INVALID, "linear: NULL residual");
+        return NULL;
+    }
+    return linear_impl(x, w, b, res);
 }
 
 /* ---------------------------------------------------------------- linear of an activation */
@@ -268,33 +302,53 @@ static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
         st = da ? gemm_plain(dev, false, false, R, in, out, gy, w, da, false, 1, false) : GC_PENDING();
         if (st == GC_OK) st = gc_act_backward_into(gx, acc, da, x, act);
     }
-    for (int i = 0; st == GC_OK && i < 3; i++)
+    if (st == GC_OK && nd->in[3]) st = gc_grad_pass(nd, 3, gy); /* the residual; gy's last reader */
+    for (int i = 0; st == GC_OK && i < 4; i++)
         if (nd->in[i] && !nd->in[i]->grad) st = GC_PENDING();
     return st;
 }
 
-gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b)
+static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res)
 {
     if (!x || !w) return NULL;
-    gc_tensor *ins[3] = {x, w, b};
-    if (!gc_autograd_should_record(3, ins)) return gc_linear(gc_activation(x, act), w, b);
-    int64_t in = gc_tensor_cols(x);
-    gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(gc_tensor_rows(x), in));
-    if (!x2) return NULL;
+    gc_tensor *ins[4] = {x, w, b, res};
+    if (!gc_autograd_should_record(4, ins)) return linear_impl(gc_activation(x, act), w, b, res);
+    int64_t R = gc_tensor_rows(x), in = gc_tensor_cols(x);
+    gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(R, in));
+    /* the residual as [R, out] like y below, when it has y's shape [..., out] (else linear_impl says why) */
+    gc_tensor *r2 = res;
+    if (res && w->ndim == 2 && res->ndim == x->ndim && gc_tensor_cols(res) == w->shape[0] &&
+        !memcmp(res->shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1)))
+        r2 = gc_view(gc_contiguous(res), 2, GC_SHAPE(R, w->shape[0]));
+    if (!x2 || (res && !r2)) return NULL;
     bool prev = gc_grad_set_enabled(false); /* the node below stands for both ops */
     gc_pool *p = gc_pool_push();
-    gc_tensor *y = gc_pool_keep(gc_linear(gc_activation(x2, act), w, b));
+    gc_tensor *y = gc_pool_keep(linear_impl(gc_activation(x2, act), w, b, r2));
     gc_pool_pop(p);
     gc_grad_set_enabled(prev);
     if (!y) return NULL;
     gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL;
     if (!wc || (b && !bc)) return NULL;
-    gc_tensor *in3[3] = {x2, wc, bc}, *sv[2] = {x2, wc};
-    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 3, in3, 2, sv);
+    gc_tensor *in4[4] = {x2, wc, bc, r2}, *sv[2] = {x2, wc};
+    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 4, in4, 2, sv);
     if (!nd) return NULL;
     nd->iarg[0] = act;
     int64_t sh[GC_MAX_DIMS];
     memcpy(sh, x->shape, sizeof sh);
     sh[x->ndim - 1] = w->shape[0];
     return gc_view(y, x->ndim, sh);
+}
+
+gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b)
+{
+    return linear_act_impl(x, act, w, b, NULL);
+}
+
+gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res)
+{
+    if (!res) {
+        gc_error_set(GC_ERR_INVALID, "linear_act: NULL residual");
+        return NULL;
+    }
+    return linear_act_impl(x, act, w, b, res);
 }

@@ -177,14 +177,14 @@ gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t
 // ---- k == 0: no product, C = beta C (+ bias) ----
 
 template <typename T>
-__global__ void scale_bias_kernel(T *c, int64_t m, int64_t n, int64_t ldc, int64_t batch, int64_t stride_c, float beta,
-                                  const T *bias)
+__global__ void scale_bias_kernel(T *c, const T *c_in, int64_t m, int64_t n, int64_t ldc, int64_t batch, int64_t stride_c,
+                                  float beta, const T *bias)
 {
     const int64_t total = batch * m * n;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-        int64_t j = e % n, i = (e / n) % m, z = e / (n * m);
-        T *p = c + z * stride_c + i * ldc + j;
-        float v = beta == 0.0f ? 0.0f : beta * to_f(*p);
+        int64_t j = e % n, i = (e / n) % m, z = e / (n * m), off = z * stride_c + i * ldc + j;
+        T *p = c + off;
+        float v = beta == 0.0f ? 0.0f : beta * to_f(c_in ? c_in[off] : *p);
         if (bias) v += to_f(bias[j]);
         *p = from_f<T>(v);
     }
@@ -195,7 +195,8 @@ template <typename T> gc_status scale_bias(const gc_gemm_args *g, int64_t batch)
     int64_t total = batch * g->m * g->n;
     int64_t blocks = (total + 255) / 256, cap = (int64_t)gc_cuda_sm_count() * 16;
     scale_bias_kernel<T><<<(unsigned)(blocks < cap ? blocks : cap), 256, 0, gc_cuda_stream()>>>(
-        (T *)g->c, g->m, g->n, g->ldc, batch, g->stride_c, g->beta, g->epilogue == GC_EPI_BIAS ? (const T *)g->bias : nullptr);
+        (T *)g->c, (const T *)g->c_in, g->m, g->n, g->ldc, batch, g->stride_c, g->beta,
+        g->epilogue == GC_EPI_BIAS ? (const T *)g->bias : nullptr);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -392,6 +393,7 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
     key.align_a = align_of(g->a);
     key.align_b = align_of(g->b);
     key.align_c = align_of(g->c);
+    if (g->c_in && g->c_in != g->c && align_of(g->c_in) < key.align_c) key.align_c = align_of(g->c_in); // C and D share a layout
     key.align_bias = g->epilogue == GC_EPI_BIAS ? align_of(g->bias) : 0;
 
     std::lock_guard<std::mutex> lock(plan_mu); // plans and their bias attribute are shared
@@ -413,7 +415,8 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
     if (g->epilogue == GC_EPI_BIAS)
         LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias));
     const float alpha = g->alpha, beta = g->beta;
-    LT_CHECK(cublasLtMatmul(lt, p.op, &alpha, g->b, p.la, g->a, p.lb, &beta, g->c, p.lc, g->c, p.lc, &p.algo, ws, ws_size,
+    const void *c_in = g->c_in ? g->c_in : g->c;
+    LT_CHECK(cublasLtMatmul(lt, p.op, &alpha, g->b, p.la, g->a, p.lb, &beta, c_in, p.lc, g->c, p.lc, &p.algo, ws, ws_size,
                             gc_cuda_stream()));
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;

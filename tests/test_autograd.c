@@ -2,6 +2,7 @@
  * recomputation; and finite-difference checks of matmul, linear and the views. */
 #include "gc_test.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static gc_tensor *f_matmul(gc_tensor *const *in, void *ctx)
@@ -103,6 +104,50 @@ START_TEST(test_linear_act_grad)
     gc_tensor_release(x);
     gc_tensor_release(w);
     gc_tensor_release(b);
+}
+END_TEST
+
+static gc_tensor *f_linear_res(gc_tensor *const *in, void *ctx)
+{
+    /* ctx: act, or -1 for a plain linear; the residual is in[3] * 1.5 (a gradient of its own) */
+    int act = *(const int *)ctx;
+    gc_tensor *res = gc_scale(in[3], 1.5);
+    return act < 0 ? gc_linear_res(in[0], in[1], in[2], res) : gc_linear_act_res(in[0], (gc_act)act, in[1], in[2], res);
+}
+
+/* the residual added as the GEMM's C input: the gradients of the composition, the same
+ * values as the add, and a residual of another shape is an error that names it */
+START_TEST(test_linear_res_grad)
+{
+    gc_tensor *x = gc_test_param(3, GC_SHAPE(2, 3, 5), 1, 1.0);
+    gc_tensor *w = gc_test_param(2, GC_SHAPE(4, 5), 2, 0.5);
+    gc_tensor *b = gc_test_param(1, GC_SHAPE(4), 3, 0.5);
+    gc_tensor *r = gc_test_param(3, GC_SHAPE(2, 3, 4), 4, 1.0);
+    gc_tensor *in[4] = {x, w, b, r};
+    int kinds[3] = {-1, GC_ACT_GELU_ERF, GC_ACT_QUICK_GELU};
+    for (int i = 0; i < 3; i++) GC_ASSERT_GRADCHECK(f_linear_res, &kinds[i], 4, in, NULL);
+    in[2] = NULL;
+    GC_ASSERT_GRADCHECK(f_linear_res, &kinds[0], 4, in, NULL);
+    gc_pool *p = gc_pool_push();
+    float ref[24], got[24];
+    gc_tensor_to_host_f32(gc_add(r, gc_linear(gc_activation(x, GC_ACT_QUICK_GELU), w, b)), ref);
+    gc_tensor_to_host_f32(gc_linear_act_res(x, GC_ACT_QUICK_GELU, w, b, r), got);
+    for (int k = 0; k < 24; k++) ck_assert_float_eq_tol(got[k], ref[k], 1e-6);
+    gc_tensor_to_host_f32(gc_add(r, gc_linear(x, w, b)), ref);
+    gc_tensor_to_host_f32(gc_linear_res(x, w, b, r), got);
+    for (int k = 0; k < 24; k++) ck_assert_float_eq_tol(got[k], ref[k], 1e-6);
+    gc_tensor *bad = gc_pool_add(gc_test_param(3, GC_SHAPE(2, 3, 5), 5, 1.0));
+    gc_error_clear(); /* the gradient check of a NULL input leaves an error */
+    ck_assert_ptr_null(gc_linear_res(x, w, b, bad));
+    ck_assert_msg(strstr(gc_error_message(), "residual") != NULL, "%s", gc_error_message());
+    gc_error_clear();
+    ck_assert_ptr_null(gc_linear_act_res(x, GC_ACT_GELU_ERF, w, b, bad));
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "residual"));
+    gc_pool_pop(p);
+    gc_tensor_release(x);
+    gc_tensor_release(w);
+    gc_tensor_release(b);
+    gc_tensor_release(r);
 }
 END_TEST
 
@@ -242,6 +287,69 @@ START_TEST(test_checkpoint_matches)
 }
 END_TEST
 
+/* gc_checkpoint_owned: the node owns the closure (freed once, with the node, after its
+ * backward re-ran the block or when the tape is dropped); with no node recorded it is
+ * freed before the call returns. */
+typedef struct owned_closure {
+    gc_tensor **w;
+    int *freed;
+} owned_closure;
+
+static gc_tensor *owned_block(gc_tensor *x, void *closure) { return block(x, ((owned_closure *)closure)->w); }
+
+static void owned_free(void *closure)
+{
+    owned_closure *c = closure;
+    (*c->freed)++;
+    free(c);
+}
+
+static owned_closure *owned_new(gc_tensor **w, int *freed)
+{
+    owned_closure *c = malloc(sizeof *c);
+    ck_assert_ptr_nonnull(c);
+    *c = (owned_closure){w, freed};
+    return c;
+}
+
+START_TEST(test_checkpoint_owned)
+{
+    gc_tensor *w[3] = {gc_test_param(2, GC_SHAPE(6, 5), 1, 0.5), gc_test_param(1, GC_SHAPE(6), 2, 0.5),
+                       gc_test_param(2, GC_SHAPE(5, 6), 3, 0.5)};
+    gc_tensor *x = gc_test_param(2, GC_SHAPE(4, 5), 4, 1.0);
+    gc_tensor *g = gc_test_randn(2, GC_SHAPE(4, 5), 5, 1.0);
+    float ref[30], got[30];
+    int freed = 0;
+    for (int mode = 0; mode < 3; mode++) { /* the plain block, checkpointed with backward, dropped without */
+        gc_tensor_zero_grad(w[0]);
+        int before = freed;
+        gc_tape *t = gc_tape_init();
+        gc_tape_begin(t);
+        gc_pool *p = gc_pool_push();
+        gc_tensor *y = mode ? gc_checkpoint_owned(owned_block, owned_new(w, &freed), owned_free, x) : block(x, w);
+        gc_tape_end(t);
+        ck_assert_ptr_nonnull(y);
+        ck_assert_int_eq(freed, before); /* the node holds it */
+        if (mode < 2) ck_assert_int_eq(gc_backward(t, 1, &y, &g), GC_OK);
+        gc_pool_pop(p);
+        gc_tape_free(t);
+        ck_assert_int_eq(freed, before + (mode > 0));
+        if (mode < 2) gc_tensor_to_host_f32(gc_tensor_grad(w[0]), mode ? got : ref);
+    }
+    for (int j = 0; j < 30; j++) ck_assert_float_eq_tol(got[j], ref[j], 1e-5);
+    /* no tape, and a failed input: no node, the closure freed at once */
+    gc_pool *p = gc_pool_push();
+    ck_assert_ptr_nonnull(gc_checkpoint_owned(owned_block, owned_new(w, &freed), owned_free, x));
+    ck_assert_int_eq(freed, 3);
+    ck_assert_ptr_null(gc_checkpoint_owned(owned_block, owned_new(w, &freed), owned_free, NULL));
+    ck_assert_int_eq(freed, 4);
+    gc_pool_pop(p);
+    for (int i = 0; i < 3; i++) gc_tensor_release(w[i]);
+    gc_tensor_release(x);
+    gc_tensor_release(g);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- recomputed op results */
 
 /* A pass-through op whose backward notes whether the watched storage (NULL: none) holds data then. */
@@ -357,10 +465,12 @@ int main(void)
     tcase_add_test(tc, test_matmul_grad);
     tcase_add_test(tc, test_linear_grad);
     tcase_add_test(tc, test_linear_act_grad);
+    tcase_add_test(tc, test_linear_res_grad);
     tcase_add_test(tc, test_view_grads);
     tcase_add_test(tc, test_accumulate_seed_frozen_detach);
     tcase_add_test(tc, test_saved_tensors_released);
     tcase_add_test(tc, test_checkpoint_matches);
+    tcase_add_test(tc, test_checkpoint_owned);
     tcase_add_test(tc, test_recompute_release);
     suite_add_tcase(s, tc);
     return gc_test_run(s);

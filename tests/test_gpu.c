@@ -201,6 +201,14 @@ static gc_tensor *f_linear_act(gc_tensor *const *in, void *ctx)
     return gc_linear_act(c[1] ? gc_scale(in[0], 0.75) : in[0], (gc_act)c[0], in[1], in[2]);
 }
 
+/* ctx: act or -1 (plain linear); the residual in[3] (scaled: a gradient of its own) */
+static gc_tensor *f_linear_res(gc_tensor *const *in, void *ctx)
+{
+    int act = *(const int *)ctx;
+    gc_tensor *res = gc_scale(in[3], 1.5);
+    return act < 0 ? gc_linear_res(in[0], in[1], in[2], res) : gc_linear_act_res(in[0], (gc_act)act, in[1], in[2], res);
+}
+
 START_TEST(test_matmul_linear)
 {
     gc_pool *p = gc_pool_push();
@@ -251,6 +259,15 @@ START_TEST(test_matmul_linear)
         snprintf(l, sizeof l, "linear_act %s [3,40,64]->24 +b%s", i < 2 ? "gelu_erf" : "quick_gelu", i % 2 ? ", inner x" : "");
         cmp2(&lg, l, f_linear_act, c, 3, la, TOL32, TOL16);
     }
+    /* the residual as the GEMM's C input (a separate input from the output), with and
+     * without the activation */
+    gc_tensor *lr[4] = {PARAM(34, 1.0, 3, 40, 64), PARAM(35, 0.1, 24, 64), PARAM(36, 1.0, 24), PARAM(37, 1.0, 3, 40, 24)};
+    int plain = -1, qg = GC_ACT_QUICK_GELU;
+    cmp2(&lg, "linear_res [3,40,64]->24 +b +r", f_linear_res, &plain, 4, lr, TOL32, TOL16);
+    cmp2(&lg, "linear_act_res quick_gelu [3,40,64]->24 +b +r", f_linear_res, &qg, 4, lr, TOL32, TOL16);
+    gc_tensor *lrb[4] = {PARAM(38, 1.0, 8, 197, 3072), PARAM(39, 0.02, 768, 3072), PARAM(40, 0.1, 768),
+                         PARAM(41, 1.0, 8, 197, 768)};
+    cmp2(&lg, "linear_act_res quick_gelu [8,197,3072]->768 +b +r", f_linear_res, &qg, 4, lrb, TOL32, TOL16);
     /* realistic: ViT-B MLP up-projection on 8 x 197 tokens */
     gc_tensor *big[3] = {PARAM(20, 1.0, 8, 197, 768), PARAM(21, 0.03, 3072, 768), PARAM(22, 0.1, 3072)};
     cmp2(&lg, "linear [8,197,768]->3072 +b", f_linear, &with_b, 3, big, TOL32, TOL16);
