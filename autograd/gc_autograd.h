@@ -110,6 +110,10 @@ gc_status gc_grad_pass(gc_node *node, int i, gc_tensor *gy);
  * draw from counters (see runtime/gc_rng.h), so replays see the same numbers. */
 typedef gc_tensor *(*gc_block_fn)(gc_tensor *x, void *closure);
 gc_tensor *gc_checkpoint(gc_block_fn fn, void *closure, gc_tensor *x);
+/* The same with a closure it owns (e.g. one that holds tensors the recompute reads):
+ * closure_free(closure) runs when the node is freed, or before returning when no node is
+ * recorded (grad off, no tape, an error). */
+gc_tensor *gc_checkpoint_owned(gc_block_fn fn, void *closure, void (*closure_free)(void *), gc_tensor *x);
 
 /* ---- recomputation of single op results (selective activation recompute) ---- */
 /* Gives up the caller's reference to t, the result of a recorded op that can re-run

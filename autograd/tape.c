@@ -348,9 +348,16 @@ gc_status gc_backward(gc_tape *t, int n, gc_tensor *const *outs, gc_tensor *cons
 typedef struct ckpt_aux {
     gc_block_fn fn;
     void *closure;
+    void (*closure_free)(void *); /* or NULL: the closure is not ours */
     gc_rand_context rng;
 } ckpt_aux;
 
+static void ckpt_aux_free(void *p)
+{
+    ckpt_aux *a = p;
+    if (a->closure_free) a->closure_free(a->closure);
+    free(a);
+}
 
 static gc_status ckpt_backward(gc_node *nd, gc_tensor *gy)
 {
@@ -384,28 +391,45 @@ static gc_status ckpt_backward(gc_node *nd, gc_tensor *gy)
     return st;
 }
 
-gc_tensor *gc_checkpoint(gc_block_fn fn, void *closure, gc_tensor *x)
+gc_tensor *gc_checkpoint_owned(gc_block_fn fn, void *closure, void (*closure_free)(void *), gc_tensor *x)
 {
-    if (!x) return NULL;
-    if (!grad_on || !gc_tape_current()) return fn(x, closure);
+    gc_tensor *out = NULL;
+    if (!x) goto done;
+    if (!grad_on || !gc_tape_current()) {
+        out = fn(x, closure);
+        goto done;
+    }
     bool prev = gc_grad_set_enabled(false);
     gc_pool *p = gc_pool_push();
     gc_tensor *y = fn(x, closure);
     /* a fresh header, so the node's output slot never lands on x itself */
-    gc_tensor *out = y ? gc_tensor_view_of(y, y->ndim, y->shape, y->stride, y->offset) : NULL;
+    out = y ? gc_tensor_view_of(y, y->ndim, y->shape, y->stride, y->offset) : NULL;
     gc_pool_pop(p);
     gc_grad_set_enabled(prev);
-    if (!out) return NULL;
+    if (!out) goto done;
     gc_pool_add(out);
     ckpt_aux *a = malloc(sizeof *a);
-    if (!a) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
-    *a = (ckpt_aux){fn, closure, gc_rand_context_get()};
+    if (!a) {
+        gc_error_set(GC_ERR_OOM, "out of host memory");
+        out = NULL;
+        goto done;
+    }
+    *a = (ckpt_aux){fn, closure, closure_free, gc_rand_context_get()};
     gc_node *nd = record("checkpoint", ckpt_backward, out, 1, &x, 1, &x);
-    if (!nd) { free(a); return NULL; }
+    if (!nd) {
+        free(a);
+        out = NULL;
+        goto done;
+    }
     nd->aux = a;
-    nd->aux_free = free;
+    nd->aux_free = ckpt_aux_free;
+    return out; /* the node owns the closure now */
+done:
+    if (closure_free) closure_free(closure);
     return out;
 }
+
+gc_tensor *gc_checkpoint(gc_block_fn fn, void *closure, gc_tensor *x) { return gc_checkpoint_owned(fn, closure, NULL, x); }
 
 /* ---------------------------------------------------------------- recomputation of single ops */
 
