@@ -71,6 +71,23 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x);
 /* The same through gc_checkpoint when `checkpoint` is set (keeps only x; recomputes in backward). */
 gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint);
 
+/* x [B, L, D], rows i32/i64 [B] (best on the host: read there to build the mask, no
+ * wait for the GPU) -> [B, 1, D]: row rows[b] of sample b's block output, the same
+ * numbers as gc_gather_rows of the whole output (CLIP's last text block: the embedding
+ * reads only the pooled token). Keys and values come from every token; q (projected on
+ * every row, then gathered), attention, o, the residual and the MLP run on those rows.
+ * A causal block masks keys after rows[b] ([B, 1, L], additive). With attention
+ * dropout, drop_path or a rotary embedding the whole block runs and its rows are
+ * gathered. b->out_rows does not apply. */
+gc_tensor *gc_block_forward_rows(const gc_block *b, gc_tensor *x, gc_tensor *rows);
+/* The same through gc_checkpoint when `checkpoint` is set (the node holds rows until its
+ * backward re-runs the block: do not change its values before). */
+gc_tensor *gc_block_run_rows(const gc_block *b, gc_tensor *x, gc_tensor *rows, bool checkpoint);
+/* Tests only: off, gc_block_forward_rows always runs the whole block and gathers its
+ * rows (the reference for the rows path). On by default, per thread like grad mode;
+ * returns the previous value. */
+bool gc_block_rows_set_enabled(bool on);
+
 /* A model's input (pixels) on dev in dt, pool-owned and without history: x itself when it
  * already is (a batch kept on the device in the compute dtype is read in place, no copy
  * per chunk), else a converted copy (a chunk of a host batch is uploaded here). */

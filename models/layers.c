@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../runtime/gc_rng.h"
@@ -48,27 +49,68 @@ static int64_t query_rows(const gc_block *b, int64_t L)
     return n;
 }
 
-gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
+static _Thread_local bool rows_on = true;
+
+bool gc_block_rows_set_enabled(bool on)
 {
-    if (!x) return NULL;
-    int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2], H = b->heads, n = query_rows(b, L);
+    bool prev = rows_on;
+    rows_on = on;
+    return prev;
+}
+
+/* The additive mask [B, 1, L] on dev that makes the one query of sample b, at row
+ * rows[b], causal: 0 for keys <= rows[b], -inf after. Pool-owned; NULL on error. */
+static gc_tensor *row_causal_mask(gc_tensor *rows, int64_t B, int64_t L, gc_device dev)
+{
+    gc_tensor *p = gc_tensor_new(GC_I64, GC_CPU, 1, GC_SHAPE(B));
+    float *m = malloc(sizeof(float) * (size_t)(B * L + 1));
+    gc_tensor *mask = NULL;
+    if (!m) gc_error_set(GC_ERR_OOM, "out of host memory");
+    if (m && p && gc_tensor_copy_into(p, rows, false) == GC_OK) {
+        const int64_t *r = gc_tensor_data(p);
+        int64_t b = 0;
+        for (; b < B && r[b] >= 0 && r[b] < L; b++)
+            for (int64_t j = 0; j < L; j++) m[b * L + j] = j <= r[b] ? 0.0f : -INFINITY;
+        if (b < B)
+            gc_error_set(GC_ERR_INVALID, "block: row %lld of sample %lld is outside [0, %lld)", (long long)r[b],
+                         (long long)b, (long long)L);
+        else
+            mask = gc_pool_add(gc_tensor_from_data(GC_F32, dev, 3, GC_SHAPE(B, 1, L), m));
+    }
+    free(m);
+    gc_tensor_release(p);
+    return mask;
+}
+
+/* The block on query rows: the first n (n == L: all), or with rows [B] (n == 1) row
+ * rows[b] of sample b; keys and values from every token either way. */
+static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_tensor *rows)
+{
+    int64_t B = x->shape[0], L = x->shape[1], D = x->shape[2], H = b->heads;
     gc_pool *pool = gc_pool_push(); /* the block's intermediates die here unless the tape keeps them */
+    /* one query per sample sees keys up to its own row: causality as a mask */
+    gc_tensor *mask = rows && b->causal ? row_causal_mask(rows, B, L, x->device) : NULL;
+    if (rows && b->causal && !mask) {
+        gc_pool_pop(pool);
+        return NULL;
+    }
     /* Three stages, each in a pool of its own: what only one stage reads (a layernorm
      * output, the attention branch) is freed before the next allocates, so the block's
      * peak is what the tape keeps plus one stage's work, not plus every temporary. */
     gc_pool *st = gc_pool_push();
     gc_tensor *h = gc_layernorm(x, b->ln1_w, b->ln1_b, b->eps);
     gc_tensor *norm = gc_tensor_retain(h);
-    /* n < L: q of every row, its first n copied out and the rest freed at once (before k
-     * and v are made): q's projection adds its gradient into h's as in the whole block
+    /* n < L: q of every row, the query rows copied out and the rest freed at once (before
+     * k and v are made): q's projection adds its gradient into h's as in the whole block
      * (zero rows and all), bit for bit */
     gc_pool *qp = gc_pool_push();
-    gc_tensor *q = gc_view(gc_lin_forward(&b->q, h, b->op_base + 1), 4, GC_SHAPE(B, L, H, D / H));
-    q = gc_pool_keep(n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q);
+    gc_tensor *q = gc_lin_forward(&b->q, h, b->op_base + 1);                 /* [B, L, D] */
+    q = rows ? gc_gather_rows(q, rows) : n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q;
+    q = gc_pool_keep(gc_view(q, 4, GC_SHAPE(B, n, H, D / H)));
     gc_pool_pop(qp);
     gc_tensor *k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
     gc_tensor *v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
-    if (b->rope_cos) { /* the first n < L rows are below rope_start: never rotated */
+    if (b->rope_cos) { /* the first n < L rows are below rope_start: never rotated; rows never get here */
         if (n == L) q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
         k = gc_rope(k, b->rope_cos, b->rope_sin, b->rope_start);
     }
@@ -78,11 +120,12 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
      * consumers' backward (kept where they escaped or are not on the tape) */
     gc_recompute_release(norm);
     st = gc_pool_push();
-    gc_attn_opts ao = {.causal = b->causal, .dropout = b->attn_dropout, .dropout_op = b->op_base};
+    gc_attn_opts ao = {.causal = b->causal && !rows, .mask = mask, .dropout = b->attn_dropout, .dropout_op = b->op_base};
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, n, D));
     gc_tensor_release(q), gc_tensor_release(k), gc_tensor_release(v); /* the GEMM path saved copies */
     a = gc_lin_forward(&b->o, a, b->op_base + 4);
-    gc_tensor *r = gc_pool_keep(residual_add(b, n < L ? gc_slice(x, 1, 0, n) : x, a, b->ls1, b->op_base + 7));
+    gc_tensor *xr = rows ? gc_view(gc_gather_rows(x, rows), 3, GC_SHAPE(B, 1, D)) : n < L ? gc_slice(x, 1, 0, n) : x;
+    gc_tensor *r = gc_pool_keep(residual_add(b, xr, a, b->ls1, b->op_base + 7));
     gc_pool_pop(st);
     st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
@@ -98,6 +141,31 @@ gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
     return y;
 }
 
+gc_tensor *gc_block_forward(const gc_block *b, gc_tensor *x)
+{
+    return x ? block_forward(b, x, query_rows(b, x->shape[1]), NULL) : NULL;
+}
+
+gc_tensor *gc_block_forward_rows(const gc_block *b, gc_tensor *x, gc_tensor *rows)
+{
+    if (!x || !rows) return NULL;
+    if (x->ndim != 3 || rows->ndim != 1 || rows->shape[0] != x->shape[0] || (rows->dtype != GC_I32 && rows->dtype != GC_I64)) {
+        char sx[GC_SHAPE_STR_LEN], sr[GC_SHAPE_STR_LEN];
+        gc_error_set(GC_ERR_SHAPE, "block: rows %s %s %s must be i32/i64 [B] for x %s [B, L, D]", gc_tensor_label(rows),
+                     gc_dtype_name(rows->dtype), gc_shape_str(rows, sr, sizeof sr), gc_shape_str(x, sx, sizeof sx));
+        return NULL;
+    }
+    /* the rows alone give the numbers of the whole block unless a draw is keyed by the
+     * query's index (attention dropout) or a query is rotated by its position (rope);
+     * drop_path draws per sample and would fit, but no caller needs it: whole block */
+    if (rows_on && !(b->attn_dropout > 0) && !(b->drop_path > 0) && !b->rope_cos) return block_forward(b, x, 1, rows);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = block_forward(b, x, x->shape[1], NULL);                     /* [B, L, D] */
+    y = gc_pool_keep(gc_view(gc_gather_rows(y, rows), 3, GC_SHAPE(x->shape[0], 1, x->shape[2])));
+    gc_pool_pop(p);
+    return y;
+}
+
 gc_tensor *gc_input_to(gc_tensor *x, gc_device dev, gc_dtype dt)
 {
     if (!x) return NULL;
@@ -110,6 +178,37 @@ static gc_tensor *block_fn(gc_tensor *x, void *closure) { return gc_block_forwar
 gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint)
 {
     return checkpoint ? gc_checkpoint(block_fn, (void *)b, x) : gc_block_forward(b, x);
+}
+
+/* what a checkpointed rows block re-runs with: the node keeps rows until its backward */
+typedef struct rows_closure {
+    const gc_block *b;
+    gc_tensor *rows;
+} rows_closure;
+
+static gc_tensor *rows_fn(gc_tensor *x, void *closure)
+{
+    const rows_closure *c = closure;
+    return gc_block_forward_rows(c->b, x, c->rows);
+}
+
+static void rows_closure_free(void *closure)
+{
+    rows_closure *c = closure;
+    gc_tensor_release(c->rows);
+    free(c);
+}
+
+gc_tensor *gc_block_run_rows(const gc_block *b, gc_tensor *x, gc_tensor *rows, bool checkpoint)
+{
+    if (!checkpoint || !x || !rows) return gc_block_forward_rows(b, x, rows);
+    rows_closure *c = malloc(sizeof *c);
+    if (!c) {
+        gc_error_set(GC_ERR_OOM, "out of host memory");
+        return NULL;
+    }
+    *c = (rows_closure){b, gc_tensor_retain(rows)};
+    return gc_checkpoint_owned(rows_fn, c, rows_closure_free, x);
 }
 
 void gc_init_normal(float *out, int64_t n, double std, uint64_t seed, uint32_t stream)

@@ -157,6 +157,110 @@ START_TEST(test_block_head_rows)
 }
 END_TEST
 
+typedef struct rows_run {
+    double *out;   /* the output rows [B, D] */
+    double *grads; /* every parameter's gradient, then x's */
+    size_t end;    /* bytes the tape and the output hold after the forward */
+} rows_run;
+
+typedef struct rows_ctx {
+    const gc_block *b;
+    gc_tensor *rows;
+    int mode; /* 0: the whole block, then its rows gathered; 1: gc_block_run_rows; 2: the same checkpointed */
+} rows_ctx;
+
+static gc_tensor *rows_block_fwd(void *vc, gc_tensor *x)
+{
+    const rows_ctx *c = vc;
+    if (!c->mode) return gc_gather_rows(gc_block_forward(c->b, x), c->rows);
+    return gc_view(gc_block_run_rows(c->b, x, c->rows, c->mode == 2), 2, GC_SHAPE(x->shape[0], x->shape[2]));
+}
+
+static rows_run rows_block_run(rows_ctx *c, gc_params *ps, gc_tensor *x, gc_tensor *g)
+{
+    rows_run r = {.end = forward_bytes(rows_block_fwd, c, x).end};
+    int64_t B = x->shape[0], D = x->shape[2], np = gc_params_count(ps, false);
+    ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
+    ck_assert_int_eq(gc_tensor_zero_grad(x), GC_OK);
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = rows_block_fwd(c, x);
+    gc_tape_end(t);
+    ck_assert_msg(y && y->ndim == 2 && y->shape[0] == B && y->shape[1] == D, "mode %d: %s", c->mode, gc_error_message());
+    ck_assert_msg(gc_backward(t, 1, &y, &g) == GC_OK, "%s", gc_error_message());
+    r.out = calloc((size_t)(B * D), sizeof(double));
+    ck_assert_int_eq(gc_tensor_to_host_f64(y, r.out), GC_OK);
+    r.grads = realloc(gc_test_flat_grads(ps), sizeof(double) * (size_t)(np + gc_tensor_numel(x)));
+    ck_assert_int_eq(gc_tensor_to_host_f64(gc_tensor_grad(x), r.grads + np), GC_OK);
+    gc_pool_pop(p);
+    gc_tape_free(t);
+    return r;
+}
+
+/* gc_block_run_rows on a causal block (CLIP's last text block: one pooled row per sample,
+ * here at the first, the last and inner positions): the rows of the whole block's output
+ * and, with a cotangent on those rows only, the same gradients of every parameter and of
+ * x, with and without checkpointing (bit for bit on the CPU); the tape keeps k, v and one
+ * row of the rest. The numbers would change with a key more or less in the mask. Rows
+ * outside [0, L) or of the wrong shape are errors. */
+START_TEST(test_block_pooled_rows)
+{
+    const int64_t B = 5, L = 11, D = 64, H = 2, F = 128; /* head dim 32: flash in bf16 on the GPU */
+    gc_device dev = gc_test_device();
+    gc_dtype dt = gc_test_dtype();
+    gc_params ps;
+    gc_block b;
+    gc_test_block_init(&ps, &b, D, H, F, NULL, 13);
+    b.causal = true;
+    gc_tensor *x = gc_test_block_input(B, L, D, 6, true);
+    gc_tensor *rows = gc_tensor_from_data(GC_I64, GC_CPU, 1, GC_SHAPE(B), (int64_t[]){0, L - 1, 4, 1, 4});
+    gc_tensor *hg = gc_test_randn(2, GC_SHAPE(B, D), 10, 1.0), *g = gc_tensor_to(hg, dev, dt);
+    int64_t n = gc_params_count(&ps, false) + B * L * D;
+    rows_run r[3];
+    for (int mode = 0; mode < 3; mode++) r[mode] = rows_block_run(&(rows_ctx){&b, rows, mode}, &ps, x, g);
+    printf("causal block [%lld, %lld, %lld] on %s %s: the tape and the output hold %zu bytes, %zu on the pooled rows, "
+           "%zu checkpointed\n", (long long)B, (long long)L, (long long)D, gc_device_name(dev), gc_dtype_name(dt), r[0].end,
+           r[1].end, r[2].end);
+    ck_assert_uint_lt(r[1].end, r[0].end);
+    ck_assert_uint_lt(r[2].end, r[1].end);
+    for (int mode = 1; mode < 3; mode++) {
+        if (dev.type == GC_DEVICE_CPU) {
+            for (int64_t i = 0; i < B * D; i++)
+                ck_assert_msg(!memcmp(&r[0].out[i], &r[mode].out[i], sizeof(double)), "mode %d: output %lld: %.9g vs %.9g",
+                              mode, (long long)i, r[0].out[i], r[mode].out[i]);
+            for (int64_t i = 0; i < n; i++)
+                ck_assert_msg(!memcmp(&r[0].grads[i], &r[mode].grads[i], sizeof(double)),
+                              "mode %d: gradient %lld: %.9g vs %.9g", mode, (long long)i, r[0].grads[i], r[mode].grads[i]);
+        } else { /* a GEMM of other rows may round differently */
+            double tol = dt == GC_F32 ? 1e-5 : 2e-2;
+            double eo = gc_test_vec_rel_err(r[mode].out, r[0].out, B * D), eg = gc_test_vec_rel_err(r[mode].grads, r[0].grads, n);
+            printf("  mode %d: output %.3g, gradients %.3g (relative)\n", mode, eo, eg);
+            ck_assert_msg(eo <= tol && eg <= tol, "mode %d: output differs by %.3g, gradients by %.3g", mode, eo, eg);
+        }
+    }
+    for (int mode = 0; mode < 3; mode++) {
+        free(r[mode].out);
+        free(r[mode].grads);
+    }
+    /* errors, not aborts */
+    gc_pool *p = gc_pool_push();
+    gc_tensor *bad = gc_pool_add(gc_tensor_from_data(GC_I64, GC_CPU, 1, GC_SHAPE(B), (int64_t[]){0, L, 4, 1, 4}));
+    ck_assert_ptr_null(gc_block_forward_rows(&b, x, bad));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_INVALID);
+    gc_error_clear();
+    ck_assert_ptr_null(gc_block_forward_rows(&b, x, gc_slice(rows, 0, 0, 2)));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_SHAPE);
+    gc_error_clear();
+    gc_pool_pop(p);
+    gc_tensor_release(g);
+    gc_tensor_release(hg);
+    gc_tensor_release(rows);
+    gc_tensor_release(x);
+    gc_params_free(&ps);
+}
+END_TEST
+
 /* A small CLIP (3 vision layers, 4x4 patches of 8 pixels: 17 tokens) */
 static gc_clip *small_clip(void)
 {
@@ -324,6 +428,7 @@ int main(void)
     TCase *tc = gc_test_tcase("memory");
     tcase_add_test(tc, test_block_forward_peak);
     tcase_add_test(tc, test_block_head_rows);
+    tcase_add_test(tc, test_block_pooled_rows);
     tcase_add_test(tc, test_clip_image_tower_peak);
     tcase_add_test(tc, test_input_in_place);
     tcase_add_test(tc, test_upload_no_staging);
