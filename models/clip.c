@@ -468,9 +468,14 @@ gc_tensor *gc_clip_encode_text(gc_clip *m, gc_tensor *ids)
     gc_tensor *ids_h = ids->device.type == GC_DEVICE_CPU ? ids : gc_pool_add(gc_tensor_to(ids, GC_CPU, ids->dtype));
     gc_tensor *h = gc_embedding(m->t_tok, ids_h);                              /* [B, L, D] */
     h = gc_add(h, gc_slice(m->t_pos, 0, 0, L));
-    for (int64_t i = 0; i < c->layers; i++) h = gc_block_run(&m->t_blocks[i], h, m->opt.checkpointing);
-    h = gc_layernorm(h, m->t_final_w, m->t_final_b, c->eps);
-    gc_tensor *pooled = gc_gather_rows(h, pos_t);                              /* [B, D] */
+    int64_t nl = c->layers;
+    for (int64_t i = 0; i + 1 < nl; i++) h = gc_block_run(&m->t_blocks[i], h, m->opt.checkpointing);
+    /* the embedding reads only the pooled rows: the last block computes just those (its
+     * keys and values from every token) */
+    gc_tensor *pooled = nl ? gc_view(gc_block_run_rows(&m->t_blocks[nl - 1], h, pos_t, m->opt.checkpointing), 2,
+                                     GC_SHAPE(B, c->hidden))
+                           : gc_gather_rows(h, pos_t);                         /* [B, D] */
+    pooled = gc_layernorm(pooled, m->t_final_w, m->t_final_b, c->eps);
     gc_tensor *y = gc_pool_keep(gc_linear(pooled, m->t_proj, NULL));
     gc_pool_pop(pool);
     return y;

@@ -152,6 +152,84 @@ START_TEST(test_dropout_chunk_invariance)
 }
 END_TEST
 
+/* A tiny random CLIP whose text tower has head dim 32 (flash attention in bf16 on the GPU) */
+static gc_clip *tiny_text_clip(bool checkpointing)
+{
+    gc_clip_config c;
+    ck_assert_int_eq(gc_clip_config_named("clip-tiny", &c), GC_OK);
+    c.text = (gc_clip_tower_config){.hidden = 64, .layers = 2, .heads = 2, .intermediate = 96, .act = GC_ACT_QUICK_GELU,
+                                    .eps = 1e-5, .vocab = 50, .max_positions = 16, .eos_token_id = 3,
+                                    .bos_token_id = 0, .pad_token_id = 1};
+    c.projection_dim = 24;
+    gc_clip_options o = test_options();
+    o.checkpointing = checkpointing;
+    gc_clip *m;
+    ck_assert_msg(gc_clip_init(&m, &c, &o, 21) == GC_OK, "%s", gc_error_message());
+    return m;
+}
+
+/* The text embedding [B, P] (into out) and every parameter's gradient (returned, flat) for
+ * the cotangent g, through a tape. */
+static double *text_step(gc_clip *m, gc_tensor *ids, gc_tensor *g, double *out)
+{
+    gc_params *ps = gc_clip_params(m);
+    ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = gc_clip_encode_text(m, ids);
+    gc_tape_end(t);
+    ck_assert_msg(y && gc_shape_eq(y, g), "%s", gc_error_message());
+    ck_assert_msg(gc_backward(t, 1, &y, &g) == GC_OK, "%s", gc_error_message());
+    ck_assert_int_eq(gc_tensor_to_host_f64(y, out), GC_OK);
+    gc_pool_pop(p);
+    gc_tape_free(t);
+    return gc_test_flat_grads(ps);
+}
+
+/* The last text block computes only the pooled rows (gc_block_run_rows): the embedding and
+ * every parameter's gradient equal those of the whole block (gc_block_rows_set_enabled
+ * off), with and without checkpointing, for pooled positions at 0 (an EOS there, and a
+ * caption without one), L-1, and inside with padding after. */
+START_TEST(test_text_pooled_rows)
+{
+    enum { B = 6, L = 12 };
+    const int64_t eos_at[B] = {0, L - 1, 5, -1 /* no EOS: position 0 */, 2, 8};
+    int64_t pos[B];
+    gc_tensor *ids = gc_test_ints(GC_I64, 2, GC_SHAPE(B, L), 7, 4, 50); /* no EOS (3) among them */
+    int64_t *id = gc_tensor_data(ids);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = eos_at[b] < 0 ? L : eos_at[b]; j < L; j++) id[b * L + j] = j == eos_at[b] ? 3 : 1; /* padding 1 after */
+    gc_clip *m[2] = {tiny_text_clip(false), tiny_text_clip(true)};
+    ck_assert_int_eq(gc_clip_text_pool_positions(gc_clip_get_config(m[0]), ids, pos), GC_OK);
+    for (int64_t b = 0; b < B; b++) ck_assert_int_eq(pos[b], eos_at[b] < 0 ? 0 : eos_at[b]);
+    int64_t P = gc_clip_get_config(m[0])->projection_dim, n = gc_params_count(gc_clip_params(m[0]), false);
+    gc_tensor *hg = gc_test_randn(2, GC_SHAPE(B, P), 12, 1.0), *g = gc_tensor_to(hg, gc_test_device(), gc_test_dtype());
+    double out[4][B * 24], *grads[4];
+    ck_assert_int_eq(P, 24);
+    for (int run = 0; run < 4; run++) { /* run 0 is the reference: the whole block, no checkpointing */
+        bool prev = gc_block_rows_set_enabled(run & 1);
+        grads[run] = text_step(m[run >> 1], ids, g, out[run]);
+        gc_block_rows_set_enabled(prev);
+    }
+    /* f32 rounds the same way on the CPU (bit for bit there today); the GPU's GEMMs of other
+     * row counts may round differently */
+    double tol = gc_test_device().type == GC_DEVICE_CPU ? 1e-6 : gc_test_dtype() == GC_F32 ? 1e-5 : 2e-2;
+    static const char *const what[4] = {"whole block", "pooled rows", "whole block checkpointed", "pooled rows checkpointed"};
+    for (int run = 1; run < 4; run++) {
+        double eo = gc_test_vec_rel_err(out[run], out[0], B * P), eg = gc_test_vec_rel_err(grads[run], grads[0], n);
+        printf("text tower, %s vs whole block: embedding %.3g, gradients %.3g (relative)\n", what[run], eo, eg);
+        ck_assert_msg(eo <= tol && eg <= tol, "%s: embedding differs by %.3g, gradients by %.3g", what[run], eo, eg);
+    }
+    for (int run = 0; run < 4; run++) free(grads[run]);
+    gc_tensor_release(g);
+    gc_tensor_release(hg);
+    gc_tensor_release(ids);
+    gc_clip_free(m[0]);
+    gc_clip_free(m[1]);
+}
+END_TEST
+
 /* Save and reload: same parameters, same embeddings; the saved file is an HF layout. */
 START_TEST(test_save_reload)
 {
@@ -210,6 +288,7 @@ int main(void)
     tcase_add_loop_test(tc, test_matches_transformers, 0, 3);
     tcase_add_loop_test(tc, test_checkpointing_matches_transformers, 0, 3);
     tcase_add_test(tc, test_dropout_chunk_invariance);
+    tcase_add_test(tc, test_text_pooled_rows);
     tcase_add_test(tc, test_save_reload);
     tcase_add_test(tc, test_bad_checkpoints_are_named);
     suite_add_tcase(s, tc);
