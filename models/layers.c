@@ -123,9 +123,12 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     gc_attn_opts ao = {.causal = b->causal && !rows, .mask = mask, .dropout = b->attn_dropout, .dropout_op = b->op_base};
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, n, D));
     gc_tensor_release(q), gc_tensor_release(k), gc_tensor_release(v); /* the GEMM path saved copies */
-    a = gc_lin_forward(&b->o, a, b->op_base + 4);
     gc_tensor *xr = rows ? gc_view(gc_gather_rows(x, rows), 3, GC_SHAPE(B, 1, D)) : n < L ? gc_slice(x, 1, 0, n) : x;
-    gc_tensor *r = gc_pool_keep(residual_add(b, xr, a, b->ls1, b->op_base + 7));
+    /* a plain residual (no layer scale, drop_path or LoRA) is the GEMM's C input */
+    bool plain = !(b->drop_path > 0);
+    gc_tensor *r = gc_pool_keep(plain && !b->ls1 && !b->o.lora_a
+                                    ? gc_linear_res(a, b->o.w, b->o.b, xr)
+                                    : residual_add(b, xr, gc_lin_forward(&b->o, a, b->op_base + 4), b->ls1, b->op_base + 7));
     gc_pool_pop(st);
     st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
@@ -134,9 +137,14 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     gc_pool_pop(st);
     gc_recompute_release(norm);
     /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
-    m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
-                      : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);
-    gc_tensor *y = gc_pool_keep(residual_add(b, r, m, b->ls2, b->op_base + 8));
+    gc_tensor *y;
+    if (plain && !b->ls2 && !b->fc2.lora_a) {
+        y = gc_pool_keep(gc_linear_act_res(m, b->act, b->fc2.w, b->fc2.b, r));
+    } else {
+        m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
+                          : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);
+        y = gc_pool_keep(residual_add(b, r, m, b->ls2, b->op_base + 8));
+    }
     gc_pool_pop(pool);
     return y;
 }
