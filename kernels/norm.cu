@@ -4,11 +4,10 @@
 // rows, or rows that are not 16-byte vectors (D % 8 for bf16, % 4 for f32, and every
 // pointer), take the loops that re-read them.
 // The dw/db reduction is deterministic: each block sums a fixed chunk of rows into an
-// f32 partial per column (warp w takes rows w, w + 8, ... of the chunk; the warps' sums
-// are added in warp order), and a second kernel adds the partials of a column in a fixed
-// order (no atomics). For rows of up to 3 vectors a lane (ViT-B's 768, text's 512) the
-// backward kernel makes the partials from the x and gy it already holds: one read of
-// each for dx, dw and db.
+// f32 partial per column, and a second kernel adds the partials of a column in a fixed
+// order (no atomics). (Making the partials in the backward kernel, from the x and gy it
+// already holds, measured slower on the H200: a block must then take many rows, one
+// after another, where the separate kernels spread one row per warp over the GPU.)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -190,110 +189,65 @@ __global__ void norm_bwd_kernel(int mode, const T *__restrict__ x, const T *__re
 }
 
 // The backward for rows of at most 32 * V * NV elements, x and gy read once into
-// registers. Block b takes rows [b * rpb, +rpb), warp w rows w, w + 8, ... of them.
-// gx (when not NULL) as norm_bwd_kernel, the same sums in the same order. WB: each lane
-// also sums gy xh and gy over its warp's rows for its columns, the warps' sums are added
-// in warp order in shared memory ([2, D] f32, dynamic) and written to
-// part_w / part_b [b, D]: norm_wb_part_kernel's sums with chunk_rows = rpb.
-template <typename T, typename G, int V, int NV, bool WB>
+// registers; the same sums in the same order as norm_bwd_kernel.
+template <typename T, typename G, int V, int NV>
 __global__ void __launch_bounds__(256) norm_bwd_reg_kernel(int mode, const T *__restrict__ x, const T *__restrict__ w,
                                                            const T *__restrict__ gy, const float *__restrict__ mean,
                                                            const float *__restrict__ stat, G *__restrict__ gx, bool acc,
-                                                           float *__restrict__ part_w, float *__restrict__ part_b,
-                                                           int64_t R, int64_t D, float eps, int64_t rpb)
+                                                           int64_t R, int64_t D, float eps)
 {
-    extern __shared__ float red[];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t r0 = (int64_t)blockIdx.x * rpb, r1 = r0 + rpb < R ? r0 + rpb : R;
-    float aw[NV][V], ab[NV][V];
+    const int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= R) return;
+    float xv[NV][V], gv[NV][V];
 #pragma unroll
-    for (int j = 0; j < NV; j++)
-#pragma unroll
-        for (int k = 0; k < V; k++) aw[j][k] = ab[j][k] = 0.0f;
-    for (int64_t r = r0 + warp; r < r1; r += ROWS_PER_BLOCK) {
-        float xv[NV][V], gv[NV][V];
-#pragma unroll
-        for (int j = 0; j < NV; j++) {
-            const int64_t c = ((int64_t)j * 32 + lane) * V;
-            if (c < D) {
-                load_v<V>(x + r * D + c, xv[j]);
-                load_v<V>(gy + r * D + c, gv[j]);
-            } else {
-#pragma unroll
-                for (int k = 0; k < V; k++) xv[j][k] = gv[j][k] = 0.0f;
-            }
+    for (int j = 0; j < NV; j++) {
+        const int64_t c = ((int64_t)j * 32 + lane) * V;
+        if (c < D) {
+            load_v<V>(x + r * D + c, xv[j]);
+            load_v<V>(gy + r * D + c, gv[j]);
         }
-        const float m = mode == NORM_LAYER ? mean[r] : 0.0f, st = stat[r];
-        if (gx) {
-            const bool clipped = mode == NORM_L2 && st < eps;
-            const float scale = mode == NORM_L2 ? 1.0f / fmaxf(st, eps) : st;
-            float sg = 0.0f, sgx = 0.0f;
-#pragma unroll
-            for (int j = 0; j < NV; j++) {
-                const int64_t c = ((int64_t)j * 32 + lane) * V;
-                if (c >= D) continue;
-                float wv[V];
-                if (w) load_v<V>(w + c, wv);
-#pragma unroll
-                for (int k = 0; k < V; k++) {
-                    const float g = gv[j][k] * (w ? wv[k] : 1.0f);
-                    sg += g;
-                    sgx += g * (xv[j][k] - m) * scale;
-                }
-            }
-            sg = warp_sum(sg);
-            sgx = warp_sum(sgx);
-            float a = 0.0f, cc;
-            if (mode == NORM_LAYER) {
-                a = sg / (float)D;
-                cc = sgx / (float)D;
-            } else if (mode == NORM_RMS) {
-                cc = sgx / (float)D;
-            } else {
-                cc = clipped ? 0.0f : sgx;
-            }
-#pragma unroll
-            for (int j = 0; j < NV; j++) {
-                const int64_t c = ((int64_t)j * 32 + lane) * V;
-                if (c >= D) continue;
-                float wv[V], o[V];
-                if (w) load_v<V>(w + c, wv);
-#pragma unroll
-                for (int k = 0; k < V; k++) {
-                    const float g = gv[j][k] * (w ? wv[k] : 1.0f);
-                    o[k] = scale * (g - a - (xv[j][k] - m) * scale * cc);
-                }
-                store_v<V>(gx + r * D + c, o, acc);
-            }
-        }
-        if constexpr (WB)
-#pragma unroll
-            for (int j = 0; j < NV; j++)
-#pragma unroll
-                for (int k = 0; k < V; k++) {
-                    aw[j][k] += gv[j][k] * (xv[j][k] - m) * st;
-                    ab[j][k] += gv[j][k];
-                }
     }
-    if constexpr (WB) {
-        for (int i = 0; i < ROWS_PER_BLOCK; i++) { // warp order: the same sums on every run
-            if (warp == i)
+    const float m = mode == NORM_LAYER ? mean[r] : 0.0f, st = stat[r];
+    const bool clipped = mode == NORM_L2 && st < eps;
+    const float scale = mode == NORM_L2 ? 1.0f / fmaxf(st, eps) : st;
+    float sg = 0.0f, sgx = 0.0f;
 #pragma unroll
-                for (int j = 0; j < NV; j++) {
-                    const int64_t c = ((int64_t)j * 32 + lane) * V;
-                    if (c >= D) continue;
+    for (int j = 0; j < NV; j++) {
+        const int64_t c = ((int64_t)j * 32 + lane) * V;
+        if (c >= D) continue;
+        float wv[V];
+        if (w) load_v<V>(w + c, wv);
 #pragma unroll
-                    for (int k = 0; k < V; k++) {
-                        red[c + k] = (i ? red[c + k] : 0.0f) + aw[j][k];
-                        red[D + c + k] = (i ? red[D + c + k] : 0.0f) + ab[j][k];
-                    }
-                }
-            __syncthreads();
+        for (int k = 0; k < V; k++) {
+            const float g = gv[j][k] * (w ? wv[k] : 1.0f);
+            sg += g;
+            sgx += g * (xv[j][k] - m) * scale;
         }
-        for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
-            if (part_w) part_w[(int64_t)blockIdx.x * D + c] = red[c];
-            if (part_b) part_b[(int64_t)blockIdx.x * D + c] = red[D + c];
+    }
+    sg = warp_sum(sg);
+    sgx = warp_sum(sgx);
+    float a = 0.0f, cc;
+    if (mode == NORM_LAYER) {
+        a = sg / (float)D;
+        cc = sgx / (float)D;
+    } else if (mode == NORM_RMS) {
+        cc = sgx / (float)D;
+    } else {
+        cc = clipped ? 0.0f : sgx;
+    }
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        const int64_t c = ((int64_t)j * 32 + lane) * V;
+        if (c >= D) continue;
+        float wv[V], o[V];
+        if (w) load_v<V>(w + c, wv);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            const float g = gv[j][k] * (w ? wv[k] : 1.0f);
+            o[k] = scale * (g - a - (xv[j][k] - m) * scale * cc);
         }
+        store_v<V>(gx + r * D + c, o, acc);
     }
 }
 
@@ -316,6 +270,7 @@ __global__ void norm_wb_part_kernel(int mode, const T *__restrict__ x, const T *
 #pragma unroll
     for (int k = 0; k < V; k++) aw[k] = ab[k] = 0.0f;
     if (c < D)
+#pragma unroll 4
         for (int64_t r = r0 + ty; r < r1; r += 8) {
             float g[V], xv[V];
             load_v<V>(gy + r * D + c, g);
@@ -385,9 +340,6 @@ template <typename F> void with_nv(int nv, F &&f)
     }
 }
 
-// Rows whose vectors a lane can also sum for dw/db in registers (norm_bwd_reg_kernel WB)
-constexpr int kMaxWbVectors = 3;
-
 template <typename T>
 gc_status fwd_typed(int mode, const T *x, const T *w, const T *b, T *y, float *mean, float *stat, int64_t R, int64_t D,
                     float eps)
@@ -436,24 +388,14 @@ gc_status bwd_typed(int mode, const T *x, const T *w, const T *gy, const float *
                     int64_t D, float eps, G *gx, bool gx_acc, float *part_w, float *part_b, int64_t chunk_rows)
 {
     constexpr int VT = 16 / sizeof(T);
-    const bool vec = D % VT == 0 && aligned16(x) && aligned16(w) && aligned16(gy) && aligned16(gx);
-    const int nv = vec ? reg_vectors(D, VT) : 0;
-    const bool wb = part_w || part_b;
-    const int64_t chunks = (R + chunk_rows - 1) / chunk_rows;
     cudaStream_t st = gc_cuda_stream();
-    if (wb && nv && nv <= kMaxWbVectors) { // one kernel: gx and the partials
-        with_nv(nv, [&](auto n) {
-            norm_bwd_reg_kernel<T, G, VT, decltype(n)::value, true><<<(unsigned)chunks, 256, 2 * D * sizeof(float), st>>>(
-                mode, x, w, gy, mean, stat, gx, gx_acc, part_w, part_b, R, D, eps, chunk_rows);
-        });
-        GC_CUDA_LAUNCH_CHECK();
-        return GC_OK;
-    }
     if (gx) {
+        const bool vec = D % VT == 0 && aligned16(x) && aligned16(w) && aligned16(gy) && aligned16(gx);
+        const int nv = vec ? reg_vectors(D, VT) : 0;
         if (nv)
             with_nv(nv, [&](auto n) {
-                norm_bwd_reg_kernel<T, G, VT, decltype(n)::value, false><<<row_blocks(R), 256, 0, st>>>(
-                    mode, x, w, gy, mean, stat, gx, gx_acc, nullptr, nullptr, R, D, eps, ROWS_PER_BLOCK);
+                norm_bwd_reg_kernel<T, G, VT, decltype(n)::value><<<row_blocks(R), 256, 0, st>>>(mode, x, w, gy, mean, stat,
+                                                                                                gx, gx_acc, R, D, eps);
             });
         else if (vec)
             norm_bwd_kernel<T, G, VT><<<row_blocks(R), 256, 0, st>>>(mode, x, w, gy, mean, stat, gx, gx_acc, R, D, eps);
@@ -461,7 +403,8 @@ gc_status bwd_typed(int mode, const T *x, const T *w, const T *gy, const float *
             norm_bwd_kernel<T, G, 1><<<row_blocks(R), 256, 0, st>>>(mode, x, w, gy, mean, stat, gx, gx_acc, R, D, eps);
         GC_CUDA_LAUNCH_CHECK();
     }
-    if (wb) {
+    if (part_w || part_b) {
+        const int64_t chunks = (R + chunk_rows - 1) / chunk_rows;
         const dim3 block(32, 8);
         if (D % VT == 0 && aligned16(x) && aligned16(gy))
             norm_wb_part_kernel<T, VT><<<dim3((unsigned)chunks, (unsigned)((D / VT + 31) / 32)), block, 0, st>>>(

@@ -124,11 +124,9 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, n, D));
     gc_tensor_release(q), gc_tensor_release(k), gc_tensor_release(v); /* the GEMM path saved copies */
     gc_tensor *xr = rows ? gc_view(gc_gather_rows(x, rows), 3, GC_SHAPE(B, 1, D)) : n < L ? gc_slice(x, 1, 0, n) : x;
-    /* a plain residual (no layer scale, drop_path or LoRA) is the GEMM's C input */
-    bool plain = !(b->drop_path > 0);
-    gc_tensor *r = gc_pool_keep(plain && !b->ls1 && !b->o.lora_a
-                                    ? gc_linear_res(a, b->o.w, b->o.b, xr)
-                                    : residual_add(b, xr, gc_lin_forward(&b->o, a, b->op_base + 4), b->ls1, b->op_base + 7));
+    /* a separate add here: with the residual as C, cuBLASLt's kernel for this short
+     * GEMM (K = D) took twice as long on the H200 (fc2's below, K = 4D, gains) */
+    gc_tensor *r = gc_pool_keep(residual_add(b, xr, gc_lin_forward(&b->o, a, b->op_base + 4), b->ls1, b->op_base + 7));
     gc_pool_pop(st);
     st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
@@ -138,7 +136,7 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     gc_recompute_release(norm);
     /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
     gc_tensor *y;
-    if (plain && !b->ls2 && !b->fc2.lora_a) {
+    if (!(b->drop_path > 0) && !b->ls2 && !b->fc2.lora_a) { /* a plain residual: fc2's GEMM C input */
         y = gc_pool_keep(gc_linear_act_res(m, b->act, b->fc2.w, b->fc2.b, r));
     } else {
         m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
