@@ -17,7 +17,6 @@
 #include <cublasLt.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
@@ -122,18 +121,6 @@ gc_status layout_new(const gc_gemm_args *g, cublasLtMatrixLayout_t *l, cudaDataT
     return GC_OK;
 }
 
-// Split-K partial sums of f32 outputs reduced in place (counters keep the parts in
-// order: deterministic) instead of in a separate kernel: GC_GEMM_SPLITK=inplace, read
-// once. An experiment switch while it is measured; off by default.
-bool splitk_inplace()
-{
-    static const bool on = [] {
-        const char *e = getenv("GC_GEMM_SPLITK");
-        return e && !strcmp(e, "inplace");
-    }();
-    return on;
-}
-
 // Builds descriptors and asks the heuristic once. plan_mu held.
 gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t lt, size_t ws_size, GemmPlan *p)
 {
@@ -171,10 +158,6 @@ gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t
         s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
-    if (s == CUBLAS_STATUS_SUCCESS && tc == CUDA_R_32F && splitk_inplace()) {
-        uint32_t mask = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE;
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask, sizeof mask);
-    }
     cublasLtMatmulHeuristicResult_t res;
     memset(&res, 0, sizeof res);
     int found = 0;
