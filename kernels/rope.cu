@@ -14,16 +14,16 @@ extern "C" {
 
 namespace {
 
-// y (+)= rope(x) or its transpose (inverse); cs/sn f32 [(B,) n, D]
-template <typename T, typename G, int V>
+// y (+)= rope(x) or its transpose (inverse); cs/sn f32 [(B,) n, D]. I: the index type,
+// int when every offset fits (64-bit divisions per vector made the kernel compute-bound).
+template <typename T, typename G, int V, typename I>
 __global__ void rope_kernel(const T *__restrict__ x, const float *__restrict__ cs, const float *__restrict__ sn,
-                            bool per_sample, int64_t B, int64_t L, int64_t H, int64_t D, int64_t n, int64_t start,
-                            bool inverse, G *__restrict__ y, bool acc)
+                            bool per_sample, I B, I L, I H, I D, I n, I start, bool inverse, G *__restrict__ y, bool acc)
 {
-    int64_t h = D / 2, per_row = h / V, total = B * L * H * per_row;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t row = i / per_row, d = (i % per_row) * V;
-        int64_t b = row / (L * H), t = (row / H) % L - start;
+    const I h = D / 2, per_row = h / V, total = B * L * H * per_row;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const I row = i / per_row, d = (i - row * per_row) * V;
+        const I b = row / (L * H), t = (row / H) % L - start;
         const T *xr = x + row * D;
         G *yr = y + row * D;
         float lo[V], hi[V], o1[V], o2[V];
@@ -36,7 +36,7 @@ __global__ void rope_kernel(const T *__restrict__ x, const float *__restrict__ c
                 o2[k] = hi[k];
             }
         } else {
-            int64_t base = ((per_sample ? b * n : 0) + t) * D;
+            const I base = ((per_sample ? b * n : 0) + t) * D;
             float c1[V], c2[V], s1[V], s2[V];
             load_v<V>(cs + base + d, c1);
             load_v<V>(cs + base + d + h, c2);
@@ -72,12 +72,16 @@ gc_status rope_typed(const T *x, const float *cs, const float *sn, bool per_samp
     int64_t threads = B * L * H * (D / 2) / (vec ? VT : 1);
     int64_t blocks = (threads + 255) / 256, cap = (int64_t)gc_cuda_sm_count() * 16;
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
-    if (vec)
-        rope_kernel<T, G, VT><<<grid, 256, 0, gc_cuda_stream()>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse,
-                                                                  y, acc);
+    // int indices when x's elements, the tables' and the grid-stride loop's last index fit
+    const bool small = B * L * H * D + (int64_t)grid * 256 < INT32_MAX && (per_sample ? B : 1) * n * D < INT32_MAX;
+    cudaStream_t st = gc_cuda_stream();
+    if (vec && small)
+        rope_kernel<T, G, VT, int><<<grid, 256, 0, st>>>(x, cs, sn, per_sample, (int)B, (int)L, (int)H, (int)D, (int)n,
+                                                         (int)start, inverse, y, acc);
+    else if (vec)
+        rope_kernel<T, G, VT, int64_t><<<grid, 256, 0, st>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
     else
-        rope_kernel<T, G, 1><<<grid, 256, 0, gc_cuda_stream()>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse,
-                                                                 y, acc);
+        rope_kernel<T, G, 1, int64_t><<<grid, 256, 0, st>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
