@@ -446,6 +446,15 @@ gc_status gc_clip_text_pool_positions(const gc_clip_config *cfg, const gc_tensor
     return st;
 }
 
+static _Thread_local bool trim_on = true;
+
+bool gc_clip_text_trim_set_enabled(bool on)
+{
+    bool prev = trim_on;
+    trim_on = on;
+    return prev;
+}
+
 gc_tensor *gc_clip_encode_text(gc_clip *m, gc_tensor *ids)
 {
     if (!ids) return NULL;
@@ -461,11 +470,22 @@ gc_tensor *gc_clip_encode_text(gc_clip *m, gc_tensor *ids)
     int64_t *pos = malloc(sizeof(int64_t) * (size_t)(B + 1));
     if (!pos) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
     if (gc_clip_text_pool_positions(&m->cfg, ids, pos) != GC_OK) { free(pos); return NULL; }
+    int64_t last = 0; /* the last pooling position of the batch */
+    for (int64_t b = 0; b < B; b++) last = pos[b] > last ? pos[b] : last;
     gc_pool *pool = gc_pool_push();
     /* ids and positions stay on the host: the ops check them there, with no wait for the GPU */
     gc_tensor *pos_t = gc_pool_add(gc_tensor_from_data(GC_I64, GC_CPU, 1, GC_SHAPE(B), pos));
     free(pos);
     gc_tensor *ids_h = ids->device.type == GC_DEVICE_CPU ? ids : gc_pool_add(gc_tensor_to(ids, GC_CPU, ids->dtype));
+    /* causal: no pooled row sees a token after the last pooling position; padding past it
+     * is not run (position embeddings are absolute: the columns before keep their numbers).
+     * Not under dropout: attention dropout draws by the sequence length, and a chunk's
+     * length must not change its masks (the gradient cache equals the whole batch). */
+    bool drawn = m->training && (c->attn_dropout > 0 || (m->opt.lora_r > 0 && m->opt.lora_dropout > 0));
+    if (trim_on && !drawn && last + 1 < L) {
+        L = last + 1;
+        ids_h = gc_contiguous(gc_slice(ids_h, 1, 0, L));
+    }
     gc_tensor *h = gc_embedding(m->t_tok, ids_h);                              /* [B, L, D] */
     h = gc_add(h, gc_slice(m->t_pos, 0, 0, L));
     int64_t nl = c->layers;

@@ -54,8 +54,14 @@ void gc_clip_set_training(gc_clip *m, bool on); /* dropout on/off */
 
 /* pixels [B, C, H, W] (f32, any device) -> image projections [B, P] (not normalised) */
 gc_tensor *gc_clip_encode_image(gc_clip *m, gc_tensor *pixels);
-/* ids [B, L] (i32/i64, host or device) -> text projections [B, P] */
+/* ids [B, L] (i32/i64, host or device) -> text projections [B, P]. The tower is causal
+ * and reads one row per text (its pooling position), so the columns after the last
+ * pooling position of the batch change nothing: they are not run (a batch padded to 77
+ * costs what its longest text does), unless dropout is drawing in the text tower. */
 gc_tensor *gc_clip_encode_text(gc_clip *m, gc_tensor *ids);
+/* Tests: off runs every column of ids (the columns past the last pooling position too).
+ * Per thread; returns the previous setting. */
+bool gc_clip_text_trim_set_enabled(bool on);
 /* The pooling position of each row, as transformers computes it (host ids). */
 gc_status gc_clip_text_pool_positions(const gc_clip_config *cfg, const gc_tensor *ids, int64_t *pos);
 

@@ -230,6 +230,48 @@ START_TEST(test_text_pooled_rows)
 }
 END_TEST
 
+/* Padding past the batch's last pooling position is not run (gc_clip_text_trim_set_enabled):
+ * the embedding and every gradient equal those with every column run, and neither
+ * depends on what the columns after a text's EOS hold. */
+START_TEST(test_text_padding_trimmed)
+{
+    enum { B = 5, L = 12 };
+    const int64_t eos_at[B] = {0, 3, 7 /* the last: columns 8..11 go */, 2, -1 /* none: position 0 */};
+    gc_tensor *ids[2];
+    for (int v = 0; v < 2; v++) { /* the same texts, different tails after each EOS */
+        ids[v] = gc_test_ints(GC_I64, 2, GC_SHAPE(B, L), v ? 70 : 7, 4, 50);
+        int64_t *id = gc_tensor_data(ids[v]), *ref = gc_tensor_data(ids[0]);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t j = 0; j < L; j++) {
+                if (j == eos_at[b]) id[b * L + j] = 3;
+                else if (j < eos_at[b] || eos_at[b] < 0) id[b * L + j] = ref[b * L + j];
+                else if (v == 0) id[b * L + j] = 1; /* padding; tower 1 keeps its random tail */
+            }
+    }
+    gc_clip *m = tiny_text_clip(false);
+    int64_t P = gc_clip_get_config(m)->projection_dim, n = gc_params_count(gc_clip_params(m), false);
+    gc_tensor *hg = gc_test_randn(2, GC_SHAPE(B, P), 13, 1.0), *g = gc_tensor_to(hg, gc_test_device(), gc_test_dtype());
+    double out[3][B * 24], *grads[3];
+    ck_assert_int_eq(P, 24);
+    for (int run = 0; run < 3; run++) { /* 0: every column (the reference); 1: trimmed; 2: trimmed, other tails */
+        bool prev = gc_clip_text_trim_set_enabled(run > 0);
+        grads[run] = text_step(m, ids[run == 2], g, out[run]);
+        gc_clip_text_trim_set_enabled(prev);
+    }
+    double tol = gc_test_device().type == GC_DEVICE_CPU ? 1e-6 : gc_test_dtype() == GC_F32 ? 1e-5 : 2e-2;
+    for (int run = 1; run < 3; run++) {
+        double eo = gc_test_vec_rel_err(out[run], out[0], B * P), eg = gc_test_vec_rel_err(grads[run], grads[0], n);
+        ck_assert_msg(eo <= tol && eg <= tol, "run %d: embedding differs by %.3g, gradients by %.3g", run, eo, eg);
+    }
+    for (int run = 0; run < 3; run++) free(grads[run]);
+    gc_tensor_release(g);
+    gc_tensor_release(hg);
+    gc_tensor_release(ids[0]);
+    gc_tensor_release(ids[1]);
+    gc_clip_free(m);
+}
+END_TEST
+
 /* Save and reload: same parameters, same embeddings; the saved file is an HF layout. */
 START_TEST(test_save_reload)
 {
@@ -289,6 +331,7 @@ int main(void)
     tcase_add_loop_test(tc, test_checkpointing_matches_transformers, 0, 3);
     tcase_add_test(tc, test_dropout_chunk_invariance);
     tcase_add_test(tc, test_text_pooled_rows);
+    tcase_add_test(tc, test_text_padding_trimmed);
     tcase_add_test(tc, test_save_reload);
     tcase_add_test(tc, test_bad_checkpoints_are_named);
     suite_add_tcase(s, tc);
