@@ -7,9 +7,9 @@
  *
  * Embedding backward is deterministic without float atomics: at forward time the
  * (id, position) pairs are sorted on the host into groups [U unique ids | U+1 offsets |
- * N positions] (i64, uploaded once); the GPU kernel gives each unique id its own
- * blocks, which add the gradient rows of that id in position order. The table
- * gradient is f32 for a leaf table, whatever the table's dtype. */
+ * N positions] (i64, uploaded once); the GPU kernel gives each unique id a block, whose
+ * warps add the gradient rows of that id in a fixed order. The table gradient is f32 for
+ * a leaf table, whatever the table's dtype. */
 #include <stdlib.h>
 #include <string.h>
 

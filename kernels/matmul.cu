@@ -233,44 +233,91 @@ __global__ void colsum_kernel(const S *src, int64_t rows, int64_t cols, int64_t 
 // bytes. Each lane sums its rows in order, lanes meet in a fixed tree: deterministic.
 constexpr int kColVec = 8, kColThreads = 8, kRowLanes = 32;
 
-template <typename S, typename D>
-__global__ void colsum_vec_kernel(const S *__restrict__ src, int64_t rows, int64_t cols, int64_t rpc, D *__restrict__ out,
-                                  bool acc)
+// The block's sums of rows [r0, r1) of src for the kColVec columns at c (thread tx): lane
+// ty sums rows r0 + ty, + kRowLanes, ... in order, the lanes meet in a fixed tree in red.
+// Thread (tx, 0) gets them in out. L2: read through L2 (partials other blocks of this
+// launch wrote). Every thread of the block calls it (it synchronises).
+template <bool L2, typename S>
+__device__ __forceinline__ void block_colsum(const S *__restrict__ src, int64_t r0, int64_t r1, int64_t cols, int64_t c,
+                                             float (*red)[kRowLanes][kColThreads], float *out)
 {
-    __shared__ float part[kColVec][kRowLanes][kColThreads]; // [column in the vector][lane][thread]: no bank conflicts
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const int64_t c = ((int64_t)blockIdx.x * kColThreads + tx) * kColVec;
-    const int64_t r0 = (int64_t)blockIdx.y * rpc;
-    const int64_t r1 = r0 + rpc < rows ? r0 + rpc : rows;
     float s[kColVec] = {};
     if (c < cols) {
 #pragma unroll 4
         for (int64_t r = r0 + ty; r < r1; r += kRowLanes) {
             float f[kColVec];
-            load_v<kColVec>(src + r * cols + c, f);
+            if constexpr (L2) {
+                static_assert(kColVec == 8 && sizeof(S) == 4, "L2 reads are of f32 partials");
+                const float4 a = __ldcg(reinterpret_cast<const float4 *>(src + r * cols + c));
+                const float4 b = __ldcg(reinterpret_cast<const float4 *>(src + r * cols + c) + 1);
+                f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+            } else {
+                load_v<kColVec>(src + r * cols + c, f);
+            }
 #pragma unroll
             for (int k = 0; k < kColVec; k++) s[k] += f[k];
         }
     }
 #pragma unroll
-    for (int k = 0; k < kColVec; k++) part[k][ty][tx] = s[k];
+    for (int k = 0; k < kColVec; k++) red[k][ty][tx] = s[k];
     __syncthreads();
     for (int w = kRowLanes / 2; w > 0; w >>= 1) {
         if (ty < w) {
 #pragma unroll
-            for (int k = 0; k < kColVec; k++) part[k][ty][tx] += part[k][ty + w][tx];
+            for (int k = 0; k < kColVec; k++) red[k][ty][tx] += red[k][ty + w][tx];
         }
         __syncthreads();
     }
-    if (ty == 0 && c < cols) {
-        D *o = out + (int64_t)blockIdx.y * cols + c;
 #pragma unroll
-        for (int k = 0; k < kColVec; k++) {
-            float t = part[k][0][tx];
-            if (acc) t += to_f(o[k]);
-            o[k] = from_f<D>(t);
-        }
-    }
+    for (int k = 0; k < kColVec; k++) out[k] = red[k][0][tx];
+}
+
+template <typename D> __device__ __forceinline__ void store_cols(D *o, const float *t, bool acc)
+{
+#pragma unroll
+    for (int k = 0; k < kColVec; k++) o[k] = from_f<D>(acc ? t[k] + to_f(o[k]) : t[k]);
+}
+
+template <typename S, typename D>
+__global__ void colsum_vec_kernel(const S *__restrict__ src, int64_t rows, int64_t cols, int64_t rpc, D *__restrict__ out,
+                                  bool acc)
+{
+    __shared__ float red[kColVec][kRowLanes][kColThreads]; // [column in the vector][lane][thread]: no bank conflicts
+    const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
+    const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
+    float t[kColVec];
+    block_colsum<false>(src, r0, r1, cols, c, red, t);
+    if (threadIdx.y == 0 && c < cols) store_cols(out + (int64_t)blockIdx.y * cols + c, t, acc);
+}
+
+// Both passes in one launch: each block writes its chunk's partial sums to part[chunk],
+// and the last block of a column group to finish (a ticket per group, taken after a
+// fence) adds every chunk's partial into out, in chunk order: the second pass's sums,
+// bit for bit, whichever block is last. The ticket goes back to 0 for the next launch
+// (launches on the one stream do not overlap).
+constexpr int kMaxTickets = 4096; // column groups of kColThreads * kColVec
+__device__ unsigned int colsum_tickets[kMaxTickets];
+
+template <typename S, typename D>
+__global__ void colsum_fused_kernel(const S *__restrict__ src, int64_t rows, int64_t cols, int64_t rpc, float *part,
+                                    D *__restrict__ out, bool acc)
+{
+    __shared__ float red[kColVec][kRowLanes][kColThreads];
+    __shared__ bool last;
+    const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
+    const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
+    float t[kColVec];
+    block_colsum<false>(src, r0, r1, cols, c, red, t);
+    if (threadIdx.y == 0 && c < cols) store_cols(part + (int64_t)blockIdx.y * cols + c, t, false);
+    __threadfence(); // the partial is visible to every block before the ticket is taken
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(&colsum_tickets[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    block_colsum<true>((const float *)part, 0, gridDim.y, cols, c, red, t);
+    if (threadIdx.y == 0 && c < cols) store_cols(out + c, t, acc);
+    if (threadIdx.x == 0 && threadIdx.y == 0) colsum_tickets[blockIdx.x] = 0;
 }
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
@@ -308,11 +355,19 @@ gc_status colsum(const S *src, D *dst, int64_t rows, int64_t cols, bool acc)
     }
     float *part = (float *)gc_cuda_alloc(sizeof(float) * (size_t)(chunks * cols));
     if (!part) return GC_PENDING();
-    colsum_pass(vec, src, rows, cols, rpc, chunks, part, false);
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess) {
-        colsum_pass(vec, (const float *)part, chunks, cols, chunks, 1, dst, acc);
+    const int64_t per_block = kColThreads * kColVec, groups = (cols + per_block - 1) / per_block;
+    cudaError_t e = cudaSuccess;
+    if (vec && groups <= kMaxTickets) { // one launch
+        colsum_fused_kernel<S, D><<<dim3((unsigned)groups, (unsigned)chunks), dim3(kColThreads, kRowLanes), 0,
+                                    gc_cuda_stream()>>>(src, rows, cols, rpc, part, dst, acc);
         e = cudaGetLastError();
+    } else {
+        colsum_pass(vec, src, rows, cols, rpc, chunks, part, false);
+        e = cudaGetLastError();
+        if (e == cudaSuccess) {
+            colsum_pass(vec, (const float *)part, chunks, cols, chunks, 1, dst, acc);
+            e = cudaGetLastError();
+        }
     }
     gc_cuda_free(part); // stream order: reused only by later work on the stream
     if (e != cudaSuccess)

@@ -875,6 +875,9 @@ START_TEST(test_embedding_gather_rope)
     cmp2(&lg, "embedding [7,5] ids [200] in [0,3)", f_embedding, NULL, 2, rep, TOL32, TOL16);
     gc_tensor *eb[2] = {PARAM(505, 1.0, 8192, 512), INTS(GC_I64, 506, 0, 8192, 8, 77)};
     cmp2(&lg, "embedding [8192,512] ids [8,77]", f_embedding, NULL, 2, eb, TOL32, TOL16);
+    /* groups of ~770 positions (a pad token's), rows of 2 full slabs and a partial one */
+    gc_tensor *eh[2] = {PARAM(507, 1.0, 50, 520), INTS(GC_I64, 508, 0, 4, 40, 77)};
+    cmp2(&lg, "embedding [50,520] ids [40,77] in [0,4)", f_embedding, NULL, 2, eh, TOL32, TOL16);
 
     gc_tensor *g64[2] = {PARAM(510, 1.0, 4, 13, 24), INTS(GC_I64, 511, 0, 13, 4)};
     cmp2(&lg, "gather_rows [4,13,24] idx i64", f_gather, NULL, 2, g64, TOL32, TOL16);
