@@ -123,8 +123,9 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
-// The second pass of the deterministic column reductions (layernorm weights, bias and
-// layer-scale gradients): sum over p < chunks of part[p * D + c] for the 32 columns
+// The second pass of the deterministic column reductions (the layernorm weight and bias
+// gradients, the layer-scale and broadcast gradients; the linear bias gradient has its
+// own in matmul.cu): sum over p < chunks of part[p * D + c] for the 32 columns
 // c = blockIdx.x * 32 + threadIdx.x of a (32, 16) block, 16 lanes over p, the lanes then
 // added in order. Thread (x, 0) gets the sum of its column, the others 0. Every thread
 // of the block must call it (it synchronises).
