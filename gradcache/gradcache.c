@@ -107,14 +107,23 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
     return reps;
 }
 
+/* Phase 1 for every tower into reps[t], the last tower first: with `keep`, tower 0's last
+ * chunk keeps its graph, so it ends the phase and is the first one backpropagated (one
+ * graph alive at a time). */
+static gc_status forward_all(gc_gradcache *gc, gc_rand_context rng, gc_tensor **reps, kept_chunk *keep)
+{
+    gc_status st = GC_OK;
+    for (int t = 0; t < gc->n_towers; t++) reps[t] = NULL;
+    for (int t = gc->n_towers - 1; t >= 0 && st == GC_OK; t--)
+        if (!(reps[t] = forward_no_grad(&gc->towers[t], t, rng, t == 0 ? keep : NULL))) st = GC_PENDING();
+    return st;
+}
+
 gc_status gc_gradcache_embed(gc_gradcache *gc, gc_rand_context rng, gc_tensor **reps)
 {
     GC_TRY(check_towers(gc));
     gc_rand_context saved = gc_rand_context_get();
-    gc_status st = GC_OK;
-    for (int t = 0; t < gc->n_towers; t++) reps[t] = NULL;
-    for (int t = 0; t < gc->n_towers && st == GC_OK; t++)
-        if (!(reps[t] = forward_no_grad(&gc->towers[t], t, rng, NULL))) st = GC_PENDING();
+    gc_status st = forward_all(gc, rng, reps, NULL);
     gc_rand_context_set(saved);
     return st;
 }
@@ -193,14 +202,11 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
         if (st != GC_OK) gc_gradcache_result_clear(res);
         return st;
     }
-    /* 1. representations, chunk by chunk, without a graph; the last tower first, so that
-     *    tower 0's last chunk, run with its graph unless replay_all, is the one that ends
-     *    the phase and the first backpropagated: one graph is alive at a time */
+    /* 1. representations, chunk by chunk, without a graph, but for tower 0's last chunk
+     *    (unless replay_all), which keeps its graph for phase 3 */
     mark(gc, "embed");
     kept_chunk kept = {0};
-    for (int t = gc->n_towers - 1; t >= 0 && st == GC_OK; t--)
-        if (!(res->reps[t] = forward_no_grad(&gc->towers[t], t, rng, t == 0 && !gc->replay_all ? &kept : NULL)))
-            st = GC_PENDING();
+    st = forward_all(gc, rng, res->reps, gc->replay_all ? NULL : &kept);
     if (kept.tape) res->kept_rows = kept.end - kept.start;
     /* 2. the loss on the full batch; the representations' gradient is the cache */
     mark(gc, "loss");
