@@ -46,22 +46,28 @@ static double median(double *v, int n)
     return n ? (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])) : 0;
 }
 
+/* Forward FLOPs of a CLIP tower's blocks on N tokens: each block's matmuls, and the last
+ * one's q, k and v on every token but the rest (o, the MLP, attention) on one row only:
+ * the class token (vision) or the pooled EOS token (text). */
+static double clip_blocks_flops(const gc_clip_tower_config *tw, double N)
+{
+    double D = (double)tw->hidden, F = (double)tw->intermediate;
+    double fl = (double)tw->layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D);
+    if (tw->layers) fl -= (N - 1) * (2 * D * D + 4 * D * F + 4 * N * D);
+    return fl;
+}
+
 /* Forward GFLOP of one (image, text) pair: matmuls only, 2 per multiply-add; *image: the
  * image tower's share (tower 0, whose last chunk the gradient cache does not replay). */
 static double clip_pair_flops(const gc_clip_config *c, int64_t text_len, double *image)
 {
-    double fl = 0;
     const gc_clip_tower_config *v = &c->vision, *t = &c->text;
-    double gp = (double)(v->image_size / v->patch), N = gp * gp + 1, D = (double)v->hidden, F = (double)v->intermediate;
-    fl += (double)v->layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D);
-    /* the last block runs q, k and v on every token and the rest on the class token only */
-    if (v->layers) fl -= (N - 1) * (2 * D * D + 4 * D * F + 4 * N * D);
+    double gp = (double)(v->image_size / v->patch), N = gp * gp + 1, D = (double)v->hidden;
+    double fl = clip_blocks_flops(v, N);
     fl += 2 * (N - 1) * (double)(v->channels * v->patch * v->patch) * D + 2 * D * (double)c->projection_dim;
     *image = fl;
-    double L = (double)text_len, Dt = (double)t->hidden, Ft = (double)t->intermediate;
-    fl += (double)t->layers * (8 * L * Dt * Dt + 4 * L * Dt * Ft + 4 * L * L * Dt);
-    fl += 2 * Dt * (double)c->projection_dim;
-    return fl;
+    /* the synthetic texts are text_len tokens long, EOS last: no padding is trimmed */
+    return fl + clip_blocks_flops(t, (double)text_len) + 2 * (double)t->hidden * (double)c->projection_dim;
 }
 
 /* Forward GFLOP of one image through DINOv3 (a pair is two of these). */
