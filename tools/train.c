@@ -168,7 +168,7 @@ static gc_status evaluate(trainer *t, double r[6])
         const gc_batch *b;
         if ((st = gc_loader_next(l, &b)) != GC_OK || !b) break;
         gc_pool *p = gc_pool_push();
-        gc_tensor *px = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(b->n, 3, b->size, b->size), b->pixels));
+        gc_tensor *px = gc_rows(b->pixels_tensor, 0, b->n); /* a view of the loader's batch, as in training */
         gc_tensor *ids = gc_pool_add(tokenize(t, b->captions, b->n));
         gc_tensor *img = NULL, *txt = NULL;
         st = px && ids ? gc_clip_task_embed(t->model, px, ids, chunk, &img, &txt) : GC_PENDING();

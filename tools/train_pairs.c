@@ -457,12 +457,14 @@ static gc_status load_checkpoint(ptrainer *t, const char *dir)
 
 /* L2-normalised f32 embeddings of n images per view (b may be NULL), written to rows
  * [at, at + n) of ea (and eb). */
-static gc_status embed_into(ptrainer *t, const float *a, const float *b, int n, int S, gc_tensor *ea, gc_tensor *eb,
-                            int64_t at)
+static gc_status embed_into(ptrainer *t, const gc_batch *bt, gc_tensor *ea, gc_tensor *eb, int64_t at)
 {
     gc_pool *p = gc_pool_push();
-    gc_tensor *pa = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), a));
-    gc_tensor *pb = b ? gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 4, GC_SHAPE(n, 3, S, S), b)) : pa;
+    /* views of the loader's (page-locked) batch, as in training: no host copy */
+    const int n = bt->n;
+    const bool b = bt->pixels_b_tensor != NULL;
+    gc_tensor *pa = gc_rows(bt->pixels_tensor, 0, n);
+    gc_tensor *pb = b ? gc_rows(bt->pixels_b_tensor, 0, n) : pa;
     gc_dinov3_task task;
     memset(&task, 0, sizeof task);
     gc_tensor *reps[2] = {NULL, NULL};
@@ -565,7 +567,7 @@ static gc_status evaluate(ptrainer *t, double r[6], int64_t *queries)
         if (!l) st = GC_PENDING();
         for (const gc_batch *b; st == GC_OK;) {
             if ((st = gc_loader_next(l, &b)) != GC_OK || !b) break;
-            st = embed_into(t, b->pixels, NULL, b->n, t->S, ea, NULL, at);
+            st = embed_into(t, b, ea, NULL, at);
             for (int i = 0; i < b->n; i++) cls[at + i] = vs->cls[b->indices[i]];
             at += b->n;
         }
@@ -575,7 +577,7 @@ static gc_status evaluate(ptrainer *t, double r[6], int64_t *queries)
         if (!l) st = GC_PENDING();
         for (const gc_batch *b; st == GC_OK;) {
             if ((st = gc_loader_next(l, &b)) != GC_OK || !b) break;
-            st = embed_into(t, b->pixels, b->pixels_b, b->n, t->S, ea, eb, at);
+            st = embed_into(t, b, ea, eb, at);
             at += b->n;
         }
         gc_loader_free(l);
