@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../autograd/gc_optim.h"
 #include "../gradcache/gc_clip_task.h"
@@ -23,14 +24,23 @@ typedef struct bench_args {
 typedef struct phase_log {
     gc_timer *t[MAX_PHASES];
     const char *name[MAX_PHASES];
+    double wall[MAX_PHASES]; /* when the host reached the phase */
     int n;
 } phase_log;
+
+static double wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 static void on_phase(void *user, const char *phase)
 {
     phase_log *pl = user;
     if (pl->n >= MAX_PHASES) return;
     pl->name[pl->n] = phase;
+    pl->wall[pl->n] = wall_ms();
     gc_timer_record(pl->t[pl->n++]);
 }
 
@@ -283,6 +293,9 @@ int gc_cli_bench(int argc, char **argv)
     int64_t total = a.warmup + a.steps;
     double *step_ms = calloc((size_t)total, sizeof(double)), *ph_ms[MAX_PHASES];
     for (int i = 0; i < MAX_PHASES; i++) ph_ms[i] = calloc((size_t)total, sizeof(double));
+    double *host_ms = calloc((size_t)total, sizeof(double)); /* wall time to enqueue a step */
+    double *lead_ms[MAX_PHASES]; /* per phase: how far the host was ahead of the GPU there */
+    for (int i = 0; i < MAX_PHASES; i++) lead_ms[i] = calloc((size_t)total, sizeof(double));
     const char *ph_names[MAX_PHASES] = {0};
     int n_ph = 0, rc = 0;
     int64_t kept_rows = 0; /* tower 0's rows not replayed (the gradient cache says which) */
@@ -295,12 +308,14 @@ int gc_cli_bench(int argc, char **argv)
         }
         pl.n = 0;
         gc_gradcache_result res;
+        const double h0 = wall_ms();
         gc_timer_record(t0);
         gc_status st = gc_params_zero_grad(job.params);
         if (st == GC_OK) st = gc_gradcache_step(job.gc, (gc_rand_context){1, (uint32_t)s, 0}, &res);
         if (st == GC_OK) kept_rows = res.kept_rows;
         if (st == GC_OK) st = gc_adamw_step(&adam, ac.lr);
         gc_timer_record(t1);
+        host_ms[s] = wall_ms() - h0;
         if (st != GC_OK) { rc = gc_cli_fail_status("bench step"); break; }
         gc_gradcache_result_clear(&res);
         gc_timer_elapsed_ms(t0, t1, &step_ms[s]);
@@ -308,6 +323,11 @@ int gc_cli_bench(int argc, char **argv)
         for (int i = 0; i + 1 < pl.n; i++) {
             ph_names[i] = pl.name[i];
             gc_timer_elapsed_ms(pl.t[i], pl.t[i + 1], &ph_ms[i][s]);
+        }
+        for (int i = 0; i < pl.n; i++) {
+            double g = 0;
+            gc_timer_elapsed_ms(t0, pl.t[i], &g);
+            lead_ms[i][s] = g - (pl.wall[i] - h0);
         }
         if (pl.n) {
             double opt_ms;
@@ -334,8 +354,11 @@ int gc_cli_bench(int argc, char **argv)
                a.pixels, gc_tensor_is_pinned(job.in[0]) ? " (pinned)" : "");
         printf("  step          %8.1f ms (median of %lld after %lld warm-up)\n", med, (long long)a.steps, (long long)a.warmup);
         for (int i = 0; i + 1 < n_ph; i++)
-            printf("    %-10s  %8.1f ms\n", ph_names[i], median(ph_ms[i] + a.warmup, (int)a.steps));
+            printf("    %-10s  %8.1f ms   (the host %.1f ms ahead of the GPU as it began)\n", ph_names[i],
+                   median(ph_ms[i] + a.warmup, (int)a.steps), median(lead_ms[i] + a.warmup, (int)a.steps));
         printf("    %-10s  %8.1f ms\n", "optimizer", median(ph_ms[MAX_PHASES - 1] + a.warmup, (int)a.steps));
+        const double host = median(host_ms + a.warmup, (int)a.steps);
+        printf("  host          %8.1f ms to enqueue a step (near the step's time: the GPU waits on the host)\n", host);
         printf("  peak memory   %8.2f GiB   (reserved %.2f GiB; %llu new allocations after warm-up)\n",
                (double)ms.peak / (1 << 30), (double)ms.reserved / (1 << 30),
                (unsigned long long)(ms.system_allocs - allocs_after_warmup));
@@ -345,13 +368,15 @@ int gc_cli_bench(int argc, char **argv)
         if (peak_tf > 0) printf("  utilisation   %8.1f %%  of the measured bf16 GEMM ceiling %.0f TFLOP/s\n", 100 * tflops / peak_tf, peak_tf);
         printf("{\"model\":\"%s\",\"batch\":%lld,\"chunk\":%lld,\"cache\":%s,\"checkpointing\":%s,\"lora\":%d,"
                "\"recompute_norms\":%s,\"replay_all\":%s,\"pixels\":\"%s\","
-               "\"step_ms\":%.2f,\"peak_GiB\":%.3f,\"peak_bytes\":%zu,\"pairs_per_s\":%.1f,\"tflops\":%.1f,\"gemm_peak_tflops\":%.1f,"
+               "\"step_ms\":%.2f,\"host_ms\":%.2f,\"peak_GiB\":%.3f,\"peak_bytes\":%zu,\"pairs_per_s\":%.1f,\"tflops\":%.1f,\"gemm_peak_tflops\":%.1f,"
                "\"new_allocs_after_warmup\":%llu}\n",
                a.model, (long long)B, (long long)a.chunk, a.no_cache ? "false" : "true", a.checkpointing ? "true" : "false",
-               a.lora, a.keep_norms ? "false" : "true", a.replay_all ? "true" : "false", a.pixels, med, (double)ms.peak / (1 << 30), ms.peak, (double)B / (med * 1e-3), tflops, peak_tf,
+               a.lora, a.keep_norms ? "false" : "true", a.replay_all ? "true" : "false", a.pixels, med, host, (double)ms.peak / (1 << 30), ms.peak, (double)B / (med * 1e-3), tflops, peak_tf,
                (unsigned long long)(ms.system_allocs - allocs_after_warmup));
     }
     for (int i = 0; i < MAX_PHASES; i++) { gc_timer_free(pl.t[i]); free(ph_ms[i]); }
+    free(host_ms);
+    for (int i = 0; i < MAX_PHASES; i++) free(lead_ms[i]);
     free(step_ms);
     gc_timer_free(t0);
     gc_timer_free(t1);
