@@ -37,6 +37,15 @@ typedef struct gc_gemm_args {
     const void *bias;    /* [n], in c_dtype */
 } gc_gemm_args;
 gc_status gc_gemm(gc_device dev, const gc_gemm_args *g);
+/* On CUDA the algorithm of a shape is cuBLASLt's heuristic choice, or, with a plan file, the
+ * file's: a shape it lacks is timed on first use (the heuristic's first candidates) and
+ * appended, so runs that share the file run the same algorithms (kernels/matmul.cu). The
+ * file is GC_GEMM_PLAN's, or the one gc_gemm_plan_use gives (NULL or "": none), from its
+ * next GEMM on. The summary: "<file>: n shapes from the file, m timed now", or "". */
+void gc_gemm_plan_use(const char *path);
+const char *gc_gemm_plan_summary(char *buf, size_t n);
+/* Forgets the plans: the next GEMM reads GC_GEMM_PLAN and its file again (tests). */
+void gc_gemm_plan_reset(void);
 
 /* a [..., M, K] @ b [..., K, N] -> [..., M, N]; transposes select a^T / b^T of the last
  * two dims. Leading dims must match, or b may be 2-D (shared by all). */

@@ -8,7 +8,36 @@
 gc_status gc_cuda_gemm(const gc_gemm_args *g);                         /* matmul.cu */
 gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, gc_dtype ddt, int64_t rows, int64_t cols,
                            bool accumulate);                            /* matmul.cu */
+const char *gc_cuda_gemm_plan_summary(char *buf, size_t n);              /* matmul.cu */
+void gc_cuda_gemm_plan_reset(void);                                      /* matmul.cu */
+void gc_cuda_gemm_plan_use(const char *path);                            /* matmul.cu */
 #endif
+
+void gc_gemm_plan_use(const char *path)
+{
+#ifdef GC_WITH_CUDA
+    gc_cuda_gemm_plan_use(path);
+#else
+    (void)path;
+#endif
+}
+
+void gc_gemm_plan_reset(void)
+{
+#ifdef GC_WITH_CUDA
+    gc_cuda_gemm_plan_reset();
+#endif
+}
+
+const char *gc_gemm_plan_summary(char *buf, size_t n)
+{
+#ifdef GC_WITH_CUDA
+    return gc_cuda_gemm_plan_summary(buf, n);
+#else
+    if (n) buf[0] = '\0';
+    return buf;
+#endif
+}
 
 /* ---------------------------------------------------------------- CPU reference */
 

@@ -16,9 +16,13 @@
 #include <cuda_runtime.h>
 #include <cublasLt.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 // See runtime/cuda.cu: the C headers have no extern "C" guards of their own.
@@ -171,6 +175,190 @@ gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t
                             "alignments A %d B %d C %d bytes)", gemm_desc(g, d, sizeof d), key.align_a, key.align_b, key.align_c);
     }
     p->algo = res.algo;
+    return GC_OK;
+}
+
+// ---- GC_GEMM_PLAN: algorithms chosen by timing, kept in a file ----
+//
+// The heuristic picks one algorithm per shape without running any; timing its first
+// candidates finds a faster one for some shapes (PyTorch's TunableOp does the same). A
+// choice made by timing can differ from run to run, and with it the rounding of a step, so
+// it is made once and written down: with a plan file (GC_GEMM_PLAN=<file>, or
+// gc_gemm_plan_use: gcache's --gemm-plan and gemm_plan), a shape the file holds
+// takes its algorithm from there, and a shape it lacks is timed on its first call (its
+// operands, the output into a scratch buffer) and appended. Runs that share the file run
+// the same algorithms, and a resumed run redoes its bits. The file's first line names the
+// GPU and the cuBLASLt version; a file from another pair is started over.
+struct PlanFile {
+    bool init = false;
+    bool set = false;  // gc_gemm_plan_use gave the path (else GC_GEMM_PLAN)
+    std::string given; // ... that path; "" turns it off
+    std::string path;  // in use; empty: off
+    std::unordered_map<GemmKey, cublasLtMatmulAlgo_t, KeyHash, KeyEq> saved;
+    int from_file = 0, timed = 0;
+};
+PlanFile &pf = *new PlanFile;
+
+constexpr int kTuneCandidates = 16;
+
+// "<GPU name> sm_<major><minor> cuBLASLt <version>" of device 0
+std::string plan_header()
+{
+    cudaDeviceProp pr;
+    char b[400];
+    if (cudaGetDeviceProperties(&pr, 0) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return "unknown";
+    }
+    snprintf(b, sizeof b, "%s sm_%d%d cuBLASLt %zu", pr.name, pr.major, pr.minor, cublasLtGetVersion());
+    return b;
+}
+
+constexpr int kKeyInts = 20;
+void key_ints(const GemmKey &k, long long v[kKeyInts])
+{
+    const long long a[kKeyInts] = {k.ta, k.tb, k.ab, k.c, k.epi, k.m, k.n, k.k, k.lda, k.ldb, k.ldc, k.batch, k.sa, k.sb, k.sc,
+                                   k.align_a, k.align_b, k.align_c, k.align_bias, 0};
+    memcpy(v, a, sizeof a);
+}
+
+// plan_mu held. Reads GC_GEMM_PLAN once: the saved choices of this GPU and version, or a new
+// file with the header. Unreadable or unwritable: an error that names the file.
+gc_status plan_file_init()
+{
+    if (pf.init) return GC_OK;
+    pf.init = true;
+    const char *path = pf.set ? pf.given.c_str() : getenv("GC_GEMM_PLAN");
+    if (!path || !*path) return GC_OK;
+    pf.path = path;
+    const std::string head = "# gradcache gemm plan: " + plan_header();
+    FILE *f = fopen(path, "r");
+    bool ours = false;
+    if (f) {
+        char line[1024];
+        ours = fgets(line, sizeof line, f) && head == std::string(line, strcspn(line, "\n"));
+        int lineno = 1;
+        while (ours && fgets(line, sizeof line, f)) {
+            lineno++;
+            long long v[kKeyInts];
+            unsigned long long d[8];
+            int n = 0, used = 0, ni = 0;
+            while (ni < kKeyInts - 1 && sscanf(line + used, "%lld%n", &v[ni], &n) == 1) ni++, used += n;
+            const int got = sscanf(line + used, " : %llx %llx %llx %llx %llx %llx %llx %llx", &d[0], &d[1], &d[2], &d[3], &d[4],
+                                   &d[5], &d[6], &d[7]);
+            if (ni != kKeyInts - 1 || got != 8) {
+                fclose(f);
+                pf.path.clear();
+                return gc_error_set(GC_ERR_FORMAT, "gemm plan %s: line %d is not a gemm plan entry", path, lineno);
+            }
+            GemmKey k;
+            memset(&k, 0, sizeof k);
+            k.ta = (int32_t)v[0], k.tb = (int32_t)v[1], k.ab = (int32_t)v[2], k.c = (int32_t)v[3], k.epi = (int32_t)v[4];
+            k.m = v[5], k.n = v[6], k.k = v[7], k.lda = v[8], k.ldb = v[9], k.ldc = v[10], k.batch = v[11];
+            k.sa = v[12], k.sb = v[13], k.sc = v[14];
+            k.align_a = (int32_t)v[15], k.align_b = (int32_t)v[16], k.align_c = (int32_t)v[17], k.align_bias = (int32_t)v[18];
+            cublasLtMatmulAlgo_t a;
+            static_assert(sizeof a.data == sizeof d, "cublasLtMatmulAlgo_t holds 8 uint64");
+            memcpy(a.data, d, sizeof d);
+            pf.saved[k] = a;
+        }
+        fclose(f);
+    }
+    if (!ours) { // absent, or another GPU / version: start it
+        f = fopen(path, "w");
+        if (!f || fprintf(f, "%s\n", head.c_str()) < 0 || fclose(f) != 0) {
+            pf.path.clear();
+            return gc_error_set(GC_ERR_IO, "gemm plan %s: cannot write the file", path);
+        }
+        pf.saved.clear();
+    }
+    return GC_OK;
+}
+
+// plan_mu held, pf on. p holds the heuristic's choice: replaced by the file's, or by the
+// fastest of the heuristic's candidates, timed here on g's operands and appended.
+gc_status plan_choose(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t lt, void *ws, size_t ws_size, GemmPlan *p)
+{
+    auto it = pf.saved.find(key);
+    if (it != pf.saved.end()) {
+        cublasLtMatmulHeuristicResult_t chk;
+        if (cublasLtMatmulAlgoCheck(lt, p->op, p->la, p->lb, p->lc, p->lc, &it->second, &chk) == CUBLAS_STATUS_SUCCESS &&
+            chk.workspaceSize <= ws_size) {
+            p->algo = it->second;
+            pf.from_file++;
+            return GC_OK;
+        }
+        char d[192];
+        return gc_error_set(GC_ERR_INVALID, "gemm plan %s: its algorithm for %s is not valid here (delete the line)",
+                            pf.path.c_str(), gemm_desc(g, d, sizeof d));
+    }
+    cublasLtMatmulPreference_t pref = nullptr;
+    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t wsb = ws_size;
+    uint32_t al_a = (uint32_t)key.align_b, al_b = (uint32_t)key.align_a, al_c = (uint32_t)key.align_c;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
+    cublasLtMatmulHeuristicResult_t res[kTuneCandidates];
+    int found = 0;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->la, p->lb, p->lc, p->lc, pref, kTuneCandidates, res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    LT_CHECK(s);
+    // the output goes to scratch (C, read when beta != 0, stays as it is); element (z, i, j)
+    // at z stride_c + i ldc + j, as in g->c
+    const size_t es = gc_dtype_size(g->c_dtype);
+    const int64_t batch = key.batch;
+    const size_t bytes = ((size_t)((batch - 1) * (batch > 1 ? g->stride_c : 0) + (g->m - 1) * g->ldc + g->n)) * es;
+    void *scratch = nullptr;
+    cudaEvent_t e0 = nullptr, e1 = nullptr;
+    if (cudaMalloc(&scratch, bytes) != cudaSuccess || cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (scratch) cudaFree(scratch);
+        if (e0) cudaEventDestroy(e0);
+        char d[192];
+        return gc_error_set(GC_ERR_OOM, "gemm plan: no memory to time %s (%zu bytes of scratch)", gemm_desc(g, d, sizeof d), bytes);
+    }
+    const float alpha = g->alpha, beta = g->beta;
+    const void *c_in = g->c_in ? g->c_in : g->c;
+    cudaStream_t st = gc_cuda_stream();
+    float best = INFINITY;
+    int best_i = -1;
+    for (int i = 0; i < found; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws_size) continue;
+        bool ok = cublasLtMatmul(lt, p->op, &alpha, g->b, p->la, g->a, p->lb, &beta, c_in, p->lc, scratch, p->lc, &res[i].algo,
+                                 ws, ws_size, st) == CUBLAS_STATUS_SUCCESS; // warm-up
+        ok = ok && cudaEventRecord(e0, st) == cudaSuccess;
+        for (int r = 0; ok && r < 5; r++)
+            ok = cublasLtMatmul(lt, p->op, &alpha, g->b, p->la, g->a, p->lb, &beta, c_in, p->lc, scratch, p->lc, &res[i].algo, ws,
+                                ws_size, st) == CUBLAS_STATUS_SUCCESS;
+        float ms = 0;
+        ok = ok && cudaEventRecord(e1, st) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess &&
+             cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess;
+        if (!ok) (void)cudaGetLastError(); // a candidate that does not run is skipped
+        // the heuristic's first stays unless another is 2 % faster: timing noise alone
+        // should not change the algorithm
+        else if (best_i < 0 || ms < best * (best_i == 0 ? 0.98f : 1.0f)) best = ms, best_i = i;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaError_t fe = cudaFree(scratch);
+    if (fe != cudaSuccess) return gc_error_set(GC_ERR_CUDA, "gemm plan: timing failed: %s", cudaGetErrorString(fe));
+    if (best_i < 0) return GC_OK; // none ran: keep the heuristic's, not written down
+    p->algo = res[best_i].algo;
+    pf.saved[key] = p->algo;
+    pf.timed++;
+    long long v[kKeyInts];
+    key_ints(key, v);
+    FILE *f = fopen(pf.path.c_str(), "a");
+    bool w = f != nullptr;
+    for (int i = 0; w && i < kKeyInts - 1; i++) w = fprintf(f, "%lld ", v[i]) > 0;
+    w = w && fprintf(f, ":") > 0;
+    for (int i = 0; w && i < 8; i++) w = fprintf(f, " %llx", (unsigned long long)p->algo.data[i]) > 0;
+    w = w && fprintf(f, "\n") > 0;
+    if (f && fclose(f) != 0) w = false;
+    if (!w) return gc_error_set(GC_ERR_IO, "gemm plan %s: cannot append to the file", pf.path.c_str());
     return GC_OK;
 }
 
@@ -460,6 +648,8 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
         }
         GemmPlan p;
         gc_status st = plan_build(g, key, lt, ws_size, &p);
+        if (st == GC_OK) st = plan_file_init();
+        if (st == GC_OK && !pf.path.empty()) st = plan_choose(g, key, lt, ws, ws_size, &p);
         if (st != GC_OK) {
             plan_destroy(p);
             return st;
@@ -493,4 +683,41 @@ extern "C" gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, 
     case GC_F16: return colsum_to<__half>((const __half *)src, dst, ddt, rows, cols, accumulate);
     default: return gc_error_set(GC_ERR_DTYPE, "sum_rows on the GPU: source dtype %s (f32/bf16/f16 only)", gc_dtype_name(sdt));
     }
+}
+
+// plan_mu held: every plan forgotten, the file read again at the next GEMM
+void plans_reset_locked()
+{
+    for (auto &kv : plans) plan_destroy(kv.second);
+    plans.clear();
+    pf.init = false;
+    pf.path.clear();
+    pf.saved.clear();
+    pf.from_file = pf.timed = 0;
+}
+
+// Forgets every plan and the file's state: the next GEMM reads GC_GEMM_PLAN (or the path
+// given below) and the file again, as a new process would (tests)
+extern "C" void gc_cuda_gemm_plan_reset(void)
+{
+    std::lock_guard<std::mutex> lock(plan_mu);
+    plans_reset_locked();
+}
+
+// The plan file to use from now on instead of GC_GEMM_PLAN ("" or NULL: none)
+extern "C" void gc_cuda_gemm_plan_use(const char *path)
+{
+    std::lock_guard<std::mutex> lock(plan_mu);
+    plans_reset_locked();
+    pf.set = true;
+    pf.given = path ? path : "";
+}
+
+// "<file>: n shapes from the file, m timed now" (or "" when none is used), for the bench
+extern "C" const char *gc_cuda_gemm_plan_summary(char *buf, size_t n)
+{
+    std::lock_guard<std::mutex> lock(plan_mu);
+    if (pf.path.empty()) snprintf(buf, n, "%s", "");
+    else snprintf(buf, n, "%s: %d shapes from the file, %d timed now", pf.path.c_str(), pf.from_file, pf.timed);
+    return buf;
 }

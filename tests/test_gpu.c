@@ -141,10 +141,9 @@ static void gemm_run(cmp_log *lg, const char *label, const gemm_case *c, uint64_
     }
 }
 
-START_TEST(test_gemm)
+static void gemm_cases(cmp_log *lgp)
 {
-    gc_pool *p = gc_pool_push();
-    cmp_log lg = {0};
+    cmp_log lg = *lgp;
     char l[96];
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
@@ -178,6 +177,101 @@ START_TEST(test_gemm)
     gemm_run(&lg, "linear fwd 1576x3072x768 +bias", &fwd, 47);
     gemm_case wg = {.ta = true, .m = 3072, .n = 768, .k = 8 * 197, .alpha = 1, .beta = 1, .c_f32 = true};
     gemm_run(&lg, "weight grad At B 3072x768x1576 beta 1", &wg, 48);
+    *lgp = lg;
+}
+
+START_TEST(test_gemm)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+    gemm_cases(&lg);
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
+
+/* GC_GEMM_PLAN: the cases above with every shape timed and written down, then again with
+ * every algorithm read back from the file (each against the CPU); one GEMM gives the same
+ * bits both times. A file of another GPU is started over; a malformed line is an error
+ * that names the file. */
+static gc_tensor *gpu_leaf(gc_dtype dt, int nd, const int64_t *sh, uint64_t seed);
+
+static gc_tensor *plan_probe(void)
+{
+    gc_tensor *a = gpu_leaf(GC_BF16, 2, GC_SHAPE(1576, 768), 61), *w = gpu_leaf(GC_BF16, 2, GC_SHAPE(3072, 768), 62);
+    gc_tensor *b = gpu_leaf(GC_BF16, 1, GC_SHAPE(3072), 63);
+    gc_tensor *y = gc_linear(a, w, b);
+    return y ? gc_pool_add(gc_tensor_to(y, GC_CPU, GC_F32)) : NULL;
+}
+
+static int file_lines(const char *path, char *first, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[1024];
+    int c = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (c == 0 && first && n) {
+            size_t l = strlen(line);
+            if (l >= n) l = n - 1;
+            memcpy(first, line, l);
+            first[l] = 0;
+        }
+        c++;
+    }
+    fclose(f);
+    return c;
+}
+
+START_TEST(test_gemm_plan)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+#define EXPECT(c, ...) do { lg.total++; if (!(c)) log_fail(&lg, __VA_ARGS__); } while (0)
+    char path[] = "/tmp/gc_gemm_plan_XXXXXX", sum[700], head[512];
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    FILE *f = fopen(path, "w"); /* another GPU's file: started over */
+    fprintf(f, "# gradcache gemm plan: some other GPU sm_80 cuBLASLt 1\n0 0 0 0 0 1 1 1 1 1 1 1 0 0 0 4 4 4 0 : 0 0 0 0 0 0 0 0\n");
+    fclose(f);
+    setenv("GC_GEMM_PLAN", path, 1);
+    gc_gemm_plan_reset();
+    gemm_cases(&lg);
+    gc_tensor *y1 = plan_probe();
+    gc_gemm_plan_summary(sum, sizeof sum);
+    int timed = -1, loaded = -1;
+    const char *at = strstr(sum, ": ");
+    EXPECT(at && sscanf(at, ": %d shapes from the file, %d timed now", &loaded, &timed) == 2 && loaded == 0 && timed >= 10,
+           "first pass: %s", sum);
+    int lines = file_lines(path, head, sizeof head);
+    EXPECT(lines == timed + 1 && strstr(head, "# gradcache gemm plan: ") && !strstr(head, "some other GPU"),
+           "the file: %d lines for %d timed shapes, header %s", lines, timed, head);
+    printf("%-40s first pass: %s\n", "gemm plan", sum);
+
+    gc_gemm_plan_reset(); /* a new run: everything from the file */
+    gemm_cases(&lg);
+    gc_tensor *y2 = plan_probe();
+    gc_gemm_plan_summary(sum, sizeof sum);
+    int loaded2 = -1, timed2 = -1;
+    at = strstr(sum, ": ");
+    EXPECT(at && sscanf(at, ": %d shapes from the file, %d timed now", &loaded2, &timed2) == 2 && loaded2 == timed && timed2 == 0,
+           "second pass: %s (first timed %d)", sum, timed);
+    EXPECT(y1 && y2 && gc_test_rel_err(y2, y1) == 0, "the same GEMM from the file gave other bits");
+    printf("%-40s second pass: %s; the same bits\n", "gemm plan", sum);
+
+    f = fopen(path, "a"); /* a malformed line */
+    fprintf(f, "1 2 3 : zz\n");
+    fclose(f);
+    gc_gemm_plan_reset();
+    gc_tensor *y3 = plan_probe();
+    EXPECT(!y3 && strstr(gc_error_message(), path) && strstr(gc_error_message(), "line"), "a malformed plan: %s",
+           gc_error_message());
+    gc_error_clear();
+    unsetenv("GC_GEMM_PLAN");
+    gc_gemm_plan_reset();
+    remove(path);
+#undef EXPECT
     gc_pool_pop(p);
     CMP_DONE(lg);
 }
@@ -1521,7 +1615,7 @@ int main(void)
     Suite *s = suite_create("gpu");
     struct { const char *name; const TTest *test; } tests[] = {
         {"runtime", test_copy_fill}, {"runtime", test_allocator}, {"runtime", test_allocator_steady_state},
-        {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_matmul_linear},
+        {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_gemm_plan}, {"gemm", test_matmul_linear},
         {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
         {"attention", test_attention},
         {"flash", test_flash_dispatch}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},

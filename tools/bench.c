@@ -18,6 +18,7 @@ typedef struct bench_args {
     int64_t batch, chunk, steps, warmup;
     bool no_cache, checkpointing, keep_norms, replay_all;
     int lora;
+    const char *gemm_plan; /* NULL: GC_GEMM_PLAN's, if set */
 } bench_args;
 
 #define MAX_PHASES 8
@@ -249,6 +250,7 @@ static int parse(int argc, char **argv, bench_args *a)
         else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--dtype")) a->dtype = v;
         else if (!strcmp(f, "--pixels")) a->pixels = v;
+        else if (!strcmp(f, "--gemm-plan")) a->gemm_plan = v;
         else if (!num) return gc_cli_fail("bench: %s '%s': expected an integer (or unknown option)", f, v);
         else if (!strcmp(f, "--batch")) a->batch = x;
         else if (!strcmp(f, "--chunk")) a->chunk = x;
@@ -277,6 +279,7 @@ int gc_cli_bench(int argc, char **argv)
     }
     gc_device dev = opt.device;
     gc_recompute_set_enabled(!a.keep_norms); /* before: blocks kept their layernorm outputs */
+    if (a.gemm_plan) gc_gemm_plan_use(a.gemm_plan); /* before the first GEMM (the ceiling's) */
     double peak_tf = dev.type == GC_DEVICE_CUDA ? gemm_ceiling(dev) : 0;
     bench_job job;
     if (job_init(&job, &a, dev, opt.dtype) != GC_OK) { int rc = gc_cli_fail_status("bench"); job_free(&job); return rc; }
@@ -359,6 +362,8 @@ int gc_cli_bench(int argc, char **argv)
         printf("    %-10s  %8.1f ms\n", "optimizer", median(ph_ms[MAX_PHASES - 1] + a.warmup, (int)a.steps));
         const double host = median(host_ms + a.warmup, (int)a.steps);
         printf("  host          %8.1f ms to enqueue a step (near the step's time: the GPU waits on the host)\n", host);
+        char plan[600];
+        if (*gc_gemm_plan_summary(plan, sizeof plan)) printf("  gemm plan     %s\n", plan);
         printf("  peak memory   %8.2f GiB   (reserved %.2f GiB; %llu new allocations after warm-up)\n",
                (double)ms.peak / (1 << 30), (double)ms.reserved / (1 << 30),
                (unsigned long long)(ms.system_allocs - allocs_after_warmup));

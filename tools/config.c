@@ -59,6 +59,7 @@ static const key_def KEYS[] = {
     {"pool", K_STR, F(pool), S(pool), 0, 0, "cls|mean"},
     {"augment", K_BOOL, F(augment), 0, 0, 0, NULL},
     {"output_dir", K_STR, F(output_dir), S(output_dir), 0, 0, NULL},
+    {"gemm_plan", K_STR, F(gemm_plan), S(gemm_plan), 0, 0, NULL},
     {"eval_every", K_INT, F(eval_every), 0, 0, 1e12, NULL},
     {"save_every", K_INT, F(save_every), 0, 0, 1e12, NULL},
     {"log_every", K_INT, F(log_every), 0, 1, 1e12, NULL},

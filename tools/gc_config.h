@@ -46,6 +46,7 @@ typedef struct gc_train_config {
     bool augment;                      /* random resized crop, flip, colour jitter on both views */
     /* output */
     char output_dir[GC_CFG_STR];
+    char gemm_plan[GC_CFG_STR];        /* "" or a file of GEMM algorithms (gc_gemm_plan_use): same algorithms every run */
     int64_t eval_every, save_every, log_every;
     uint64_t set_mask;                 /* keys given in the file or on the command line (config.c's table order) */
 } gc_train_config;
