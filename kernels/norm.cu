@@ -25,6 +25,27 @@ enum { NORM_LAYER = 0, NORM_RMS = 1, NORM_L2 = 2 }; // as in norm.c
 constexpr int ROWS_PER_BLOCK = 8; // warps per 256-thread block
 
 // x, y [R, D]; w, b [D] or NULL; mean, stat [R] or NULL (not recording).
+// The row's scale from its summed squared deviations ss (both forward kernels): L2
+// 1 / max(||x||, eps), layer / RMS rsqrt(ss / D + eps); row r >= 0 saves the mean and the
+// statistic the backward reads (||x||, or the scale itself).
+__device__ __forceinline__ float norm_stats(int mode, float ss, float m, int64_t D, float eps, int64_t r,
+                                            float *__restrict__ mean, float *__restrict__ stat)
+{
+    float scale, st;
+    if (mode == NORM_L2) {
+        st = sqrtf(ss);
+        scale = 1.0f / fmaxf(st, eps);
+    } else {
+        scale = rsqrtf(ss / (float)D + eps);
+        st = scale;
+    }
+    if (r >= 0) {
+        if (mean) mean[r] = m;
+        if (stat) stat[r] = st;
+    }
+    return scale;
+}
+
 template <typename T, int V>
 __global__ void norm_fwd_kernel(int mode, const T *__restrict__ x, const T *__restrict__ w, const T *__restrict__ b,
                                 T *__restrict__ y, float *__restrict__ mean, float *__restrict__ stat, int64_t R,
@@ -51,19 +72,7 @@ __global__ void norm_fwd_kernel(int mode, const T *__restrict__ x, const T *__re
 #pragma unroll
         for (int k = 0; k < V; k++) ss += (f[k] - m) * (f[k] - m);
     }
-    ss = warp_sum(ss);
-    float scale, st;
-    if (mode == NORM_L2) {
-        st = sqrtf(ss);
-        scale = 1.0f / fmaxf(st, eps);
-    } else {
-        scale = rsqrtf(ss / (float)D + eps);
-        st = scale;
-    }
-    if (lane == 0) {
-        if (mean) mean[r] = m;
-        if (stat) stat[r] = st;
-    }
+    const float scale = norm_stats(mode, warp_sum(ss), m, D, eps, lane == 0 ? r : -1, mean, stat);
     for (int64_t c = (int64_t)lane * V; c < D; c += 32 * V) {
         float o[V], wv[V], bv[V];
         load_v<V>(xr + c, f);
@@ -105,19 +114,7 @@ __global__ void __launch_bounds__(256) norm_fwd_reg_kernel(int mode, const T *__
         if (((int64_t)j * 32 + lane) * V < D)
 #pragma unroll
             for (int k = 0; k < V; k++) ss += (f[j][k] - m) * (f[j][k] - m);
-    ss = warp_sum(ss);
-    float scale, st;
-    if (mode == NORM_L2) {
-        st = sqrtf(ss);
-        scale = 1.0f / fmaxf(st, eps);
-    } else {
-        scale = rsqrtf(ss / (float)D + eps);
-        st = scale;
-    }
-    if (lane == 0) {
-        if (mean) mean[r] = m;
-        if (stat) stat[r] = st;
-    }
+    const float scale = norm_stats(mode, warp_sum(ss), m, D, eps, lane == 0 ? r : -1, mean, stat);
 #pragma unroll
     for (int j = 0; j < NV; j++) {
         const int64_t c = ((int64_t)j * 32 + lane) * V;
