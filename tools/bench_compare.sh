@@ -3,6 +3,8 @@
 # (../shared/bench/torch_baseline.py, copied to .bench/) for the rows of docs/BENCHMARKS.md.
 # Usage on the GPU machine: tools/bench_compare.sh  (needs build-gpu/ and python3 with torch,
 # transformers, peft). Writes $OUT/ours.jsonl and $OUT/torch.jsonl and prints both.
+# GEMM_PLAN=FILE: our rows with --gemm-plan FILE, into $OUT/ours-plan.jsonl; SKIP_OURS=1 /
+# SKIP_TORCH=1 leave a side out.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -16,14 +18,17 @@ rows=(
   "dinov3-vit-b16 --batch 256 --chunk 64"
   "clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1 --pixels host"
 )
-: >"$OUT/ours.jsonl"
+plan=() js="$OUT/ours.jsonl"
+[ -n "${GEMM_PLAN:-}" ] && plan=(--gemm-plan "$GEMM_PLAN") js="$OUT/ours-plan.jsonl"
+[ "${SKIP_OURS:-0}" = 1 ] || : >"$js"
 for r in "${rows[@]}"; do
+  [ "${SKIP_OURS:-0}" = 1 ] && break
   set -- $r
   m=$1; shift
   one=${TMPDIR:-/tmp}/gc_bench_one.txt
-  "$g" bench --model "$m" "$@" >"$one" 2>&1
+  "$g" bench --model "$m" "$@" "${plan[@]}" >"$one" 2>&1
   grep -v '^{' "$one" | sed 's/^/  /'
-  grep '^{' "$one" >>"$OUT/ours.jsonl" || echo "{\"model\":\"$m\",\"args\":\"$*\",\"error\":\"$(tail -1 "$one")\"}" >>"$OUT/ours.jsonl"
+  grep '^{' "$one" >>"$js" || echo "{\"model\":\"$m\",\"args\":\"$*\",\"error\":\"$(tail -1 "$one")\"}" >>"$js"
 done
 [ "${SKIP_TORCH:-0}" = 1 ] && exit 0
 python3 - <<'PY' 2>&1 | grep -v -i warn
