@@ -259,7 +259,9 @@ gc_status gc_train_device(const gc_train_config *c, const char *where, gc_device
         gc_error_clear();
         return gc_error_set(GC_ERR_INVALID, "%s: device cuda: no usable CUDA device here (set device: cpu)", where);
     }
-    if (c->gemm_plan[0]) gc_gemm_plan_use(c->gemm_plan); /* read and checked at the first GEMM */
+    if (c->gemm_plan[0] && dev->type != GC_DEVICE_CUDA)
+        fprintf(stderr, "gcache: warning: %s: 'gemm_plan' chooses CUDA GEMM algorithms; a CPU run ignores it\n", where);
+    else if (c->gemm_plan[0]) gc_gemm_plan_use(c->gemm_plan); /* read and checked at the first GEMM */
     return GC_OK;
 }
 
