@@ -24,7 +24,6 @@ enum { NORM_LAYER = 0, NORM_RMS = 1, NORM_L2 = 2 }; // as in norm.c
 
 constexpr int ROWS_PER_BLOCK = 8; // warps per 256-thread block
 
-// x, y [R, D]; w, b [D] or NULL; mean, stat [R] or NULL (not recording).
 // The row's scale from its summed squared deviations ss (both forward kernels): L2
 // 1 / max(||x||, eps), layer / RMS rsqrt(ss / D + eps); row r >= 0 saves the mean and the
 // statistic the backward reads (||x||, or the scale itself).
@@ -46,6 +45,7 @@ __device__ __forceinline__ float norm_stats(int mode, float ss, float m, int64_t
     return scale;
 }
 
+// x, y [R, D]; w, b [D] or NULL; mean, stat [R] or NULL (not recording).
 template <typename T, int V>
 __global__ void norm_fwd_kernel(int mode, const T *__restrict__ x, const T *__restrict__ w, const T *__restrict__ b,
                                 T *__restrict__ y, float *__restrict__ mean, float *__restrict__ stat, int64_t R,

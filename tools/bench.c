@@ -361,7 +361,9 @@ int gc_cli_bench(int argc, char **argv)
                    median(ph_ms[i] + a.warmup, (int)a.steps), median(lead_ms[i] + a.warmup, (int)a.steps));
         printf("    %-10s  %8.1f ms\n", "optimizer", median(ph_ms[MAX_PHASES - 1] + a.warmup, (int)a.steps));
         const double host = median(host_ms + a.warmup, (int)a.steps);
-        printf("  host          %8.1f ms to enqueue a step (near the step's time: the GPU waits on the host)\n", host);
+        /* about the step's time when the step reads its loss back at its end (one sync); the
+         * leads above say whether the GPU ever waited on the host before that */
+        printf("  host          %8.1f ms to enqueue a step (with its loss read back)\n", host);
         char plan[600];
         if (*gc_gemm_plan_summary(plan, sizeof plan)) printf("  gemm plan     %s\n", plan);
         printf("  peak memory   %8.2f GiB   (reserved %.2f GiB; %llu new allocations after warm-up)\n",
