@@ -6,12 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../autograd/gc_optim.h"
 #include "../gradcache/gc_clip_task.h"
 #include "../gradcache/gc_dinov3_task.h"
 #include "gc_cli.h"
+#include "gc_train_util.h"
 
 typedef struct bench_args {
     const char *model, *device, *dtype, *pixels;
@@ -29,12 +29,7 @@ typedef struct phase_log {
     int n;
 } phase_log;
 
-static double wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
+static double wall_ms(void) { return gc_now_s() * 1e3; }
 
 static void on_phase(void *user, const char *phase)
 {
