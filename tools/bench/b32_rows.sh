@@ -1,11 +1,6 @@
 #!/usr/bin/env bash
-set -u
-OUT=${OUT:-$PWD/out}
-. tools/gpu_env.sh
-t0=$(date +%s)
-meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 || { echo setup failed; exit 1; }
-ninja -C build-gpu >"$OUT/build.log" 2>&1 && rm "$OUT/build.log" || { grep -E "error" "$OUT/build.log" | head; exit 1; }
-echo "build ok $(( $(date +%s) - t0 )) s"
+# session 5, the last device call: B/32 4096/256 with the heuristic, a given plan file (.bench/h200.gemmplan), plan + --keep-norms, and the heuristic again
+. tools/bench/build.sh
 cp .bench/h200.gemmplan $OUT/plan
 G=./build-gpu/tools/gcache
 for r in "" "--gemm-plan $OUT/plan" "--gemm-plan $OUT/plan --keep-norms" ""; do

@@ -1,15 +1,8 @@
 #!/usr/bin/env bash
 # final device run of the session: build HEAD, the whole gpu suite, flash timing, then
 # tools/bench_compare.sh (ours, then PyTorch) side by side
-set -u
-OUT=${OUT:-$PWD/out}
-echo "at $(cat .commit 2>/dev/null)"
-. tools/gpu_env.sh
-t0=$(date +%s)
+. tools/bench/build.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 || { echo setup failed; exit 1; }
-ninja -C build-gpu >"$OUT/build.log" 2>&1 && rm "$OUT/build.log" || { grep -E "error" "$OUT/build.log" | head; exit 1; }
-echo "build ok $(( $(date +%s) - t0 )) s"
 {
 timeout 200 meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 4 >"$OUT/gpu_tests.log" 2>&1
 grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log" | sort -u

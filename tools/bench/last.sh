@@ -1,13 +1,6 @@
 #!/usr/bin/env bash
 # the last run of session 4 (2026-11-29): build, the whole gpu suite, then B/32 4096/256 ours and PyTorch side by side, B/16 128/64 ours
-set -u
-OUT=${OUT:-$PWD/out}
-echo "at $(cat .commit 2>/dev/null)"
-. tools/gpu_env.sh
-t0=$(date +%s)
-meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 || { echo setup failed; exit 1; }
-ninja -C build-gpu >"$OUT/build.log" 2>&1 && rm "$OUT/build.log" || { grep -E "error" "$OUT/build.log" | head; exit 1; }
-echo "build ok $(( $(date +%s) - t0 )) s"
+. tools/bench/build.sh
 timeout 150 meson test -C build-gpu --suite gpu --num-processes 4 >"$OUT/gpu_tests.log" 2>&1
 grep -E "^ *[0-9]+/[0-9]+ |^Ok:|^Fail:|^Timeout:" "$OUT/gpu_tests.log" | sort -u | tee "$OUT/gpu-tests.txt"
 grep -hE ":F:|:E:" build-gpu/meson-logs/testlog.txt | sort -u | head -20 | tee -a "$OUT/gpu-tests.txt"

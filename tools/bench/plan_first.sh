@@ -1,13 +1,6 @@
 #!/usr/bin/env bash
 # GC_GEMM_PLAN: gemm tests, then rows with the heuristic, timing into a plan, and from the plan
-set -u
-OUT=${OUT:-$PWD/out}
-echo "at $(cat .commit 2>/dev/null)"
-. tools/gpu_env.sh
-t0=$(date +%s)
-meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 || { echo setup failed; exit 1; }
-ninja -C build-gpu >"$OUT/build.log" 2>&1 && rm "$OUT/build.log" || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
-echo "build ok $(( $(date +%s) - t0 )) s"
+. tools/bench/build.sh
 CK_RUN_CASE=gemm timeout 120 ./build-gpu/tests/test_gpu 2>&1 | grep -E "gemm plan|Checks|:F:|:E:" | head
 G=./build-gpu/tools/gcache
 PLAN=$OUT/h200.gemmplan

@@ -2,15 +2,8 @@
 # session 5's final device run, part 1: build, the whole gpu suite, flash timing, then our
 # rows of tools/bench_compare.sh twice: cuBLASLt's heuristic, and with a GEMM plan file
 # (timed during each row's warm-up, then read back by the later rows)
-set -u
-OUT=${OUT:-$PWD/out}
-echo "at $(cat .commit 2>/dev/null)"
-. tools/gpu_env.sh
-t0=$(date +%s)
+. tools/bench/build.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 || { echo setup failed; exit 1; }
-ninja -C build-gpu >"$OUT/build.log" 2>&1 && rm "$OUT/build.log" || { grep -E "error" "$OUT/build.log" | head; exit 1; }
-echo "build ok $(( $(date +%s) - t0 )) s"
 {
 timeout 200 meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 4 >"$OUT/gpu_tests.log" 2>&1
 grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log" | sort -u

@@ -1,14 +1,7 @@
 #!/usr/bin/env bash
 # session 5, after the plan-file fixes: the gemm test case (plan files), then B/16 128/64
 # with --gemm-plan twice (timing into a new file, then read back)
-set -u
-OUT=${OUT:-$PWD/out}
-echo "at $(cat .commit 2>/dev/null)"
-. tools/gpu_env.sh
-t0=$(date +%s)
-meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 || { echo setup failed; exit 1; }
-ninja -C build-gpu >"$OUT/build.log" 2>&1 && rm "$OUT/build.log" || { grep -E "error" "$OUT/build.log" | head; exit 1; }
-echo "build ok $(( $(date +%s) - t0 )) s"
+. tools/bench/build.sh
 CK_RUN_CASE=gemm timeout 90 ./build-gpu/tests/test_gpu 2>&1 | grep -E "gemm plan|Checks|:F:|:E:" | tee "$OUT/gemm-tests.txt"
 for i in 1 2; do
   timeout 60 ./build-gpu/tools/gcache bench --model clip-vit-b16 --batch 128 --chunk 64 --gemm-plan "$OUT/p.gemmplan" 2>&1 | grep -E "step |gemm plan|pairs" | tee -a "$OUT/rows.txt"
