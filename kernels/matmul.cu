@@ -125,6 +125,33 @@ gc_status layout_new(const gc_gemm_args *g, cublasLtMatrixLayout_t *l, cudaDataT
     return GC_OK;
 }
 
+// The heuristic's first `want` algorithms for p's descriptors, for operands of key's
+// alignments and at most ws_size bytes of workspace: res[0 .. *found).
+gc_status heuristic(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t lt, size_t ws_size, const GemmPlan *p, int want,
+                    cublasLtMatmulHeuristicResult_t *res, int *found)
+{
+    cublasLtMatmulPreference_t pref = nullptr;
+    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws = ws_size;
+    uint32_t al_a = (uint32_t)key.align_b, al_b = (uint32_t)key.align_a, al_c = (uint32_t)key.align_c; // swapped roles
+    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
+    memset(res, 0, sizeof *res * (size_t)want);
+    *found = 0;
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->la, p->lb, p->lc, p->lc, pref, want, res, found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    LT_CHECK(s);
+    return GC_OK;
+}
+
 // Builds descriptors and asks the heuristic once. plan_mu held.
 gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t lt, size_t ws_size, GemmPlan *p)
 {
@@ -149,26 +176,9 @@ gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t
     GC_TRY(layout_new(g, &p->lb, tab, g->trans_a ? g->m : g->k, g->trans_a ? g->k : g->m, g->lda, batch, g->stride_a));
     GC_TRY(layout_new(g, &p->lc, tc, g->n, g->m, g->ldc, batch, g->stride_c));
 
-    cublasLtMatmulPreference_t pref = nullptr;
-    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    uint64_t ws = ws_size;
-    uint32_t al_a = (uint32_t)key.align_b, al_b = (uint32_t)key.align_a, al_c = (uint32_t)key.align_c; // swapped roles
-    cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
     cublasLtMatmulHeuristicResult_t res;
-    memset(&res, 0, sizeof res);
     int found = 0;
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    LT_CHECK(s);
+    GC_TRY(heuristic(g, key, lt, ws_size, p, 1, &res, &found));
     if (found < 1) {
         char d[192];
         return gc_error_set(GC_ERR_CUDA, "%s: cuBLASLt has no algorithm for this problem (CUBLAS_STATUS_NOT_SUPPORTED; "
@@ -292,20 +302,9 @@ gc_status plan_choose(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_
         return gc_error_set(GC_ERR_INVALID, "gemm plan %s: its algorithm for %s is not valid here (delete the line)",
                             pf.path.c_str(), gemm_desc(g, d, sizeof d));
     }
-    cublasLtMatmulPreference_t pref = nullptr;
-    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    uint64_t wsb = ws_size;
-    uint32_t al_a = (uint32_t)key.align_b, al_b = (uint32_t)key.align_a, al_c = (uint32_t)key.align_c;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c);
     cublasLtMatmulHeuristicResult_t res[kTuneCandidates];
     int found = 0;
-    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->la, p->lb, p->lc, p->lc, pref, kTuneCandidates, res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    LT_CHECK(s);
+    GC_TRY(heuristic(g, key, lt, ws_size, p, kTuneCandidates, res, &found));
     // the output goes to scratch (C, read when beta != 0, stays as it is); element (z, i, j)
     // at z stride_c + i ldc + j, as in g->c
     const size_t es = gc_dtype_size(g->c_dtype);
