@@ -582,6 +582,8 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
     g.step = rc.step;
     g.sample_offset = rc.sample_offset;
     g.impl = attn_impl_pick(q, k, v);
+    /* the flash kernels take the row maximum of raw products (score_kept): a positive scale */
+    if (g.impl == ATTN_FLASH && !((float)g.scale > 0)) g.impl = ATTN_GEMM;
 
     const gc_tensor *m = opts->mask;
     int64_t mask_bstride = 0;

@@ -8,7 +8,8 @@
 // cp.async one tile ahead of the compute (double buffers). The forward saves out and the
 // row log-sum-exp.
 //
-// Scores are kept in the log2 domain: s2 = (q.k scale + mask) log2(e), so P = exp2(s2 - m2).
+// Scores live in the log2 domain: s2 = (q.k scale + mask) log2(e), so P = exp2(s2 - m2)
+// (score_kept: the scale is applied inside that exp2 when there is no mask).
 // lse [B, H, Lq] f32 holds m2 + log2(l) per query row, or +inf for a row with no visible key
 // (then P = exp2(s2 - inf) = 0 in the backward without a special case).
 //
@@ -57,6 +58,12 @@ typedef __nv_bfloat16 bf16;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kThreadsFa = 128; // 4 warps in every kernel below
+// Blocks per SM the D <= 64 kernels are compiled for (128 / this many registers a thread).
+// GC_FA_MIN_BLOCKS: for measuring other choices only.
+#ifndef GC_FA_MIN_BLOCKS
+#define GC_FA_MIN_BLOCKS 4
+#endif
+constexpr int kMinBlocks64 = GC_FA_MIN_BLOCKS;
 
 struct FlashArgs {
     // element (b, l, h, d) of q at q + b qs0 + l qs1 + h qs2 + d; k, v alike (kv head h / G)
@@ -108,24 +115,27 @@ __device__ __forceinline__ bool keep_elem(const FlashArgs &a, int b, int h, int 
     return gc_rand_uniform(a.seed, a.step, a.op, (uint32_t)(a.sample_offset + b), e) >= a.p;
 }
 
-// Log2-domain score of key j from the raw dot product q.k where the query sees the key
-// (vis), else -inf. Forward and backward evaluate this same expression on the same
-// products. A select, not a branch: this runs once per score. MASK (a template flag, so
-// the unmasked kernels carry no test) adds the additive mask, read for visible keys only.
+// The score of key j as the kernels keep it, from the raw dot product q.k where the query
+// sees the key (vis), else -inf; forward and backward evaluate this same expression on the
+// same products. Without a mask (MASK, a template flag: the unmasked kernels carry no
+// test), the raw product: the scale is positive (attention.c sends others to the GEMM
+// path), so the row maximum is the same key's, and the scale is applied where P is made,
+// exp2(fma(dot, scale log2(e), -m)): one FMA per score instead of a multiply and a subtract.
+// With a mask, the log2-domain score (q.k scale + mask) log2(e), the mask read for visible
+// keys only (kscale 1). A select, not a branch: this runs once per score.
 template <bool MASK>
-__device__ __forceinline__ float score2(const FlashArgs &a, float dot, const float *mrow, int j, bool vis)
+__device__ __forceinline__ float score_kept(const FlashArgs &a, float dot, const float *mrow, int j, bool vis)
 {
-    const float s = MASK ? fmaf(dot, a.scale_log2, vis ? mrow[j] * kLog2e : 0.f) : dot * a.scale_log2;
+    if (!MASK) return vis ? dot : -INFINITY;
+    const float s = fmaf(dot, a.scale_log2, vis ? mrow[j] * kLog2e : 0.f);
     return vis ? s : -INFINITY;
 }
 
-// 2^x on the special-function unit (ex2.approx.ftz: relative error ~2^-22, results below
-// 2^-126 flushed to 0; exp2f adds a denormal-range fix-up per call). 2^-inf = 0.
-__device__ __forceinline__ float fast_exp2(float x)
+// P = 2^(s kscale - m) of a kept score s; m is in the scaled log2 domain (lse, or the
+// running max times kscale)
+template <bool MASK> __device__ __forceinline__ float prob_of(const FlashArgs &a, float s, float m)
 {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
+    return fast_exp2(fmaf(s, MASK ? 1.f : a.scale_log2, -m));
 }
 
 __device__ __forceinline__ const float *mask_row(const FlashArgs &a, int b, int i)
@@ -309,7 +319,7 @@ template <int D> struct FwdCfg {
 
 // DROP: a.p > 0 (the Philox code costs registers when compiled in); MASK: a.mask != null
 template <int D, bool DROP, bool MASK>
-__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(const FlashArgs a)
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_fwd_kernel(const FlashArgs a)
 {
     typedef FwdCfg<D> C;
     constexpr int BM = C::BM, BN = C::BN, LD = C::LD;
@@ -343,7 +353,8 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; // running max (log2 domain), partial sums
+    float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; // running max (of kept scores), partial sums
+    const float kscale = MASK ? 1.f : a.scale_log2;           // kept score -> log2 domain
 
     for (int k0 = 0, u = 0; k0 < kv_end; k0 += BN, u ^= 1) {
         const bf16 *sK = sKV + 2 * u * BN * LD, *sV = sK + BN * LD;
@@ -380,7 +391,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
-                    s[n][e] = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, FULL || j < (r ? nv1 : nv0));
+                    s[n][e] = score_kept<MASK>(a, s[n][e], r ? mr1 : mr0, j, FULL || j < (r ? nv1 : nv0));
                     mn[r] = fmaxf(mn[r], s[n][e]);
                 }
             }
@@ -389,20 +400,20 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
             for (int r = 0; r < 2; r++) {
                 mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 1));
                 mn[r] = fmaxf(mn[r], __shfl_xor_sync(0xffffffffu, mn[r], 2));
-                alpha[r] = mn[r] == -INFINITY ? 1.f : fast_exp2(mx[r] - mn[r]); // nothing visible yet: O stays 0
+                alpha[r] = mn[r] == -INFINITY ? 1.f : fast_exp2((mx[r] - mn[r]) * kscale); // nothing visible yet: O stays 0
                 mx[r] = mn[r];
             }
 
             // P (f32 sum before dropout, as the reference), then dropout, in place of S; a row
             // that sees nothing yet subtracts 0 from its -inf scores: P = 0, no test per score
-            const float ms[2] = {mn[0] == -INFINITY ? 0.f : mn[0], mn[1] == -INFINITY ? 0.f : mn[1]};
+            const float ms[2] = {mn[0] == -INFINITY ? 0.f : mn[0] * kscale, mn[1] == -INFINITY ? 0.f : mn[1] * kscale};
             float ls[2] = {0.f, 0.f};
 #pragma unroll
             for (int n = 0; n < NS; n++) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1;
-                    const float pr = fast_exp2(s[n][e] - ms[r]);
+                    const float pr = prob_of<MASK>(a, s[n][e], ms[r]);
                     ls[r] += pr;
                     float pd = pr;
                     if (DROP && pr != 0.f)
@@ -446,7 +457,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_fwd_kernel(
         for (int n = 0; n < NO; n++)
             *reinterpret_cast<__nv_bfloat162 *>(orow + n * 8 + 2 * t) =
                 __floats2bfloat162_rn(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-        if (t == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = l[r] > 0.f ? mx[r] + log2f(l[r]) : INFINITY;
+        if (t == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = l[r] > 0.f ? mx[r] * kscale + log2f(l[r]) : INFINITY;
     }
 }
 
@@ -476,7 +487,7 @@ template <int D> struct DqCfg {
 };
 
 template <int D, bool DROP, bool MASK>
-__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kernel(const FlashArgs a)
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_bwd_dq_kernel(const FlashArgs a)
 {
     typedef DqCfg<D> C;
     constexpr int BM = C::BM, BN = C::BN, LD = C::LD, KD = D / 16, NS = BN / 8, NO = D / 8;
@@ -555,8 +566,8 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dq_kern
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
-                    const float s2 = score2<MASK>(a, s[n][e], r ? mr1 : mr0, j, FULL || j < (r ? nv1 : nv0));
-                    const float pr = fast_exp2(s2 - (r ? ls1 : ls0));
+                    const float sk = score_kept<MASK>(a, s[n][e], r ? mr1 : mr0, j, FULL || j < (r ? nv1 : nv0));
+                    const float pr = prob_of<MASK>(a, sk, r ? ls1 : ls0);
                     float d = dp[n][e];
                     if (DROP) d = pr != 0.f && keep_elem(a, b, h, r ? i1 : i0, j) ? d * a.inv_keep : 0.f;
                     s[n][e] = pr * (d - (r ? de1 : de0));
@@ -599,7 +610,7 @@ template <int D> struct DkvCfg {
 };
 
 template <int D, bool DROP, bool MASK>
-__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
 {
     typedef DkvCfg<D> C;
     constexpr int BN = C::BN, BM = C::BM, LD = C::LD, KD = D / 16, NS = BM / 8, NO = D / 8;
@@ -694,8 +705,8 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? 4 : 1) flash_bwd_dkv_ker
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, cc = n * 8 + (e & 1), c = cc + 2 * t, i = qs + c, j = r ? j1 : j0;
                     const bool vis = FULL || (cc >= lo[r] && cc < hi[r]);
-                    const float s2 = score2<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
-                    const float pr = fast_exp2(s2 - ((e & 1) ? lse2.y : lse2.x));
+                    const float sk = score_kept<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
+                    const float pr = prob_of<MASK>(a, sk, (e & 1) ? lse2.y : lse2.x);
                     float pd = pr, d = dpt[n][e];
                     if (DROP) {
                         const bool keep = pr != 0.f && keep_elem(a, b, h, i, j);

@@ -21,6 +21,23 @@ template <> __device__ __forceinline__ __half from_f(float v) { return __float2h
 
 template <typename T> struct Tag { using type = T; };
 
+// 2^x on the special-function unit (ex2.approx.ftz: relative error ~2^-22, results below
+// 2^-126 flushed to 0; exp2f adds a denormal-range fix-up per call). 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// 1/x on the special-function unit (rcp.approx.ftz: about 1 ulp)
+__device__ __forceinline__ float fast_rcp(float x)
+{
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Calls f(Tag<T>{}) for the storage type of dt (f32 or bf16).
 template <typename F> gc_status with_type(gc_dtype dt, const char *what, F &&f)
 {

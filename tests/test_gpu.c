@@ -655,6 +655,9 @@ START_TEST(test_attention)
     attn_run(&lg, "attention [2,13,4,16]", &plain, 2, 13, 13, 4, 4, 16, 0, 300);
     attn_run(&lg, "attention Lq 7 Lk 11", &plain, 2, 7, 11, 4, 4, 16, 0, 310);
     attn_run(&lg, "attention D 24 scale 0.1", &scaled, 3, 9, 9, 2, 2, 24, 0, 320);
+    /* a negative scale: bf16 D 32 would be flash's, whose row maximum needs a positive one */
+    attn_case negative = {.scale = -0.2};
+    attn_run(&lg, "attention D 32 scale -0.2", &negative, 2, 13, 13, 4, 4, 32, 0, 325);
     attn_run(&lg, "attention causal [2,13,4,16]", &causal, 2, 13, 13, 4, 4, 16, 0, 330);
     attn_run(&lg, "attention mask [Lq,Lk]", &mask, 2, 7, 11, 4, 4, 16, 2, 340);
     attn_run(&lg, "attention mask [B,Lq,Lk]", &mask, 2, 7, 11, 4, 4, 16, 3, 350);
