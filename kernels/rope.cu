@@ -1,6 +1,6 @@
 // CUDA kernel of the rotary embedding (rope.c has the formulas and the CPU reference).
-// One thread per V pairs (d, d + D/2) of a position of x [B, L, H, D], in every head;
-// 16-byte vector accesses when D/2 and the pointers allow it. The forward and the backward (the
+// One thread per V pairs (d, d + D/2) of a row of x [B, L, H, D]; 16-byte vector
+// accesses when D/2 and the pointers allow it. The forward and the backward (the
 // transposed map) share the kernel.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -14,43 +14,35 @@ extern "C" {
 
 namespace {
 
-// y (+)= rope(x) or its transpose (inverse); cs/sn f32 [(B,) n, D]. A thread takes V pairs
-// of one position (b, l) in every head: the table vectors are read once for H rows (the
-// rows of one position share them; reading them per row had cost 4 table loads for every
-// 2 of x). I: the index type, int when every offset fits (64-bit divisions per vector
-// made the kernel compute-bound).
+// y (+)= rope(x) or its transpose (inverse); cs/sn f32 [(B,) n, D]. I: the index type,
+// int when every offset fits (64-bit divisions per vector made the kernel compute-bound).
 template <typename T, typename G, int V, typename I>
 __global__ void rope_kernel(const T *__restrict__ x, const float *__restrict__ cs, const float *__restrict__ sn,
                             bool per_sample, I B, I L, I H, I D, I n, I start, bool inverse, G *__restrict__ y, bool acc)
 {
-    const I h = D / 2, per_row = h / V, total = B * L * per_row;
+    const I h = D / 2, per_row = h / V, total = B * L * H * per_row;
     for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
-        const I pos = i / per_row, d = (i - pos * per_row) * V; // pos = b L + l
-        const I b = pos / L, t = pos % L - start;
-        const bool rot = t >= 0 && t < n;
-        float c1[V], c2[V], s1[V], s2[V];
-        if (rot) {
+        const I row = i / per_row, d = (i - row * per_row) * V;
+        const I b = row / (L * H), t = (row / H) % L - start;
+        const T *xr = x + row * D;
+        G *yr = y + row * D;
+        float lo[V], hi[V], o1[V], o2[V];
+        load_v<V>(xr + d, lo);
+        load_v<V>(xr + d + h, hi);
+        if (t < 0 || t >= n) {
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                o1[k] = lo[k];
+                o2[k] = hi[k];
+            }
+        } else {
             const I base = ((per_sample ? b * n : 0) + t) * D;
+            float c1[V], c2[V], s1[V], s2[V];
             load_v<V>(cs + base + d, c1);
             load_v<V>(cs + base + d + h, c2);
             load_v<V>(sn + base + d, s1);
             load_v<V>(sn + base + d + h, s2);
-        }
-#pragma unroll 4
-        for (I hd = 0; hd < H; hd++) {
-            const I row = pos * H + hd;
-            const T *xr = x + row * D;
-            G *yr = y + row * D;
-            float lo[V], hi[V], o1[V], o2[V];
-            load_v<V>(xr + d, lo);
-            load_v<V>(xr + d + h, hi);
-            if (!rot) {
-#pragma unroll
-                for (int k = 0; k < V; k++) {
-                    o1[k] = lo[k];
-                    o2[k] = hi[k];
-                }
-            } else if (!inverse) {
+            if (!inverse) {
 #pragma unroll
                 for (int k = 0; k < V; k++) {
                     o1[k] = lo[k] * c1[k] - hi[k] * s1[k];
@@ -63,9 +55,9 @@ __global__ void rope_kernel(const T *__restrict__ x, const float *__restrict__ c
                     o2[k] = hi[k] * c2[k] - lo[k] * s1[k];
                 }
             }
-            store_v<V>(yr + d, o1, acc);
-            store_v<V>(yr + d + h, o2, acc);
         }
+        store_v<V>(yr + d, o1, acc);
+        store_v<V>(yr + d + h, o2, acc);
     }
 }
 
@@ -77,7 +69,7 @@ gc_status rope_typed(const T *x, const float *cs, const float *sn, bool per_samp
 {
     constexpr int VT = 16 / sizeof(T);
     bool vec = (D / 2) % VT == 0 && aligned16(x) && aligned16(cs) && aligned16(sn) && aligned16(y);
-    int64_t threads = B * L * (D / 2) / (vec ? VT : 1);
+    int64_t threads = B * L * H * (D / 2) / (vec ? VT : 1);
     int64_t blocks = (threads + 255) / 256, cap = (int64_t)gc_cuda_sm_count() * 16;
     unsigned grid = (unsigned)(blocks < cap ? blocks : cap);
     // int indices when x's elements, the tables' and the grid-stride loop's last index fit
