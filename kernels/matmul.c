@@ -299,10 +299,11 @@ gc_tensor *gc_linear_res(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *re
 
 /* ---------------------------------------------------------------- linear of an activation */
 
-/* saved: x (pre-activation, [R, in]), w. inputs: x, w, b. iarg[0]: act.
- * Recomputes a = act(x) for dW (released before da is made), then db, and da = gy W
- * taken through the activation's backward straight into x's gradient (in place there
- * when that gradient is new). */
+/* saved: x (pre-activation, [R, in]), w[, a = act(x) when recomputation is off].
+ * inputs: x, w, b. iarg[0]: act.
+ * Recomputes a = act(x) for dW unless it was kept (released before da is made), then db,
+ * and da = gy W taken through the activation's backward straight into x's gradient (in
+ * place there when that gradient is new). */
 static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
 {
     gc_tensor *x = nd->saved[0], *w = nd->saved[1];
@@ -315,7 +316,7 @@ static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
     if (gw) {
         gc_pool *p = gc_pool_push();
         bool prev = gc_grad_set_enabled(false);
-        gc_tensor *a = gc_activation(x, act);
+        gc_tensor *a = nd->n_saved > 2 ? nd->saved[2] : gc_activation(x, act);
         gc_grad_set_enabled(prev);
         st = a ? gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc, 1, false) : GC_PENDING();
         gc_pool_pop(p);
@@ -352,14 +353,23 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
     if (!x2 || (res && !r2)) return NULL;
     bool prev = gc_grad_set_enabled(false); /* the node below stands for both ops */
     gc_pool *p = gc_pool_push();
-    gc_tensor *y = gc_pool_keep(linear_impl(gc_activation(x2, act), w, b, r2));
+    /* the activation [R, in] is freed here and recomputed in backward, unless
+     * recomputation is off (gc_recompute_set_enabled: memory for speed) */
+    const bool keep = !gc_recompute_enabled();
+    gc_tensor *a = gc_activation(x2, act);
+    gc_tensor *y = gc_pool_keep(linear_impl(a, w, b, r2));
+    if (keep && a) gc_tensor_retain(a);
     gc_pool_pop(p);
     gc_grad_set_enabled(prev);
-    if (!y) return NULL;
+    if (!y) {
+        if (keep && a) gc_tensor_release(a);
+        return NULL;
+    }
     gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL;
     if (!wc || (b && !bc)) return NULL;
-    gc_tensor *in4[4] = {x2, wc, bc, r2}, *sv[2] = {x2, wc};
-    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 4, in4, 2, sv);
+    gc_tensor *in4[4] = {x2, wc, bc, r2}, *sv[3] = {x2, wc, keep ? a : NULL};
+    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 4, in4, keep ? 3 : 2, sv);
+    if (keep) gc_tensor_release(a); /* the node holds it now (or nothing does, on error) */
     if (!nd) return NULL;
     nd->iarg[0] = act;
     int64_t sh[GC_MAX_DIMS];

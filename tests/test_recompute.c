@@ -105,6 +105,7 @@ typedef struct blk_case {
     double lora_dropout;
     int saves; /* saved tensors on the tape that view a freed layernorm output */
     int freed; /* layernorm outputs freed */
+    int acts;  /* MLP activations [B, L, F] kept when recompute is off (fc2's linear_act) */
 } blk_case;
 
 /* LoRA targets q_proj, v_proj, fc1: with no adapter dropout their lora_A saves the
@@ -112,19 +113,20 @@ typedef struct blk_case {
  * copy. LoRA with a frozen input: the first layernorm records nothing (nothing could
  * recompute its output, which lora_A saves: kept); the second's output is freed. */
 static const blk_case BLK_CASES[] = {
-    {"plain", false, true, false, 0, 3 + 1, 2},
-    {"plain, frozen input", false, false, false, 0, 3 + 1, 2},
-    {"LoRA", true, true, false, 0, 5 + 2, 2},
-    {"LoRA dropout 0.1", true, true, false, 0.1, 3 + 1, 2},
-    {"LoRA, frozen input", true, false, false, 0, 2, 1},
-    {"checkpointed", false, true, true, 0, 0, 0},
-    {"LoRA checkpointed", true, true, true, 0.1, 0, 0},
+    {"plain", false, true, false, 0, 3 + 1, 2, 1},
+    {"plain, frozen input", false, false, false, 0, 3 + 1, 2, 1},
+    {"LoRA", true, true, false, 0, 5 + 2, 2, 1},
+    {"LoRA dropout 0.1", true, true, false, 0.1, 3 + 1, 2, 1},
+    {"LoRA, frozen input", true, false, false, 0, 2, 1, 1},
+    {"checkpointed", false, true, true, 0, 0, 0, 0},
+    {"LoRA checkpointed", true, true, true, 0.1, 0, 0, 0},
 };
 #define N_BLK_CASES ((int)(sizeof BLK_CASES / sizeof BLK_CASES[0]))
 
-/* The tape holds exactly the layernorm outputs' saved views fewer bytes, the device exactly
- * the two outputs fewer (the CPU counts bytes as asked; the GPU in size classes), and
- * the output and every gradient are bit-identical. */
+/* With recompute, the tape holds exactly the layernorm outputs' saved views and the MLP
+ * activation fewer bytes, the device exactly the two outputs and the activation fewer (the
+ * CPU counts bytes as asked; the GPU in size classes), and the output and every gradient
+ * are bit-identical. */
 START_TEST(test_block_saved_bytes_and_grads)
 {
     const blk_case *c = &BLK_CASES[_i];
@@ -136,16 +138,17 @@ START_TEST(test_block_saved_bytes_and_grads)
     blk_run off = blk_step(&k, x, 1, c->checkpoint, false), on = blk_step(&k, x, 1, c->checkpoint, true);
     const size_t out_bytes = (size_t)(B * L * D) * gc_dtype_size(gc_test_dtype());
     const size_t saves = (size_t)c->saves, freed = (size_t)c->freed;
+    const size_t acts = (size_t)c->acts * (size_t)(B * L * F) * gc_dtype_size(gc_test_dtype());
     printf("block %-22s saved %zu -> %zu bytes, device %zu -> %zu bytes, peak %zu -> %zu\n", c->label, off.saved,
            on.saved, off.mem, on.mem, off.peak, on.peak);
-    ck_assert_msg(off.saved - on.saved == saves * out_bytes, "%s: the tape holds %zu fewer bytes, want %zu", c->label,
-                  off.saved - on.saved, saves * out_bytes);
+    ck_assert_msg(off.saved - on.saved == saves * out_bytes + acts, "%s: the tape holds %zu fewer bytes, want %zu",
+                  c->label, off.saved - on.saved, saves * out_bytes + acts);
     if (gc_test_device().type == GC_DEVICE_CPU)
-        ck_assert_msg(off.mem - on.mem == freed * out_bytes, "%s: the CPU holds %zu fewer bytes, want %zu", c->label,
-                      off.mem - on.mem, freed * out_bytes);
+        ck_assert_msg(off.mem - on.mem == freed * out_bytes + acts, "%s: the CPU holds %zu fewer bytes, want %zu",
+                      c->label, off.mem - on.mem, freed * out_bytes + acts);
     else
-        ck_assert_msg(off.mem - on.mem >= freed * out_bytes, "%s: the GPU holds %zu fewer bytes, want >= %zu",
-                      c->label, off.mem - on.mem, freed * out_bytes);
+        ck_assert_msg(off.mem - on.mem >= freed * out_bytes + acts, "%s: the GPU holds %zu fewer bytes, want >= %zu",
+                      c->label, off.mem - on.mem, freed * out_bytes + acts);
     ck_assert_uint_le(on.peak, off.peak);
     const int64_t n_grads = gc_params_count(&k.ps, false) + gc_tensor_numel(x);
     if (gc_test_device().type == GC_DEVICE_CUDA) { /* a difference below means nothing if the kernels are not repeatable */
@@ -172,7 +175,8 @@ START_TEST(test_two_blocks_peak)
     blk_run off = blk_step(&k, x, 2, false, false), on = blk_step(&k, x, 2, false, true);
     const size_t out_bytes = (size_t)(B * L * D) * gc_dtype_size(gc_test_dtype());
     printf("two blocks: saved %zu -> %zu bytes, peak %zu -> %zu bytes\n", off.saved, on.saved, off.peak, on.peak);
-    ck_assert_uint_eq(off.saved - on.saved, 2 * 4 * out_bytes);
+    const size_t act_bytes = (size_t)(B * L * F) * gc_dtype_size(gc_test_dtype());
+    ck_assert_uint_eq(off.saved - on.saved, 2 * 4 * out_bytes + 2 * act_bytes);
     ck_assert_msg(on.peak + 2 * out_bytes <= off.peak, "peak %zu with recompute, %zu without", on.peak, off.peak);
     assert_same(&on, &off, B * L * D, gc_params_count(&k.ps, false) + gc_tensor_numel(x), "two blocks");
     blk_run_free(&off);
@@ -209,8 +213,9 @@ START_TEST(test_vit_b16_block_bytes)
     /* of the saved bytes, the weights (saved by reference, not copies) are the same in both */
     printf("ViT-B/16 block, 1 sample, %s: tape saved %zu -> %zu bytes, device holds %zu -> %zu bytes\n",
            gc_dtype_name(gc_test_dtype()), saved[0], saved[1], mem[0], mem[1]);
-    ck_assert_uint_eq(saved[0] - saved[1], 4 * ln);
-    if (gc_test_device().type == GC_DEVICE_CPU) ck_assert_uint_eq(mem[0] - mem[1], 2 * ln);
+    const size_t act = (size_t)(B * L * F) * gc_dtype_size(gc_test_dtype()); /* fc2's input, kept without recompute */
+    ck_assert_uint_eq(saved[0] - saved[1], 4 * ln + act);
+    if (gc_test_device().type == GC_DEVICE_CPU) ck_assert_uint_eq(mem[0] - mem[1], 2 * ln + act);
     blk_free(&k);
 }
 END_TEST

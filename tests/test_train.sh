@@ -51,9 +51,11 @@ rc=$?
 if [ $rc -ne 137 ]; then echo "FAIL: the run was to be killed at step 10 (exit $rc)"; fail=1; fi
 [ "$(cat "$tmp/crash/latest")" = "checkpoint-8" ] || { echo "FAIL: latest checkpoint is '$(cat "$tmp/crash/latest")', not checkpoint-8"; fail=1; }
 ls "$tmp/crash" | grep -q '\.tmp$' && { echo "FAIL: a temporary checkpoint was left behind"; fail=1; }
-"$gcache" train base.yaml output_dir="$tmp/crash" --resume "$tmp/crash" >resume.log 2>&1 || { echo "FAIL: resume"; cat resume.log; fail=1; }
+# resumed with recompute off (layernorm outputs and MLP activations kept): the same bits
+"$gcache" train base.yaml output_dir="$tmp/crash" recompute=false --resume "$tmp/crash" >resume.log 2>&1 || { echo "FAIL: resume"; cat resume.log; fail=1; }
+grep -q "recompute false: layernorm outputs and MLP activations are kept" resume.log || { echo "FAIL: recompute=false not taken"; fail=1; }
 if diff <(losses "$tmp/ref") <(losses "$tmp/crash") >diff.txt; then
-  echo "ok: killed at step 10, resumed from step 8: all $(losses "$tmp/ref" | wc -l) losses bit-identical"
+  echo "ok: killed at step 10, resumed from step 8 with recompute=false: all $(losses "$tmp/ref" | wc -l) losses bit-identical"
 else
   echo "FAIL: resumed losses differ from the uninterrupted run:"; cat diff.txt; fail=1
 fi

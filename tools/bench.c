@@ -16,7 +16,7 @@
 typedef struct bench_args {
     const char *model, *device, *dtype, *pixels;
     int64_t batch, chunk, steps, warmup;
-    bool no_cache, checkpointing, keep_norms, replay_all;
+    bool no_cache, checkpointing, no_recompute, replay_all;
     int lora;
     const char *gemm_plan; /* NULL: GC_GEMM_PLAN's, if set */
 } bench_args;
@@ -234,7 +234,8 @@ static int parse(int argc, char **argv, bench_args *a)
         const char *f = argv[i];
         if (!strcmp(f, "--no-cache")) { a->no_cache = true; continue; }
         if (!strcmp(f, "--checkpointing")) { a->checkpointing = true; continue; }
-        if (!strcmp(f, "--keep-norms")) { a->keep_norms = true; continue; }
+        /* --keep-norms: its name before the MLP activations were kept too */
+        if (!strcmp(f, "--no-recompute") || !strcmp(f, "--keep-norms")) { a->no_recompute = true; continue; }
         if (!strcmp(f, "--replay-all")) { a->replay_all = true; continue; }
         if (i + 1 >= argc) return gc_cli_fail("bench: %s needs a value (or is unknown)", f);
         const char *v = argv[++i];
@@ -273,7 +274,7 @@ int gc_cli_bench(int argc, char **argv)
         return gc_cli_fail("bench: no usable CUDA device (use --device cpu --dtype f32 with a small --model)");
     }
     gc_device dev = opt.device;
-    gc_recompute_set_enabled(!a.keep_norms); /* before: blocks kept their layernorm outputs */
+    gc_recompute_set_enabled(!a.no_recompute); /* before: blocks keep their layernorm outputs and MLP activations */
     if (a.gemm_plan) gc_gemm_plan_use(a.gemm_plan); /* before the first GEMM (the ceiling's) */
     double peak_tf = dev.type == GC_DEVICE_CUDA ? gemm_ceiling(dev) : 0;
     bench_job job;
@@ -346,7 +347,7 @@ int gc_cli_bench(int argc, char **argv)
         else snprintf(mode, sizeof mode, "chunk %lld", (long long)a.chunk);
         if (a.checkpointing) strncat(mode, ", checkpointing", sizeof mode - strlen(mode) - 1);
         if (a.lora) snprintf(mode + strlen(mode), sizeof mode - strlen(mode), ", LoRA r=%d", a.lora);
-        if (a.keep_norms) strncat(mode, ", norms kept", sizeof mode - strlen(mode) - 1);
+        if (a.no_recompute) strncat(mode, ", norms and activations kept", sizeof mode - strlen(mode) - 1);
         if (a.replay_all && !a.no_cache) strncat(mode, ", every chunk replayed", sizeof mode - strlen(mode) - 1);
         printf("gcache bench  %s  batch %lld  %s  %s %s  pixels on the %s%s\n", a.model, (long long)B, mode, a.device, a.dtype,
                a.pixels, gc_tensor_is_pinned(job.in[0]) ? " (pinned)" : "");
@@ -369,11 +370,11 @@ int gc_cli_bench(int argc, char **argv)
                kept > 0 ? ", less tower 0's last chunk forward" : "");
         if (peak_tf > 0) printf("  utilisation   %8.1f %%  of the measured bf16 GEMM ceiling %.0f TFLOP/s\n", 100 * tflops / peak_tf, peak_tf);
         printf("{\"model\":\"%s\",\"batch\":%lld,\"chunk\":%lld,\"cache\":%s,\"checkpointing\":%s,\"lora\":%d,"
-               "\"recompute_norms\":%s,\"replay_all\":%s,\"pixels\":\"%s\","
+               "\"recompute\":%s,\"replay_all\":%s,\"pixels\":\"%s\","
                "\"step_ms\":%.2f,\"host_ms\":%.2f,\"peak_GiB\":%.3f,\"peak_bytes\":%zu,\"pairs_per_s\":%.1f,\"tflops\":%.1f,\"gemm_peak_tflops\":%.1f,"
                "\"new_allocs_after_warmup\":%llu}\n",
                a.model, (long long)B, (long long)a.chunk, a.no_cache ? "false" : "true", a.checkpointing ? "true" : "false",
-               a.lora, a.keep_norms ? "false" : "true", a.replay_all ? "true" : "false", a.pixels, med, host, (double)ms.peak / (1 << 30), ms.peak, (double)B / (med * 1e-3), tflops, peak_tf,
+               a.lora, a.no_recompute ? "false" : "true", a.replay_all ? "true" : "false", a.pixels, med, host, (double)ms.peak / (1 << 30), ms.peak, (double)B / (med * 1e-3), tflops, peak_tf,
                (unsigned long long)(ms.system_allocs - allocs_after_warmup));
     }
     for (int i = 0; i < MAX_PHASES; i++) { gc_timer_free(pl.t[i]); free(ph_ms[i]); }

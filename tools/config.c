@@ -31,6 +31,7 @@ static const key_def KEYS[] = {
     {"epochs", K_INT, F(epochs), 0, 1, 1e6, NULL},
     {"max_steps", K_INT, F(max_steps), 0, 0, 1e12, NULL},
     {"gradient_checkpointing", K_BOOL, F(gradient_checkpointing), 0, 0, 0, NULL},
+    {"recompute", K_BOOL, F(recompute), 0, 0, 0, NULL},
     {"use_lora", K_BOOL, F(use_lora), 0, 0, 0, NULL},
     {"lora_r", K_INT, F(lora_r), 0, 1, 4096, NULL},
     {"lora_alpha", K_FLOAT, F(lora_alpha), 0, 1e-9, 1e9, NULL},
@@ -92,6 +93,7 @@ void gc_train_config_defaults(gc_train_config *c)
     c->batch_size = 128;
     c->epochs = 1;
     c->lora_r = 16;
+    c->recompute = true;
     c->lora_alpha = 32;
     c->lora_dropout = 0.0;
     snprintf(c->lora_target_modules, sizeof c->lora_target_modules, "q_proj,k_proj,v_proj,out_proj");

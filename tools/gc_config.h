@@ -21,6 +21,7 @@ typedef struct gc_train_config {
     int64_t batch_size;                /* the whole batch, split into chunks */
     int64_t epochs;
     bool gradient_checkpointing;
+    bool recompute;                    /* layernorm outputs and MLP activations redone in backward (less memory); false keeps them (faster) */
     bool use_lora;
     int64_t lora_r;
     double lora_alpha, lora_dropout;

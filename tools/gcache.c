@@ -23,7 +23,7 @@ static const char *USAGE =
     "         L2-normalised image and text embeddings, no graph\n"
     "  train  CONFIG.yaml [--resume DIR] [key=value ...]   train (see configs/)\n"
     "  bench  --model clip-vit-b16|clip-vit-b32|dinov3-vit-b16|clip-tiny|dinov3-tiny --batch B --chunk C\n"
-    "         [--no-cache] [--checkpointing] [--keep-norms] [--replay-all] [--lora R] [--steps N] [--warmup N]\n"
+    "         [--no-cache] [--checkpointing] [--no-recompute] [--replay-all] [--lora R] [--steps N] [--warmup N]\n"
     "         [--device cuda|cpu] [--dtype bf16|f32] [--pixels host|device] [--gemm-plan FILE]\n"
     "         time full training steps (random weights, synthetic data): step ms, peak memory, pairs/s, TFLOP/s\n";
 

@@ -262,6 +262,10 @@ gc_status gc_train_device(const gc_train_config *c, const char *where, gc_device
     if (c->gemm_plan[0] && dev->type != GC_DEVICE_CUDA)
         fprintf(stderr, "gcache: warning: %s: 'gemm_plan' chooses CUDA GEMM algorithms; a CPU run ignores it\n", where);
     else if (c->gemm_plan[0]) gc_gemm_plan_use(c->gemm_plan); /* read and checked at the first GEMM */
+    gc_recompute_set_enabled(c->recompute); /* this thread runs the steps */
+    if (!c->recompute)
+        printf("gcache train: recompute false: layernorm outputs and MLP activations are kept for backward "
+               "(faster, more memory)\n");
     return GC_OK;
 }
 
