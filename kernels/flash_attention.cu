@@ -58,8 +58,8 @@ typedef __nv_bfloat16 bf16;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kThreadsFa = 128; // 4 warps in every kernel below
-// Blocks per SM the D <= 64 kernels are compiled for (128 / this many registers a thread).
-// GC_FA_MIN_BLOCKS: for measuring other choices only.
+// Blocks an SM the D <= 64 kernels are compiled to fit (4: at most 128 registers a thread,
+// a few bytes spilled). GC_FA_MIN_BLOCKS: for measuring other choices.
 #ifndef GC_FA_MIN_BLOCKS
 #define GC_FA_MIN_BLOCKS 4
 #endif
