@@ -3,14 +3,7 @@
 # refactor), the flash timing, and a per-kernel profile of one DINOv3 and one B/16 step
 . tools/bench/build.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-{
-timeout 220 meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 4 >"$OUT/gpu_tests.log" 2>&1
-grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log" | sort -u
-grep -hE ":F:|:E:|FAIL" build-gpu/meson-logs/testlog.txt | sort -u | head -30
-CK_FORK=no CK_RUN_CASE=flash_bench timeout 60 build-gpu/tests/test_gpu 2>&1 | grep -E "attention|FAIL"
-cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt"
-} 2>&1 | tee "$OUT/gpu-tests.txt"
-echo "tests done $(( $(date +%s) - t0 )) s"
+. tools/bench/suite.sh
 G=./build-gpu/tools/gcache
 which nsys ncu
 prof() { # name, bench args...

@@ -4,13 +4,7 @@
 # a DINOv3 step's kernels, our rows, and sustained GEMM throughput with clocks and power
 . tools/bench/build.sh
 G=./build-gpu/tools/gcache
-{
-timeout 220 meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 4 >"$OUT/gpu_tests.log" 2>&1
-grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log" | sort -u
-grep -hE ":F:|:E:|FAIL" build-gpu/meson-logs/testlog.txt | sort -u | head -30
-CK_FORK=no CK_RUN_CASE=flash_bench timeout 60 build-gpu/tests/test_gpu 2>&1 | grep -E "attention|FAIL"
-} 2>&1 | tee "$OUT/gpu-tests.txt"
-echo "tests done $(( $(date +%s) - t0 )) s"
+. tools/bench/suite.sh
 meson setup build-gpu3 -Dcuda=enabled -Dcuda_args=-DGC_FA_MIN_BLOCKS=3 >/dev/null 2>&1 && ninja -C build-gpu3 tests/test_gpu >/dev/null 2>&1 &&
   CK_FORK=no CK_RUN_CASE=flash_bench timeout 60 build-gpu3/tests/test_gpu 2>&1 | grep -E "flash  |FAIL" | sed 's/^/[3 blocks] /'
 CK_FORK=no CK_RUN_CASE=flash timeout 100 build-gpu3/tests/test_gpu 2>&1 | tail -2 | sed 's/^/[3 blocks] /'

@@ -5,13 +5,7 @@
 # then PyTorch's rows; with the SM clock and power sampled through our rows
 . tools/bench/build.sh
 G=./build-gpu/tools/gcache
-{
-timeout 220 meson test -C build-gpu --suite gpu --print-errorlogs --num-processes 4 >"$OUT/gpu_tests.log" 2>&1
-grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log" | sort -u
-grep -hE ":F:|:E:|FAIL" build-gpu/meson-logs/testlog.txt | sort -u | head -30
-CK_FORK=no CK_RUN_CASE=flash_bench timeout 60 build-gpu/tests/test_gpu 2>&1 | grep -E "attention|FAIL"
-} 2>&1 | tee "$OUT/gpu-tests.txt"
-echo "tests done $(( $(date +%s) - t0 )) s"
+. tools/bench/suite.sh
 nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv,noheader -lms 500 >"$OUT/smi.csv" 2>&1 &
 smi=$!
 SKIP_TORCH=1 timeout 230 tools/bench_compare.sh >"$OUT/bench-heuristic.txt" 2>&1
