@@ -350,6 +350,21 @@ double *gc_test_flat_grads(const gc_params *ps)
     return g;
 }
 
+void gc_test_tape_step(gc_tensor *(*fwd)(void *, gc_tensor *), void *ctx, gc_tensor *x, gc_tensor *g, double *out,
+                       const char *label)
+{
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = fwd(ctx, x);
+    gc_tape_end(t);
+    ck_assert_msg(y && gc_shape_eq(y, g), "%s: %s", label, y ? "not the cotangent's shape" : gc_error_message());
+    ck_assert_msg(gc_backward(t, 1, &y, &g) == GC_OK, "%s: %s", label, gc_error_message());
+    ck_assert_int_eq(gc_tensor_to_host_f64(y, out), GC_OK);
+    gc_pool_pop(p);
+    gc_tape_free(t);
+}
+
 double gc_test_vec_rel_err(const double *a, const double *b, int64_t n)
 {
     double num = 0, den = 0;

@@ -94,6 +94,11 @@ double gc_test_ref_check_grads(const gc_test_refs *r, const gc_params *ps, const
 
 /* Every parameter's gradient, flattened in order into a new array (zeros where there is none); free() it. */
 double *gc_test_flat_grads(const gc_params *ps);
+/* y = fwd(ctx, x) on a tape of its own, then backward from the cotangent g (y must have g's
+ * shape; label names the run in a failure), and y's values into out (f64, numel(g)). The
+ * gradients stay in the leaves. */
+void gc_test_tape_step(gc_tensor *(*fwd)(void *, gc_tensor *), void *ctx, gc_tensor *x, gc_tensor *g, double *out,
+                       const char *label);
 
 /* ||a - b|| / ||b|| over n doubles; INFINITY if a holds a non-finite value. */
 double gc_test_vec_rel_err(const double *a, const double *b, int64_t n);
