@@ -366,10 +366,7 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
         return NULL;
     }
     gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL;
-    if (!wc || (b && !bc)) {
-        if (keep) gc_tensor_release(a);
-        return NULL;
-    }
+    if (!wc || (b && !bc)) return NULL;
     gc_tensor *in4[4] = {x2, wc, bc, r2}, *sv[3] = {x2, wc, keep ? a : NULL};
     gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 4, in4, keep ? 3 : 2, sv);
     if (keep) gc_tensor_release(a); /* the node holds it now (or nothing does, on error) */
