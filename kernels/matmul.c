@@ -350,14 +350,16 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
     if (res && w->ndim == 2 && res->ndim == x->ndim && gc_tensor_cols(res) == w->shape[0] &&
         !memcmp(res->shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1)))
         r2 = gc_view(gc_contiguous(res), 2, GC_SHAPE(R, w->shape[0]));
-    if (!x2 || (res && !r2)) return NULL;
+    /* taken before the activation is kept, so no failure comes between its retain and the record */
+    gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL;
+    if (!x2 || (res && !r2) || !wc || (b && !bc)) return NULL;
     bool prev = gc_grad_set_enabled(false); /* the node below stands for both ops */
     gc_pool *p = gc_pool_push();
     /* the activation [R, in] is freed here and recomputed in backward, unless
      * recomputation is off (gc_recompute_set_enabled: memory for speed) */
     const bool keep = !gc_recompute_enabled();
     gc_tensor *a = gc_activation(x2, act);
-    gc_tensor *y = gc_pool_keep(linear_impl(a, w, b, r2));
+    gc_tensor *y = gc_pool_keep(linear_impl(a, wc, bc, r2));
     if (keep && a) gc_tensor_retain(a);
     gc_pool_pop(p);
     gc_grad_set_enabled(prev);
@@ -365,8 +367,6 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
         if (keep && a) gc_tensor_release(a);
         return NULL;
     }
-    gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL;
-    if (!wc || (b && !bc)) return NULL;
     gc_tensor *in4[4] = {x2, wc, bc, r2}, *sv[3] = {x2, wc, keep ? a : NULL};
     gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 4, in4, keep ? 3 : 2, sv);
     if (keep) gc_tensor_release(a); /* the node holds it now (or nothing does, on error) */
