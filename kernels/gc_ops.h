@@ -55,6 +55,9 @@ gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b);
 /* res + linear(x, w, b), res [..., out] (a residual): the add is the GEMM's C input, one
  * pass over res instead of an add's three; res's gradient is gy itself. */
 gc_tensor *gc_linear_res(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *res);
+/* (x w^T + b) s (+ res, or NULL): a layer scale s [out] folded into the weights (one GEMM
+ * of s w and s b, no pass over the output, nothing kept for s's gradient; matmul.c). */
+gc_tensor *gc_linear_scaled(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res);
 
 
 /* ---- elementwise.c ---- */
@@ -81,6 +84,8 @@ gc_tensor *gc_activation(gc_tensor *x, gc_act act);
 gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b);
 /* res + gc_linear_act(x, act, w, b), the add in the GEMM as in gc_linear_res */
 gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res);
+/* gc_linear_scaled of act(x): (act(x) w^T + b) s (+ res, or NULL) */
+gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res);
 gc_status gc_act_parse(const char *hf_name, gc_act *out); /* "gelu", "gelu_pytorch_tanh", "quick_gelu", "silu" ... */
 
 /* ---- norm.c ---- */

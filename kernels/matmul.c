@@ -11,6 +11,9 @@ gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, gc_dtype dd
 const char *gc_cuda_gemm_plan_summary(char *buf, size_t n);              /* matmul.cu */
 void gc_cuda_gemm_plan_reset(void);                                      /* matmul.cu */
 void gc_cuda_gemm_plan_use(const char *path);                            /* matmul.cu */
+gc_status gc_cuda_scale_grads(const gc_tensor *G, const gc_tensor *gbs, const gc_tensor *w, const gc_tensor *b,
+                              const gc_tensor *s, gc_tensor *gw, bool acc_w, gc_tensor *gb, bool acc_b, gc_tensor *gs,
+                              bool acc_s);                               /* matmul.cu */
 #endif
 
 void gc_gemm_plan_use(const char *path)
@@ -205,22 +208,103 @@ bad:
 
 /* ---------------------------------------------------------------- linear */
 
-/* saved: x [..., in] contiguous (R rows), w [out, in]. inputs: x, w, b. */
+/* ---------------------------------------------------------------- the layer scale, folded
+ *
+ * y = (x w^T + b) s with s [out] (DINOv3's layer scale) is the linear of the weight ws = s w
+ * (row j times s_j) and the bias bs = s b: one GEMM, where the product had been a pass of its
+ * own over the output, and the output need not be kept for s's gradient. The gradients,
+ * from G = gy^T x (ws's, f32 [out, in]: weight-sized, not rounded to the weight's dtype) and
+ * gbs = the column sums of gy (bs's):
+ *   gw = s G (rows),   gb = s gbs,   gs = rowsum(G w) + gbs b.
+ * ws and bs are made anew each forward (small: [out, in]), so s may change between steps. */
+
+/* ws = s w, bs = s b (b may be NULL), not recorded; s checked against w. NULL: error set. */
+static gc_tensor *fold_scale(gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor **bs)
+{
+    char sw[GC_SHAPE_STR_LEN], ss[GC_SHAPE_STR_LEN];
+    if (w->ndim != 2 || s->ndim != 1 || s->shape[0] != w->shape[0] || s->dtype != w->dtype ||
+        !gc_device_eq(s->device, w->device)) {
+        gc_error_set(GC_ERR_SHAPE, "linear: layer scale %s %s %s does not fit weight %s %s %s", gc_tensor_label(s),
+                     gc_dtype_name(s->dtype), gc_shape_str(s, ss, sizeof ss), gc_tensor_label(w), gc_dtype_name(w->dtype),
+                     gc_shape_str(w, sw, sizeof sw));
+        return NULL;
+    }
+    bool prev = gc_grad_set_enabled(false);
+    gc_tensor *ws = gc_mul(w, gc_view(s, 2, GC_SHAPE(s->shape[0], 1)));
+    *bs = b ? gc_mul(b, s) : NULL;
+    gc_grad_set_enabled(prev);
+    return ws && (!b || *bs) ? ws : NULL;
+}
+
+/* The CPU reference of gw (+)= s G, gb (+)= s gbs, gs (+)= rowsum(G w) + gbs b (f32; any
+ * output may be NULL; G is NULL when neither gw nor gs is wanted, gbs when there is no bias
+ * or neither gb nor gs is wanted). */
+static void cpu_scale_grads(const float *G, const float *gbs, const float *w, const float *b, const float *s, float *gw,
+                            bool acc_w, float *gb, bool acc_b, float *gs, bool acc_s, int64_t out, int64_t in)
+{
+    for (int64_t j = 0; j < out; j++) {
+        double t = 0;
+        for (int64_t i = 0; G && i < in; i++) {
+            const float g = G[j * in + i];
+            if (gw) gw[j * in + i] = (acc_w ? gw[j * in + i] : 0.0f) + g * s[j];
+            t += (double)g * w[j * in + i];
+        }
+        if (gbs && gb) gb[j] = (acc_b ? gb[j] : 0.0f) + gbs[j] * s[j];
+        if (gbs) t += (double)gbs[j] * b[j];
+        if (gs) gs[j] = (float)(acc_s ? gs[j] + t : t);
+    }
+}
+
+/* Does a linear node's weight_grads read the GEMM's input a? (the bias gradient alone does not) */
+static bool grads_read_input(const gc_node *nd) { return nd->in[1] || (nd->n_in > 4 && (nd->in[2] || nd->in[4])); }
+
+/* The gradients of w (input 1), b (input 2) and, in a node with a layer scale (input 4;
+ * saved[si] = s, saved[si + 1] = b), the scale, of a linear whose GEMM read a [R, in] (x, or
+ * act(x); NULL when !grads_read_input) and w [out, in]. */
+static gc_status weight_grads(gc_node *nd, gc_tensor *gy, gc_tensor *a, gc_tensor *w, int si)
+{
+    int64_t R = gc_tensor_rows(gy), out = w->shape[0], in = w->shape[1];
+    gc_device dev = gy->device;
+    bool acc_w, acc_b, acc_s = false;
+    gc_tensor *gw = gc_grad_target(nd, 1, &acc_w), *gb = gc_grad_target(nd, 2, &acc_b);
+    if (nd->n_in <= 4) { /* no layer scale */
+        if (gw) GC_TRY(gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc_w, 1, false));
+        if (gb) GC_TRY(sum_rows(dev, gy, gb, acc_b));
+        return GC_OK;
+    }
+    gc_tensor *gs = gc_grad_target(nd, 4, &acc_s), *s = nd->saved[si], *b = nd->saved[si + 1];
+    if (!gw && !gb && !gs) return GC_OK;
+    gc_pool *p = gc_pool_push();
+    gc_tensor *G = gw || gs ? gc_pool_add(gc_tensor_new(GC_F32, dev, 2, GC_SHAPE(out, in))) : NULL;
+    gc_tensor *gbs = b && (gb || gs) ? gc_pool_add(gc_tensor_new(GC_F32, dev, 1, GC_SHAPE(out))) : NULL;
+    gc_status st = ((gw || gs) && !G) || (b && (gb || gs) && !gbs) ? GC_PENDING() : GC_OK;
+    if (st == GC_OK && G) st = gemm_plain(dev, true, false, out, in, R, gy, a, G, false, 1, false);
+    if (st == GC_OK && gbs) st = sum_rows(dev, gy, gbs, false);
+    if (st == GC_OK && dev.type == GC_DEVICE_CUDA)
+        st = GC_CUDA_DISPATCH(gc_cuda_scale_grads(G, gbs, w, b, s, gw, acc_w, gb, acc_b, gs, acc_s));
+    else if (st == GC_OK)
+        cpu_scale_grads(G ? gc_tensor_data(G) : NULL, gbs ? gc_tensor_data(gbs) : NULL, gc_tensor_data(w),
+                        b ? gc_tensor_data(b) : NULL, gc_tensor_data(s), gw ? gc_tensor_data(gw) : NULL, acc_w,
+                        gb ? gc_tensor_data(gb) : NULL, acc_b, gs ? gc_tensor_data(gs) : NULL, acc_s, out, in);
+    gc_pool_pop(p);
+    return st;
+}
+
+/* saved: x [..., in] contiguous (R rows), w [out, in]; with a layer scale also ws = s w, s,
+ * b. inputs: x, w, b, res, s. */
 static gc_status linear_backward(gc_node *nd, gc_tensor *gy)
 {
     gc_tensor *x = nd->saved[0], *w = nd->saved[1];
+    gc_tensor *wg = nd->n_saved > 2 ? nd->saved[2] : w; /* the weight the GEMM read */
     int64_t R = gc_tensor_rows(x), in = gc_tensor_cols(x), out = w->shape[0];
     gc_device dev = x->device;
     bool acc;
     gc_status st;
     gc_tensor *gx = gc_grad_target(nd, 0, &acc);
-    if (gx && (st = gemm_plain(dev, false, false, R, in, out, gy, w, gx, acc, 1, false)) != GC_OK) return st;
-    gc_tensor *gw = gc_grad_target(nd, 1, &acc);
-    if (gw && (st = gemm_plain(dev, true, false, out, in, R, gy, x, gw, acc, 1, false)) != GC_OK) return st;
-    gc_tensor *gb = gc_grad_target(nd, 2, &acc);
-    if (gb && (st = sum_rows(dev, gy, gb, acc)) != GC_OK) return st;
+    if (gx && (st = gemm_plain(dev, false, false, R, in, out, gy, wg, gx, acc, 1, false)) != GC_OK) return st;
+    if ((st = weight_grads(nd, gy, x, w, 3)) != GC_OK) return st;
     if (nd->in[3] && (st = gc_grad_pass(nd, 3, gy)) != GC_OK) return st; /* the residual; gy's last reader */
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < nd->n_in; i++)
         if (nd->in[i] && !nd->in[i]->grad) return GC_PENDING();
     return GC_OK;
 }
@@ -239,12 +323,12 @@ static gc_tensor *residual_of(gc_tensor *res, const gc_tensor *y)
     return gc_contiguous(res);
 }
 
-/* y = x w^T + b (+ res, as the GEMM's C input when res is not NULL) */
-static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *res)
+/* y = (x w^T + b) s (+ res, as the GEMM's C input when res is not NULL); s may be NULL (none) */
+static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
 {
     if (!x || !w) return NULL;
-    gc_tensor *ins[4] = {x, w, b, res};
-    if (!gc_check_same_device("linear", 4, ins) || !gc_check_float("linear", x) || !gc_check_same_dtype("linear", x, w) ||
+    gc_tensor *ins[5] = {x, w, b, res, s};
+    if (!gc_check_same_device("linear", 5, ins) || !gc_check_float("linear", x) || !gc_check_same_dtype("linear", x, w) ||
         (b && !gc_check_same_dtype("linear", x, b)))
         return NULL;
     int64_t in = gc_tensor_cols(x), out = w->ndim == 2 ? w->shape[0] : -1;
@@ -261,7 +345,10 @@ static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tenso
      * others' backward adds into x's gradient in the GEMM (beta 1), not with a copy */
     gc_tensor *xc = gc_contiguous(x);
     gc_tensor *wc = gc_contiguous(w);
-    if (!xc || !wc) return NULL;
+    gc_tensor *bc = b ? gc_contiguous(b) : NULL, *sc = s ? gc_contiguous(s) : NULL;
+    if (!xc || !wc || (b && !bc) || (s && !sc)) return NULL;
+    gc_tensor *bs = bc, *ws = s ? fold_scale(wc, bc, sc, &bs) : wc; /* the weights the GEMM reads */
+    if (!ws) return NULL;
     int64_t sh[GC_MAX_DIMS];
     memcpy(sh, x->shape, sizeof sh);
     sh[x->ndim - 1] = out;
@@ -269,24 +356,22 @@ static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tenso
     if (!y) return NULL;
     gc_gemm_args g = {
         .trans_a = false, .trans_b = true, .m = R, .n = out, .k = in,
-        .a = gc_tensor_data(xc), .lda = in, .b = gc_tensor_data(wc), .ldb = in, .c = gc_tensor_data(y), .ldc = out,
+        .a = gc_tensor_data(xc), .lda = in, .b = gc_tensor_data(ws), .ldb = in, .c = gc_tensor_data(y), .ldc = out,
         .ab_dtype = x->dtype, .c_dtype = y->dtype, .alpha = 1.0f, .beta = 0.0f,
-        .epilogue = b ? GC_EPI_BIAS : GC_EPI_NONE, .bias = b ? gc_tensor_data(b) : NULL,
+        .epilogue = b ? GC_EPI_BIAS : GC_EPI_NONE, .bias = b ? gc_tensor_data(bs) : NULL,
     };
-    gc_tensor *bc = b ? gc_contiguous(b) : NULL;
-    if (b) { if (!bc) return NULL; g.bias = gc_tensor_data(bc); }
     gc_tensor *rc = res ? residual_of(res, y) : NULL;
     if (res) {
         if (!rc) return NULL;
         g.c_in = gc_tensor_data(rc), g.beta = 1.0f;
     }
     if (gc_gemm(x->device, &g) != GC_OK) return NULL;
-    gc_tensor *in4[4] = {xc, wc, bc, rc}, *sv[2] = {xc, wc};
-    gc_autograd_record("linear", linear_backward, y, 4, in4, 2, sv);
+    gc_tensor *in5[5] = {xc, wc, bc, rc, sc}, *sv[5] = {xc, wc, ws, sc, bc};
+    gc_autograd_record("linear", linear_backward, y, s ? 5 : 4, in5, s ? 5 : 2, sv);
     return y;
 }
 
-gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b) { return linear_impl(x, w, b, NULL); }
+gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b) { return linear_impl(x, w, b, NULL, NULL); }
 
 gc_tensor *gc_linear_res(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *res)
 {
@@ -294,55 +379,64 @@ gc_tensor *gc_linear_res(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *re
         gc_error_set(GC_ERR_INVALID, "linear: NULL residual");
         return NULL;
     }
-    return linear_impl(x, w, b, res);
+    return linear_impl(x, w, b, NULL, res);
+}
+
+gc_tensor *gc_linear_scaled(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
+{
+    if (!s) {
+        gc_error_set(GC_ERR_INVALID, "linear: NULL layer scale");
+        return NULL;
+    }
+    return linear_impl(x, w, b, s, res);
 }
 
 /* ---------------------------------------------------------------- linear of an activation */
 
-/* saved: x (pre-activation, [R, in]), w[, a = act(x) when recomputation is off].
- * inputs: x, w, b. iarg[0]: act.
+/* saved: x (pre-activation, [R, in]), w, a = act(x) when recomputation is off (else NULL);
+ * with a layer scale also ws = s w, s, b. inputs: x, w, b, res, s. iarg[0]: act.
  * Recomputes a = act(x) for dW unless it was kept (released before da is made), then db,
  * and da = gy W taken through the activation's backward straight into x's gradient (in
  * place there when that gradient is new). */
 static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
 {
     gc_tensor *x = nd->saved[0], *w = nd->saved[1];
+    gc_tensor *wg = nd->n_saved > 3 ? nd->saved[3] : w; /* the weight the GEMM read */
     int64_t R = x->shape[0], in = x->shape[1], out = w->shape[0];
     gc_device dev = x->device;
     gc_act act = (gc_act)nd->iarg[0];
     bool acc;
     gc_status st = GC_OK;
-    gc_tensor *gw = gc_grad_target(nd, 1, &acc);
-    if (gw) {
+    if (grads_read_input(nd)) {
         gc_pool *p = gc_pool_push();
         bool prev = gc_grad_set_enabled(false);
-        gc_tensor *a = nd->n_saved > 2 ? nd->saved[2] : gc_activation(x, act);
+        gc_tensor *a = nd->saved[2] ? nd->saved[2] : gc_activation(x, act);
         gc_grad_set_enabled(prev);
-        st = a ? gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc, 1, false) : GC_PENDING();
+        st = a ? weight_grads(nd, gy, a, w, 4) : GC_PENDING();
         gc_pool_pop(p);
+    } else {
+        st = weight_grads(nd, gy, NULL, w, 4);
     }
-    gc_tensor *gb = st == GC_OK ? gc_grad_target(nd, 2, &acc) : NULL;
-    if (gb) st = sum_rows(dev, gy, gb, acc);
     gc_tensor *gx = st == GC_OK ? gc_grad_target(nd, 0, &acc) : NULL;
     if (gx) {
         /* x's gradient is new: da is made in its buffer and taken through the activation in
          * place, one [R, in] buffer at the peak instead of two */
         bool in_place = !acc && gx->dtype == x->dtype && gc_tensor_is_contiguous(gx);
         gc_tensor *da = in_place ? gx : gc_op_new(x->dtype, dev, 2, GC_SHAPE(R, in));
-        st = da ? gemm_plain(dev, false, false, R, in, out, gy, w, da, false, 1, false) : GC_PENDING();
+        st = da ? gemm_plain(dev, false, false, R, in, out, gy, wg, da, false, 1, false) : GC_PENDING();
         if (st == GC_OK) st = gc_act_backward_into(gx, acc, da, x, act);
     }
     if (st == GC_OK && nd->in[3]) st = gc_grad_pass(nd, 3, gy); /* the residual; gy's last reader */
-    for (int i = 0; st == GC_OK && i < 4; i++)
+    for (int i = 0; st == GC_OK && i < nd->n_in; i++)
         if (nd->in[i] && !nd->in[i]->grad) st = GC_PENDING();
     return st;
 }
 
-static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res)
+static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
 {
     if (!x || !w) return NULL;
-    gc_tensor *ins[4] = {x, w, b, res};
-    if (!gc_autograd_should_record(4, ins)) return linear_impl(gc_activation(x, act), w, b, res);
+    gc_tensor *ins[5] = {x, w, b, res, s};
+    if (!gc_autograd_should_record(5, ins)) return linear_impl(gc_activation(x, act), w, b, s, res);
     int64_t R = gc_tensor_rows(x), in = gc_tensor_cols(x);
     gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(R, in));
     /* the residual as [R, out] like y below, when it has y's shape [..., out] (else linear_impl says why) */
@@ -351,15 +445,17 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
         !memcmp(res->shape, x->shape, sizeof(int64_t) * (size_t)(x->ndim - 1)))
         r2 = gc_view(gc_contiguous(res), 2, GC_SHAPE(R, w->shape[0]));
     /* taken before the activation is kept, so no failure comes between its retain and the record */
-    gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL;
-    if (!x2 || (res && !r2) || !wc || (b && !bc)) return NULL;
+    gc_tensor *wc = gc_contiguous(w), *bc = b ? gc_contiguous(b) : NULL, *sc = s ? gc_contiguous(s) : NULL;
+    if (!x2 || (res && !r2) || !wc || (b && !bc) || (s && !sc)) return NULL;
+    gc_tensor *bs = bc, *ws = s ? fold_scale(wc, bc, sc, &bs) : wc;
+    if (!ws) return NULL;
     bool prev = gc_grad_set_enabled(false); /* the node below stands for both ops */
     gc_pool *p = gc_pool_push();
     /* the activation [R, in] is freed here and recomputed in backward, unless
      * recomputation is off (gc_recompute_set_enabled: memory for speed) */
     const bool keep = !gc_recompute_enabled();
     gc_tensor *a = gc_activation(x2, act);
-    gc_tensor *y = gc_pool_keep(linear_impl(a, wc, bc, r2));
+    gc_tensor *y = gc_pool_keep(linear_impl(a, ws, bs, NULL, r2));
     if (keep && a) gc_tensor_retain(a);
     gc_pool_pop(p);
     gc_grad_set_enabled(prev);
@@ -367,8 +463,8 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
         if (keep && a) gc_tensor_release(a);
         return NULL;
     }
-    gc_tensor *in4[4] = {x2, wc, bc, r2}, *sv[3] = {x2, wc, keep ? a : NULL};
-    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 4, in4, keep ? 3 : 2, sv);
+    gc_tensor *in5[5] = {x2, wc, bc, r2, sc}, *sv[6] = {x2, wc, keep ? a : NULL, ws, sc, bc};
+    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, s ? 5 : 4, in5, s ? 6 : 3, sv);
     if (keep) gc_tensor_release(a); /* the node holds it now (or nothing does, on error) */
     if (!nd) return NULL;
     nd->iarg[0] = act;
@@ -380,7 +476,7 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
 
 gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b)
 {
-    return linear_act_impl(x, act, w, b, NULL);
+    return linear_act_impl(x, act, w, b, NULL, NULL);
 }
 
 gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res)
@@ -389,5 +485,14 @@ gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *
         gc_error_set(GC_ERR_INVALID, "linear_act: NULL residual");
         return NULL;
     }
-    return linear_act_impl(x, act, w, b, res);
+    return linear_act_impl(x, act, w, b, NULL, res);
+}
+
+gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
+{
+    if (!s) {
+        gc_error_set(GC_ERR_INVALID, "linear_act: NULL layer scale");
+        return NULL;
+    }
+    return linear_act_impl(x, act, w, b, s, res);
 }

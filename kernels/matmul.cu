@@ -578,6 +578,61 @@ template <typename S> gc_status colsum_to(const S *src, void *dst, gc_dtype ddt,
     }
 }
 
+// ---------------------------------------------------------------- layer-scale gradients
+
+// The gradients of a linear whose layer scale s was folded into its weights (kernels/matmul.c):
+//   gw (+)= s G (row j times s_j),  gb (+)= s gbs,  gs (+)= rowsum(G w) + gbs b.
+// A block per row j; the row sum in a fixed order (threads stride the row, then the block's
+// tree), so the bits repeat. Gradients are f32 or bf16 (f32: the flags).
+struct ScaleGradArgs {
+    const float *G, *gbs; // [out, in], [out]; null: not needed
+    void *gw, *gb, *gs;   // null: not wanted
+    bool gw_f32, gb_f32, gs_f32, acc_w, acc_b, acc_s;
+    int64_t in;
+};
+
+__device__ __forceinline__ void grad_store(void *p, bool f32, int64_t i, float v, bool acc)
+{
+    if (f32) {
+        float *q = static_cast<float *>(p) + i;
+        *q = acc ? *q + v : v;
+    } else {
+        __nv_bfloat16 *q = static_cast<__nv_bfloat16 *>(p) + i;
+        *q = __float2bfloat16_rn(acc ? __bfloat162float(*q) + v : v);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) scale_grads_kernel(const ScaleGradArgs a, const T *__restrict__ w,
+                                                          const T *__restrict__ b, const T *__restrict__ s)
+{
+    __shared__ float red[8];
+    const int64_t j = blockIdx.x;
+    const float sj = to_f(s[j]);
+    float t = 0.0f;
+    if (a.G)
+        for (int64_t i = threadIdx.x; i < a.in; i += blockDim.x) {
+            const float g = a.G[j * a.in + i];
+            if (a.gw) grad_store(a.gw, a.gw_f32, j * a.in + i, g * sj, a.acc_w);
+            t += g * to_f(w[j * a.in + i]);
+        }
+    if (!a.gs) {
+        if (a.gb && threadIdx.x == 0) grad_store(a.gb, a.gb_f32, j, a.gbs[j] * sj, a.acc_b);
+        return;
+    }
+    t = warp_sum(t);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = t;
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    t = 0.0f;
+    for (int k = 0; k < (int)(blockDim.x >> 5); k++) t += red[k];
+    if (a.gbs) {
+        t += a.gbs[j] * to_f(b[j]);
+        if (a.gb) grad_store(a.gb, a.gb_f32, j, a.gbs[j] * sj, a.acc_b);
+    }
+    grad_store(a.gs, a.gs_f32, j, t, a.acc_s);
+}
+
 } // namespace
 
 extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
@@ -724,4 +779,28 @@ extern "C" const char *gc_cuda_gemm_plan_summary(char *buf, size_t n)
     if (pf.path.empty()) snprintf(buf, n, "%s", "");
     else snprintf(buf, n, "%s: %d shapes from the file, %d timed now", pf.path.c_str(), pf.from_file, pf.timed);
     return buf;
+}
+
+extern "C" gc_status gc_cuda_scale_grads(const gc_tensor *G, const gc_tensor *gbs, const gc_tensor *w, const gc_tensor *b,
+                                         const gc_tensor *s, gc_tensor *gw, bool acc_w, gc_tensor *gb, bool acc_b,
+                                         gc_tensor *gs, bool acc_s)
+{
+    const gc_tensor *outs[3] = {gw, gb, gs};
+    for (const gc_tensor *o : outs)
+        if (o && o->dtype != GC_F32 && o->dtype != GC_BF16)
+            return gc_error_set(GC_ERR_DTYPE, "linear layer-scale gradients on the GPU: %s gradient (f32/bf16 only)",
+                                gc_dtype_name(o->dtype));
+    const int64_t out = w->shape[0];
+    if (out == 0) return GC_OK;
+    ScaleGradArgs a = {G ? (const float *)gc_tensor_data(G) : nullptr, gbs ? (const float *)gc_tensor_data(gbs) : nullptr,
+                       gw ? gc_tensor_data(gw) : nullptr, gb ? gc_tensor_data(gb) : nullptr, gs ? gc_tensor_data(gs) : nullptr,
+                       gw && gw->dtype == GC_F32, gb && gb->dtype == GC_F32, gs && gs->dtype == GC_F32, acc_w, acc_b, acc_s,
+                       w->shape[1]};
+    return with_type(w->dtype, "linear layer-scale gradients", [&](auto tag) {
+        typedef typename decltype(tag)::type T;
+        scale_grads_kernel<T><<<(unsigned)out, 256, 0, gc_cuda_stream()>>>(
+            a, (const T *)gc_tensor_data(w), b ? (const T *)gc_tensor_data(b) : nullptr, (const T *)gc_tensor_data(s));
+        GC_CUDA_LAUNCH_CHECK();
+        return GC_OK;
+    });
 }

@@ -40,6 +40,13 @@ static gc_tensor *residual_add(const gc_block *b, gc_tensor *x, gc_tensor *a, gc
     return gc_add(x, scale_branch(b, a, ls, op));
 }
 
+/* Does the layer scale ls of the branch ending in linear l fold into l's weights
+ * (gc_linear_scaled)? Only with nothing between them: no LoRA path, no drop_path mask. */
+static bool fold_ls(const gc_block *b, const gc_lin *l, const gc_tensor *ls)
+{
+    return ls && !l->lora_a && !(b->drop_path > 0);
+}
+
 /* The query rows a block computes: its first out_rows where those rows mean the same
  * as in the whole block (see gc_block.out_rows), else all L. */
 static int64_t query_rows(const gc_block *b, int64_t L)
@@ -125,8 +132,11 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     gc_tensor_release(q), gc_tensor_release(k), gc_tensor_release(v); /* the GEMM path saved copies */
     gc_tensor *xr = rows ? gc_view(gc_gather_rows(x, rows), 3, GC_SHAPE(B, 1, D)) : n < L ? gc_slice(x, 1, 0, n) : x;
     /* a separate add here: with the residual as C, cuBLASLt's kernel for this short
-     * GEMM (K = D) took twice as long on the H200 (fc2's below, K = 4D, gains) */
-    gc_tensor *r = gc_pool_keep(residual_add(b, xr, gc_lin_forward(&b->o, a, b->op_base + 4), b->ls1, b->op_base + 7));
+     * GEMM (K = D) took twice as long on the H200 (fc2's below, K = 4D, gains); a layer
+     * scale folds into the weights where nothing comes between (no LoRA, no drop_path) */
+    gc_tensor *r = gc_pool_keep(fold_ls(b, &b->o, b->ls1)
+                                    ? gc_add(xr, gc_linear_scaled(a, b->o.w, b->o.b, b->ls1, NULL))
+                                    : residual_add(b, xr, gc_lin_forward(&b->o, a, b->op_base + 4), b->ls1, b->op_base + 7));
     gc_pool_pop(st);
     st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
@@ -138,6 +148,8 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     gc_tensor *y;
     if (!(b->drop_path > 0) && !b->ls2 && !b->fc2.lora_a) { /* a plain residual: fc2's GEMM C input */
         y = gc_pool_keep(gc_linear_act_res(m, b->act, b->fc2.w, b->fc2.b, r));
+    } else if (fold_ls(b, &b->fc2, b->ls2)) { /* and the layer scale in its weights */
+        y = gc_pool_keep(gc_linear_act_scaled(m, b->act, b->fc2.w, b->fc2.b, b->ls2, r));
     } else {
         m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
                           : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);

@@ -151,6 +151,70 @@ START_TEST(test_linear_res_grad)
 }
 END_TEST
 
+/* ctx: {act or -1 (plain linear), residual?, twice?}; in: x, w, b, s, r. twice: the same
+ * w, b, s in a second call on 0.5 x, so their gradients accumulate (+=) */
+static gc_tensor *f_linear_scaled(gc_tensor *const *in, void *ctx)
+{
+    const int *c = ctx;
+    gc_tensor *y = NULL;
+    for (int k = 0; k < (c[2] ? 2 : 1); k++) {
+        gc_tensor *x = k ? gc_scale(in[0], 0.5) : in[0], *res = c[1] ? gc_scale(in[4], 1.5) : NULL;
+        gc_tensor *t = c[0] < 0 ? gc_linear_scaled(x, in[1], in[2], in[3], res)
+                                : gc_linear_act_scaled(x, (gc_act)c[0], in[1], in[2], in[3], res);
+        y = k ? gc_add(y, t) : t;
+    }
+    return y;
+}
+
+/* a layer scale folded into the weights: the gradients of the composition (x, w, b, the
+ * scale, the residual; used twice: accumulated; frozen weights or scale), the values of
+ * (linear(..) * s + r), and a scale of another size is an error that names it */
+START_TEST(test_linear_scaled_grad)
+{
+    gc_tensor *x = gc_test_param(3, GC_SHAPE(2, 3, 5), 1, 1.0);
+    gc_tensor *w = gc_test_param(2, GC_SHAPE(4, 5), 2, 0.5);
+    gc_tensor *b = gc_test_param(1, GC_SHAPE(4), 3, 0.5);
+    gc_tensor *s = gc_test_param(1, GC_SHAPE(4), 4, 1.0);
+    gc_tensor *r = gc_test_param(3, GC_SHAPE(2, 3, 4), 5, 1.0);
+    gc_tensor *wf = gc_test_randn(2, GC_SHAPE(4, 5), 2, 0.5), *sf = gc_test_randn(1, GC_SHAPE(4), 4, 1.0);
+    int kinds[3] = {-1, GC_ACT_GELU_ERF, GC_ACT_QUICK_GELU};
+    for (int i = 0; i < 3; i++)
+        for (int res = 0; res < 2; res++)
+            for (int twice = 0; twice < 2; twice++) {
+                int c[3] = {kinds[i], res, twice};
+                gc_tensor *in[5] = {x, w, b, s, r};
+                GC_ASSERT_GRADCHECK(f_linear_scaled, c, 5, in, NULL);
+                in[2] = NULL; /* no bias */
+                GC_ASSERT_GRADCHECK(f_linear_scaled, c, 5, in, NULL);
+                gc_tensor *frozen_w[5] = {x, wf, b, s, r}, *frozen_s[5] = {x, w, b, sf, r};
+                GC_ASSERT_GRADCHECK(f_linear_scaled, c, 5, frozen_w, NULL);
+                GC_ASSERT_GRADCHECK(f_linear_scaled, c, 5, frozen_s, NULL);
+            }
+    gc_pool *p = gc_pool_push();
+    float ref[24], got[24];
+    gc_tensor_to_host_f32(gc_add(r, gc_mul(gc_linear(gc_activation(x, GC_ACT_QUICK_GELU), w, b), s)), ref);
+    gc_tensor_to_host_f32(gc_linear_act_scaled(x, GC_ACT_QUICK_GELU, w, b, s, r), got);
+    for (int k = 0; k < 24; k++) ck_assert_float_eq_tol(got[k], ref[k], 1e-6);
+    gc_tensor_to_host_f32(gc_mul(gc_linear(x, w, b), s), ref);
+    gc_tensor_to_host_f32(gc_linear_scaled(x, w, b, s, NULL), got);
+    for (int k = 0; k < 24; k++) ck_assert_float_eq_tol(got[k], ref[k], 1e-6);
+    gc_tensor *bad = gc_pool_add(gc_test_param(1, GC_SHAPE(5), 6, 1.0));
+    gc_error_clear(); /* the gradient check of a NULL input leaves an error */
+    ck_assert_ptr_null(gc_linear_scaled(x, w, b, bad, NULL));
+    ck_assert_msg(strstr(gc_error_message(), "layer scale") != NULL, "%s", gc_error_message());
+    gc_error_clear();
+    ck_assert_ptr_null(gc_linear_act_scaled(x, GC_ACT_GELU_ERF, w, b, bad, r));
+    ck_assert_msg(strstr(gc_error_message(), "layer scale") != NULL, "%s", gc_error_message());
+    gc_error_clear();
+    ck_assert_ptr_null(gc_linear_scaled(x, w, b, NULL, NULL));
+    ck_assert_msg(strstr(gc_error_message(), "NULL layer scale") != NULL, "%s", gc_error_message());
+    gc_error_clear();
+    gc_pool_pop(p);
+    gc_tensor *all[7] = {x, w, b, s, r, wf, sf};
+    for (int k = 0; k < 7; k++) gc_tensor_release(all[k]);
+}
+END_TEST
+
 /* permute -> slice -> view -> concat -> contiguous -> matmul: every view's backward */
 static gc_tensor *f_views(gc_tensor *const *in, void *ctx)
 {
@@ -466,6 +530,7 @@ int main(void)
     tcase_add_test(tc, test_linear_grad);
     tcase_add_test(tc, test_linear_act_grad);
     tcase_add_test(tc, test_linear_res_grad);
+    tcase_add_test(tc, test_linear_scaled_grad);
     tcase_add_test(tc, test_view_grads);
     tcase_add_test(tc, test_accumulate_seed_frozen_detach);
     tcase_add_test(tc, test_saved_tensors_released);

@@ -303,6 +303,22 @@ static gc_tensor *f_linear_res(gc_tensor *const *in, void *ctx)
     return act < 0 ? gc_linear_res(in[0], in[1], in[2], res) : gc_linear_act_res(in[0], (gc_act)act, in[1], in[2], res);
 }
 
+/* ctx: {act or -1, inner}; in: x, w, b, s, r. The same w, b, s twice (on x and 0.5 x: the
+ * gradients accumulate); inner: w and s scaled first, so their gradients are intermediates
+ * of the run's dtype (bf16 stores), not the leaves' f32 */
+static gc_tensor *f_linear_scaled(gc_tensor *const *in, void *ctx)
+{
+    const int *c = ctx;
+    gc_tensor *w = c[1] ? gc_scale(in[1], 0.5) : in[1], *sc = c[1] ? gc_scale(in[3], 0.75) : in[3];
+    gc_tensor *y = NULL;
+    for (int k = 0; k < 2; k++) {
+        gc_tensor *x = k ? gc_scale(in[0], 0.5) : in[0], *res = k ? NULL : in[4];
+        gc_tensor *t = c[0] < 0 ? gc_linear_scaled(x, w, in[2], sc, res) : gc_linear_act_scaled(x, (gc_act)c[0], w, in[2], sc, res);
+        y = k ? gc_add(y, t) : t;
+    }
+    return y;
+}
+
 START_TEST(test_matmul_linear)
 {
     gc_pool *p = gc_pool_push();
@@ -362,6 +378,18 @@ START_TEST(test_matmul_linear)
     gc_tensor *lrb[4] = {PARAM(38, 1.0, 8, 197, 3072), PARAM(39, 0.02, 768, 3072), PARAM(40, 0.1, 768),
                          PARAM(41, 1.0, 8, 197, 768)};
     cmp2(&lg, "linear_act_res quick_gelu [8,197,3072]->768 +b +r", f_linear_res, &qg, 4, lrb, TOL32, TOL16);
+    /* a layer scale folded into the weights (DINOv3's out-projection and fc2) */
+    gc_tensor *ls[5] = {PARAM(42, 1.0, 3, 40, 64), PARAM(43, 0.1, 24, 64), PARAM(44, 1.0, 24), PARAM(45, 1.0, 24),
+                        PARAM(46, 1.0, 3, 40, 24)};
+    for (int i = 0; i < 4; i++) {
+        int c[2] = {i < 2 ? -1 : GC_ACT_GELU_ERF, i % 2};
+        snprintf(l, sizeof l, "linear%s_scaled [3,40,64]->24 +b +s +r%s", i < 2 ? "" : "_act gelu_erf", i % 2 ? ", inner w s" : "");
+        cmp2(&lg, l, f_linear_scaled, c, 5, ls, TOL32, TOL16);
+    }
+    gc_tensor *lsb[5] = {PARAM(47, 1.0, 8, 201, 3072), PARAM(48, 0.02, 768, 3072), PARAM(49, 0.1, 768), PARAM(50, 0.5, 768),
+                         PARAM(51, 1.0, 8, 201, 768)};
+    int ge[2] = {GC_ACT_GELU_ERF, 0};
+    cmp2(&lg, "linear_act_scaled gelu_erf [8,201,3072]->768 +b +s +r", f_linear_scaled, ge, 5, lsb, TOL32, TOL16);
     /* realistic: ViT-B MLP up-projection on 8 x 197 tokens */
     gc_tensor *big[3] = {PARAM(20, 1.0, 8, 197, 768), PARAM(21, 0.03, 3072, 768), PARAM(22, 0.1, 3072)};
     cmp2(&lg, "linear [8,197,768]->3072 +b", f_linear, &with_b, 3, big, TOL32, TOL16);
