@@ -84,11 +84,23 @@ __global__ void binary_fwd_kernel(T *__restrict__ y, const T *__restrict__ a, co
     }
 }
 
-// The vector path: kVec elements per thread, 16-byte accesses. a and b are contiguous
-// (period n) or one row of `period` elements repeated along the leading dims (a bias, a
-// position embedding): element i reads a[i % pa], b[i % pb]. Needs y, a, b 16-byte
-// aligned and each period n or a multiple of kVec (a vector never straddles a row); the
-// n % kVec tail goes one element per thread.
+// The vector path: kVec elements per thread, 16-byte accesses. Each operand is contiguous
+// (period p = n), one row of p elements repeated along the leading dims (a bias, a position
+// embedding: element i reads x[i % p]), or one value per row of -p elements (p < 0: a
+// per-row scale such as a layer scale folded into a weight, x[i / -p]). Needs y, a, b
+// 16-byte aligned and each period n or a multiple of kVec (a vector never straddles a row);
+// the n % kVec tail (both operands contiguous then) goes one element per thread.
+template <typename T> __device__ __forceinline__ void load_operand(const T *__restrict__ x, int64_t i, int64_t p, int64_t n, float *f)
+{
+    if (p < 0) {
+        const float v = to_f(x[i / -p]);
+#pragma unroll
+        for (int k = 0; k < kVec; k++) f[k] = v;
+    } else {
+        load_v<kVec>(x + (p == n ? i : i % p), f);
+    }
+}
+
 template <typename T, bool MUL>
 __global__ void binary_fwd_vec_kernel(T *__restrict__ y, const T *__restrict__ a, const T *__restrict__ b, int64_t nv,
                                       int64_t n, int64_t pa, int64_t pb, float alpha)
@@ -97,13 +109,13 @@ __global__ void binary_fwd_vec_kernel(T *__restrict__ y, const T *__restrict__ a
     for (int64_t v = t; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
         const int64_t i = v * kVec;
         float fa[kVec], fb[kVec];
-        load_v<kVec>(a + (pa == n ? i : i % pa), fa);
-        load_v<kVec>(b + (pb == n ? i : i % pb), fb);
+        load_operand(a, i, pa, n, fa);
+        load_operand(b, i, pb, n, fb);
 #pragma unroll
         for (int k = 0; k < kVec; k++) fa[k] = MUL ? fa[k] * fb[k] : fa[k] + alpha * fb[k];
         store_v<kVec>(y + i, fa, false);
     }
-    const int64_t i = nv * kVec + t; // pa, pb == n here: a period < n is a multiple of kVec
+    const int64_t i = nv * kVec + t; // pa, pb == n here: a period other than n is a multiple of kVec
     if (i < n) {
         float va = to_f(a[i]), vb = to_f(b[i]);
         y[i] = from_f<T>(MUL ? va * vb : va + alpha * vb);
@@ -125,21 +137,32 @@ gc_status binary_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int n
     const int64_t n = gc_tensor_numel(y);
     if (n == 0) return GC_OK;
     const bool contig = g.n == 0 ? false : (g.n == 1 && g.s0[0] == 1 && g.s1[0] == 1);
-    // periods for the vector path (0: not of its form): contiguous, or [rows, P] with
-    // either operand one row of P broadcast over the rows
+    // periods for the vector path (0: not of its form): contiguous, or [rows, P] with each
+    // operand contiguous (strides P, 1: period n), one row of P broadcast over the rows
+    // (0, 1: period P), or one value per row broadcast along it (1, 0: period -P)
     int64_t pa = 0, pb = 0;
     if (contig) pa = pb = n;
-    else if (g.n == 2 && g.s0[1] == 1 && g.s1[1] == 1 && (g.s0[0] == 0 || g.s0[0] == g.shape[1]) &&
-             (g.s1[0] == 0 || g.s1[0] == g.shape[1])) {
-        pa = g.s0[0] ? n : g.shape[1];
-        pb = g.s1[0] ? n : g.shape[1];
+    else if (g.n == 1) { // one operand a single value (stride 0) broadcast over all n
+        pa = g.s0[0] == 1 ? n : g.s0[0] == 0 ? -n : 0;
+        pb = g.s1[0] == 1 ? n : g.s1[0] == 0 ? -n : 0;
+        if (!pa || !pb) pa = pb = 0;
+    } else if (g.n == 2) {
+        auto period = [&](int64_t s0, int64_t s1) -> int64_t {
+            if (s0 == g.shape[1] && s1 == 1) return n;
+            if (s0 == 0 && s1 == 1) return g.shape[1];
+            if (s0 == 1 && s1 == 0) return -g.shape[1];
+            return 0;
+        };
+        pa = period(g.s0[0], g.s0[1]);
+        pb = period(g.s1[0], g.s1[1]);
+        if (!pa || !pb) pa = pb = 0;
     }
     return with_type(y->dtype, MUL ? "mul" : "add", [&](auto tag) {
         using T = typename decltype(tag)::type;
         auto *yp = (T *)gc_tensor_data(y);
         auto *ap = (const T *)gc_tensor_data(a);
         auto *bp = (const T *)gc_tensor_data(b);
-        auto period_ok = [&](int64_t p) { return p == n || (p > 0 && p % kVec == 0); };
+        auto period_ok = [&](int64_t p) { return p == n || (p != 0 && p % kVec == 0); };
         if (pa && period_ok(pa) && period_ok(pb) && aligned16(yp) && aligned16(ap) && aligned16(bp)) {
             const int64_t nv = n / kVec;
             binary_fwd_vec_kernel<T, MUL><<<grid_vec(nv), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, nv, n, pa, pb, alpha);

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 
 // See runtime/cuda.cu: the C headers have no extern "C" guards of their own.
@@ -224,12 +225,13 @@ std::string plan_header()
     return b;
 }
 
-constexpr int kKeyInts = 20;
-void key_ints(const GemmKey &k, long long v[kKeyInts])
+// The key's fields in the plan file's order, for its writer and its reader alike: f(field)
+// for each (GemmKey's padding is not one of them).
+constexpr int kKeyInts = 19;
+template <typename K, typename F> void key_fields(K &k, F &&f)
 {
-    const long long a[kKeyInts] = {k.ta, k.tb, k.ab, k.c, k.epi, k.m, k.n, k.k, k.lda, k.ldb, k.ldc, k.batch, k.sa, k.sb, k.sc,
-                                   k.align_a, k.align_b, k.align_c, k.align_bias, 0};
-    memcpy(v, a, sizeof a);
+    f(k.ta), f(k.tb), f(k.ab), f(k.c), f(k.epi), f(k.m), f(k.n), f(k.k), f(k.lda), f(k.ldb), f(k.ldc), f(k.batch), f(k.sa),
+        f(k.sb), f(k.sc), f(k.align_a), f(k.align_b), f(k.align_c), f(k.align_bias);
 }
 
 // plan_mu held. Reads GC_GEMM_PLAN once: the saved choices of this GPU and version, or a new
@@ -253,20 +255,18 @@ gc_status plan_file_init()
             long long v[kKeyInts];
             unsigned long long d[8];
             int n = 0, used = 0, ni = 0;
-            while (ni < kKeyInts - 1 && sscanf(line + used, "%lld%n", &v[ni], &n) == 1) ni++, used += n;
+            while (ni < kKeyInts && sscanf(line + used, "%lld%n", &v[ni], &n) == 1) ni++, used += n;
             const int got = sscanf(line + used, " : %llx %llx %llx %llx %llx %llx %llx %llx", &d[0], &d[1], &d[2], &d[3], &d[4],
                                    &d[5], &d[6], &d[7]);
-            if (ni != kKeyInts - 1 || got != 8) {
+            if (ni != kKeyInts || got != 8) {
                 fclose(f);
                 pf.path.clear();
                 return gc_error_set(GC_ERR_FORMAT, "gemm plan %s: line %d is not a gemm plan entry", path, lineno);
             }
             GemmKey k;
             memset(&k, 0, sizeof k);
-            k.ta = (int32_t)v[0], k.tb = (int32_t)v[1], k.ab = (int32_t)v[2], k.c = (int32_t)v[3], k.epi = (int32_t)v[4];
-            k.m = v[5], k.n = v[6], k.k = v[7], k.lda = v[8], k.ldb = v[9], k.ldc = v[10], k.batch = v[11];
-            k.sa = v[12], k.sb = v[13], k.sc = v[14];
-            k.align_a = (int32_t)v[15], k.align_b = (int32_t)v[16], k.align_c = (int32_t)v[17], k.align_bias = (int32_t)v[18];
+            int i = 0;
+            key_fields(k, [&](auto &x) { x = (std::remove_reference_t<decltype(x)>)v[i++]; });
             cublasLtMatmulAlgo_t a;
             static_assert(sizeof a.data == sizeof d, "cublasLtMatmulAlgo_t holds 8 uint64");
             memcpy(a.data, d, sizeof d);
@@ -351,11 +351,9 @@ gc_status plan_choose(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_
     pf.saved[key] = p->algo;
     pf.timed++;
     // the line in one write (append mode): runs sharing the file do not interleave lines
-    long long v[kKeyInts];
-    key_ints(key, v);
     char line[640];
     size_t len = 0;
-    for (int i = 0; i < kKeyInts - 1; i++) len += (size_t)snprintf(line + len, sizeof line - len, "%lld ", v[i]);
+    key_fields(key, [&](const auto &x) { len += (size_t)snprintf(line + len, sizeof line - len, "%lld ", (long long)x); });
     len += (size_t)snprintf(line + len, sizeof line - len, ":");
     for (int i = 0; i < 8; i++) len += (size_t)snprintf(line + len, sizeof line - len, " %llx", (unsigned long long)p->algo.data[i]);
     len += (size_t)snprintf(line + len, sizeof line - len, "\n");

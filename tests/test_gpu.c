@@ -489,8 +489,12 @@ enum {
     VM_ROW_B,    /* binary: b one row [cols] broadcast over a's rows */
     VM_ROW_A,    /* binary: a one row [cols], b [rows, cols] */
     VM_ROW_OFF1, /* binary: b one row starting one element into its buffer */
+    VM_COL_B,    /* binary: b one value per row [rows, 1] broadcast along a's rows (a per-row scale) */
+    VM_COL_A,    /* binary: a [rows, 1], b [rows, cols] */
+    VM_ONE_B,    /* binary: b a single value [1] */
 };
-static const char *vm_names[] = {"leaf", "inner", "accumulate", "offset 1", "row b", "row a", "row b offset 1"};
+static const char *vm_names[] = {"leaf", "inner", "accumulate", "offset 1", "row b", "row a", "row b offset 1",
+                                 "column b", "column a", "one b"};
 
 typedef struct vec_case {
     int op; /* unary: 0 exp, else 1 + the gc_act; binary: 0 add, 1 sub, 2 mul */
@@ -539,18 +543,24 @@ START_TEST(test_elementwise_vector)
                 cmp2(&lg, l, f_unary_vec, &c, 1, x, TOL32, TOL16);
             }
     static const char *bin_names[3] = {"add", "sub", "mul"};
-    static const int bin_modes[5] = {VM_LEAF, VM_OFF1, VM_ROW_B, VM_ROW_A, VM_ROW_OFF1};
+    static const int bin_modes[8] = {VM_LEAF, VM_OFF1, VM_ROW_B, VM_ROW_A, VM_ROW_OFF1, VM_COL_B, VM_COL_A, VM_ONE_B};
     for (int o = 0; o < 3; o++)
         for (int s = 0; s < 3; s++)
-            for (int k = 0; k < 5; k++) {
+            for (int k = 0; k < 8; k++) {
                 int m = bin_modes[k];
                 int64_t R = sizes[s][0], C = sizes[s][1];
                 uint64_t seed = 3000 + 100 * (uint64_t)o + 10 * (uint64_t)s + (uint64_t)k;
                 vec_case c = {.op = o, .mode = m, .rows = R, .cols = C};
                 gc_tensor *in[2] = {
-                    m == VM_OFF1 ? PARAM(seed, 1.0, R * C + 1) : m == VM_ROW_A ? PARAM(seed, 1.0, C) : PARAM(seed, 1.0, R, C),
-                    m == VM_ROW_B ? PARAM(seed + 5, 1.0, C) : m == VM_ROW_OFF1 ? PARAM(seed + 5, 1.0, C + 1)
-                                                                               : PARAM(seed + 5, 1.0, R, C),
+                    m == VM_OFF1   ? PARAM(seed, 1.0, R * C + 1)
+                    : m == VM_ROW_A ? PARAM(seed, 1.0, C)
+                    : m == VM_COL_A ? PARAM(seed, 1.0, R, 1)
+                                    : PARAM(seed, 1.0, R, C),
+                    m == VM_ROW_B      ? PARAM(seed + 5, 1.0, C)
+                    : m == VM_ROW_OFF1 ? PARAM(seed + 5, 1.0, C + 1)
+                    : m == VM_COL_B    ? PARAM(seed + 5, 1.0, R, 1)
+                    : m == VM_ONE_B    ? PARAM(seed + 5, 1.0, 1)
+                                       : PARAM(seed + 5, 1.0, R, C),
                 };
                 snprintf(l, sizeof l, "%s [%lld,%lld] %s", bin_names[o], (long long)R, (long long)C,
                          m == VM_LEAF ? "same shape" : vm_names[m]);

@@ -4,7 +4,7 @@
 # Usage on the GPU machine: tools/bench_compare.sh  (needs build-gpu/ and python3 with torch,
 # transformers, peft). Writes $OUT/ours.jsonl and $OUT/torch.jsonl and prints both.
 # GEMM_PLAN=FILE: our rows with --gemm-plan FILE, into $OUT/ours-plan.jsonl; SKIP_OURS=1 /
-# SKIP_TORCH=1 leave a side out.
+# SKIP_TORCH=1 leave a side out; TORCH_ONLY=MODEL runs PyTorch's rows of that model alone.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -40,6 +40,8 @@ b32 = lambda lora, ckpt: tb.build_clip(32, lora, ckpt)
 plans = [("clip-vit-b16", b16, "gc", 128, 64), ("clip-vit-b16", b16, "full", 128, 128),
          ("clip-vit-b16", b16, "gc", 4096, 256), ("clip-vit-b16", b16, "gc+ckpt+lora", 128, 64),
          ("clip-vit-b32", b32, "gc", 4096, 256), ("dinov3-vit-b16", tb.build_dinov3, "gc", 256, 64)]
+only = os.environ.get("TORCH_ONLY", "")  # a model name: that model's rows alone
+plans = [p for p in plans if only in p[0]]
 print("torch", tb.torch.__version__, tb.torch.cuda.get_device_name(), flush=True)
 print(json.dumps({"bf16_matmul_TFLOPs": round(tb.matmul_ceiling(), 1)}), flush=True)
 for p in plans:
