@@ -578,6 +578,12 @@ static gc_tensor *f_layernorm(gc_tensor *const *in, void *ctx)
     int wb = *(const int *)ctx;
     return gc_layernorm(in[0], wb ? in[1] : NULL, wb ? in[2] : NULL, 1e-5);
 }
+/* layernorm(x) + layernorm(0.5 x) with the same w, b: x's and the parameters' gradients accumulate */
+static gc_tensor *f_layernorm_twice(gc_tensor *const *in, void *ctx)
+{
+    (void)ctx;
+    return gc_add(gc_layernorm(in[0], in[1], in[2], 1e-5), gc_layernorm(gc_scale(in[0], 0.5), in[1], in[2], 1e-5));
+}
 static gc_tensor *f_rmsnorm(gc_tensor *const *in, void *ctx) { (void)ctx; return gc_rmsnorm(in[0], in[1], 1e-6); }
 static gc_tensor *f_l2norm(gc_tensor *const *in, void *ctx) { (void)ctx; return gc_l2normalize(in[0], 1e-12); }
 static gc_tensor *f_softmax(gc_tensor *const *in, void *ctx) { (void)ctx; return gc_softmax(in[0]); }
@@ -607,6 +613,13 @@ START_TEST(test_norms_softmax)
         snprintf(name, sizeof name, "layernorm [%lld,%lld] w,b", (long long)heights[i], (long long)widths[i]);
         cmp2(&lg, name, f_layernorm, &wb, 3, lw, TOL32, TOL16_SOFT);
     }
+    /* the one-pass backward (rows of 1 to 3 bf16 vectors a lane, 4 in f32): a last block of
+     * 11 of its 32 rows, widths 256 and 512, the gradients accumulated */
+    gc_tensor *lnf[3] = {PARAM(265, 1.0, 1003, 512), PARAM(266, 1.0, 512), PARAM(267, 1.0, 512)};
+    cmp2(&lg, "layernorm [1003,512] w,b", f_layernorm, &wb, 3, lnf, TOL32, TOL16_SOFT);
+    cmp2(&lg, "layernorm [1003,512] w,b, twice (accumulated)", f_layernorm_twice, NULL, 3, lnf, TOL32, TOL16_SOFT);
+    gc_tensor *lnf2[3] = {PARAM(268, 1.0, 77, 256), PARAM(269, 1.0, 256), PARAM(270, 1.0, 256)};
+    cmp2(&lg, "layernorm [77,256] w,b", f_layernorm, &wb, 3, lnf2, TOL32, TOL16_SOFT);
     gc_tensor *lnx[3] = {RANDN(260, 1.0, 300, 768), PARAM(261, 1.0, 768), PARAM(262, 1.0, 768)};
     cmp2(&lg, "layernorm [300,768] w,b, x without a gradient", f_layernorm, &wb, 3, lnx, TOL32, TOL16_SOFT);
     gc_tensor *rnt[2] = {PARAM(263, 2.0, 300, 512), PARAM(264, 1.0, 512)};
