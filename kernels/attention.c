@@ -3,7 +3,8 @@
  *   q [B, Lq, H, D], k/v [B, Lk, Hkv, D]; head h reads kv head h / G, G = H / Hkv
  *   S[b,h,i,j] = scale q[b,i,h] . k[b,j,h/G] + mask[(b,) i, j], and -inf where causal and
  *                j > i + (Lk - Lq) (the last query sees every key)
- *   P  = softmax_j(S) in f32; a row with no visible key (all -inf) gives P = 0, not NaN
+ *   P  = softmax_j(S) in f32; a row with no visible key (all -inf) gives P = 0, not NaN; a row
+ *        with a NaN score gives NaN (a NaN or inf in q or k is not hidden as an empty row)
  *   Pd = P * keep / (1 - p)           (attention dropout; Pd = P when p == 0)
  *   out[b,i,h] = sum_j Pd[b,h,i,j] v[b,j,h/G]
  * Backward (dO = d out):
@@ -173,21 +174,24 @@ static gc_status ref_forward(const attn_geom *g, const gc_tensor *q, const gc_te
             const float *mr = mask ? mask + b * mask_bstride + i * Lk : NULL;
             const int64_t nvis = attn_visible(g, i);
             double mx = -INFINITY, sum = 0;
+            bool nan_row = false; /* a NaN score (NaN or inf in q or k) makes the row NaN, as softmax does */
             for (int64_t j = 0; j < nvis; j++) {
                 const float *kr = at4(k, b, j, hk);
                 double dot = 0;
                 for (int64_t d = 0; d < D; d++) dot += (double)qr[d * qs] * kr[d * ks];
                 s[j] = dot * g->scale + (mr ? mr[j] : 0.0);
                 if (s[j] > mx) mx = s[j];
+                else if (isnan(s[j])) nan_row = true;
             }
             for (int64_t j = 0; j < nvis; j++) {
-                s[j] = mx == -INFINITY ? 0.0 : exp(s[j] - mx); /* a fully masked row: all 0 */
+                s[j] = nan_row ? NAN : mx == -INFINITY ? 0.0 : exp(s[j] - mx); /* a fully masked row: all 0 */
                 sum += s[j];
             }
+            nan_row = nan_row || isnan(sum); /* +inf scores: exp(inf - inf) */
             float *pr = P + (bh * Lq + i) * Lk;
             for (int64_t d = 0; d < D; d++) o[d] = 0;
             for (int64_t j = 0; j < Lk; j++) {
-                double pj = j < nvis && sum > 0 ? s[j] / sum : 0.0;
+                double pj = j < nvis && (sum > 0 || nan_row) ? s[j] / sum : 0.0;
                 pr[j] = (float)pj;
                 if (g->p > 0) pj = attn_keep(g, b, h, i, j) ? pj * inv_keep : 0.0;
                 if (pj == 0) continue;
@@ -291,13 +295,18 @@ static void cpu_rows_fwd(const attn_geom *g, const float *S, const float *mask, 
         const int64_t i = r % Lq, h = (r / Lq) % H, b = r / (Lq * H), nvis = attn_visible(g, i);
         const float *s = S + r * ld, *mr = mask ? mask + b * mask_bstride + i * Lk : NULL;
         float mx = -INFINITY;
-        for (int64_t j = 0; j < nvis; j++) mx = fmaxf(mx, s[j] + (mr ? mr[j] : 0.0f));
+        bool nan_row = false; /* a NaN score: the row is NaN (fmaxf would skip it, and a row of them look empty) */
+        for (int64_t j = 0; j < nvis; j++) {
+            const float v = s[j] + (mr ? mr[j] : 0.0f);
+            nan_row = nan_row || isnan(v);
+            mx = fmaxf(mx, v);
+        }
         double sum = 0;
         if (mx != -INFINITY)
             for (int64_t j = 0; j < nvis; j++) sum += expf(s[j] + (mr ? mr[j] : 0.0f) - mx);
-        const float inv_sum = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+        const float inv_sum = nan_row ? NAN : sum > 0 ? (float)(1.0 / sum) : 0.0f;
         for (int64_t j = 0; j < Lk; j++) {
-            float pj = j < nvis && mx != -INFINITY ? expf(s[j] + (mr ? mr[j] : 0.0f) - mx) * inv_sum : 0.0f;
+            float pj = nan_row ? NAN : j < nvis && mx != -INFINITY ? expf(s[j] + (mr ? mr[j] : 0.0f) - mx) * inv_sum : 0.0f;
             P[r * ld + j] = pj; /* after reading s[j]: P may alias S */
             if (Pd) Pd[r * ld + j] = attn_keep(g, b, h, i, j) ? pj * inv_keep : 0.0f;
         }

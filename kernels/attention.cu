@@ -92,14 +92,17 @@ __global__ void __launch_bounds__(256) attn_rows_fwd_kernel(const float *S, cons
         T *pdr = Pd ? Pd + r * a.ld : nullptr;
         if (NPER > 0) {
             float x[NPER > 0 ? NPER : 1], m = -INFINITY;
+            bool nan_row = false; // a NaN score makes the row NaN (fmaxf skips it; a row of them would look empty)
 #pragma unroll
             for (int t = 0; t < NPER; t++) {
                 const int64_t j = lane + 32 * t;
                 x[t] = j < nvis ? s[j] + (mr ? mr[j] : 0.f) : -INFINITY;
+                nan_row = nan_row || isnan(x[t]);
                 m = fmaxf(m, x[t]);
             }
             m = warp_max(m);
-            const bool empty = m == -INFINITY;
+            nan_row = __any_sync(0xffffffffu, nan_row);
+            const bool empty = m == -INFINITY && !nan_row;
             float l = 0.f;
 #pragma unroll
             for (int t = 0; t < NPER; t++) {
@@ -107,7 +110,7 @@ __global__ void __launch_bounds__(256) attn_rows_fwd_kernel(const float *S, cons
                 l += x[t];
             }
             l = warp_sum(l);
-            const float inv_l = empty ? 0.f : 1.f / l;
+            const float inv_l = nan_row ? NAN : empty ? 0.f : 1.f / l;
 #pragma unroll
             for (int t = 0; t < NPER; t++) {
                 const int64_t j = lane + 32 * t;
@@ -118,8 +121,10 @@ __global__ void __launch_bounds__(256) attn_rows_fwd_kernel(const float *S, cons
             }
         } else {
             float m = -INFINITY, l = 0.f; // online max / sum of this lane's columns
+            bool nan_row = false;
             for (int64_t j = lane; j < nvis; j += 32) {
                 const float x = s[j] + (mr ? mr[j] : 0.f);
+                nan_row = nan_row || isnan(x);
                 if (x == -INFINITY) continue;
                 if (x > m) {
                     l = l * expf(m - x) + 1.f;
@@ -132,11 +137,12 @@ __global__ void __launch_bounds__(256) attn_rows_fwd_kernel(const float *S, cons
                 const float m2 = __shfl_xor_sync(0xffffffffu, m, o), l2 = __shfl_xor_sync(0xffffffffu, l, o);
                 ms_combine(m, l, m2, l2);
             }
+            nan_row = __any_sync(0xffffffffu, nan_row);
             const bool empty = m == -INFINITY;
             const float inv_l = empty ? 0.f : 1.f / l;
             for (int64_t j = lane; j < a.Lk; j += 32) {
-                float pj = 0.f;
-                if (j < nvis && !empty) pj = expf(s[j] + (mr ? mr[j] : 0.f) - m) * inv_l;
+                float pj = nan_row ? NAN : 0.f;
+                if (j < nvis && !empty && !nan_row) pj = expf(s[j] + (mr ? mr[j] : 0.f) - m) * inv_l;
                 st(pr, j, pj);
                 if (pdr) st(pdr, j, keep_elem(a, b, h, i, j) ? pj * a.inv_keep : 0.f);
             }

@@ -128,8 +128,9 @@ gc_status gc_params_load(gc_params *ps, const char *dir, const char *const *igno
     size_t k = 0;
     int bad = 0;
     gc_status st = GC_OK;
-#define NOTE(...)                                                                              \
-    do {                                                                                       \
+#define NOTE(...)                                                                               \
+    do { /* the first six problems, "; " between them */                                       \
+        if (bad < 6 && k < sizeof msg) k += (size_t)snprintf(msg + k, sizeof msg - k, bad ? "; " : ""); \
         if (bad++ < 6 && k < sizeof msg) k += (size_t)snprintf(msg + k, sizeof msg - k, __VA_ARGS__); \
     } while (0)
     for (int i = 0; i < ps->n && st == GC_OK; i++) {
@@ -139,7 +140,7 @@ gc_status gc_params_load(gc_params *ps, const char *dir, const char *const *igno
         const gc_st_entry *e = NULL;
         st = gc_st_dir_lookup(d, p->name, &f, &e);
         if (st != GC_OK) break;
-        if (!e) { NOTE("%smissing %s", bad ? "; " : "", p->name); continue; }
+        if (!e) { NOTE("missing %s", p->name); continue; }
         gc_tensor *ref = p->master ? p->master : p->value;
         bool same = e->ndim == ref->ndim;
         for (int j = 0; same && j < e->ndim; j++) same = e->shape[j] == ref->shape[j];
@@ -148,8 +149,11 @@ gc_status gc_params_load(gc_params *ps, const char *dir, const char *const *igno
             for (int j = 0; j < e->ndim; j++)
                 snprintf(fs + strlen(fs), sizeof fs - strlen(fs), j ? ", %lld" : "%lld", (long long)e->shape[j]);
             strncat(fs, "]", sizeof fs - strlen(fs) - 1);
-            NOTE("%s%s is %s in the checkpoint but the config gives %s", bad ? "; " : "", p->name, fs,
-                 gc_shape_str(ref, s, sizeof s));
+            NOTE("%s is %s in the checkpoint but the config gives %s", p->name, fs, gc_shape_str(ref, s, sizeof s));
+            continue;
+        }
+        if (!gc_dtype_is_float(e->dtype)) { /* an integer tensor would be converted to numbers it does not mean */
+            NOTE("%s is %s in the checkpoint, not a floating-point dtype", p->name, e->st_dtype);
             continue;
         }
         gc_tensor *h = gc_st_tensor(f, p->name);
@@ -163,14 +167,14 @@ gc_status gc_params_load(gc_params *ps, const char *dir, const char *const *igno
         if (gc_params_find(ps, name)) continue;
         bool skip = false;
         for (int j = 0; ignore && ignore[j] && !skip; j++) skip = has_suffix(name, ignore[j]);
-        if (!skip) NOTE("%sunexpected %s", bad ? "; " : "", name);
+        if (!skip) NOTE("unexpected %s", name);
     }
 #undef NOTE
     gc_st_dir_close(d);
     GC_TRY(st);
     if (bad)
-        return gc_error_set(GC_ERR_FORMAT, "%s: checkpoint does not match the model (%d problems): %s%s", dir, bad, msg,
-                            bad > 6 ? "; ..." : "");
+        return gc_error_set(GC_ERR_FORMAT, "%s: checkpoint does not match the model (%d problem%s): %s%s", dir, bad,
+                            bad > 1 ? "s" : "", msg, bad > 6 ? "; ..." : "");
     return GC_OK;
 }
 

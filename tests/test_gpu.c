@@ -867,6 +867,40 @@ static gc_tensor *gpu_leaf(gc_dtype dt, int nd, const int64_t *sh, uint64_t seed
     return g;
 }
 
+/* A NaN in one query makes its output row NaN and no other, on the GEMM path (its row
+ * kernels, both widths: L 70 in registers, L 1100 in two passes) and on the flash path:
+ * not a row of NaN scores taken for a fully masked one (zeros). */
+START_TEST(test_attention_nan)
+{
+    gc_pool *p = gc_pool_push();
+    static const char *const impl[2] = {"gemm", "flash"};
+    for (int li = 0; li < 2; li++)
+        for (int m = 0; m < 2; m++) {
+            const int64_t B = 2, L = li ? 1100 : 70, H = 2, D = 64;
+            gc_tensor *qh = gc_pool_add(gc_test_randn(4, GC_SHAPE(B, L, H, D), 11, 1.0));
+            float *qd = gc_tensor_data(qh);
+            qd[((0 * L + 5) * H + 1) * D + 7] = NAN; /* batch 0, query 5, head 1 */
+            gc_tensor *q = gc_pool_add(gc_tensor_to(qh, GC_CUDA0, GC_BF16));
+            gc_tensor *k = gc_pool_add(gc_tensor_to(gc_pool_add(gc_test_randn(4, GC_SHAPE(B, L, H, D), 12, 1.0)), GC_CUDA0, GC_BF16));
+            ck_assert_int_eq(gc_attention_set_impl(impl[m]), GC_OK);
+            gc_tensor *y = gc_attention(q, k, k, &(gc_attn_opts){.causal = true});
+            ck_assert_int_eq(gc_attention_set_impl("auto"), GC_OK);
+            ck_assert_msg(y, "%s", gc_error_message());
+            float *out = malloc(sizeof(float) * (size_t)(B * L * H * D));
+            ck_assert_int_eq(gc_tensor_to_host_f32(y, out), GC_OK);
+            int64_t wrong = 0;
+            for (int64_t r = 0; r < B * L * H; r++) {
+                const bool nan = r == (0 * L + 5) * H + 1;
+                for (int64_t d = 0; d < D; d++) wrong += nan ? !isnan(out[r * D + d]) : !isfinite(out[r * D + d]);
+            }
+            free(out);
+            ck_assert_msg(wrong == 0, "%s L %lld: %lld outputs wrong (the NaN row must be NaN, the rest finite)", impl[m],
+                          (long long)L, (long long)wrong);
+        }
+    gc_pool_pop(p);
+}
+END_TEST
+
 START_TEST(test_flash_dispatch)
 {
     gc_pool *p = gc_pool_push();
@@ -1672,7 +1706,7 @@ int main(void)
         {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_gemm_plan}, {"gemm", test_matmul_linear},
         {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
         {"attention", test_attention},
-        {"flash", test_flash_dispatch}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},
+        {"flash", test_flash_dispatch}, {"flash", test_attention_nan}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},
         {"misc", test_embedding_gather_rope}, {"misc", test_shape_ops}, {"misc", test_reduce_loss_dropout},
     };
     TCase *tc = NULL;

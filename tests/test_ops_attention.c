@@ -193,6 +193,37 @@ START_TEST(test_fully_masked_row_is_zero)
 }
 END_TEST
 
+/* A NaN in a query makes its row NaN, a NaN in a key every row that sees that key (causal:
+ * the rows at and after it), in both implementations: not a row treated as fully masked. */
+START_TEST(test_nan_propagates)
+{
+    for (int mi = 0; mi < 2; mi++) {
+        gc_pool *p = gc_pool_push();
+        ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
+        gc_tensor *q = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 1, 1.0));
+        gc_tensor *k = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 2, 1.0));
+        float *qd = gc_tensor_data(q), *kd = gc_tensor_data(k);
+        qd[((0 * 5 + 1) * 2 + 0) * 3 + 2] = NAN; /* batch 0, query 1, head 0 */
+        for (int d = 0; d < 3; d++) kd[((1 * 5 + 2) * 2 + 1) * 3 + d] = NAN; /* batch 1, key 2, head 1 */
+        gc_tensor *v = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 3, 1.0)); /* finite: 0 x NaN is NaN in P V */
+        gc_tensor *y = gc_attention(q, k, v, &(gc_attn_opts){.causal = true});
+        ck_assert_ptr_nonnull(y);
+        float out[2 * 5 * 2 * 3];
+        ck_assert_int_eq(gc_tensor_to_host_f32(y, out), GC_OK);
+        for (int64_t b = 0; b < 2; b++)
+            for (int64_t i = 0; i < 5; i++)
+                for (int64_t h = 0; h < 2; h++)
+                    for (int64_t d = 0; d < 3; d++) {
+                        const bool nan = (b == 0 && i == 1 && h == 0) || (b == 1 && h == 1 && i >= 2);
+                        const float x = out[((b * 5 + i) * 2 + h) * 3 + d];
+                        ck_assert_msg(nan ? isnan(x) : isfinite(x), "%s: out[%lld, %lld, %lld, %lld] = %g", impls[mi],
+                                      (long long)b, (long long)i, (long long)h, (long long)d, x);
+                    }
+        gc_pool_pop(p);
+    }
+}
+END_TEST
+
 START_TEST(test_gqa)
 {
     check_shape("GQA H=4 Hkv=2", (shp){2, 5, 5, 4, 2, 6}, (gc_attn_opts){0}, NULL);
@@ -513,6 +544,7 @@ int main(void)
     tcase_add_test(tc, test_causal);
     tcase_add_test(tc, test_masks);
     tcase_add_test(tc, test_fully_masked_row_is_zero);
+    tcase_add_test(tc, test_nan_propagates);
     tcase_add_test(tc, test_gqa);
     tcase_add_test(tc, test_dropout_grad);
     tcase_add_test(tc, test_noncontiguous);
