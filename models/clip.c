@@ -60,26 +60,44 @@ static gc_status tower_load(const cJSON *root, const char *key, bool vision, gc_
     return GC_OK;
 }
 
+/* key in [lo, hi], or an error naming the file, the section and the key. The upper bounds
+ * are far past any CLIP, and keep a corrupt size from allocating (and zeroing) the
+ * parameters before the checkpoint's shapes are compared. */
+static gc_status in_range(const char *where, const char *section, const char *key, int64_t v, int64_t lo, int64_t hi)
+{
+    if (v >= lo && v <= hi) return GC_OK;
+    return gc_error_set(GC_ERR_FORMAT, "%s: %s%s%s %lld is outside [%lld, %lld]", where, section ? section : "",
+                        section ? ": " : "", key, (long long)v, (long long)lo, (long long)hi);
+}
+
 static gc_status config_check(const gc_clip_config *c, const char *where)
 {
     const gc_clip_tower_config *ts[2] = {&c->vision, &c->text};
     const char *names[2] = {"vision_config", "text_config"};
     for (int i = 0; i < 2; i++) {
         const gc_clip_tower_config *t = ts[i];
-        if (t->hidden <= 0 || t->layers < 0 || t->layers > MAX_LAYERS || t->heads <= 0 || t->intermediate <= 0 ||
-            t->hidden % t->heads || t->eps <= 0 || t->attn_dropout < 0 || t->attn_dropout >= 1)
-            return gc_error_set(GC_ERR_FORMAT,
-                                "%s: %s: impossible sizes (hidden %lld, heads %lld, layers %lld (max %d), "
-                                "intermediate %lld, eps %g, attention_dropout %g)",
-                                where, names[i], (long long)t->hidden, (long long)t->heads, (long long)t->layers,
-                                MAX_LAYERS, (long long)t->intermediate, t->eps, t->attn_dropout);
+        GC_TRY(in_range(where, names[i], "hidden_size", t->hidden, 1, 1 << 16));
+        GC_TRY(in_range(where, names[i], "num_attention_heads", t->heads, 1, 1 << 10));
+        GC_TRY(in_range(where, names[i], "num_hidden_layers", t->layers, 0, MAX_LAYERS));
+        GC_TRY(in_range(where, names[i], "intermediate_size", t->intermediate, 1, 1 << 18));
+        if (t->hidden % t->heads)
+            return gc_error_set(GC_ERR_FORMAT, "%s: %s: hidden_size %lld is not a multiple of num_attention_heads %lld", where,
+                                names[i], (long long)t->hidden, (long long)t->heads);
+        if (!(t->eps > 0 && t->eps < 1))
+            return gc_error_set(GC_ERR_FORMAT, "%s: %s: layer_norm_eps %g is outside (0, 1)", where, names[i], t->eps);
+        if (!(t->attn_dropout >= 0 && t->attn_dropout < 1))
+            return gc_error_set(GC_ERR_FORMAT, "%s: %s: attention_dropout %g is outside [0, 1)", where, names[i],
+                                t->attn_dropout);
     }
-    if (c->vision.patch <= 0 || c->vision.image_size <= 0 || c->vision.image_size % c->vision.patch || c->vision.channels <= 0)
+    GC_TRY(in_range(where, "vision_config", "num_channels", c->vision.channels, 1, 64));
+    GC_TRY(in_range(where, "vision_config", "image_size", c->vision.image_size, 1, 1 << 14));
+    GC_TRY(in_range(where, "vision_config", "patch_size", c->vision.patch, 1, c->vision.image_size));
+    if (c->vision.image_size % c->vision.patch)
         return gc_error_set(GC_ERR_FORMAT, "%s: vision_config: image_size %lld is not a multiple of patch_size %lld", where,
                             (long long)c->vision.image_size, (long long)c->vision.patch);
-    if (c->text.vocab <= 0 || c->text.max_positions <= 0)
-        return gc_error_set(GC_ERR_FORMAT, "%s: text_config: vocab_size and max_position_embeddings must be positive", where);
-    if (c->projection_dim <= 0) return gc_error_set(GC_ERR_FORMAT, "%s: projection_dim must be positive", where);
+    GC_TRY(in_range(where, "text_config", "vocab_size", c->text.vocab, 1, 1 << 24));
+    GC_TRY(in_range(where, "text_config", "max_position_embeddings", c->text.max_positions, 1, 1 << 20));
+    GC_TRY(in_range(where, NULL, "projection_dim", c->projection_dim, 1, 1 << 16));
     return GC_OK;
 }
 

@@ -112,11 +112,34 @@ gc_status gc_dinov3_config_load(const char *path, gc_dinov3_config *c)
     }
     cJSON_Delete(o);
     GC_TRY(st);
-    if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads || (c->hidden / c->heads) % 4 || c->layers < 0 ||
-        c->layers > MAX_LAYERS || c->patch <= 0 || c->registers < 0 || c->intermediate <= 0 || c->eps <= 0 ||
-        c->rope_theta <= 0)
-        return gc_error_set(GC_ERR_FORMAT, "%s: impossible sizes (hidden %lld, heads %lld, layers %lld, patch %lld)", path,
-                            (long long)c->hidden, (long long)c->heads, (long long)c->layers, (long long)c->patch);
+    /* each key in its range, named: the upper bounds are far past any DINOv3, and keep a
+     * corrupt size from allocating the parameters before the checkpoint's shapes are compared */
+    const struct { const char *key; int64_t v, lo, hi; } ints[] = {
+        {"hidden_size", c->hidden, 1, 1 << 16},         {"num_attention_heads", c->heads, 1, 1 << 10},
+        {"num_hidden_layers", c->layers, 0, MAX_LAYERS}, {"intermediate_size", c->intermediate, 1, 1 << 18},
+        {"image_size", c->image_size, 1, 1 << 14},       {"patch_size", c->patch, 1, 1 << 14},
+        {"num_channels", c->channels, 1, 64},            {"num_register_tokens", c->registers, 0, 1 << 10},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (ints[i].v < ints[i].lo || ints[i].v > ints[i].hi)
+            return gc_error_set(GC_ERR_FORMAT, "%s: %s %lld is outside [%lld, %lld]", path, ints[i].key, (long long)ints[i].v,
+                                (long long)ints[i].lo, (long long)ints[i].hi);
+    if (c->hidden % c->heads || (c->hidden / c->heads) % 4)
+        return gc_error_set(GC_ERR_FORMAT, "%s: hidden_size %lld over num_attention_heads %lld is not a head size that is a multiple of 4 (2D RoPE)",
+                            path, (long long)c->hidden, (long long)c->heads);
+    /* [lo, hi) when open, else [lo, hi]; NaN fails every one */
+    const struct { const char *key; double v, lo, hi; bool open; } reals[] = {
+        {"layer_norm_eps", c->eps, 1e-30, 1, true},      {"rope_theta", c->rope_theta, 1e-30, 1e30, false},
+        {"attention_dropout", c->attn_dropout, 0, 1, true}, {"drop_path_rate", c->drop_path, 0, 1, true},
+        {"layerscale_value", c->layerscale, -1e30, 1e30, false},
+        {"pos_embed_shift", c->pos_embed_shift, 0, 10, false}, /* 0 or null: off */
+        {"pos_embed_jitter", c->pos_embed_jitter, 0, 100, false},
+        {"pos_embed_rescale", c->pos_embed_rescale, 0, 100, false},
+    };
+    for (size_t i = 0; i < sizeof reals / sizeof reals[0]; i++)
+        if (!(reals[i].v >= reals[i].lo && (reals[i].open ? reals[i].v < reals[i].hi : reals[i].v <= reals[i].hi)))
+            return gc_error_set(GC_ERR_FORMAT, "%s: %s %g is outside [%g, %g%s", path, reals[i].key, reals[i].v,
+                                reals[i].lo, reals[i].hi, reals[i].open ? ")" : "]");
     return GC_OK;
 }
 

@@ -2,6 +2,7 @@
 #include "gc_tensor.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,20 @@ static bool shape_ok(int ndim, const int64_t *shape)
     }
     for (int i = 0; i < ndim; i++)
         if (shape[i] < 0) { gc_error_set(GC_ERR_SHAPE, "negative dimension %lld", (long long)shape[i]); return false; }
+    /* the element count and its bytes (8 at most an element) must fit: no wrapped size */
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] && n > INT64_MAX / 8 / shape[i]) {
+            char sh[GC_SHAPE_STR_LEN];
+            size_t k = (size_t)snprintf(sh, sizeof sh, "[");
+            for (int j = 0; j < ndim && k < sizeof sh; j++)
+                k += (size_t)snprintf(sh + k, sizeof sh - k, j ? ", %lld" : "%lld", (long long)shape[j]);
+            if (k < sizeof sh) snprintf(sh + k, sizeof sh - k, "]");
+            gc_error_set(GC_ERR_SHAPE, "tensor shape %s has too many elements", sh);
+            return false;
+        }
+        n *= shape[i];
+    }
     return true;
 }
 

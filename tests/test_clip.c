@@ -341,6 +341,25 @@ START_TEST(test_bad_checkpoints_are_named)
     ck_assert_int_ne(gc_clip_load(&m, dir, &o), GC_OK);
     ck_assert_msg(strstr(gc_error_message(), "config.json") && strstr(gc_error_message(), "hidden_size"), "%s",
                   gc_error_message());
+    gc_error_clear();
+    /* a value out of its range is named with its section and key, before any parameter is
+     * allocated (a width of 2^32 fails at once, not after zeroing gigabytes) */
+    static const char *const bad_values[][2] = {
+        {"\"vision_config\": {\"num_channels\": 0}", "vision_config: num_channels 0 is outside"},
+        {"\"vision_config\": {\"hidden_size\": 4294967296, \"num_attention_heads\": 1}",
+         "vision_config: hidden_size 4294967296 is outside"},
+        {"\"text_config\": {\"vocab_size\": 1125899906842624}", "text_config: vocab_size 1125899906842624 is outside"},
+        {"\"vision_config\": {\"image_size\": 30, \"patch_size\": 16}", "image_size 30 is not a multiple of patch_size 16"},
+    };
+    for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++) {
+        fp = fopen(path, "w");
+        fprintf(fp, "{%s}", bad_values[i][0]);
+        fclose(fp);
+        ck_assert_int_eq(gc_clip_load(&m, dir, &o), GC_ERR_FORMAT);
+        ck_assert_msg(strstr(gc_error_message(), "config.json") && strstr(gc_error_message(), bad_values[i][1]), "%s: %s",
+                      bad_values[i][0], gc_error_message());
+        gc_error_clear();
+    }
     gc_test_rm_rf(dir);
 }
 END_TEST

@@ -411,6 +411,28 @@ START_TEST(test_bad_checkpoints_are_named)
     ck_assert_int_eq(gc_dinov3_load(&m, dir, &o), GC_ERR_FORMAT);
     ck_assert_msg(strstr(gc_error_message(), "config.json"), "%s", gc_error_message());
     gc_error_clear();
+    /* a value out of its range is named with its key, before any parameter is allocated
+     * (a size of 2^40 fails at once, not after an out-of-memory) */
+    static const char *const bad_values[][2] = {
+        {"\"num_register_tokens\": 1099511627776", "num_register_tokens 1099511627776 is outside"},
+        {"\"hidden_size\": 4294967296, \"num_attention_heads\": 1", "hidden_size 4294967296 is outside"},
+        {"\"num_channels\": -3", "num_channels -3 is outside"},
+        {"\"drop_path_rate\": 2.0", "drop_path_rate 2 is outside"},
+        {"\"drop_path_rate\": -0.5", "drop_path_rate -0.5 is outside"},
+        {"\"attention_dropout\": 2.0", "attention_dropout 2 is outside"},
+        {"\"pos_embed_rescale\": -1", "pos_embed_rescale -1 is outside"},
+        {"\"pos_embed_jitter\": 1e308", "pos_embed_jitter 1e+308 is outside"},
+        {"\"image_size\": 0", "image_size 0 is outside"},
+    };
+    for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++) {
+        fp = fopen(path, "w");
+        fprintf(fp, "{\"model_type\": \"dinov3_vit\", \"hidden_size\": 32, \"num_attention_heads\": 4, %s}", bad_values[i][0]);
+        fclose(fp);
+        ck_assert_int_eq(gc_dinov3_load(&m, dir, &o), GC_ERR_FORMAT);
+        ck_assert_msg(strstr(gc_error_message(), "config.json") && strstr(gc_error_message(), bad_values[i][1]), "%s: %s",
+                      bad_values[i][0], gc_error_message());
+        gc_error_clear();
+    }
     gc_test_rm_rf(dir);
     /* pixels that are not a whole number of patches */
     fixture f;

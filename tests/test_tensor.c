@@ -90,6 +90,17 @@ START_TEST(test_errors_are_reported)
     ck_assert_ptr_null(gc_tensor_new(GC_F32, GC_CPU, 1, GC_SHAPE(-3)));
     ck_assert_int_eq(gc_error_code(), GC_ERR_SHAPE);
     gc_error_clear();
+    /* a size whose element count or bytes would wrap around: refused, not allocated small */
+    ck_assert_ptr_null(gc_tensor_new(GC_F32, GC_CPU, 3, GC_SHAPE(1LL << 33, 1LL << 33, 24)));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_SHAPE);
+    ck_assert_msg(strstr(gc_error_message(), "[8589934592, 8589934592, 24] has too many elements"), "%s", gc_error_message());
+    gc_error_clear();
+    ck_assert_ptr_null(gc_tensor_new(GC_F64, GC_CPU, 1, GC_SHAPE(INT64_MAX / 4)));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_SHAPE);
+    gc_error_clear();
+    gc_tensor *empty = gc_tensor_new(GC_F32, GC_CPU, 3, GC_SHAPE(INT64_MAX / 16, 0, INT64_MAX / 16)); /* 0 elements */
+    ck_assert_msg(empty, "%s", gc_error_message());
+    gc_tensor_release(empty);
     gc_device d;
     ck_assert_int_eq(gc_device_parse("tpu", &d), GC_ERR_INVALID);
     /* the first error is kept: a later one does not overwrite it */
