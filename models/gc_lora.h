@@ -23,6 +23,13 @@
 /* The factor gc_lin_declare applies to B A x: alpha / r, or 1 when alpha <= 0 (unset). */
 double gc_lora_scale(const gc_lora_options *o);
 
+/* Checks a comma list of target modules (names trimmed of spaces, as gc_lin_declare
+ * reads them) against a model's module names (`known`, NULL-terminated): an empty list,
+ * an empty name or one not in `known` is GC_ERR_INVALID, "<where>: ..." naming it and
+ * listing the accepted names ("<model> modules: ..."). Without it a typo would train
+ * no adapter at all. */
+gc_status gc_lora_check_targets(const char *list, const char *const *known, const char *model, const char *where);
+
 /* Reads dir/adapter_config.json into *o so a model can be built to fit the adapter:
  * r, alpha, dropout, and targets as a comma list written into `targets` (n bytes;
  * o->targets points to it). Refuses what gradcache cannot reproduce (another peft_type,

@@ -253,6 +253,7 @@ static bool lora_targets(const gc_lora_options *o, const char *site)
         const char *e = strchr(p, ',');
         size_t len = e ? (size_t)(e - p) : strlen(p);
         while (len && *p == ' ') { p++; len--; }
+        while (len && p[len - 1] == ' ') len--; /* "q_proj , v_proj" as gc_lora_check_targets reads it */
         if (len == n && !strncmp(p, site, n)) return true;
         if (!e) break;
         p = e + 1;

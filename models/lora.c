@@ -20,6 +20,35 @@ double gc_lora_scale(const gc_lora_options *o)
     return o->alpha > 0 ? o->alpha / (double)o->r : 1.0;
 }
 
+gc_status gc_lora_check_targets(const char *list, const char *const *known, const char *model, const char *where)
+{
+    char names[256] = "";
+    size_t used = 0;
+    for (int k = 0; known[k] && used < sizeof names; k++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", k ? ", " : "", known[k]);
+    /* an empty list would silently mean PEFT's default, a typo would adapt nothing */
+    if (!list || !list[strspn(list, " ")])
+        return gc_error_set(GC_ERR_INVALID, "%s: no modules given (%s modules: %s)", where, model, names);
+    for (const char *p = list;;) {
+        /* split and trim as gc_lin_declare reads the list */
+        size_t n = strcspn(p, ","), len = n;
+        const char *name = p;
+        while (len && *name == ' ') { name++; len--; }
+        while (len && name[len - 1] == ' ') len--;
+        if (!len)
+            return gc_error_set(GC_ERR_INVALID, "%s: an empty module name in '%s' (%s modules: %s)", where, list,
+                                model, names);
+        bool ok = false;
+        for (int k = 0; known[k] && !ok; k++) ok = strlen(known[k]) == len && !strncmp(known[k], name, len);
+        if (!ok)
+            return gc_error_set(GC_ERR_INVALID, "%s: '%.*s' is not a %s module (%s)", where, (int)len, name, model,
+                                names);
+        if (!p[n]) break;
+        p += n + 1;
+    }
+    return GC_OK;
+}
+
 /* ---------------------------------------------------------------- the model's adapters */
 
 /* One adapted linear: "<module>.lora_A.weight", "<module>.lora_B.weight", "<module>.weight". */

@@ -438,7 +438,39 @@ START_TEST(test_csv_manifest)
     snprintf(want, sizeof want, "%s/sub/b c.jpg", dir);
     ck_assert_str_eq(gc_dataset_image_name(ds, 1, name, sizeof name), want);
     ck_assert_str_eq(gc_dataset_image_name(ds, 2, name, sizeof name), img); /* absolute kept */
+    /* a caption's source is its record's first line */
+    snprintf(want, sizeof want, "%s:5", path);
+    ck_assert_str_eq(gc_dataset_caption_source(ds, 2, name, sizeof name), want);
+    snprintf(want, sizeof want, "%s:7", path);
+    ck_assert_str_eq(gc_dataset_caption_source(ds, 3, name, sizeof name), want);
+    ck_assert_int_eq(gc_dataset_check_utf8(ds), GC_OK);
     gc_dataset_free(ds);
+
+    /* captions the tokenizer would refuse are found at opening, by line (it used to fail at the batch) */
+    static const char *utf8[][2] = {
+        {"caf\xc3\xa9 \xe2\x98\x83 \xf0\x9d\x84\x9e", NULL}, /* 2, 3 and 4 bytes */
+        {"a \xc3", "byte 2 is 0xC3"},                          /* truncated */
+        {"\xc0\xaf", "byte 0 is 0xC0"},                        /* overlong */
+        {"x\xed\xa0\x80", "byte 1 is 0xED"},                  /* a surrogate */
+        {"\xf4\x90\x80\x80", "byte 0 is 0xF4"},              /* above U+10FFFF */
+        {"\xe9t\xe9", "byte 0 is 0xE9"},                       /* Latin-1 */
+    };
+    for (size_t i = 0; i < sizeof utf8 / sizeof *utf8; i++) {
+        snprintf(text, sizeof text, "filepath\ttitle\nx.png\tfine\n\ny.png\t%s\n", utf8[i][0]);
+        write_file(path, text, strlen(text));
+        ds = gc_dataset_open_csv(path, '\t', "filepath", "title");
+        ck_assert_msg(ds != NULL, "%s", gc_error_message());
+        gc_error_clear();
+        gc_status st = gc_dataset_check_utf8(ds);
+        if (!utf8[i][1]) ck_assert_msg(st == GC_OK, "%s", gc_error_message());
+        else {
+            snprintf(want, sizeof want, "%s:4: the caption is not valid UTF-8: %s", path, utf8[i][1]);
+            ck_assert_int_eq(st, GC_ERR_FORMAT);
+            ck_assert_msg(strcmp(gc_error_message(), want) == 0, "case %zu: %s", i, gc_error_message());
+        }
+        gc_error_clear();
+        gc_dataset_free(ds);
+    }
 
     /* a CSV with commas inside quotes, columns in another order */
     snprintf(text, sizeof text, "title,filepath\n\"a, b\",x.png\n\"c\"\"d\",y.png\n");
@@ -493,6 +525,11 @@ START_TEST(test_brace_expand)
         {"plain.tar", "plain.tar"},
         {"{x}.tar", "{x}.tar"},
         {"{x}{1..2}", "{x}1 {x}2"},
+        /* at the limits of int64: no step past them (it used to overflow and never end) */
+        {"{9223372036854775806..9223372036854775807}", "9223372036854775806 9223372036854775807"},
+        {"{-9223372036854775807..-9223372036854775808}", "-9223372036854775807 -9223372036854775808"},
+        {"{-9223372036854775808..9223372036854775807..9223372036854775807}",
+         "-9223372036854775808 -1 9223372036854775806"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char **out;
@@ -506,6 +543,12 @@ START_TEST(test_brace_expand)
         ck_assert_msg(strcmp(got, cases[i].want) == 0, "%s -> \"%s\", want \"%s\"", cases[i].pat, got, cases[i].want);
         gc_strings_free(out, n);
     }
+    /* a range whose length overflows int64 is too large, not a wrapped count */
+    char **out;
+    int n;
+    ck_assert_int_eq(gc_brace_expand("{-9223372036854775807..9223372036854775807}", &out, &n), GC_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "too large"));
+    gc_error_clear();
 }
 END_TEST
 
@@ -546,6 +589,12 @@ static void tar_add(FILE *f, const char *name, const void *d, size_t n)
         tar_data(f, name, strlen(name) + 1);
     }
     tar_header(f, name, n, '0');
+    tar_data(f, d, n);
+}
+
+static void tar_add_type(FILE *f, const char *name, const void *d, size_t n, char type)
+{
+    tar_header(f, name, n, type);
     tar_data(f, d, n);
 }
 
@@ -660,6 +709,113 @@ START_TEST(test_tar_shards)
     gc_error_clear();
     free(t0);
     free(jpg);
+    free(png);
+    tmpdir_free(dir);
+}
+END_TEST
+
+/* pax headers from the file are not trusted: each record must fit its own length and the
+ * data, and a size must be a byte count within the shard */
+START_TEST(test_tar_pax)
+{
+    const char *dir = tmpdir_new();
+    char path[512];
+    size_t npng;
+    uint8_t *png = read_file(fixture("palette_41x29.png", path, sizeof path), &npng);
+    snprintf(path, sizeof path, "%s/pax.tar", dir);
+    const char *one[1] = {path};
+
+    /* good records name the next member and its size (Python's tarfile writes these) */
+    static const char good[] = "19 path=dir/k1.png\n" "23 comment=a=b, see \xc3\xa9\n";
+    FILE *f = fopen(path, "wb");
+    tar_add_type(f, "PaxHeaders/x", good, strlen(good), 'x');
+    tar_add(f, "short-name", png, npng);
+    tar_add(f, "dir/k1.txt", "caf\xc3\xa9", 5);
+    tar_end(f);
+    fclose(f);
+    gc_dataset *ds = gc_dataset_open_tar_list(one, 1);
+    ck_assert_msg(ds != NULL, "%s", gc_error_message());
+    ck_assert_int_eq(gc_dataset_size(ds), 1);
+    char name[600], want[600];
+    snprintf(want, sizeof want, "%s:dir/k1.png", path);
+    ck_assert_str_eq(gc_dataset_image_name(ds, 0, name, sizeof name), want);
+    snprintf(want, sizeof want, "%s:dir/k1.txt", path);
+    ck_assert_str_eq(gc_dataset_caption_source(ds, 0, name, sizeof name), want);
+    ck_assert_int_eq(gc_dataset_check_utf8(ds), GC_OK);
+    gc_image im;
+    ck_assert_int_eq(gc_dataset_load_image(ds, 0, &im), GC_OK);
+    ck_assert(im.w == 41 && im.h == 29);
+    gc_image_free(&im);
+    gc_dataset_free(ds);
+
+    char rec[160], big[60];
+    memset(big, 'x', 50);
+    memcpy(big, "2 ", 2);
+    big[50] = 0;
+    static const char *bad[][2] = {
+        {NULL, "malformed pax record at byte 0 of the pax header at offset 0"}, /* "2 xxx...": shorter than itself */
+        {"30 path=a.png\n", "malformed pax record at byte 0"},          /* longer than the data */
+        {"11 path=ab\n" "9 path=ab", "malformed pax record at byte 11"}, /* the second lacks its newline */
+        {"9 path=a\n" "5 =x\n", "without a key=value at byte 9"},
+        {"6 abc\n", "without a key=value"},
+        {"x5 a=\n", "malformed pax record at byte 0"},
+        {"99999999999999999999999 a=b\n", "malformed pax record"},    /* a length that overflows */
+        {"11 size=-5\n", "size '-5' is not a byte count"},
+        {"11 size=1x\n", "size '1x' is not a byte count"},
+        {"8 size=\n", "size '' is not a byte count"},
+        {"29 size=99999999999999999999\n", "is not a byte count"},    /* above int64 */
+        /* fits int64, but data + size would overflow (it used to give a negative offset) */
+        {"28 size=9223372036854775000\n", "member k.png is truncated (9223372036854775000 bytes at offset 1536"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *r = bad[i][0] ? bad[i][0] : big;
+        snprintf(rec, sizeof rec, "%s", r);
+        f = fopen(path, "wb");
+        tar_add_type(f, "PaxHeaders/x", rec, strlen(rec), 'x');
+        tar_add(f, "k.png", png, npng);
+        tar_add(f, "k.txt", "a caption", 9);
+        tar_end(f);
+        fclose(f);
+        gc_error_clear();
+        ck_assert_msg(gc_dataset_open_tar_list(one, 1) == NULL, "case %zu: opened", i);
+        ck_assert_int_eq(gc_error_code(), GC_ERR_FORMAT);
+        ck_assert_msg(strstr(gc_error_message(), bad[i][1]) && strstr(gc_error_message(), path), "case %zu: %s", i,
+                      gc_error_message());
+    }
+
+    /* a GNU base-256 size too large for int64 is refused, not shifted into a wrong number */
+    f = fopen(path, "wb");
+    tar_header(f, "k.png", 0, '0');
+    tar_end(f);
+    fclose(f);
+    size_t n;
+    uint8_t *t = read_file(path, &n);
+    memset(t + 124, 0xff, 12);
+    t[124] = 0x80 | 0x3f;
+    unsigned sum = 0;
+    memset(t + 148, ' ', 8);
+    for (int i = 0; i < 512; i++) sum += t[i];
+    snprintf((char *)t + 148, 8, "%06o", sum);
+    write_file(path, t, n);
+    gc_error_clear();
+    ck_assert_ptr_null(gc_dataset_open_tar_list(one, 1));
+    ck_assert_msg(strstr(gc_error_message(), "member k.png is truncated (-1 bytes"), "%s", gc_error_message());
+    gc_error_clear();
+    free(t);
+
+    /* a caption that is not UTF-8 is named by its member */
+    f = fopen(path, "wb");
+    tar_add(f, "k.png", png, npng);
+    tar_add(f, "k.txt", "a \xff", 3);
+    tar_end(f);
+    fclose(f);
+    ds = gc_dataset_open_tar_list(one, 1);
+    ck_assert_msg(ds != NULL, "%s", gc_error_message());
+    ck_assert_int_eq(gc_dataset_check_utf8(ds), GC_ERR_FORMAT);
+    snprintf(want, sizeof want, "%s:k.txt: the caption is not valid UTF-8: byte 2 is 0xFF", path);
+    ck_assert_str_eq(gc_error_message(), want);
+    gc_error_clear();
+    gc_dataset_free(ds);
     free(png);
     tmpdir_free(dir);
 }
@@ -1092,6 +1248,7 @@ int main(void)
     tcase_add_test(dsc, test_csv_manifest);
     tcase_add_test(dsc, test_brace_expand);
     tcase_add_test(dsc, test_tar_shards);
+    tcase_add_test(dsc, test_tar_pax);
     suite_add_tcase(s, dsc);
     TCase *ld = gc_test_tcase("loader");
     tcase_add_test(ld, test_permutation);

@@ -461,6 +461,35 @@ START_TEST(test_bad_adapters)
 }
 END_TEST
 
+/* lora_target_modules as the trainers check it: every name known, none empty, the list not
+ * empty (a typo used to train no adapter at all, an empty list to mean PEFT's default) */
+START_TEST(test_check_targets)
+{
+    static const char *const clip[] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", NULL};
+    static const char *const good[] = {"q_proj", "q_proj,k_proj,v_proj,out_proj,fc1,fc2", " q_proj , fc2 "};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        ck_assert_msg(gc_lora_check_targets(good[i], clip, "CLIP", "c.yaml: lora_target_modules") == GC_OK, "%s: %s",
+                      good[i], gc_error_message());
+    static const char *const bad[][2] = {
+        {"qproj", "c.yaml: lora_target_modules: 'qproj' is not a CLIP module (q_proj, k_proj, v_proj, out_proj, fc1, fc2)"},
+        {"q_proj,nonsense", "'nonsense' is not a CLIP module"},
+        {"q_proj,o_proj", "'o_proj' is not a CLIP module"},
+        {"", "c.yaml: lora_target_modules: no modules given (CLIP modules: q_proj"},
+        {"  ", "no modules given"},
+        {"q_proj,,v_proj", "an empty module name in 'q_proj,,v_proj'"},
+        {"q_proj,", "an empty module name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        gc_error_clear();
+        ck_assert_int_eq(gc_lora_check_targets(bad[i][0], clip, "CLIP", "c.yaml: lora_target_modules"), GC_ERR_INVALID);
+        ck_assert_msg(strstr(gc_error_message(), bad[i][1]), "'%s': %s", bad[i][0], gc_error_message());
+    }
+    gc_error_clear();
+    ck_assert_int_eq(gc_lora_check_targets(NULL, clip, "CLIP", "x"), GC_ERR_INVALID);
+    gc_error_clear();
+}
+END_TEST
+
 int main(void)
 {
     if (!gc_test_fixtures_start("lora", tolerance())) return 77;
@@ -472,6 +501,7 @@ int main(void)
     tcase_add_test(tc, test_save_numbers);
     tcase_add_test(tc, test_merge_matches_peft);
     tcase_add_test(tc, test_bad_adapters);
+    tcase_add_test(tc, test_check_targets);
     suite_add_tcase(s, tc);
     return gc_test_run(s);
 }

@@ -118,4 +118,12 @@ printf 'model: [a, b\n' >bad.yaml
 expect_fail "malformed YAML" "bad.yaml" "$gcache" train bad.yaml
 expect_fail "bad override" "unknown key 'lr'" "$gcache" train base.yaml lr=3
 expect_fail "missing data" "nope.tsv" "$gcache" train base.yaml synthetic_train=0 train_data="$tmp/nope.tsv" output_dir="$tmp/o2"
+# a LoRA target typo or an empty list fails at start-up (it used to train no adapter, or the default ones)
+expect_fail "LoRA target typo" "base.yaml: lora_target_modules: 'qproj' is not a CLIP module (q_proj, k_proj, v_proj, out_proj, fc1, fc2)" \
+  "$gcache" train base.yaml use_lora=true lora_target_modules=q_proj,qproj output_dir="$tmp/o3"
+expect_fail "LoRA targets empty" "lora_target_modules: no modules given" "$gcache" train base.yaml use_lora=true lora_target_modules= output_dir="$tmp/o3"
+# a caption that is not UTF-8 fails before training, naming the manifest line (it used to fail at its batch)
+printf 'filepath\ttitle\nimages/000000.png\ta red circle\nimages/000001.png\t\xc3\n' >"$tmp/data/train/badutf8.tsv"
+expect_fail "caption not UTF-8" "badutf8.tsv:3: the caption is not valid UTF-8: byte 0 is 0xC3" \
+  "$gcache" train base.yaml synthetic_train=0 train_data="$tmp/data/train/badutf8.tsv" batch_size=2 gradient_cache_chunk_size=1 output_dir="$tmp/o4"
 exit $fail

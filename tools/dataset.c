@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +14,9 @@
 typedef struct sample {
     const char *caption;
     const char *name;   /* image path (CSV) or tar member */
+    const char *cap_name; /* the caption's tar member (NULL in a manifest) */
     int32_t shard;      /* -1: a file */
-    int64_t off, size;  /* the member's data in its shard */
+    int64_t off, size;  /* the member's data in its shard; off: the manifest line of a file */
 } sample;
 
 /* strings live in large blocks: millions of samples without millions of mallocs */
@@ -29,6 +31,7 @@ struct gc_dataset {
     int64_t n, cap;
     char **shards;
     int n_shards;
+    char *manifest;     /* the CSV/TSV file, for messages */
     int64_t incomplete;
     str_block *strings;
 };
@@ -78,6 +81,7 @@ void gc_dataset_free(gc_dataset *ds)
     free(ds->s);
     for (int i = 0; i < ds->n_shards; i++) free(ds->shards[i]);
     free(ds->shards);
+    free(ds->manifest);
     while (ds->strings) {
         str_block *b = ds->strings;
         ds->strings = b->next;
@@ -100,6 +104,56 @@ const char *gc_dataset_image_name(const gc_dataset *ds, int64_t i, char *buf, si
     else if (ds->s[i].shard < 0) snprintf(buf, n, "%s", ds->s[i].name);
     else snprintf(buf, n, "%s:%s", ds->shards[ds->s[i].shard], ds->s[i].name);
     return buf;
+}
+
+const char *gc_dataset_caption_source(const gc_dataset *ds, int64_t i, char *buf, size_t n)
+{
+    if (!ds || i < 0 || i >= ds->n) snprintf(buf, n, "sample %lld", (long long)i);
+    else if (ds->s[i].shard < 0) snprintf(buf, n, "%s:%lld", ds->manifest, (long long)ds->s[i].off);
+    else snprintf(buf, n, "%s:%s", ds->shards[ds->s[i].shard], ds->s[i].cap_name);
+    return buf;
+}
+
+/* Strict UTF-8 as the tokenizer decodes it: no overlong forms, surrogates or code points
+ * above U+10FFFF. Returns the offset of the first bad byte, or -1. */
+static ptrdiff_t utf8_bad_at(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t b = s[i], lo = 0x80, hi = 0xBF;
+        int k;
+        if (b < 0x80) { i++; continue; }
+        if (b >= 0xC2 && b <= 0xDF) k = 1;
+        else if (b >= 0xE0 && b <= 0xEF) {
+            k = 2;
+            if (b == 0xE0) lo = 0xA0;      /* overlong */
+            else if (b == 0xED) hi = 0x9F; /* surrogates */
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            k = 3;
+            if (b == 0xF0) lo = 0x90;      /* overlong */
+            else if (b == 0xF4) hi = 0x8F; /* above U+10FFFF */
+        } else return (ptrdiff_t)i;
+        for (int j = 1; j <= k; j++) {
+            uint8_t x = i + (size_t)j < len ? s[i + (size_t)j] : 0;
+            if (x < (j == 1 ? lo : 0x80) || x > (j == 1 ? hi : 0xBF)) return (ptrdiff_t)i;
+        }
+        i += (size_t)k + 1;
+    }
+    return -1;
+}
+
+gc_status gc_dataset_check_utf8(const gc_dataset *ds)
+{
+    for (int64_t i = 0; ds && i < ds->n; i++) {
+        const char *c = ds->s[i].caption;
+        ptrdiff_t bad = utf8_bad_at((const uint8_t *)c, strlen(c));
+        if (bad >= 0) {
+            char where[1024];
+            return gc_error_set(GC_ERR_FORMAT, "%s: the caption is not valid UTF-8: byte %td is 0x%02X",
+                                gc_dataset_caption_source(ds, i, where, sizeof where), bad, (unsigned)(uint8_t)c[bad]);
+        }
+    }
+    return GC_OK;
 }
 
 static gc_status read_whole(const char *path, uint8_t **data, size_t *n)
@@ -212,6 +266,7 @@ static int rec_putc(csv_rec *r, char c)
 static int rec_field(csv_rec *r, size_t start)
 {
     if (r->n == r->cap) {
+        if (r->cap > INT_MAX / 2) return -1; /* a record of a billion fields */
         int cap = r->cap ? r->cap * 2 : 16;
         size_t *s = realloc(r->start, sizeof(size_t) * cap), *l = s ? realloc(r->len, sizeof(size_t) * cap) : NULL;
         if (s) r->start = s;
@@ -307,6 +362,10 @@ gc_dataset *gc_dataset_open_csv(const char *path, char sep, const char *img_key,
     int img_col = -1, cap_col = -1, ncols = 0;
     char *dir = NULL;
     if (!ds) goto fail;
+    if (!(ds->manifest = strdup(path))) {
+        gc_error_set(GC_ERR_OOM, "%s: out of memory", path);
+        goto fail;
+    }
     const char *slash = strrchr(path, '/');
     size_t dir_n = slash ? (size_t)(slash - path) + 1 : 0;
     dir = malloc(dir_n + 1);
@@ -385,7 +444,7 @@ gc_dataset *gc_dataset_open_csv(const char *path, char sep, const char *img_key,
             gc_error_set(GC_ERR_OOM, "%s: out of memory", path);
             goto fail;
         }
-        if (ds_add(ds, (sample){.caption = cap, .name = name, .shard = -1}) != GC_OK) goto fail;
+        if (ds_add(ds, (sample){.caption = cap, .name = name, .shard = -1, .off = rec_line}) != GC_OK) goto fail;
     }
     if (ds->n == 0) {
         gc_error_set(GC_ERR_FORMAT, "%s: no samples after the header", path);
@@ -474,7 +533,8 @@ static int parse_range(const char *b, size_t n, strlist *out)
         v[k] = strtoll(parts[k], &e, 10);
         if (*e || errno) return 0;
     }
-    long long step = v[2] < 0 ? -v[2] : v[2];
+    /* the bounds come from the user: distances in unsigned, so that no step overflows */
+    unsigned long long step = v[2] < 0 ? 0ull - (unsigned long long)v[2] : (unsigned long long)v[2];
     if (step == 0) step = 1;
     /* braceexpand: pad to the longer bound when either has a leading zero */
     int pad = 0;
@@ -483,12 +543,18 @@ static int parse_range(const char *b, size_t n, strlist *out)
         if (strcmp(s, "0") && strcmp(s, "-0") && (s[0] == '0' || (s[0] == '-' && s[1] == '0'))) pad = 1;
     }
     int width = pad ? (int)(strlen(tmp) > strlen(right) ? strlen(tmp) : strlen(right)) : 0;
-    if ((v[1] - v[0]) / step > 10000000) return -1;
-    for (long long x = v[0]; v[0] <= v[1] ? x <= v[1] : x >= v[1]; x += v[0] <= v[1] ? step : -step) {
+    bool up = v[0] <= v[1];
+    unsigned long long span = up ? (unsigned long long)v[1] - (unsigned long long)v[0]
+                                 : (unsigned long long)v[0] - (unsigned long long)v[1];
+    if (span / step > 10000000) return -1;
+    if (width > 64) width = 64;
+    for (unsigned long long k = 0; k <= span / step; k++) {
+        /* v[0] +- k*step stays between the bounds; its magnitude as unsigned (LLONG_MIN has no positive) */
+        unsigned long long ux = up ? (unsigned long long)v[0] + k * step : (unsigned long long)v[0] - k * step;
+        bool neg = ux >> 63;
         char num[96];
-        if (width > 64) width = 64;
-        if (x < 0) snprintf(num, sizeof num, "-%0*lld", width > 0 ? width - 1 : 0, -x);
-        else snprintf(num, sizeof num, "%0*lld", width, x);
+        if (neg) snprintf(num, sizeof num, "-%0*llu", width > 0 ? width - 1 : 0, 0ull - ux);
+        else snprintf(num, sizeof num, "%0*llu", width, ux);
         if (sl_push(out, strdup(num))) return -1;
     }
     return 1;
@@ -569,9 +635,13 @@ gc_status gc_brace_expand(const char *pattern, char ***out, int *n)
 static int64_t tar_num(const uint8_t *p, int n)
 {
     if (p[0] & 0x80) { /* GNU base-256 */
+        if (p[0] & 0x40) return -1; /* negative */
         int64_t v = p[0] & 0x3f;
-        for (int i = 1; i < n; i++) v = (v << 8) | p[i];
-        return (p[0] & 0x40) ? -1 : v;
+        for (int i = 1; i < n; i++) {
+            if (v > (INT64_MAX >> 8)) return -1; /* does not fit: 12 bytes hold 94 bits */
+            v = (v << 8) | p[i];
+        }
+        return v;
     }
     int64_t v = 0;
     int i = 0;
@@ -588,6 +658,7 @@ typedef struct tar_group {
     int img_rank;     /* jpg 0, png 1, jpeg 2; 99 = none */
     int64_t img_off, img_size;
     char *cap;
+    char *cap_name;   /* the caption's member */
     int has_cap;
     char exts[16][16];
     int n_exts;
@@ -598,6 +669,7 @@ static void group_reset(tar_group *g)
     free(g->key);
     free(g->img);
     free(g->cap);
+    free(g->cap_name);
     memset(g, 0, sizeof *g);
     g->img_rank = 99;
 }
@@ -609,9 +681,10 @@ static gc_status group_flush(gc_dataset *ds, int shard, tar_group *g)
         if (g->img && g->has_cap) {
             const char *name = ds_strndup(ds, g->img, strlen(g->img));
             const char *cap = ds_strndup(ds, g->cap, strlen(g->cap));
-            if (!name || !cap) s = gc_error_set(GC_ERR_OOM, "dataset: out of memory");
-            else s = ds_add(ds, (sample){.caption = cap, .name = name, .shard = shard, .off = g->img_off,
-                                         .size = g->img_size});
+            const char *cap_name = ds_strndup(ds, g->cap_name, strlen(g->cap_name));
+            if (!name || !cap || !cap_name) s = gc_error_set(GC_ERR_OOM, "dataset: out of memory");
+            else s = ds_add(ds, (sample){.caption = cap, .name = name, .cap_name = cap_name, .shard = shard,
+                                         .off = g->img_off, .size = g->img_size});
         } else {
             ds->incomplete++;
         }
@@ -620,26 +693,43 @@ static gc_status group_flush(gc_dataset *ds, int shard, tar_group *g)
     return s;
 }
 
-/* pax records "LEN key=value\n": path and size */
-static void pax_parse(const char *d, size_t n, char **path, int64_t *size)
+/* pax records "LEN key=value\n" (LEN counts the whole record): path and size. The
+ * lengths come from the file, so each record must fit its own length and the data
+ * (Python's tarfile checks the same); a NUL where a record would start ends them.
+ * `off` (the pax member's header) and `path` name the record in errors. */
+static gc_status pax_parse(const char *d, size_t n, const char *path, int64_t off, char **paxpath, int64_t *size)
 {
     size_t i = 0;
-    while (i < n) {
-        char *e;
-        long len = strtol(d + i, &e, 10);
-        if (len <= 0 || (size_t)len > n - i || *e != ' ') return;
-        const char *kv = e + 1, *end = d + i + len - 1; /* end: the '\n' */
+    while (i < n && d[i]) {
+        size_t j = i, len = 0;
+        while (j < n && d[j] >= '0' && d[j] <= '9' && len <= n) len = len * 10 + (size_t)(d[j++] - '0');
+        /* at least "LEN k=\n" */
+        if (j == i || j >= n || d[j] != ' ' || len > n - i || len < (j - i) + 4 || d[i + len - 1] != '\n')
+            return gc_error_set(GC_ERR_FORMAT, "%s: malformed pax record at byte %zu of the pax header at offset %lld",
+                                path, i, (long long)off);
+        const char *kv = d + j + 1, *end = d + i + len - 1; /* end: the '\n' */
         const char *eq = memchr(kv, '=', (size_t)(end - kv));
-        if (eq) {
-            if ((size_t)(eq - kv) == 4 && memcmp(kv, "path", 4) == 0) {
-                free(*path);
-                *path = strndup(eq + 1, (size_t)(end - eq - 1));
-            } else if ((size_t)(eq - kv) == 4 && memcmp(kv, "size", 4) == 0) {
-                *size = strtoll(eq + 1, NULL, 10);
-            }
+        if (!eq || eq == kv)
+            return gc_error_set(GC_ERR_FORMAT, "%s: pax record without a key=value at byte %zu of the pax header at "
+                                "offset %lld", path, i, (long long)off);
+        size_t vn = (size_t)(end - eq - 1);
+        if ((size_t)(eq - kv) == 4 && memcmp(kv, "path", 4) == 0) {
+            free(*paxpath);
+            if (!(*paxpath = strndup(eq + 1, vn))) return gc_error_set(GC_ERR_OOM, "%s: out of memory", path);
+        } else if ((size_t)(eq - kv) == 4 && memcmp(kv, "size", 4) == 0) {
+            /* digits only: no sign, no overflow */
+            int64_t v = 0;
+            size_t k = 0;
+            for (; k < vn && eq[1 + k] >= '0' && eq[1 + k] <= '9' && v <= (INT64_MAX - 9) / 10; k++)
+                v = v * 10 + (eq[1 + k] - '0');
+            if (vn == 0 || k != vn)
+                return gc_error_set(GC_ERR_FORMAT, "%s: pax header at offset %lld: size '%.*s' is not a byte count",
+                                    path, (long long)off, (int)(vn > 40 ? 40 : vn), eq + 1);
+            *size = v;
         }
-        i += (size_t)len;
+        i += len;
     }
+    return GC_OK;
 }
 
 static gc_status read_at(int fd, const char *path, int64_t off, size_t n, char *dst)
@@ -692,7 +782,7 @@ static gc_status tar_scan(gc_dataset *ds, int shard)
             snprintf(name, sizeof name, "%.100s", (const char *)h);
         const char *mname = longname ? longname : paxpath ? paxpath : name;
         int64_t data = pos + 512;
-        if (size < 0 || data + size > fsize) {
+        if (size < 0 || size > fsize - data) { /* data <= fsize: no overflow */
             s = gc_error_set(GC_ERR_FORMAT, "%s: member %s is truncated (%lld bytes at offset %lld, the file has %lld)",
                              path, mname, (long long)size, (long long)data, (long long)fsize);
             break;
@@ -714,9 +804,12 @@ static gc_status tar_scan(gc_dataset *ds, int shard)
             extra[size] = 0;
             if (type == 'L') {
                 free(longname);
-                longname = strdup(extra);
+                if (!(longname = strdup(extra))) {
+                    s = gc_error_set(GC_ERR_OOM, "%s: out of memory", path);
+                    break;
+                }
             } else {
-                pax_parse(extra, (size_t)size, &paxpath, &paxsize);
+                if ((s = pax_parse(extra, (size_t)size, path, data - 512, &paxpath, &paxsize)) != GC_OK) break;
             }
             continue;
         }
@@ -790,6 +883,9 @@ static gc_status tar_scan(gc_dataset *ds, int shard)
             }
             g.cap[size] = 0;
             g.has_cap = 1;
+            free(g.cap_name);
+            g.cap_name = member;
+            member = NULL;
         }
         free(member);
     }

@@ -130,6 +130,14 @@ int64_t gc_dataset_incomplete(const gc_dataset *ds); /* tar samples skipped at o
 const char *gc_dataset_caption(const gc_dataset *ds, int64_t i); /* owned by ds */
 /* "dir/a.jpg" or "shard.tar:000012.jpg" */
 const char *gc_dataset_image_name(const gc_dataset *ds, int64_t i, char *buf, size_t n);
+/* Where sample i's caption is, for messages: "manifest.tsv:12" (its line) or
+ * "shard.tar:000012.txt" (its member). */
+const char *gc_dataset_caption_source(const gc_dataset *ds, int64_t i, char *buf, size_t n);
+/* Every caption is valid UTF-8 as the tokenizer requires (no bad or truncated
+ * sequences, overlong forms, surrogates, code points above U+10FFFF), else GC_ERR_FORMAT
+ * naming the first bad caption's source and byte. One pass over the text at opening,
+ * so that a bad caption stops a run before training rather than at its batch. */
+gc_status gc_dataset_check_utf8(const gc_dataset *ds);
 /* The encoded image bytes (malloc'd) or its decoded pixels. */
 gc_status gc_dataset_image_bytes(const gc_dataset *ds, int64_t i, uint8_t **data, size_t *n);
 gc_status gc_dataset_load_image(const gc_dataset *ds, int64_t i, gc_image *out);

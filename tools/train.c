@@ -72,6 +72,10 @@ static gc_status open_model(trainer *t)
     gc_clip_options o = {.device = t->dev, .dtype = strcmp(c->mixed_precision, "bf16") ? GC_F32 : GC_BF16,
                          .checkpointing = c->gradient_checkpointing};
     if (c->use_lora) {
+        static const char *const known[] = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", NULL};
+        char where[GC_CFG_STR + 32];
+        snprintf(where, sizeof where, "%s: lora_target_modules", t->cfg_path);
+        GC_TRY(gc_lora_check_targets(c->lora_target_modules, known, "CLIP", where));
         t->lora = (gc_lora_options){(int)c->lora_r, c->lora_alpha, c->lora_dropout, c->lora_target_modules};
         o.lora_r = t->lora.r;
         o.lora_alpha = t->lora.alpha;
@@ -106,22 +110,29 @@ static gc_status open_tokenizer(trainer *t)
     return GC_OK;
 }
 
-/* captions -> rows [0, n) of ids (host I64 [>= n, ctx_len]) */
-static gc_status tokenize_into(trainer *t, const char *const *caps, int n, gc_tensor *ids)
+/* the batch's captions (samples of ds) -> rows [0, b->n) of ids (host I64 [>= n, ctx_len]) */
+static gc_status tokenize_into(trainer *t, const gc_dataset *ds, const gc_batch *b, gc_tensor *ids)
 {
     int64_t *p = gc_tensor_data(ids);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < b->n; i++) {
         int64_t used;
-        GC_TRY(gc_tokenizer_encode(t->tok, caps[i], t->ctx_len, t->pad_id, p + (int64_t)i * t->ctx_len, &used));
+        gc_status st =
+            gc_tokenizer_encode(t->tok, b->captions[i], t->ctx_len, t->pad_id, p + (int64_t)i * t->ctx_len, &used);
+        if (st != GC_OK) { /* the tokenizer knows only the text: name the manifest line or tar member */
+            char msg[512], where[1024];
+            snprintf(msg, sizeof msg, "%s", gc_error_message());
+            gc_error_clear();
+            return gc_error_set(st, "%s: %s", gc_dataset_caption_source(ds, b->indices[i], where, sizeof where), msg);
+        }
     }
     return GC_OK;
 }
 
-/* captions -> ids [n, ctx_len] (host) */
-static gc_tensor *tokenize(trainer *t, const char *const *caps, int n)
+/* the batch's captions -> ids [n, ctx_len] (host) */
+static gc_tensor *tokenize(trainer *t, const gc_dataset *ds, const gc_batch *b)
 {
-    gc_tensor *x = gc_tensor_new(GC_I64, GC_CPU, 2, GC_SHAPE(n, t->ctx_len));
-    if (x && tokenize_into(t, caps, n, x) != GC_OK) {
+    gc_tensor *x = gc_tensor_new(GC_I64, GC_CPU, 2, GC_SHAPE(b->n, t->ctx_len));
+    if (x && tokenize_into(t, ds, b, x) != GC_OK) {
         gc_tensor_release(x);
         return NULL;
     }
@@ -169,7 +180,7 @@ static gc_status evaluate(trainer *t, double r[6])
         if ((st = gc_loader_next(l, &b)) != GC_OK || !b) break;
         gc_pool *p = gc_pool_push();
         gc_tensor *px = gc_rows(b->pixels_tensor, 0, b->n); /* a view of the loader's batch, as in training */
-        gc_tensor *ids = gc_pool_add(tokenize(t, b->captions, b->n));
+        gc_tensor *ids = gc_pool_add(tokenize(t, t->val, b));
         gc_tensor *img = NULL, *txt = NULL;
         st = px && ids ? gc_clip_task_embed(t->model, px, ids, chunk, &img, &txt) : GC_PENDING();
         if (st == GC_OK && !img_all) {
@@ -224,6 +235,9 @@ static gc_status train(trainer *t, const char *resume)
     GC_TRY(make_synthetic(t));
     if (!(t->train = open_data(c, c->train_data))) return GC_PENDING();
     if (*c->val_data && !(t->val = open_data(c, c->val_data))) return GC_PENDING();
+    /* the tokenizer takes UTF-8 only: a bad caption stops the run here, not at its batch hours in */
+    GC_TRY(gc_dataset_check_utf8(t->train));
+    if (t->val) GC_TRY(gc_dataset_check_utf8(t->val));
     if (gc_dataset_size(t->train) < c->batch_size)
         return gc_error_set(GC_ERR_INVALID, "%s: %lld samples, fewer than batch_size %lld", c->train_data,
                             (long long)gc_dataset_size(t->train), (long long)c->batch_size);
@@ -258,7 +272,7 @@ static gc_status train(trainer *t, const char *resume)
          * gc_loader_next (above), the ids here (the step synchronised reading its loss
          * already, so this costs nothing; it keeps the rule from resting on that). */
         if (gc_tensor_is_pinned(t->ids)) GC_TRY(gc_device_sync(t->dev));
-        GC_TRY(tokenize_into(t, b->captions, b->n, t->ids));
+        GC_TRY(tokenize_into(t, t->train, b, t->ids));
         gc_pool *p = gc_pool_push();
         gc_tensor *px = gc_rows(b->pixels_tensor, 0, b->n);
         gc_tensor *ids = gc_rows(t->ids, 0, b->n);

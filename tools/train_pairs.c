@@ -341,20 +341,13 @@ static int64_t chunk_of(const ptrainer *t)
  * q,k,v,out_proj) means DINOv3's q,k,v,o_proj */
 static gc_status lora_targets(ptrainer *t)
 {
-    static const char *const known[] = {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"};
+    static const char *const known[] = {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", NULL};
     const char *v = t->cfg.lora_target_modules;
     if (!strcmp(v, "q_proj,k_proj,v_proj,out_proj")) v = "q_proj,k_proj,v_proj,o_proj";
     snprintf(t->lora_targets, sizeof t->lora_targets, "%s", v);
-    for (const char *p = v; *p;) {
-        size_t n = strcspn(p, ",");
-        bool ok = false;
-        for (size_t k = 0; k < sizeof known / sizeof known[0] && !ok; k++) ok = strlen(known[k]) == n && !strncmp(known[k], p, n);
-        if (!ok)
-            return gc_error_set(GC_ERR_INVALID, "%s: lora_target_modules: '%.*s' is not a DINOv3 module (q_proj, "
-                                "k_proj, v_proj, o_proj, up_proj, down_proj)", t->cfg_path, (int)n, p);
-        p += n + (p[n] == ',');
-    }
-    return GC_OK;
+    char where[GC_CFG_STR + 32];
+    snprintf(where, sizeof where, "%s: lora_target_modules", t->cfg_path);
+    return gc_lora_check_targets(v, known, "DINOv3", where);
 }
 
 static gc_status open_model(ptrainer *t)
