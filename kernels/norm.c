@@ -25,9 +25,8 @@
 
 enum { NORM_LAYER = 0, NORM_RMS = 1, NORM_L2 = 2 }; /* same values in norm.cu */
 
-/* rows per partial-sum chunk of the GPU dw/db reduction (norm.cu reads it as given; its
- * one-pass backward makes 32-row partials, and runs only when given 32) */
-#define NORM_WB_CHUNK_ROWS 32
+/* rows per partial-sum chunk of the GPU dw/db reduction (norm.cu reads it as given) */
+#define NORM_WB_CHUNK_ROWS 64
 
 #ifdef GC_WITH_CUDA
 gc_status gc_cuda_norm_fwd(int mode, const void *x, const void *w, const void *b, void *y, gc_dtype dt, float *mean,

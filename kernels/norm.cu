@@ -5,11 +5,9 @@
 // and every pointer), and the backward take loops that re-read the row.
 // The dw/db reduction is deterministic: each block sums a fixed chunk of rows into an
 // f32 partial per column, and a second kernel adds the partials of a column in a fixed
-// order (no atomics). For the layer / RMS norms of rows of up to 3 vectors a lane in bf16
-// (D = 256, 512, 768), 4 in f32 (D <= 512), the backward kernel makes the partials itself,
-// from the x and gy it holds in registers (norm_bwd_fused_kernel); other rows take the
-// two kernels. (A first
-// fused version, a block over 64 rows re-reading each, measured slower on the H200.)
+// order (no atomics). (Making the partials in the backward kernel, from the x and gy it
+// already holds, measured slower on the H200: a block must then take many rows, one
+// after another, where the separate kernels spread one row per warp over the GPU.)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -235,96 +233,6 @@ __global__ void norm_wb_part_kernel(int mode, const T *__restrict__ x, const T *
     }
 }
 
-// The layer / RMS norm backward and the dw/db partials in one pass, for rows of NV 16-byte
-// vectors a lane (D = 32 V NV). Warp k of block j takes rows j*32 + k*4 .. +4, each
-// read once into registers (x, gy: 2 NV loads a lane in flight, which keeps the memory
-// busy at two 8-warp blocks an SM); lane l adds gy xh and gy of its columns over its rows;
-// then the block adds its warps' sums, warp 0 first, through shared memory, into
-// part_w[j], part_b[j]: the partials of 32-row chunks (kFusedChunkRows), in a fixed order.
-// gx as norm_bwd_kernel computes it. An earlier version, a block over 64 rows with one
-// loop re-reading the row, was slower than the two kernels (see the top of this file).
-constexpr int kFusedRowsPerWarp = 4, kFusedChunkRows = ROWS_PER_BLOCK * kFusedRowsPerWarp;
-
-// element k of the V = 16 / sizeof(T) values of T packed in u, as f32
-template <typename T> __device__ __forceinline__ float packed_elem(const uint4 &u, int k)
-{
-    return to_f(reinterpret_cast<const T *>(&u)[k]);
-}
-
-template <typename T, typename G, int V, int NV>
-__global__ void __launch_bounds__(256, 2) norm_bwd_fused_kernel(int mode, const T *__restrict__ x, const T *__restrict__ w,
-                                                                 const T *__restrict__ gy, const float *__restrict__ mean,
-                                                                 const float *__restrict__ stat, G *__restrict__ gx,
-                                                                 bool acc, float *__restrict__ part_w,
-                                                                 float *__restrict__ part_b, int64_t R)
-{
-    static_assert(V * sizeof(T) == 16, "a vector is 16 bytes");
-    constexpr int64_t D = 32 * V * NV;
-    __shared__ float sw[D], sb[D];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float aw[NV][V], ab[NV][V]; // this lane's column sums of gy xh and gy
-#pragma unroll
-    for (int j = 0; j < NV; j++)
-#pragma unroll
-        for (int k = 0; k < V; k++) aw[j][k] = ab[j][k] = 0.0f;
-    const int64_t r0 = (int64_t)blockIdx.x * kFusedChunkRows + warp * kFusedRowsPerWarp;
-    for (int i = 0; i < kFusedRowsPerWarp && r0 + i < R; i++) {
-        const int64_t r = r0 + i;
-        uint4 xr[NV], gr[NV]; // the row, packed (half the registers of f32 copies)
-#pragma unroll
-        for (int j = 0; j < NV; j++) {
-            xr[j] = *reinterpret_cast<const uint4 *>(x + r * D + (j * 32 + lane) * V);
-            gr[j] = *reinterpret_cast<const uint4 *>(gy + r * D + (j * 32 + lane) * V);
-        }
-        const float m = mode == NORM_LAYER ? mean[r] : 0.0f, scale = stat[r];
-        float sg = 0.0f, sgx = 0.0f;
-#pragma unroll
-        for (int j = 0; j < NV; j++) {
-            uint4 wr = w ? *reinterpret_cast<const uint4 *>(w + (j * 32 + lane) * V) : uint4{};
-#pragma unroll
-            for (int k = 0; k < V; k++) {
-                const float xh = (packed_elem<T>(xr[j], k) - m) * scale, gv = packed_elem<T>(gr[j], k);
-                const float g = w ? gv * packed_elem<T>(wr, k) : gv;
-                sg += g;
-                sgx += g * xh;
-                aw[j][k] += gv * xh;
-                ab[j][k] += gv;
-            }
-        }
-        sg = warp_sum(sg);
-        sgx = warp_sum(sgx);
-        const float a = mode == NORM_LAYER ? sg / (float)D : 0.0f, cc = sgx / (float)D;
-#pragma unroll
-        for (int j = 0; j < NV; j++) {
-            uint4 wr = w ? *reinterpret_cast<const uint4 *>(w + (j * 32 + lane) * V) : uint4{};
-            float o[V];
-#pragma unroll
-            for (int k = 0; k < V; k++) {
-                const float xh = (packed_elem<T>(xr[j], k) - m) * scale, gv = packed_elem<T>(gr[j], k);
-                const float g = w ? gv * packed_elem<T>(wr, k) : gv;
-                o[k] = scale * (g - a - xh * cc);
-            }
-            store_v<V>(gx + r * D + (j * 32 + lane) * V, o, acc);
-        }
-    }
-    for (int k = 0; k < ROWS_PER_BLOCK; k++) { // warp k adds its sums after warp k - 1
-        if (warp == k)
-#pragma unroll
-            for (int j = 0; j < NV; j++)
-#pragma unroll
-                for (int e = 0; e < V; e++) {
-                    const int c = (j * 32 + lane) * V + e;
-                    sw[c] = (k ? sw[c] : 0.0f) + aw[j][e];
-                    sb[c] = (k ? sb[c] : 0.0f) + ab[j][e];
-                }
-        __syncthreads();
-    }
-    for (int c = threadIdx.x; c < D; c += blockDim.x) {
-        if (part_w) part_w[(int64_t)blockIdx.x * D + c] = sw[c];
-        if (part_b) part_b[(int64_t)blockIdx.x * D + c] = sb[c];
-    }
-}
-
 // out_y[c] (+)= sum over p of part[y, p, c] (part [2, chunks, D]; y = blockIdx.y: the
 // weight's, then the bias's partials), p in a fixed order (col_partials_sum). Block
 // (32, 16), grid (ceil(D / 32), outputs). out1 NULL: one output, part[0].
@@ -415,24 +323,6 @@ gc_status bwd_typed(int mode, const T *x, const T *w, const T *gy, const float *
 {
     constexpr int VT = 16 / sizeof(T);
     cudaStream_t st = gc_cuda_stream();
-    // the one-pass kernel up to the vectors a lane that fit 128 registers without spilling
-    // more than a few bytes: 3 of bf16 (D <= 768), 4 of f32 (D <= 512)
-    constexpr int kMaxNv = sizeof(T) == 2 ? 3 : 4;
-    const int64_t nv = D / (32 * VT);
-    if (gx && (part_w || part_b) && mode != NORM_L2 && chunk_rows == kFusedChunkRows && D % (32 * VT) == 0 && nv >= 1 &&
-        nv <= kMaxNv && aligned16(x) && aligned16(w) && aligned16(gy) && aligned16(gx)) { // one pass
-        const unsigned blocks = (unsigned)((R + kFusedChunkRows - 1) / kFusedChunkRows);
-        auto launch = [&](auto n) {
-            norm_bwd_fused_kernel<T, G, VT, decltype(n)::value>
-                <<<blocks, 256, 0, st>>>(mode, x, w, gy, mean, stat, gx, gx_acc, part_w, part_b, R);
-        };
-        if (nv == 1) launch(Int<1>{});
-        else if (nv == 2) launch(Int<2>{});
-        else if (nv == 3) launch(Int<3>{});
-        else if constexpr (kMaxNv >= 4) launch(Int<4>{});
-        GC_CUDA_LAUNCH_CHECK();
-        return GC_OK;
-    }
     if (gx) { // (x and gy held in registers measured no faster here: 22.6 against 20.6 us)
         const bool vec = D % VT == 0 && aligned16(x) && aligned16(w) && aligned16(gy) && aligned16(gx);
         if (vec)
