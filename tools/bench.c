@@ -2,6 +2,7 @@
  * of a named architecture with random weights on synthetic data, and reports the
  * median step time, peak device memory, pairs/s, achieved TFLOP/s and utilisation
  * against a bf16 GEMM ceiling measured at start-up on this GPU. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -226,6 +227,19 @@ static double gemm_ceiling(gc_device dev)
     return tf;
 }
 
+/* An integer flag in [lo, hi]: out-of-range values (strtoll's clamping included) would
+ * overflow an allocation or a narrowing later, so they are refused here. */
+static int parse_int_flag(const char *f, const char *v, long long lo, long long hi, int64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (!*v || *end) return gc_cli_fail("bench: %s '%s': expected an integer (or unknown option)", f, v);
+    if (errno == ERANGE || x < lo || x > hi) return gc_cli_fail("bench: %s %s: outside [%lld, %lld]", f, v, lo, hi);
+    *out = x;
+    return 0;
+}
+
 static int parse(int argc, char **argv, bench_args *a)
 {
     *a = (bench_args){.model = "clip-vit-b16", .device = "cuda", .dtype = "bf16", .pixels = "device", .batch = 128,
@@ -239,26 +253,36 @@ static int parse(int argc, char **argv, bench_args *a)
         if (!strcmp(f, "--replay-all")) { a->replay_all = true; continue; }
         if (i + 1 >= argc) return gc_cli_fail("bench: %s needs a value (or is unknown)", f);
         const char *v = argv[++i];
-        char *end = NULL;
-        long long x = strtoll(v, &end, 10);
-        bool num = *v && !*end;
+        int64_t lora = 0;
+        int bad = 0;
         if (!strcmp(f, "--model")) a->model = v;
         else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--dtype")) a->dtype = v;
         else if (!strcmp(f, "--pixels")) a->pixels = v;
         else if (!strcmp(f, "--gemm-plan")) a->gemm_plan = v;
-        else if (!num) return gc_cli_fail("bench: %s '%s': expected an integer (or unknown option)", f, v);
-        else if (!strcmp(f, "--batch")) a->batch = x;
-        else if (!strcmp(f, "--chunk")) a->chunk = x;
-        else if (!strcmp(f, "--steps")) a->steps = x;
-        else if (!strcmp(f, "--warmup")) a->warmup = x;
-        else if (!strcmp(f, "--lora")) a->lora = (int)x;
-        else return gc_cli_fail("bench: unknown option '%s'", f);
+        /* the caps are the training config's (batch_size, lora_r); steps and warmup size
+         * the per-step timing arrays */
+        else if (!strcmp(f, "--batch")) bad = parse_int_flag(f, v, 2, 1000000000, &a->batch);
+        else if (!strcmp(f, "--chunk")) bad = parse_int_flag(f, v, 1, 1000000000, &a->chunk);
+        else if (!strcmp(f, "--steps")) bad = parse_int_flag(f, v, 1, 1000000, &a->steps);
+        else if (!strcmp(f, "--warmup")) bad = parse_int_flag(f, v, 0, 1000000, &a->warmup);
+        else if (!strcmp(f, "--lora")) {
+            bad = parse_int_flag(f, v, 0, 4096, &lora);
+            a->lora = (int)lora; /* in range: no truncation */
+        } else return gc_cli_fail("bench: unknown option '%s'", f);
+        if (bad) return 1;
     }
-    if (a->batch < 2 || a->chunk < 1 || a->steps < 1 || a->warmup < 0 || a->lora < 0 || a->chunk > a->batch)
-        return gc_cli_fail("bench: need batch >= 2, 1 <= chunk <= batch, steps >= 1, warmup >= 0, lora >= 0");
+    if (a->chunk > a->batch) return gc_cli_fail("bench: --chunk %lld is larger than --batch %lld", (long long)a->chunk, (long long)a->batch);
     if (strcmp(a->pixels, "host") && strcmp(a->pixels, "device"))
         return gc_cli_fail("bench: --pixels '%s': expected host or device", a->pixels);
+    /* job_init picks the family by name; ask both so an unknown name lists every model */
+    gc_clip_config cc;
+    gc_dinov3_config dc;
+    if (gc_clip_config_named(a->model, &cc) != GC_OK && gc_dinov3_config_named(a->model, &dc) != GC_OK) {
+        gc_error_clear();
+        return gc_cli_fail("bench: --model '%s': unknown (known: clip-vit-b16, clip-vit-b32, clip-tiny, dinov3-vit-b16, dinov3-tiny)", a->model);
+    }
+    gc_error_clear();
     return 0;
 }
 
@@ -289,7 +313,7 @@ int gc_cli_bench(int argc, char **argv)
     job.gc->replay_all = a.replay_all;
     job.gc->phase_user = &pl;
     gc_timer *t0 = gc_timer_create(dev), *t1 = gc_timer_create(dev);
-    int64_t total = a.warmup + a.steps;
+    int64_t total = a.warmup + a.steps; /* both <= 1e6 (parse): no overflow */
     double *step_ms = calloc((size_t)total, sizeof(double)), *ph_ms[MAX_PHASES];
     for (int i = 0; i < MAX_PHASES; i++) ph_ms[i] = calloc((size_t)total, sizeof(double));
     double *host_ms = calloc((size_t)total, sizeof(double)); /* wall time to enqueue a step */
@@ -297,6 +321,10 @@ int gc_cli_bench(int argc, char **argv)
     for (int i = 0; i < MAX_PHASES; i++) lead_ms[i] = calloc((size_t)total, sizeof(double));
     const char *ph_names[MAX_PHASES] = {0};
     int n_ph = 0, rc = 0;
+    bool arrays = step_ms && host_ms, timers = t0 && t1;
+    for (int i = 0; i < MAX_PHASES; i++) { arrays = arrays && ph_ms[i] && lead_ms[i]; timers = timers && pl.t[i]; }
+    if (!timers) rc = gc_cli_fail_status("bench: timers");
+    else if (!arrays) rc = gc_cli_fail("bench: out of host memory for %lld steps' timings", (long long)total);
     int64_t kept_rows = 0; /* tower 0's rows not replayed (the gradient cache says which) */
     uint64_t allocs_after_warmup = 0;
     for (int64_t s = 0; s < total && !rc; s++) {

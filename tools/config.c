@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <yaml.h>
 
 typedef enum { K_BOOL, K_INT, K_FLOAT, K_STR, K_LIST } key_type;
@@ -68,6 +69,7 @@ static const key_def KEYS[] = {
 #undef F
 #undef S
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
+_Static_assert(NKEYS <= 64, "gc_train_config_load marks the keys seen in a 64-bit mask");
 _Static_assert(NKEYS <= 64, "gc_train_config.set_mask has one bit per key");
 
 bool gc_train_config_was_set(const gc_train_config *c, const char *key)
@@ -215,26 +217,100 @@ static const char *node_type_name(const yaml_node_t *n)
     return n->type == YAML_MAPPING_NODE ? "a mapping" : n->type == YAML_SEQUENCE_NODE ? "a list" : "a scalar";
 }
 
-gc_status gc_train_config_load(const char *path, gc_train_config *c)
+/* A config is a few flat keys: anything nested deeper, or bigger, is not one. libyaml's
+ * loader takes time quadratic in the nesting depth (and in the number of anchors), so
+ * both are bounded first. */
+#define MAX_DEPTH 64
+#define MAX_NODES 10000
+#define MAX_BYTES (16 << 20)
+
+/* The whole file, so the two passes below need no seekable input; NULL after an error. */
+static char *read_config(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) return gc_error_set(GC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) { gc_error_set(GC_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        gc_error_set(GC_ERR_IO, "%s: is a directory, not a YAML config file", path);
+        return NULL;
+    }
+    char *buf = malloc(MAX_BYTES + 1);
+    if (!buf) { fclose(f); gc_error_set(GC_ERR_OOM, "%s: out of host memory", path); return NULL; }
+    size_t n = fread(buf, 1, MAX_BYTES + 1, f);
+    int err = ferror(f) ? errno : 0;
+    fclose(f);
+    if (err) { free(buf); gc_error_set(GC_ERR_IO, "%s: cannot read: %s", path, strerror(err)); return NULL; }
+    if (n > MAX_BYTES) { free(buf); gc_error_set(GC_ERR_FORMAT, "%s: larger than %d MiB: not a config file", path, MAX_BYTES >> 20); return NULL; }
+    *len = n;
+    return buf;
+}
+
+/* First pass, on events (linear time): one document, nested at most MAX_DEPTH deep, at
+ * most MAX_NODES values, no YAML syntax errors; then yaml_parser_load builds the tree. */
+static gc_status check_shape(const char *path, const char *buf, size_t len)
+{
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+    gc_status st = GC_OK;
+    int depth = 0, docs = 0, nodes = 0;
+    for (bool done = false; !done && st == GC_OK;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&parser, &ev)) {
+            st = gc_error_set(GC_ERR_FORMAT, "%s:%zu: YAML error: %s", path, parser.problem_mark.line + 1,
+                              parser.problem ? parser.problem : "malformed");
+            break;
+        }
+        size_t line = ev.start_mark.line + 1;
+        bool node = ev.type == YAML_SCALAR_EVENT || ev.type == YAML_ALIAS_EVENT || ev.type == YAML_SEQUENCE_START_EVENT ||
+                    ev.type == YAML_MAPPING_START_EVENT;
+        if (node && ++nodes > MAX_NODES)
+            st = gc_error_set(GC_ERR_FORMAT, "%s:%zu: more than %d values: not a config file", path, line, MAX_NODES);
+        switch (ev.type) {
+        case YAML_DOCUMENT_START_EVENT:
+            if (st == GC_OK && ++docs > 1)
+                st = gc_error_set(GC_ERR_FORMAT, "%s:%zu: a second YAML document ('---'): a config is one document", path, line);
+            break;
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT:
+            if (st == GC_OK && ++depth > MAX_DEPTH) st = gc_error_set(GC_ERR_FORMAT, "%s:%zu: nested deeper than %d levels", path, line, MAX_DEPTH);
+            break;
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT: depth--; break;
+        case YAML_STREAM_END_EVENT: done = true; break;
+        default: break;
+        }
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return st;
+}
+
+gc_status gc_train_config_load(const char *path, gc_train_config *c)
+{
+    size_t len = 0;
+    char *buf = read_config(path, &len);
+    if (!buf) return GC_PENDING();
+    gc_status st = check_shape(path, buf, len);
+    if (st != GC_OK) { free(buf); return st; }
     yaml_parser_t parser;
     yaml_document_t doc;
     yaml_parser_initialize(&parser);
-    yaml_parser_set_input_file(&parser, f);
-    gc_status st = GC_OK;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
     if (!yaml_parser_load(&parser, &doc)) {
         st = gc_error_set(GC_ERR_FORMAT, "%s:%zu: YAML error: %s", path, parser.problem_mark.line + 1,
                           parser.problem ? parser.problem : "malformed");
         yaml_parser_delete(&parser);
-        fclose(f);
+        free(buf);
         return st;
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     if (!root) st = gc_error_set(GC_ERR_FORMAT, "%s: the file is empty", path);
     else if (root->type != YAML_MAPPING_NODE)
         st = gc_error_set(GC_ERR_FORMAT, "%s:%zu: the top level must be a mapping of key: value", path, root->start_mark.line + 1);
+    uint64_t seen = 0; /* keys given in this file: a second one is an error, not "the later wins" */
+    size_t first_line[NKEYS];
     for (yaml_node_pair_t *p = root ? root->data.mapping.pairs.start : NULL; st == GC_OK && p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *kn = yaml_document_get_node(&doc, p->key), *vn = yaml_document_get_node(&doc, p->value);
         char where[GC_CFG_STR + 32];
@@ -243,6 +319,13 @@ gc_status gc_train_config_load(const char *path, gc_train_config *c)
         const char *key = (const char *)kn->data.scalar.value;
         const key_def *k = find_key(key);
         if (!k) { st = gc_error_set(GC_ERR_INVALID, "%s: unknown key '%s'", where, key); break; }
+        size_t ki = (size_t)(k - KEYS);
+        if ((seen >> ki) & 1) {
+            st = gc_error_set(GC_ERR_INVALID, "%s: key '%s' given twice (first on line %zu)", where, key, first_line[ki]);
+            break;
+        }
+        seen |= 1ull << ki;
+        first_line[ki] = kn->start_mark.line + 1;
         if (k->type == K_LIST && vn->type == YAML_SEQUENCE_NODE) {
             char buf[GC_CFG_STR] = "";
             for (yaml_node_item_t *it = vn->data.sequence.items.start; it < vn->data.sequence.items.top; it++) {
@@ -263,7 +346,7 @@ gc_status gc_train_config_load(const char *path, gc_train_config *c)
     }
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
-    fclose(f);
+    free(buf);
     return st;
 }
 

@@ -2,6 +2,8 @@
  *   gcache grad  --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16] [--seed S]
  *   gcache embed --model DIR --inputs FILE --out FILE [--chunk N] [--device cpu|cuda] [--dtype f32|bf16]
  * Any failure prints one line naming the file and the problem, and exits 1. */
+#include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,13 +53,17 @@ typedef struct grad_args {
     int64_t chunk;
     uint64_t seed;
     double temperature; /* DINOv3 pairs */
+    bool temperature_set; /* so a CLIP model, which learns its own, can refuse it */
 } grad_args;
 
 static int parse_i64(const char *flag, const char *v, int64_t *out)
 {
     char *end;
+    errno = 0;
     long long x = strtoll(v, &end, 10);
     if (!*v || *end) return gc_cli_fail("%s: '%s' is not an integer", flag, v);
+    /* strtoll clamps: a silently different value is worse than an error */
+    if (errno == ERANGE) return gc_cli_fail("%s: '%s' is out of range", flag, v);
     *out = x;
     return 0;
 }
@@ -75,9 +81,16 @@ static int parse_grad_args(int argc, char **argv, grad_args *a)
         else if (!strcmp(f, "--dtype")) dst = &a->dtype;
         else if (!strcmp(f, "--temperature")) {
             if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
+            const char *v = argv[++i];
             char *end;
-            a->temperature = strtod(argv[++i], &end);
-            if (*end || !(a->temperature > 0)) return gc_cli_fail("--temperature '%s': expected a positive number", argv[i]);
+            errno = 0;
+            a->temperature = strtod(v, &end);
+            if (!*v || *end || errno || !isfinite(a->temperature))
+                return gc_cli_fail("--temperature '%s': expected a finite number", v);
+            /* the training config's range for its temperature key */
+            if (a->temperature < 1e-6 || a->temperature > 100)
+                return gc_cli_fail("--temperature %s: outside [1e-06, 100]", v);
+            a->temperature_set = true;
             continue;
         } else if (!strcmp(f, "--chunk") || !strcmp(f, "--seed")) {
             if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
@@ -86,7 +99,11 @@ static int parse_grad_args(int argc, char **argv, grad_args *a)
             if (!strcmp(f, "--chunk")) {
                 if (v <= 0) return gc_cli_fail("--chunk %lld: the chunk size must be positive", (long long)v);
                 a->chunk = v;
-            } else a->seed = (uint64_t)v;
+            } else {
+                /* as the training config's seed: a negative one would wrap to 2^64 - |v| */
+                if (v < 0) return gc_cli_fail("--seed %lld: the seed must be >= 0", (long long)v);
+                a->seed = (uint64_t)v;
+            }
             continue;
         } else return gc_cli_fail("unknown option '%s' (see gcache --help)", f);
         if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
@@ -320,6 +337,8 @@ static int cmd_grad(int argc, char **argv)
     char mt[64];
     if (model_type(a.model, mt, sizeof mt)) return 1;
     if (!strcmp(mt, "dinov3_vit")) return dinov3_grad(&a);
+    if (a.temperature_set)
+        return gc_cli_fail("--temperature: %s is a CLIP model, which learns its own logit_scale (the flag is for DINOv3)", a.model);
     gc_tensor *pixels, *ids;
     if (load_inputs(a.inputs, &pixels, &ids)) return 1;
     if (!pixels || !ids) return gc_cli_fail("%s: grad needs both pixel_values and input_ids", a.inputs);
@@ -391,6 +410,7 @@ static int cmd_embed(int argc, char **argv)
 {
     grad_args a;
     if (parse_grad_args(argc, argv, &a)) return 1;
+    if (a.temperature_set) return gc_cli_fail("--temperature: embed computes no loss (the flag is for grad)");
     char mt[64];
     if (model_type(a.model, mt, sizeof mt)) return 1;
     if (!strcmp(mt, "dinov3_vit")) return dinov3_embed(&a);
