@@ -18,6 +18,7 @@ expect_fail "corrupt inputs" "bad.safetensors" "$gcache" grad --model "$m" --inp
 expect_fail "non-positive chunk" "chunk" "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/o" --chunk 0
 expect_fail "bad dtype" "dtype" "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out "$tmp/o" --dtype f8
 expect_fail "unknown option" "unknown option" "$gcache" grad --model "$m" --frobnicate
+expect_fail "empty --out" "--out: an empty value" "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out ""
 expect_fail "unknown command" "unknown command" "$gcache" frobnicate
 mkdir -p "$tmp/badcfg"
 cp "$m/model.safetensors" "$tmp/badcfg/"

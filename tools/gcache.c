@@ -108,6 +108,7 @@ static int parse_grad_args(int argc, char **argv, grad_args *a)
         } else return gc_cli_fail("unknown option '%s' (see gcache --help)", f);
         if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
         *dst = argv[++i];
+        if (!**dst) return gc_cli_fail("%s: an empty value", f); /* --out '' would name no file */
     }
     if (!a->model || !a->inputs || !a->out) return gc_cli_fail("--model, --inputs and --out are required (see gcache --help)");
     return 0;
