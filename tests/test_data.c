@@ -499,6 +499,12 @@ START_TEST(test_csv_manifest)
         ck_assert_msg(strstr(gc_error_message(), bad[i][1]) && strstr(gc_error_message(), path),
                       "case %d: \"%s\"", i, gc_error_message());
     }
+    /* a NUL byte would end its caption there, silently */
+    static const char with_nul[] = "filepath\ttitle\nx.png\ta red\0 circle\n";
+    write_file(path, with_nul, sizeof with_nul - 1);
+    gc_error_clear();
+    ck_assert_ptr_null(gc_dataset_open_csv(path, '\t', "filepath", "title"));
+    ck_assert_msg(strstr(gc_error_message(), ":2: a NUL byte"), "%s", gc_error_message());
     gc_error_clear();
     ck_assert_ptr_null(gc_dataset_open_csv("/nonexistent/m.csv", ',', "filepath", "title"));
     ck_assert_int_eq(gc_error_code(), GC_ERR_IO);

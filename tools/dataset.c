@@ -366,6 +366,13 @@ gc_dataset *gc_dataset_open_csv(const char *path, char sep, const char *img_key,
         gc_error_set(GC_ERR_OOM, "%s: out of memory", path);
         goto fail;
     }
+    const char *nul = memchr(t, 0, n); /* a text manifest has none; a caption would end there, silently */
+    if (nul) {
+        int64_t nl = 1;
+        for (const char *q = t; q < nul; q++) nl += *q == '\n';
+        gc_error_set(GC_ERR_FORMAT, "%s:%lld: a NUL byte: not a text manifest", path, (long long)nl);
+        goto fail;
+    }
     const char *slash = strrchr(path, '/');
     size_t dir_n = slash ? (size_t)(slash - path) + 1 : 0;
     dir = malloc(dir_n + 1);
