@@ -72,6 +72,13 @@ for f in config.json model.safetensors optimizer.safetensors trainer_state.json 
 done
 [ -s ref/training.svg ] || { echo "FAIL: no plot"; fail=1; }
 grep -q '"model_type":[[:space:]]*"dinov3_vit"' ref/checkpoint-10/config.json || { echo "FAIL: config.json is not a DINOv3 config"; fail=1; }
+# a run of epochs (no max_steps) ends with its last epoch's data: 95 readable pairs make 5
+# batches of 16, one short of the 6 planned from the 96 rows, and no step comes from epoch 1
+run epoch.log base.yaml output_dir="$tmp/epoch" epochs=1 max_steps=0 save_every=0 eval_every=0 val_data= augment=false
+n_epoch=$(losses epoch | wc -l)
+if [ "$n_epoch" -eq 5 ] && ! grep '"loss"' epoch/metrics.jsonl | grep -q '"epoch": 1'; then
+  echo "ok: epochs=1 with an unreadable image: 5 steps, all of epoch 0"
+else echo "FAIL: epochs=1 with an unreadable image ran $n_epoch steps:"; grep '"loss"' epoch/metrics.jsonl | tail -2; fail=1; fi
 final=$(evals ref | tail -1)
 # 31 of 32 validation pairs are readable; a dropped view that shifted the other would ruin the recall
 if echo "$final" | grep -q '"queries": 31}' && echo "$final" | grep -q '"b2a_recall@10"' &&
