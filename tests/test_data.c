@@ -1076,6 +1076,10 @@ START_TEST(test_loader_epochs_and_last)
     e.start = (gc_loader_pos){0, 0, 11};
     ck_assert_ptr_null(gc_loader_new(ds, &e));
     gc_error_clear();
+    e.start = (gc_loader_pos){INT64_MAX / 4, 0, 0}; /* epoch x size would overflow the stream position */
+    ck_assert_ptr_null(gc_loader_new(ds, &e));
+    ck_assert_msg(strstr(gc_error_message(), "bad start position"), "%s", gc_error_message());
+    gc_error_clear();
     gc_dataset_free(ds);
     tmpdir_free(dir);
 }

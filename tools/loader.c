@@ -19,6 +19,7 @@
 #include "gc_data.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -402,7 +403,9 @@ gc_loader *gc_loader_new_source(const gc_loader_source *src, const gc_loader_opt
         }
     gc_loader_pos st = o->start;
     if (st.cursor < 0) st.cursor = st.batch * o->batch_size;
-    if (st.epoch < 0 || st.batch < 0 || st.cursor > N) {
+    /* st.epoch N + st.cursor is the stream position: it must not overflow (a resumed state's
+     * data_epoch is read from a file) */
+    if (st.epoch < 0 || st.batch < 0 || st.cursor > N || st.epoch > (INT64_MAX - N) / N - 1) {
         gc_error_set(GC_ERR_INVALID,
                      "loader: bad start position (epoch %lld, batch %lld, cursor %lld) for %lld %ss",
                      (long long)st.epoch, (long long)st.batch, (long long)st.cursor, (long long)N, noun);
