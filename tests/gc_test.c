@@ -376,7 +376,21 @@ double gc_test_vec_rel_err(const double *a, const double *b, int64_t n)
     return sqrt(num / den);
 }
 
+static void write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra,
+                          const char *as_int);
+
 void gc_test_write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra)
+{
+    write_variant(src, dir, drop, reshape, extra, NULL);
+}
+
+void gc_test_write_variant_int(const char *src, const char *dir, const char *as_int)
+{
+    write_variant(src, dir, NULL, NULL, NULL, as_int);
+}
+
+static void write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra,
+                          const char *as_int)
 {
     gc_st_dir *d;
     ck_assert_int_eq(gc_st_dir_open(src, &d), GC_OK);
@@ -395,6 +409,8 @@ void gc_test_write_variant(const char *src, const char *dir, const char *drop, c
             memcpy(shape, e->shape, sizeof shape);
             shape[e->ndim - 2]++;
             ts[k] = gc_tensor_zeros(GC_F32, GC_CPU, e->ndim, shape);
+        } else if (as_int && !strcmp(nm, as_int)) {
+            ts[k] = gc_tensor_zeros(GC_I32, GC_CPU, e->ndim, e->shape);
         } else {
             ts[k] = gc_st_load(sf, nm, GC_F32, GC_CPU);
         }

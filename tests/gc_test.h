@@ -110,6 +110,9 @@ double gc_test_norm(const gc_tensor *t);
  * given one more row (its next-to-last dimension), with a zero [3] tensor `extra`, and copies
  * config.json; NULL skips any of the three. For tests of checkpoints that do not fit. */
 void gc_test_write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra);
+/* The same with the tensor `as_int` written as I32 zeros of its shape (a checkpoint whose
+ * parameter has an integer dtype). */
+void gc_test_write_variant_int(const char *src, const char *dir, const char *as_int);
 
 /* A CLIP-style pre-LN block of width D, H heads, MLP F (quick GELU, biases everywhere, HF
  * names under "l.") in ps, on the test device and dtype; weights normal(0, 0.2) drawn
