@@ -169,18 +169,31 @@ START_TEST(test_masks)
 }
 END_TEST
 
+/* q, k [2, 5, 2, 3] random (pool-owned) for the small cases below, with impls[mi] selected */
+static void small_qk(int mi, gc_tensor **q, gc_tensor **k)
+{
+    ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
+    *q = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 1, 1.0));
+    *k = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 2, 1.0));
+}
+
+/* gc_attention(q, k, v, o) as host floats */
+static void attention_host(gc_tensor *q, gc_tensor *k, gc_tensor *v, gc_attn_opts o, float *out)
+{
+    gc_tensor *y = gc_attention(q, k, v, &o);
+    ck_assert_msg(y, "%s", gc_error_message());
+    ck_assert_int_eq(gc_tensor_to_host_f32(y, out), GC_OK);
+}
+
 START_TEST(test_fully_masked_row_is_zero)
 {
     for (int mi = 0; mi < 2; mi++) {
         gc_pool *p = gc_pool_push();
-        ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
-        gc_tensor *q = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 1, 1.0));
-        gc_tensor *k = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 2, 1.0));
+        gc_tensor *q, *k;
+        small_qk(mi, &q, &k);
         gc_tensor *m = gc_pool_add(make_mask(2, 5, 5, true));
-        gc_tensor *y = gc_attention(q, k, k, &(gc_attn_opts){.mask = m});
-        ck_assert_ptr_nonnull(y);
         float out[2 * 5 * 2 * 3];
-        ck_assert_int_eq(gc_tensor_to_host_f32(y, out), GC_OK);
+        attention_host(q, k, k, (gc_attn_opts){.mask = m}, out);
         for (int64_t b = 0; b < 2; b++)
             for (int64_t i = 0; i < 5; i++)
                 for (int64_t e = 0; e < 6; e++) {
@@ -199,17 +212,14 @@ START_TEST(test_nan_propagates)
 {
     for (int mi = 0; mi < 2; mi++) {
         gc_pool *p = gc_pool_push();
-        ck_assert_int_eq(gc_attention_set_impl(impls[mi]), GC_OK);
-        gc_tensor *q = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 1, 1.0));
-        gc_tensor *k = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 2, 1.0));
+        gc_tensor *q, *k;
+        small_qk(mi, &q, &k);
         float *qd = gc_tensor_data(q), *kd = gc_tensor_data(k);
         qd[((0 * 5 + 1) * 2 + 0) * 3 + 2] = NAN; /* batch 0, query 1, head 0 */
         for (int d = 0; d < 3; d++) kd[((1 * 5 + 2) * 2 + 1) * 3 + d] = NAN; /* batch 1, key 2, head 1 */
         gc_tensor *v = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 3), 3, 1.0)); /* finite: 0 x NaN is NaN in P V */
-        gc_tensor *y = gc_attention(q, k, v, &(gc_attn_opts){.causal = true});
-        ck_assert_ptr_nonnull(y);
         float out[2 * 5 * 2 * 3];
-        ck_assert_int_eq(gc_tensor_to_host_f32(y, out), GC_OK);
+        attention_host(q, k, v, (gc_attn_opts){.causal = true}, out);
         for (int64_t b = 0; b < 2; b++)
             for (int64_t i = 0; i < 5; i++)
                 for (int64_t h = 0; h < 2; h++)
