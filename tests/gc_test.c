@@ -376,6 +376,23 @@ double gc_test_vec_rel_err(const double *a, const double *b, int64_t n)
     return sqrt(num / den);
 }
 
+void gc_test_expect_config_errors(const char *dir, const char *prefix, int n, const char *const (*cases)[2],
+                                  gc_test_load_fn load, void *ctx)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    for (int i = 0; i < n; i++) {
+        FILE *fp = fopen(path, "w");
+        ck_assert_ptr_nonnull(fp);
+        fprintf(fp, "%s%s}", prefix, cases[i][0]);
+        fclose(fp);
+        ck_assert_int_eq(load(dir, ctx), GC_ERR_FORMAT);
+        ck_assert_msg(strstr(gc_error_message(), "config.json") && strstr(gc_error_message(), cases[i][1]), "%s: %s",
+                      cases[i][0], gc_error_message());
+        gc_error_clear();
+    }
+}
+
 static void write_variant(const char *src, const char *dir, const char *drop, const char *reshape, const char *extra,
                           const char *as_int);
 

@@ -114,6 +114,12 @@ void gc_test_write_variant(const char *src, const char *dir, const char *drop, c
  * parameter has an integer dtype). */
 void gc_test_write_variant_int(const char *src, const char *dir, const char *as_int);
 
+/* For each case {json, want}: writes `prefix json}` as <dir>/config.json; load(dir, ctx)
+ * must fail with GC_ERR_FORMAT and a message naming config.json and holding `want`. */
+typedef gc_status (*gc_test_load_fn)(const char *dir, void *ctx);
+void gc_test_expect_config_errors(const char *dir, const char *prefix, int n, const char *const (*cases)[2],
+                                  gc_test_load_fn load, void *ctx);
+
 /* A CLIP-style pre-LN block of width D, H heads, MLP F (quick GELU, biases everywhere, HF
  * names under "l.") in ps, on the test device and dtype; weights normal(0, 0.2) drawn
  * from seed, one stream per parameter name, layernorm weights around 1. lora: NULL, or

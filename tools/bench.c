@@ -2,7 +2,6 @@
  * of a named architecture with random weights on synthetic data, and reports the
  * median step time, peak device memory, pairs/s, achieved TFLOP/s and utilisation
  * against a bf16 GEMM ceiling measured at start-up on this GPU. */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,19 +226,6 @@ static double gemm_ceiling(gc_device dev)
     return tf;
 }
 
-/* An integer flag in [lo, hi]: out-of-range values (strtoll's clamping included) would
- * overflow an allocation or a narrowing later, so they are refused here. */
-static int parse_int_flag(const char *f, const char *v, long long lo, long long hi, int64_t *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (!*v || *end) return gc_cli_fail("bench: %s '%s': expected an integer (or unknown option)", f, v);
-    if (errno == ERANGE || x < lo || x > hi) return gc_cli_fail("bench: %s %s: outside [%lld, %lld]", f, v, lo, hi);
-    *out = x;
-    return 0;
-}
-
 static int parse(int argc, char **argv, bench_args *a)
 {
     *a = (bench_args){.model = "clip-vit-b16", .device = "cuda", .dtype = "bf16", .pixels = "device", .batch = 128,
@@ -262,12 +248,12 @@ static int parse(int argc, char **argv, bench_args *a)
         else if (!strcmp(f, "--gemm-plan")) a->gemm_plan = v;
         /* the caps are the training config's (batch_size, lora_r); steps and warmup size
          * the per-step timing arrays */
-        else if (!strcmp(f, "--batch")) bad = parse_int_flag(f, v, 2, 1000000000, &a->batch);
-        else if (!strcmp(f, "--chunk")) bad = parse_int_flag(f, v, 1, 1000000000, &a->chunk);
-        else if (!strcmp(f, "--steps")) bad = parse_int_flag(f, v, 1, 1000000, &a->steps);
-        else if (!strcmp(f, "--warmup")) bad = parse_int_flag(f, v, 0, 1000000, &a->warmup);
+        else if (!strcmp(f, "--batch")) bad = gc_cli_parse_int(f, v, 2, 1000000000, &a->batch);
+        else if (!strcmp(f, "--chunk")) bad = gc_cli_parse_int(f, v, 1, 1000000000, &a->chunk);
+        else if (!strcmp(f, "--steps")) bad = gc_cli_parse_int(f, v, 1, 1000000, &a->steps);
+        else if (!strcmp(f, "--warmup")) bad = gc_cli_parse_int(f, v, 0, 1000000, &a->warmup);
         else if (!strcmp(f, "--lora")) {
-            bad = parse_int_flag(f, v, 0, 4096, &lora);
+            bad = gc_cli_parse_int(f, v, 0, 4096, &lora);
             a->lora = (int)lora; /* in range: no truncation */
         } else return gc_cli_fail("bench: unknown option '%s'", f);
         if (bad) return 1;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,14 +57,15 @@ typedef struct grad_args {
     bool temperature_set; /* so a CLIP model, which learns its own, can refuse it */
 } grad_args;
 
-static int parse_i64(const char *flag, const char *v, int64_t *out)
+int gc_cli_parse_int(const char *flag, const char *v, int64_t lo, int64_t hi, int64_t *out)
 {
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 10);
-    if (!*v || *end) return gc_cli_fail("%s: '%s' is not an integer", flag, v);
+    if (!*v || *end) return gc_cli_fail("%s '%s': expected an integer", flag, v);
     /* strtoll clamps: a silently different value is worse than an error */
-    if (errno == ERANGE) return gc_cli_fail("%s: '%s' is out of range", flag, v);
+    if (errno == ERANGE) return gc_cli_fail("%s '%s': out of range", flag, v);
+    if (x < lo || x > hi) return gc_cli_fail("%s %s: outside [%lld, %lld]", flag, v, (long long)lo, (long long)hi);
     *out = x;
     return 0;
 }
@@ -95,15 +97,10 @@ static int parse_grad_args(int argc, char **argv, grad_args *a)
         } else if (!strcmp(f, "--chunk") || !strcmp(f, "--seed")) {
             if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
             int64_t v = 0;
-            if (parse_i64(f, argv[++i], &v)) return 1;
-            if (!strcmp(f, "--chunk")) {
-                if (v <= 0) return gc_cli_fail("--chunk %lld: the chunk size must be positive", (long long)v);
-                a->chunk = v;
-            } else {
-                /* as the training config's seed: a negative one would wrap to 2^64 - |v| */
-                if (v < 0) return gc_cli_fail("--seed %lld: the seed must be >= 0", (long long)v);
-                a->seed = (uint64_t)v;
-            }
+            /* a chunk is positive; a seed is >= 0 as the training config's (a negative one would wrap) */
+            if (gc_cli_parse_int(f, argv[++i], strcmp(f, "--chunk") ? 0 : 1, INT64_MAX, &v)) return 1;
+            if (!strcmp(f, "--chunk")) a->chunk = v;
+            else a->seed = (uint64_t)v;
             continue;
         } else return gc_cli_fail("unknown option '%s' (see gcache --help)", f);
         if (i + 1 >= argc) return gc_cli_fail("%s needs a value", f);
