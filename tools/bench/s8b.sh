@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# session 8, second device call: dQ from the stored dS (flash backward without causality;
+# docs/bench/2026-11-29-s8-ds-path.patch over c51afcd, measured slower and not kept).
+# The flash GPU cases (each non-causal case three ways: dS, dS a batch a slice, dQ
+# recomputed) and the flash timing; then B/16 128/64, DINOv3 256/64 and B/16 4096/256 (host
+# pixels) against the tree before (.head0/, carried), alternating.
+. tools/bench/build.sh
+{
+CK_FORK=no CK_RUN_CASE=flash timeout 200 build-gpu/tests/test_gpu 2>&1 | grep -E "Checks|:F:|:E:|FAIL" | head -40
+CK_FORK=no CK_RUN_CASE=flash_bench timeout 90 build-gpu/tests/test_gpu 2>&1 | grep -E "attention|FAIL|Checks"
+} 2>&1 | tee "$OUT/flash-tests.txt"
+echo "tests done $(( $(date +%s) - t0 )) s"
+(cd .head0 && ln -sfn ../.device-debs .device-debs && meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 && ninja -C build-gpu tools/gcache >/dev/null 2>&1) || echo "before: build failed"
+echo "before built $(( $(date +%s) - t0 )) s"
+: >"$OUT/ab.jsonl"
+row() { # side label args...
+  local side=$1 label=$2; shift 2
+  local G=./build-gpu/tools/gcache; [ $side = before ] && G=.head0/build-gpu/tools/gcache
+  $G bench "$@" >/tmp/one.txt 2>&1
+  grep -v '^{' /tmp/one.txt | sed "s|^|[$side $label] |" >>"$OUT/ab.txt"
+  echo "[$side $label] $(grep -E '^ *step ' /tmp/one.txt | head -1) | $(grep -E 'peak memory' /tmp/one.txt | head -1) | $(grep -E 'pairs/s' /tmp/one.txt | head -1)"
+  grep '^{' /tmp/one.txt | sed "s|^{|{\"side\":\"$side\",\"label\":\"$label\",|" >>"$OUT/ab.jsonl"
+}
+for round in 1 2; do
+  for side in before after; do
+    row $side "b16-128/64 r$round" --model clip-vit-b16 --batch 128 --chunk 64
+    row $side "dinov3-256/64 r$round" --model dinov3-vit-b16 --batch 256 --chunk 64
+  done
+done
+for side in before after; do
+  row $side "b16-4096/256 host" --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1 --pixels host
+done
+echo "all took $(( $(date +%s) - t0 )) s"
