@@ -15,7 +15,7 @@ prof() { # name, bench args...
   else
     timeout 150 ncu --clock-control none --metrics gpu__time_duration.sum --csv $G bench "$@" >"$OUT/$n.csv" 2>"$OUT/$n.log"
   fi
-  python3 .bench/ncu_agg.py "$OUT/$n.csv" >"$OUT/$n-sum.txt" 2>&1; head -40 "$OUT/$n-sum.txt"
+  python3 tools/bench/ncu_agg.py "$OUT/$n.csv" >"$OUT/$n-sum.txt" 2>&1; head -40 "$OUT/$n-sum.txt"
   gzip -f "$OUT/$n.csv"
 }
 prof dino --model dinov3-vit-b16 --batch 256 --chunk 64 --steps 1 --warmup 1

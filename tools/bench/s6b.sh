@@ -19,7 +19,7 @@ print(collections.Counter(b[2] for b in busy).most_common(5))
 PY
 echo "benches done $(( $(date +%s) - t0 )) s"
 timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum --csv $G bench --model dinov3-vit-b16 --batch 128 --chunk 64 --steps 1 --warmup 0 >"$OUT/dino.csv" 2>"$OUT/dino.log"
-python3 .bench/ncu_agg.py "$OUT/dino.csv" >"$OUT/dino-sum.txt" 2>&1; head -42 "$OUT/dino-sum.txt"; gzip -f "$OUT/dino.csv"
+python3 tools/bench/ncu_agg.py "$OUT/dino.csv" >"$OUT/dino-sum.txt" 2>&1; head -42 "$OUT/dino-sum.txt"; gzip -f "$OUT/dino.csv"
 echo "dino profile done $(( $(date +%s) - t0 )) s"
 CK_FORK=no CK_RUN_CASE=flash_bench timeout 150 ncu --clock-control none --kernel-name regex:flash_ --launch-count 3 \
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \

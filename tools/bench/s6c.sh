@@ -10,7 +10,7 @@ meson setup build-gpu3 -Dcuda=enabled -Dcuda_args=-DGC_FA_MIN_BLOCKS=3 >/dev/nul
 CK_FORK=no CK_RUN_CASE=flash timeout 100 build-gpu3/tests/test_gpu 2>&1 | tail -2 | sed 's/^/[3 blocks] /'
 echo "variant done $(( $(date +%s) - t0 )) s"
 timeout 200 ncu --clock-control none --metrics gpu__time_duration.sum --csv $G bench --model dinov3-vit-b16 --batch 128 --chunk 64 --steps 1 --warmup 0 >"$OUT/dino.csv" 2>"$OUT/dino.log"
-python3 .bench/ncu_agg.py "$OUT/dino.csv" >"$OUT/dino-sum.txt" 2>&1; head -30 "$OUT/dino-sum.txt"; gzip -f "$OUT/dino.csv"
+python3 tools/bench/ncu_agg.py "$OUT/dino.csv" >"$OUT/dino-sum.txt" 2>&1; head -30 "$OUT/dino-sum.txt"; gzip -f "$OUT/dino.csv"
 echo "profile done $(( $(date +%s) - t0 )) s"
 for row in "dinov3-vit-b16 --batch 256 --chunk 64 --steps 5 --warmup 2" "clip-vit-b32 --batch 4096 --chunk 256 --steps 3 --warmup 1" \
            "clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1"; do
