@@ -490,8 +490,11 @@ START_TEST(test_csv_manifest)
         {"filepath\ttitle\n", "no samples"},
         {"", "empty manifest"},
         {"filepath\ttitle\nx.png\t\"q\"x\n", ":2: unexpected character"},
+        /* which of two columns of one name is meant cannot be told */
+        {"filepath\ttitle\tfilepath\nx.png\ty\tz.png\n", ":1: column \"filepath\" appears twice in the header (fields 1 and 3)"},
+        {"title\tfilepath\ttitle\ny\tx.png\tw\n", ":1: column \"title\" appears twice in the header (fields 1 and 3)"},
     };
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 9; i++) {
         write_file(path, bad[i][0], strlen(bad[i][0]));
         gc_error_clear();
         ck_assert_ptr_null(gc_dataset_open_csv(path, '\t', "filepath", "title"));
@@ -505,6 +508,13 @@ START_TEST(test_csv_manifest)
     gc_error_clear();
     ck_assert_ptr_null(gc_dataset_open_csv(path, '\t', "filepath", "title"));
     ck_assert_msg(strstr(gc_error_message(), ":2: a NUL byte"), "%s", gc_error_message());
+    /* one column for both the image and the caption is a configuration mistake */
+    static const char good[] = "filepath\ttitle\nx.png\ty\n";
+    write_file(path, good, sizeof good - 1);
+    gc_error_clear();
+    ck_assert_ptr_null(gc_dataset_open_csv(path, '\t', "filepath", "filepath"));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_INVALID);
+    ck_assert_msg(strstr(gc_error_message(), "both \"filepath\""), "%s", gc_error_message());
     gc_error_clear();
     ck_assert_ptr_null(gc_dataset_open_csv("/nonexistent/m.csv", ',', "filepath", "title"));
     ck_assert_int_eq(gc_error_code(), GC_ERR_IO);

@@ -366,6 +366,11 @@ gc_dataset *gc_dataset_open_csv(const char *path, char sep, const char *img_key,
         gc_error_set(GC_ERR_OOM, "%s: out of memory", path);
         goto fail;
     }
+    if (!strcmp(img_key, caption_key)) {
+        gc_error_set(GC_ERR_INVALID, "%s: the image and the caption column are both \"%s\" (csv_img_key, csv_caption_key)", path,
+                     img_key);
+        goto fail;
+    }
     const char *nul = memchr(t, 0, n); /* a text manifest has none; a caption would end there, silently */
     if (nul) {
         int64_t nl = 1;
@@ -395,8 +400,17 @@ gc_dataset *gc_dataset_open_csv(const char *path, char sep, const char *img_key,
     ncols = r.n;
     for (int c = 0; c < r.n; c++) {
         const char *f = r.buf + r.start[c];
-        if (r.len[c] == strlen(img_key) && memcmp(f, img_key, r.len[c]) == 0 && img_col < 0) img_col = c;
-        if (r.len[c] == strlen(caption_key) && memcmp(f, caption_key, r.len[c]) == 0 && cap_col < 0) cap_col = c;
+        const char *const keys[2] = {img_key, caption_key};
+        int *const cols[2] = {&img_col, &cap_col};
+        for (int k = 0; k < 2; k++) {
+            if (r.len[c] != strlen(keys[k]) || memcmp(f, keys[k], r.len[c]) != 0) continue;
+            if (*cols[k] >= 0 && *cols[k] != c) { /* which of them is meant cannot be told */
+                gc_error_set(GC_ERR_FORMAT, "%s:%lld: column \"%s\" appears twice in the header (fields %d and %d)", path,
+                             (long long)rec_line, keys[k], *cols[k] + 1, c + 1);
+                goto fail;
+            }
+            *cols[k] = c;
+        }
     }
     if (img_col < 0 || cap_col < 0) {
         char cols[512] = "";
