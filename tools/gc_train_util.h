@@ -86,6 +86,11 @@ gc_status gc_checkpoint_load_weights(const char *ck, const gc_train_config *c, g
 gc_loader_opts gc_train_loader_opts(const gc_train_config *c, int S, gc_loader_pos start);
 /* An evaluation's: n samples once, in order, batches of at most batch_size, the last kept. */
 gc_loader_opts gc_eval_loader_opts(const gc_train_config *c, int S, int64_t n);
+/* The training loader's next batch, or *b NULL where the run's data ends: the loader ran
+ * out, or a run of `epochs` (no max_steps) reached its last epoch's end. Unreadable images
+ * can leave an epoch a batch short of the steps planned from the data's size; the run
+ * then ends with its last epoch's data instead of a batch of the next. */
+gc_status gc_train_next_batch(gc_loader *l, const gc_train_config *c, const gc_batch **b);
 /* The step is one to evaluate / save at: every `every` steps (> 0) but the last, which
  * always does both. */
 bool gc_train_due(int64_t step, int64_t every, int64_t total_steps);

@@ -646,11 +646,8 @@ static gc_status train(ptrainer *t, const char *resume)
     gc_train_log_start(&t->log, t->step, t->total_steps, c->log_every);
     while (t->step < t->total_steps) {
         const gc_batch *b;
-        GC_TRY(gc_loader_next(t->loader, &b));
+        GC_TRY(gc_train_next_batch(t->loader, c, &b));
         if (!b) break;
-        /* a run of `epochs` ends with its last epoch's data: unreadable images can leave an
-         * epoch a batch short of the steps planned from the data's size */
-        if (c->max_steps <= 0 && b->pos.epoch >= c->epochs) break;
         gc_pool *p = gc_pool_push();
         /* read where they lie: the loader's buffers, pinned on cuda, so that each chunk's
          * upload is asynchronous; gc_loader_next syncs before it lets them be refilled */

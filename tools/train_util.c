@@ -390,6 +390,13 @@ gc_loader_opts gc_eval_loader_opts(const gc_train_config *c, int S, int64_t n)
     return lo;
 }
 
+gc_status gc_train_next_batch(gc_loader *l, const gc_train_config *c, const gc_batch **b)
+{
+    GC_TRY(gc_loader_next(l, b));
+    if (*b && c->max_steps <= 0 && (*b)->pos.epoch >= c->epochs) *b = NULL;
+    return GC_OK;
+}
+
 bool gc_train_due(int64_t step, int64_t every, int64_t total_steps)
 {
     return every > 0 && step % every == 0 && step != total_steps;
