@@ -126,4 +126,6 @@ expect_fail "LoRA targets empty" "lora_target_modules: no modules given" "$gcach
 printf 'filepath\ttitle\nimages/000000.png\ta red circle\nimages/000001.png\t\xc3\n' >"$tmp/data/train/badutf8.tsv"
 expect_fail "caption not UTF-8" "badutf8.tsv:3: the caption is not valid UTF-8: byte 0 is 0xC3" \
   "$gcache" train base.yaml synthetic_train=0 train_data="$tmp/data/train/badutf8.tsv" batch_size=2 gradient_cache_chunk_size=1 output_dir="$tmp/o4"
+expect_fail "one column for image and caption" "csv_img_key and csv_caption_key are both 'filepath'" \
+  "$gcache" train base.yaml csv_caption_key=filepath output_dir="$tmp/o5"
 exit $fail

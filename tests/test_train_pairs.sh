@@ -145,6 +145,8 @@ expect_fail "pairs from WebDataset" "pair_format pairs reads a CSV/TSV manifest"
   "$gcache" train base.yaml data_format=webdataset synthetic_train=0 synthetic_val=0 train_data="$tmp/x.tar" output_dir="$tmp/e4"
 expect_fail "missing label column" 'no column "class_id" in the header' \
   "$gcache" train base.yaml "${lab[@]}" csv_label_key=class_id synthetic_train=0 output_dir="$tmp/e5"
+expect_fail "one column for image and label" "csv_img_key and csv_label_key are both 'filepath'" \
+  "$gcache" train base.yaml "${lab[@]}" csv_label_key=filepath synthetic_train=0 output_dir="$tmp/e10"
 expect_fail "batch larger than the data" "96 pairs, fewer than batch_size 128" \
   "$gcache" train base.yaml batch_size=128 output_dir="$tmp/e6"
 expect_fail "LoRA target of CLIP" "lora_target_modules: 'out_proj' is not a DINOv3 module" \

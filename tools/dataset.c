@@ -367,8 +367,7 @@ gc_dataset *gc_dataset_open_csv(const char *path, char sep, const char *img_key,
         goto fail;
     }
     if (!strcmp(img_key, caption_key)) {
-        gc_error_set(GC_ERR_INVALID, "%s: the image and the caption column are both \"%s\" (csv_img_key, csv_caption_key)", path,
-                     img_key);
+        gc_error_set(GC_ERR_INVALID, "%s: the image column and the other column asked for are both \"%s\"", path, img_key);
         goto fail;
     }
     const char *nul = memchr(t, 0, n); /* a text manifest has none; a caption would end there, silently */

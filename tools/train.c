@@ -45,6 +45,11 @@ typedef struct trainer {
 static gc_dataset *open_data(const gc_train_config *c, const char *spec)
 {
     if (!strcmp(c->data_format, "webdataset")) return gc_dataset_open_tar(spec);
+    if (!strcmp(c->csv_img_key, c->csv_caption_key)) {
+        gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_caption_key are both '%s': the image and the caption "
+                     "need a column each", spec, c->csv_img_key);
+        return NULL;
+    }
     return gc_dataset_open_csv(spec, c->csv_separator[0], c->csv_img_key, c->csv_caption_key);
 }
 

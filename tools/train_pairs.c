@@ -165,6 +165,9 @@ static gc_status pair_config_check(const gc_train_config *c, const char *where)
     if (strcmp(c->pair_format, "labels") && !strcmp(c->csv_img_key, c->csv_img_b_key))
         return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_img_b_key are both '%s': a pair needs two image "
                             "columns", where, c->csv_img_key);
+    if (!strcmp(c->pair_format, "labels") && strcmp(c->data_format, "webdataset") && !strcmp(c->csv_img_key, c->csv_label_key))
+        return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_label_key are both '%s': the image and the label "
+                            "need a column each", where, c->csv_img_key);
     return GC_OK;
 }
 
