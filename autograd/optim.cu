@@ -7,11 +7,13 @@
 //   3. adamw: one block per chunk updates p, m, v and writes the bf16 compute copy.
 #include "../runtime/gc_cuda.h"
 #include "gc_optim_cuda.h"
+#include "../runtime/gc_launch.cuh"
 
 #include <cuda_bf16.h>
 
 __global__ void sumsq_chunks(const gc_adam_tensor *ts, const gc_adam_chunk *cs, float *partial)
 {
+    GC_PDL_WAIT();
     __shared__ float part[32];
     const gc_adam_chunk c = cs[blockIdx.x];
     const gc_adam_tensor t = ts[c.t];
@@ -30,6 +32,7 @@ __global__ void sumsq_chunks(const gc_adam_tensor *ts, const gc_adam_chunk *cs, 
 
 __global__ void norm_finalize(const float *partial, int n, float max_norm, float *norm, float *coef)
 {
+    GC_PDL_WAIT();
     __shared__ double part[32];
     double s = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
@@ -48,6 +51,7 @@ __global__ void norm_finalize(const float *partial, int n, float max_norm, float
 __global__ void adamw_chunks(const gc_adam_tensor *ts, const gc_adam_chunk *cs, float lr, float b1, float b2, float eps,
                              float wd, float bc1, float bc2, const float *coef)
 {
+    GC_PDL_WAIT();
     const gc_adam_chunk c = cs[blockIdx.x];
     const gc_adam_tensor t = ts[c.t];
     const float k = *coef;
@@ -70,11 +74,11 @@ extern "C" gc_status gc_cuda_adamw_multi(const gc_adam_tensor *ts, const gc_adam
 {
     if (n_chunks == 0) return GC_OK;
     cudaStream_t s = gc_cuda_stream();
-    sumsq_chunks<<<n_chunks, 256, 0, s>>>(ts, cs, partial);
+    gc_launch(sumsq_chunks, n_chunks, 256, 0, s, ts, cs, partial);
     GC_CUDA_LAUNCH_CHECK();
-    norm_finalize<<<1, 1024, 0, s>>>(partial, n_chunks, max_norm, norm, coef);
+    gc_launch(norm_finalize, 1, 1024, 0, s, partial, n_chunks, max_norm, norm, coef);
     GC_CUDA_LAUNCH_CHECK();
-    adamw_chunks<<<n_chunks, 256, 0, s>>>(ts, cs, lr, b1, b2, eps, wd, bc1, bc2, coef);
+    gc_launch(adamw_chunks, n_chunks, 256, 0, s, ts, cs, lr, b1, b2, eps, wd, bc1, bc2, coef);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }

@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "../runtime/gc_cuda.h"
+#include "../runtime/gc_launch.cuh"
 
 static __device__ float warp_max(float v)
 {
@@ -17,6 +18,7 @@ static __device__ float warp_sum(float v)
 // one warp per row: log-sum-exp and the diagonal
 __global__ void infonce_rows(const float *L, int64_t bt, int64_t B, int64_t r0, float *row_lse, float *diag)
 {
+    GC_PDL_WAIT();
     int64_t t = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (t >= bt) return;
@@ -36,6 +38,7 @@ __global__ void infonce_rows(const float *L, int64_t bt, int64_t B, int64_t r0, 
 // one thread per column: the block's max and sum, merged into the running ones
 __global__ void infonce_cols(const float *L, int64_t bt, int64_t B, float *col_m, float *col_s, bool first)
 {
+    GC_PDL_WAIT();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= B) return;
     float m = -INFINITY;
@@ -55,6 +58,7 @@ __global__ void infonce_cols(const float *L, int64_t bt, int64_t B, float *col_m
 __global__ void infonce_finalize(const float *row_lse, const float *diag, const float *col_m, const float *col_s,
                                  int64_t B, float *loss)
 {
+    GC_PDL_WAIT();
     __shared__ float part[32];
     float acc = 0.0f;
     for (int64_t i = threadIdx.x; i < B; i += blockDim.x)
@@ -73,6 +77,7 @@ __global__ void infonce_finalize(const float *row_lse, const float *diag, const 
 __global__ void infonce_grad(float *L, int64_t B, int64_t r0, const float *row_lse, const float *col_m,
                              const float *col_s, const float *s, const float *gy, float *dls_part)
 {
+    GC_PDL_WAIT();
     __shared__ float part[32];
     int64_t t = blockIdx.x;
     float *r = L + t * B;
@@ -98,9 +103,9 @@ extern "C" gc_status gc_cuda_infonce_stats(const float *L, int64_t bt, int64_t B
                                            float *diag, float *col_m, float *col_s, bool first)
 {
     cudaStream_t st = gc_cuda_stream();
-    infonce_rows<<<(unsigned)((bt + 7) / 8), 256, 0, st>>>(L, bt, B, r0, row_lse, diag);
+    gc_launch(infonce_rows, (unsigned)((bt + 7) / 8), 256, 0, st, L, bt, B, r0, row_lse, diag);
     GC_CUDA_LAUNCH_CHECK();
-    infonce_cols<<<(unsigned)((B + 255) / 256), 256, 0, st>>>(L, bt, B, col_m, col_s, first);
+    gc_launch(infonce_cols, (unsigned)((B + 255) / 256), 256, 0, st, L, bt, B, col_m, col_s, first);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -108,7 +113,7 @@ extern "C" gc_status gc_cuda_infonce_stats(const float *L, int64_t bt, int64_t B
 extern "C" gc_status gc_cuda_infonce_finalize(const float *row_lse, const float *diag, const float *col_m,
                                               const float *col_s, int64_t B, float *loss)
 {
-    infonce_finalize<<<1, 1024, 0, gc_cuda_stream()>>>(row_lse, diag, col_m, col_s, B, loss);
+    gc_launch(infonce_finalize, 1, 1024, 0, gc_cuda_stream(), row_lse, diag, col_m, col_s, B, loss);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -117,7 +122,7 @@ extern "C" gc_status gc_cuda_infonce_grad(float *L, int64_t bt, int64_t B, int64
                                           const float *col_m, const float *col_s, const float *s, const float *gy,
                                           float *dls_part)
 {
-    infonce_grad<<<(unsigned)bt, 256, 0, gc_cuda_stream()>>>(L, B, r0, row_lse, col_m, col_s, s, gy, dls_part);
+    gc_launch(infonce_grad, (unsigned)bt, 256, 0, gc_cuda_stream(), L, B, r0, row_lse, col_m, col_s, s, gy, dls_part);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }

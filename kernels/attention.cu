@@ -82,6 +82,7 @@ __device__ __forceinline__ int64_t row_visible(const RowArgs &a, int64_t i)
 template <typename T, int NPER>
 __global__ void __launch_bounds__(256) attn_rows_fwd_kernel(const float *S, const float *mask, T *P, T *Pd, RowArgs a)
 {
+    GC_PDL_WAIT();
     const int lane = threadIdx.x & 31;
     const int64_t step = (int64_t)gridDim.x * kRowsPerBlock;
     for (int64_t r = (int64_t)blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5); r < a.rows; r += step) { // warp-uniform
@@ -156,6 +157,7 @@ __global__ void __launch_bounds__(256) attn_rows_fwd_kernel(const float *S, cons
 template <typename T, int NPER>
 __global__ void __launch_bounds__(256) attn_rows_bwd_kernel(const T *P, const float *dPd, T *dS, T *Pd, RowArgs a)
 {
+    GC_PDL_WAIT();
     const int lane = threadIdx.x & 31;
     const bool drop = a.p > 0.f;
     const int64_t step = (int64_t)gridDim.x * kRowsPerBlock;
@@ -222,11 +224,11 @@ template <typename T> gc_status launch_fwd(const float *S, const float *mask, T 
     const unsigned grid = grid_for(a);
     cudaStream_t s = gc_cuda_stream();
     switch (nper_for(a.Lk)) {
-    case 1: attn_rows_fwd_kernel<T, 1><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
-    case 2: attn_rows_fwd_kernel<T, 2><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
-    case 4: attn_rows_fwd_kernel<T, 4><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
-    case 8: attn_rows_fwd_kernel<T, 8><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
-    default: attn_rows_fwd_kernel<T, 0><<<grid, 256, 0, s>>>(S, mask, P, Pd, a); break;
+    case 1: gc_launch(attn_rows_fwd_kernel<T, 1>, grid, 256, 0, s, S, mask, P, Pd, a); break;
+    case 2: gc_launch(attn_rows_fwd_kernel<T, 2>, grid, 256, 0, s, S, mask, P, Pd, a); break;
+    case 4: gc_launch(attn_rows_fwd_kernel<T, 4>, grid, 256, 0, s, S, mask, P, Pd, a); break;
+    case 8: gc_launch(attn_rows_fwd_kernel<T, 8>, grid, 256, 0, s, S, mask, P, Pd, a); break;
+    default: gc_launch(attn_rows_fwd_kernel<T, 0>, grid, 256, 0, s, S, mask, P, Pd, a); break;
     }
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
@@ -237,11 +239,11 @@ template <typename T> gc_status launch_bwd(const T *P, const float *dP, T *dS, T
     const unsigned grid = grid_for(a);
     cudaStream_t s = gc_cuda_stream();
     switch (nper_for(a.Lk)) {
-    case 1: attn_rows_bwd_kernel<T, 1><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
-    case 2: attn_rows_bwd_kernel<T, 2><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
-    case 4: attn_rows_bwd_kernel<T, 4><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
-    case 8: attn_rows_bwd_kernel<T, 8><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
-    default: attn_rows_bwd_kernel<T, 0><<<grid, 256, 0, s>>>(P, dP, dS, Pd, a); break;
+    case 1: gc_launch(attn_rows_bwd_kernel<T, 1>, grid, 256, 0, s, P, dP, dS, Pd, a); break;
+    case 2: gc_launch(attn_rows_bwd_kernel<T, 2>, grid, 256, 0, s, P, dP, dS, Pd, a); break;
+    case 4: gc_launch(attn_rows_bwd_kernel<T, 4>, grid, 256, 0, s, P, dP, dS, Pd, a); break;
+    case 8: gc_launch(attn_rows_bwd_kernel<T, 8>, grid, 256, 0, s, P, dP, dS, Pd, a); break;
+    default: gc_launch(attn_rows_bwd_kernel<T, 0>, grid, 256, 0, s, P, dP, dS, Pd, a); break;
     }
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;

@@ -22,6 +22,7 @@ template <typename X, typename Y>
 __global__ void dropout_kernel(Y *__restrict__ y, const X *__restrict__ x, uint64_t seed, uint32_t step, uint32_t op,
                                int64_t sample_offset, int64_t rows, int64_t per_sample, double p, float scale, bool acc)
 {
+    GC_PDL_WAIT();
     const int64_t groups = (per_sample + 3) / 4, total = rows * groups;
     const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     for (int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; q < total; q += (int64_t)gridDim.x * blockDim.x) {
@@ -54,7 +55,7 @@ gc_status dropout_launch(gc_tensor *y, const gc_tensor *x, uint64_t seed, uint32
         using X = typename decltype(tx)::type;
         return with_type(y->dtype, "dropout", [&](auto ty) {
             using Y = typename decltype(ty)::type;
-            dropout_kernel<X, Y><<<(unsigned)blocks, kThreads, 0, gc_cuda_stream()>>>(
+            gc_launch(dropout_kernel<X, Y>, (unsigned)blocks, kThreads, 0, gc_cuda_stream(), 
                 (Y *)gc_tensor_data(y), (const X *)gc_tensor_data(x), seed, step, op, sample_offset, rows, per_sample, p, scale,
                 acc);
             GC_CUDA_LAUNCH_CHECK();

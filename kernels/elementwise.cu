@@ -76,6 +76,7 @@ template <typename T, bool MUL, bool CONTIG>
 __global__ void binary_fwd_kernel(T *__restrict__ y, const T *__restrict__ a, const T *__restrict__ b, Geom2 g, int64_t n,
                                   float alpha)
 {
+    GC_PDL_WAIT();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t oa = i, ob = i;
         if (!CONTIG) offsets2(g, i, oa, ob);
@@ -105,6 +106,7 @@ template <typename T, bool MUL>
 __global__ void binary_fwd_vec_kernel(T *__restrict__ y, const T *__restrict__ a, const T *__restrict__ b, int64_t nv,
                                       int64_t n, int64_t pa, int64_t pb, float alpha)
 {
+    GC_PDL_WAIT();
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     for (int64_t v = t; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
         const int64_t i = v * kVec;
@@ -165,11 +167,11 @@ gc_status binary_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int n
         auto period_ok = [&](int64_t p) { return p == n || (p != 0 && p % kVec == 0); };
         if (pa && period_ok(pa) && period_ok(pb) && aligned16(yp) && aligned16(ap) && aligned16(bp)) {
             const int64_t nv = n / kVec;
-            binary_fwd_vec_kernel<T, MUL><<<grid_vec(nv), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, nv, n, pa, pb, alpha);
+            gc_launch(binary_fwd_vec_kernel<T, MUL>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), yp, ap, bp, nv, n, pa, pb, alpha);
         } else if (contig)
-            binary_fwd_kernel<T, MUL, true><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, g, n, alpha);
+            gc_launch(binary_fwd_kernel<T, MUL, true>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, ap, bp, g, n, alpha);
         else
-            binary_fwd_kernel<T, MUL, false><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, ap, bp, g, n, alpha);
+            gc_launch(binary_fwd_kernel<T, MUL, false>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, ap, bp, g, n, alpha);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });
@@ -227,6 +229,7 @@ template <typename T, typename G, bool HAS_O>
 __global__ void bcast_grad_map_kernel(G *__restrict__ g, const T *__restrict__ gy, const T *__restrict__ o, GeomR geo,
                                       int64_t nt, float scale, bool acc)
 {
+    GC_PDL_WAIT();
     for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < nt; t += (int64_t)gridDim.x * blockDim.x) {
         int64_t oy, oo;
         offsets_k(geo, t, oy, oo);
@@ -241,6 +244,7 @@ __global__ void bcast_grad_rows_kernel(G *__restrict__ g, float *__restrict__ pa
                                        const T *__restrict__ o, GeomR geo, int64_t nt, int64_t R, int64_t rpc, float scale,
                                        bool acc)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kThreads];
     const int64_t t = blockIdx.x, chunk = blockIdx.y;
     int64_t ky, ko;
@@ -271,6 +275,7 @@ __global__ void bcast_grad_cols_kernel(G *__restrict__ g, float *__restrict__ pa
                                        const T *__restrict__ o, GeomR geo, int64_t nt, int64_t R, int64_t rpc, float scale,
                                        bool acc)
 {
+    GC_PDL_WAIT();
     __shared__ float red[8][33];
     const int64_t t = (int64_t)blockIdx.x * 32 + threadIdx.x, chunk = blockIdx.y;
     const int64_t r0 = chunk * rpc, r1 = r0 + rpc < R ? r0 + rpc : R;
@@ -301,6 +306,7 @@ template <typename G>
 __global__ void bcast_grad_finish_kernel(G *__restrict__ g, const float *__restrict__ part, int64_t nt, int64_t chunks,
                                          float scale, bool acc)
 {
+    GC_PDL_WAIT();
     const int64_t t = (int64_t)blockIdx.x * 32 + threadIdx.x;
     const float v = col_partials_sum(part, chunks, nt, t);
     if (threadIdx.y == 0 && t < nt) store_grad(g, t, scale * v, acc);
@@ -308,7 +314,7 @@ __global__ void bcast_grad_finish_kernel(G *__restrict__ g, const float *__restr
 
 template <typename G> void finish_grad(G *g, const float *part, int64_t nt, int64_t chunks, float scale, bool acc)
 {
-    bcast_grad_finish_kernel<G><<<(unsigned)((nt + 31) / 32), dim3(32, 16), 0, gc_cuda_stream()>>>(g, part, nt, chunks,
+    gc_launch(bcast_grad_finish_kernel<G>, (unsigned)((nt + 31) / 32), dim3(32, 16), 0, gc_cuda_stream(), g, part, nt, chunks,
                                                                                                   scale, acc);
 }
 
@@ -337,7 +343,7 @@ gc_status bcast_grad(gc_tensor *gt, const gc_tensor *gyt, const gc_tensor *ot, c
     const T *gy = (const T *)gc_tensor_data(gyt);
     const T *o = HAS_O ? (const T *)gc_tensor_data(ot) : nullptr;
     if (R == 1) {
-        bcast_grad_map_kernel<T, G, HAS_O><<<grid_for(nt), kThreads, 0, st>>>(g, gy, o, geo, nt, scale, acc);
+        gc_launch(bcast_grad_map_kernel<T, G, HAS_O>, grid_for(nt), kThreads, 0, st, g, gy, o, geo, nt, scale, acc);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     }
@@ -360,10 +366,10 @@ gc_status bcast_grad(gc_tensor *gt, const gc_tensor *gyt, const gc_tensor *ot, c
         return gc_error_set(GC_ERR_SHAPE, "broadcast gradient: %lld targets is too many", (long long)nt);
     }
     if (rows)
-        bcast_grad_rows_kernel<T, G, HAS_O><<<dim3((unsigned)nt, (unsigned)chunks), kThreads, 0, st>>>(g, pp, gy, o, geo, nt,
+        gc_launch(bcast_grad_rows_kernel<T, G, HAS_O>, dim3((unsigned)nt, (unsigned)chunks), kThreads, 0, st, g, pp, gy, o, geo, nt,
                                                                                                        R, rpc, scale, acc);
     else
-        bcast_grad_cols_kernel<T, G, HAS_O><<<dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, st>>>(
+        gc_launch(bcast_grad_cols_kernel<T, G, HAS_O>, dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, st, 
             g, pp, gy, o, geo, nt, R, rpc, scale, acc);
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess && part) {
@@ -384,6 +390,7 @@ template <typename T, int V>
 __global__ void add_scaled_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, const T *__restrict__ a,
                                       const T *__restrict__ s, int64_t nv, int64_t D)
 {
+    GC_PDL_WAIT();
     for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
         const int64_t i = v * V;
         float fx[V], fa[V], fs[V];
@@ -404,6 +411,7 @@ template <typename T, typename G, int V>
 __global__ void add_scaled_bwd_kernel(G *__restrict__ ga, bool acc, float *__restrict__ part, const T *__restrict__ gy,
                                       const T *__restrict__ a, const T *__restrict__ s, int64_t R, int64_t D, int64_t rpc)
 {
+    GC_PDL_WAIT();
     __shared__ float red[8][32 * V + 1];
     const int64_t c = ((int64_t)blockIdx.x * 32 + threadIdx.x) * V, chunk = blockIdx.y;
     const int64_t r0 = chunk * rpc, r1 = r0 + rpc < R ? r0 + rpc : R;
@@ -448,9 +456,9 @@ template <typename T> gc_status add_scaled_fwd(gc_tensor *y, const gc_tensor *x,
     T *py = (T *)gc_tensor_data(y);
     const T *px = (const T *)gc_tensor_data(x), *pa = (const T *)gc_tensor_data(a), *ps = (const T *)gc_tensor_data(s);
     if (D % kVec == 0 && aligned16(py) && aligned16(px) && aligned16(pa) && aligned16(ps))
-        add_scaled_fwd_kernel<T, kVec><<<grid_vec(n / kVec), kThreads, 0, gc_cuda_stream()>>>(py, px, pa, ps, n / kVec, D);
+        gc_launch(add_scaled_fwd_kernel<T, kVec>, grid_vec(n / kVec), kThreads, 0, gc_cuda_stream(), py, px, pa, ps, n / kVec, D);
     else
-        add_scaled_fwd_kernel<T, 1><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(py, px, pa, ps, n, D);
+        gc_launch(add_scaled_fwd_kernel<T, 1>, grid_for(n), kThreads, 0, gc_cuda_stream(), py, px, pa, ps, n, D);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -460,7 +468,7 @@ gc_status add_scaled_bwd_launch(G *ga, bool acc, float *part, const T *gy, const
                                 int64_t rpc, int64_t chunks)
 {
     const int64_t col_blocks = (D / V + 31) / 32;
-    add_scaled_bwd_kernel<T, G, V><<<dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, gc_cuda_stream()>>>(
+    gc_launch(add_scaled_bwd_kernel<T, G, V>, dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, gc_cuda_stream(), 
         ga, acc, part, gy, a, s, R, D, rpc);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
@@ -575,6 +583,7 @@ template <typename T> constexpr bool fast_math_for = std::is_same<T, __nv_bfloat
 template <typename T, int OP, int ACT>
 __global__ void unary_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t n, float s)
 {
+    GC_PDL_WAIT();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         y[i] = from_f<T>(unary_f<OP, ACT, fast_math_for<T>>(to_f(x[i]), s));
 }
@@ -584,6 +593,7 @@ __global__ void unary_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int
 template <typename T, int OP, int ACT>
 __global__ void unary_fwd_vec_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t nv, int64_t n, float s)
 {
+    GC_PDL_WAIT();
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     for (int64_t v = t; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
         float f[kVec];
@@ -601,6 +611,7 @@ template <typename T, typename G, int OP, int ACT>
 __global__ void unary_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ saved, int64_t n, float s,
                                  bool acc)
 {
+    GC_PDL_WAIT();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float v = unary_df<OP, ACT, fast_math_for<T>>(to_f(gy[i]), OP == U_SCALE ? 0.0f : to_f(saved[i]), s);
         if (acc) v += to_f(gx[i]);
@@ -613,6 +624,7 @@ template <typename T, typename G, int OP, int ACT>
 __global__ void unary_bwd_vec_kernel(G *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ saved, int64_t nv,
                                      int64_t n, float s, bool acc)
 {
+    GC_PDL_WAIT();
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     for (int64_t v = t; v < nv; v += (int64_t)gridDim.x * blockDim.x) {
         float g[kVec], x[kVec] = {};
@@ -660,9 +672,9 @@ template <int OP> gc_status unary_fwd(gc_tensor *y, const gc_tensor *x, float s,
             auto *xp = (const T *)gc_tensor_data(x);
             if (aligned16(yp) && aligned16(xp)) {
                 const int64_t nv = n / kVec;
-                unary_fwd_vec_kernel<T, OP, ACT><<<grid_vec(nv), kThreads, 0, gc_cuda_stream()>>>(yp, xp, nv, n, s);
+                gc_launch(unary_fwd_vec_kernel<T, OP, ACT>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), yp, xp, nv, n, s);
             } else {
-                unary_fwd_kernel<T, OP, ACT><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(yp, xp, n, s);
+                gc_launch(unary_fwd_kernel<T, OP, ACT>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, xp, n, s);
             }
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;
@@ -685,10 +697,10 @@ gc_status unary_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *saved, 
             auto *sp = saved ? (const T *)gc_tensor_data(saved) : nullptr;
             if (aligned16(gxp) && aligned16(gyp) && (!sp || aligned16(sp))) {
                 const int64_t nv = n / kVec;
-                unary_bwd_vec_kernel<T, G, OP, ACT><<<grid_vec(nv), kThreads, 0, gc_cuda_stream()>>>(gxp, gyp, sp, nv, n, s,
+                gc_launch(unary_bwd_vec_kernel<T, G, OP, ACT>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), gxp, gyp, sp, nv, n, s,
                                                                                                      acc);
             } else {
-                unary_bwd_kernel<T, G, OP, ACT><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>(gxp, gyp, sp, n, s, acc);
+                gc_launch(unary_bwd_kernel<T, G, OP, ACT>, grid_for(n), kThreads, 0, gc_cuda_stream(), gxp, gyp, sp, n, s, acc);
             }
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;

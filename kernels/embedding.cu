@@ -20,6 +20,7 @@ template <typename W, typename I>
 __global__ void gather_kernel(const W *__restrict__ src, const I *__restrict__ ids, int64_t n, int64_t rows_per_item,
                               int64_t words, W *__restrict__ out)
 {
+    GC_PDL_WAIT();
     int64_t p = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (p >= n) return;
@@ -38,6 +39,7 @@ template <typename T, typename G, int V>
 __global__ void embedding_bwd_kernel(const T *__restrict__ gy, const int64_t *__restrict__ groups, int64_t U,
                                      int64_t D, G *__restrict__ gt)
 {
+    GC_PDL_WAIT();
     __shared__ float red[ROWS_PER_BLOCK][32 * V + 1];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t u = blockIdx.x, *off = groups + U, *pos = groups + 2 * U + 1;
@@ -71,6 +73,7 @@ template <typename T, typename G, typename I>
 __global__ void gather_rows_bwd_kernel(const T *__restrict__ gy, const I *__restrict__ idx, int64_t B, int64_t L,
                                        int64_t D, G *__restrict__ gx)
 {
+    GC_PDL_WAIT();
     int64_t b = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (b >= B) return;
@@ -86,10 +89,10 @@ gc_status gather_words(const void *src, const void *ids, gc_dtype id_dt, int64_t
                        int64_t words, void *out)
 {
     if (id_dt == GC_I32)
-        gather_kernel<W, int32_t><<<row_blocks(n), 256, 0, gc_cuda_stream()>>>(
+        gc_launch(gather_kernel<W, int32_t>, row_blocks(n), 256, 0, gc_cuda_stream(), 
             (const W *)src, (const int32_t *)ids, n, rows_per_item, words, (W *)out);
     else
-        gather_kernel<W, int64_t><<<row_blocks(n), 256, 0, gc_cuda_stream()>>>(
+        gc_launch(gather_kernel<W, int64_t>, row_blocks(n), 256, 0, gc_cuda_stream(), 
             (const W *)src, (const int64_t *)ids, n, rows_per_item, words, (W *)out);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
@@ -100,10 +103,10 @@ template <typename T, typename G> gc_status embedding_bwd_typed(const void *gy, 
 {
     constexpr int VT = 16 / sizeof(T);
     if (D % VT == 0 && ((uintptr_t)gy & 15u) == 0)
-        embedding_bwd_kernel<T, G, VT><<<(unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream()>>>((const T *)gy, groups, U,
+        gc_launch(embedding_bwd_kernel<T, G, VT>, (unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream(), (const T *)gy, groups, U,
                                                                                                  D, (G *)gt);
     else
-        embedding_bwd_kernel<T, G, 1><<<(unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream()>>>((const T *)gy, groups, U,
+        gc_launch(embedding_bwd_kernel<T, G, 1>, (unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream(), (const T *)gy, groups, U,
                                                                                                 D, (G *)gt);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
@@ -113,10 +116,10 @@ template <typename T, typename G> gc_status gather_rows_bwd_typed(const void *gy
                                                                   int64_t B, int64_t L, int64_t D, void *gx)
 {
     if (id_dt == GC_I32)
-        gather_rows_bwd_kernel<T, G, int32_t><<<row_blocks(B), 256, 0, gc_cuda_stream()>>>(
+        gc_launch(gather_rows_bwd_kernel<T, G, int32_t>, row_blocks(B), 256, 0, gc_cuda_stream(), 
             (const T *)gy, (const int32_t *)idx, B, L, D, (G *)gx);
     else
-        gather_rows_bwd_kernel<T, G, int64_t><<<row_blocks(B), 256, 0, gc_cuda_stream()>>>(
+        gc_launch(gather_rows_bwd_kernel<T, G, int64_t>, row_blocks(B), 256, 0, gc_cuda_stream(), 
             (const T *)gy, (const int64_t *)idx, B, L, D, (G *)gx);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;

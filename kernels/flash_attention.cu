@@ -321,6 +321,7 @@ template <int D> struct FwdCfg {
 template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_fwd_kernel(const FlashArgs a)
 {
+    GC_PDL_WAIT();
     typedef FwdCfg<D> C;
     constexpr int BM = C::BM, BN = C::BN, LD = C::LD;
     constexpr int KD = D / 16; // k-steps of S = Q K^T
@@ -467,6 +468,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
 // dQ is wanted: the dQ kernel computes Delta for its rows itself.
 __global__ void __launch_bounds__(256) flash_delta_kernel(const FlashArgs a, int D)
 {
+    GC_PDL_WAIT();
     const int lane = threadIdx.x & 31;
     const int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5), rows = (int64_t)a.B * a.Lq * a.H;
     if (r >= rows) return; // whole warps leave; no block barrier below
@@ -489,6 +491,7 @@ template <int D> struct DqCfg {
 template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_bwd_dq_kernel(const FlashArgs a)
 {
+    GC_PDL_WAIT();
     typedef DqCfg<D> C;
     constexpr int BM = C::BM, BN = C::BN, LD = C::LD, KD = D / 16, NS = BN / 8, NO = D / 8;
     bf16 *sQ = reinterpret_cast<bf16 *>(flash_smem);
@@ -612,6 +615,7 @@ template <int D> struct DkvCfg {
 template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
 {
+    GC_PDL_WAIT();
     typedef DkvCfg<D> C;
     constexpr int BN = C::BN, BM = C::BM, LD = C::LD, KD = D / 16, NS = BM / 8, NO = D / 8;
     bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD;
@@ -782,7 +786,7 @@ template <auto Kernel> gc_status launch(dim3 grid, size_t smem, const FlashArgs 
     if (allowed != cudaSuccess)
         return gc_error_set(GC_ERR_CUDA, "flash attention: %zu bytes of shared memory refused: %s", smem,
                             cudaGetErrorString(allowed));
-    Kernel<<<grid, kThreadsFa, smem, gc_cuda_stream()>>>(a);
+    gc_launch(Kernel, grid, kThreadsFa, smem, gc_cuda_stream(), a);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -837,7 +841,7 @@ template <int D> gc_status launch_bwd(const FlashArgs &a)
         }));
     } else if (a.dk || a.dv) {
         const int64_t rows = (int64_t)a.B * a.Lq * a.H;
-        flash_delta_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, gc_cuda_stream()>>>(a, D);
+        gc_launch(flash_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, gc_cuda_stream(), a, D);
         GC_CUDA_LAUNCH_CHECK();
     }
     if (a.dk || a.dv) {

@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "../runtime/gc_launch.cuh" // gc_launch, GC_PDL_WAIT
+
 namespace {
 
 // f32 math on f32, bf16 (or f16: the GEMM's column sums) storage

@@ -55,6 +55,7 @@ template <typename T, typename I>
 __global__ void ce_rows_kernel(const T *__restrict__ x, const I *__restrict__ t, int64_t N, int64_t C, float *__restrict__ lse,
                                float *__restrict__ rowloss)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kThreads];
     for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
         const T *r = x + n * C;
@@ -75,6 +76,7 @@ __global__ void ce_rows_kernel(const T *__restrict__ x, const I *__restrict__ t,
 // One block: y[0] = mean of rowloss
 template <typename T> __global__ void ce_mean_kernel(const float *__restrict__ rowloss, int64_t N, T *__restrict__ y)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kThreads];
     float s = 0.0f;
     for (int64_t n = threadIdx.x; n < N; n += kThreads) s += rowloss[n];
@@ -86,6 +88,7 @@ template <typename T, typename G, typename I>
 __global__ void ce_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ x, const float *__restrict__ lse,
                               const I *__restrict__ t, int64_t N, int64_t C, bool acc)
 {
+    GC_PDL_WAIT();
     const float g = to_f(gy[0]) / (float)N;
     const int64_t total = N * C;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
@@ -110,13 +113,13 @@ extern "C" gc_status gc_cuda_cross_entropy_fwd(gc_tensor *y, gc_tensor *lse, con
             cudaStream_t s = gc_cuda_stream();
             if (N > 0) {
                 int64_t blocks = N < 65535 * 16 ? N : 65535 * 16;
-                ce_rows_kernel<T, I><<<(unsigned)blocks, kThreads, 0, s>>>((const T *)gc_tensor_data(logits),
+                gc_launch(ce_rows_kernel<T, I>, (unsigned)blocks, kThreads, 0, s, (const T *)gc_tensor_data(logits),
                                                                           (const I *)gc_tensor_data(targets), N, C,
                                                                           (float *)gc_tensor_data(lse),
                                                                           (float *)gc_tensor_data(rowloss));
                 GC_CUDA_LAUNCH_CHECK();
             }
-            ce_mean_kernel<T><<<1, kThreads, 0, s>>>((const float *)gc_tensor_data(rowloss), N, (T *)gc_tensor_data(y));
+            gc_launch(ce_mean_kernel<T>, 1, kThreads, 0, s, (const float *)gc_tensor_data(rowloss), N, (T *)gc_tensor_data(y));
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;
         });
@@ -136,7 +139,7 @@ extern "C" gc_status gc_cuda_cross_entropy_bwd(gc_tensor *gx, const gc_tensor *g
             using G = typename decltype(tg)::type;
             return with_index(targets->dtype, "cross_entropy backward", [&](auto ti) {
                 using I = typename decltype(ti)::type;
-                ce_bwd_kernel<T, G, I><<<grid_for(N * C), kThreads, 0, gc_cuda_stream()>>>(
+                gc_launch(ce_bwd_kernel<T, G, I>, grid_for(N * C), kThreads, 0, gc_cuda_stream(), 
                     (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), (const T *)gc_tensor_data(logits),
                     (const float *)gc_tensor_data(lse), (const I *)gc_tensor_data(targets), N, C, acc);
                 GC_CUDA_LAUNCH_CHECK();

@@ -370,6 +370,7 @@ template <typename T>
 __global__ void scale_bias_kernel(T *c, const T *c_in, int64_t m, int64_t n, int64_t ldc, int64_t batch, int64_t stride_c,
                                   float beta, const T *bias)
 {
+    GC_PDL_WAIT();
     const int64_t total = batch * m * n;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
         int64_t j = e % n, i = (e / n) % m, z = e / (n * m), off = z * stride_c + i * ldc + j;
@@ -384,7 +385,7 @@ template <typename T> gc_status scale_bias(const gc_gemm_args *g, int64_t batch)
 {
     int64_t total = batch * g->m * g->n;
     int64_t blocks = (total + 255) / 256, cap = (int64_t)gc_cuda_sm_count() * 16;
-    scale_bias_kernel<T><<<(unsigned)(blocks < cap ? blocks : cap), 256, 0, gc_cuda_stream()>>>(
+    gc_launch(scale_bias_kernel<T>, (unsigned)(blocks < cap ? blocks : cap), 256, 0, gc_cuda_stream(), 
         (T *)g->c, (const T *)g->c_in, g->m, g->n, g->ldc, batch, g->stride_c, g->beta,
         g->epilogue == GC_EPI_BIAS ? (const T *)g->bias : nullptr);
     GC_CUDA_LAUNCH_CHECK();
@@ -399,6 +400,7 @@ template <typename T> gc_status scale_bias(const gc_gemm_args *g, int64_t batch)
 template <typename S, typename D>
 __global__ void colsum_kernel(const S *src, int64_t rows, int64_t cols, int64_t rpc, D *out, bool acc)
 {
+    GC_PDL_WAIT();
     __shared__ float part[8][33];
     const int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x;
     const int64_t r0 = (int64_t)blockIdx.y * rpc;
@@ -473,6 +475,7 @@ template <typename S, typename D>
 __global__ void colsum_vec_kernel(const S *__restrict__ src, int64_t rows, int64_t cols, int64_t rpc, D *__restrict__ out,
                                   bool acc)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kColVec][kRowLanes][kColThreads]; // [column in the vector][lane][thread]: no bank conflicts
     const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
     const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
@@ -493,6 +496,7 @@ template <typename S, typename D>
 __global__ void colsum_fused_kernel(const S *__restrict__ src, int64_t rows, int64_t cols, int64_t rpc, float *part,
                                     D *__restrict__ out, bool acc)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kColVec][kRowLanes][kColThreads];
     __shared__ bool last;
     const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
@@ -519,10 +523,9 @@ void colsum_pass(bool vec, const S *src, int64_t rows, int64_t cols, int64_t rpc
     cudaStream_t st = gc_cuda_stream();
     if (vec) {
         const int64_t per_block = kColThreads * kColVec;
-        colsum_vec_kernel<S, D><<<dim3((unsigned)((cols + per_block - 1) / per_block), (unsigned)chunks),
-                                  dim3(kColThreads, kRowLanes), 0, st>>>(src, rows, cols, rpc, out, acc);
+        gc_launch(colsum_vec_kernel<S, D>, dim3((unsigned)((cols + per_block - 1) / per_block), (unsigned)chunks), dim3(kColThreads, kRowLanes), 0, st, src, rows, cols, rpc, out, acc);
     } else {
-        colsum_kernel<S, D><<<dim3((unsigned)((cols + 31) / 32), (unsigned)chunks), dim3(32, 8), 0, st>>>(src, rows, cols, rpc,
+        gc_launch(colsum_kernel<S, D>, dim3((unsigned)((cols + 31) / 32), (unsigned)chunks), dim3(32, 8), 0, st, src, rows, cols, rpc,
                                                                                                        out, acc);
     }
 }
@@ -548,8 +551,7 @@ gc_status colsum(const S *src, D *dst, int64_t rows, int64_t cols, bool acc)
     const int64_t per_block = kColThreads * kColVec, groups = (cols + per_block - 1) / per_block;
     cudaError_t e = cudaSuccess;
     if (vec && groups <= kMaxTickets) { // one launch
-        colsum_fused_kernel<S, D><<<dim3((unsigned)groups, (unsigned)chunks), dim3(kColThreads, kRowLanes), 0,
-                                    gc_cuda_stream()>>>(src, rows, cols, rpc, part, dst, acc);
+        gc_launch(colsum_fused_kernel<S, D>, dim3((unsigned)groups, (unsigned)chunks), dim3(kColThreads, kRowLanes), 0, gc_cuda_stream(), src, rows, cols, rpc, part, dst, acc);
         e = cudaGetLastError();
     } else {
         colsum_pass(vec, src, rows, cols, rpc, chunks, part, false);
@@ -604,6 +606,7 @@ template <typename T>
 __global__ void __launch_bounds__(256) scale_grads_kernel(const ScaleGradArgs a, const T *__restrict__ w,
                                                           const T *__restrict__ b, const T *__restrict__ s)
 {
+    GC_PDL_WAIT();
     __shared__ float red[8];
     const int64_t j = blockIdx.x;
     const float sj = to_f(s[j]);
@@ -796,7 +799,7 @@ extern "C" gc_status gc_cuda_scale_grads(const gc_tensor *G, const gc_tensor *gb
                        w->shape[1]};
     return with_type(w->dtype, "linear layer-scale gradients", [&](auto tag) {
         typedef typename decltype(tag)::type T;
-        scale_grads_kernel<T><<<(unsigned)out, 256, 0, gc_cuda_stream()>>>(
+        gc_launch(scale_grads_kernel<T>, (unsigned)out, 256, 0, gc_cuda_stream(), 
             a, (const T *)gc_tensor_data(w), b ? (const T *)gc_tensor_data(b) : nullptr, (const T *)gc_tensor_data(s));
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;

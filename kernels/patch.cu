@@ -30,6 +30,7 @@ template <typename T, int VB>
 __global__ void unfold_fwd_kernel(T *__restrict__ y, const T *__restrict__ x, int64_t rows, int64_t C, int64_t H,
                                   int64_t W, int64_t P)
 {
+    GC_PDL_WAIT();
     for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < rows; t += (int64_t)gridDim.x * blockDim.x) {
         const T *src = x + pixel_row(t, C, H, W, P);
         T *dst = y + t * P;
@@ -44,6 +45,7 @@ template <typename T, typename G>
 __global__ void unfold_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, int64_t rows, int64_t C, int64_t H,
                                   int64_t W, int64_t P, bool acc)
 {
+    GC_PDL_WAIT();
     for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < rows; t += (int64_t)gridDim.x * blockDim.x) {
         G *dst = gx + pixel_row(t, C, H, W, P);
         const T *src = gy + t * P;
@@ -66,9 +68,9 @@ extern "C" gc_status gc_cuda_unfold_patches_fwd(gc_tensor *y, const gc_tensor *x
         T *py = (T *)gc_tensor_data(y);
         const T *px = (const T *)gc_tensor_data(x);
         if (P % VB == 0 && W % VB == 0 && aligned16(py) && aligned16(px))
-            unfold_fwd_kernel<T, VB><<<grid_for(rows), kThreads, 0, gc_cuda_stream()>>>(py, px, rows, C, H, W, P);
+            gc_launch(unfold_fwd_kernel<T, VB>, grid_for(rows), kThreads, 0, gc_cuda_stream(), py, px, rows, C, H, W, P);
         else
-            unfold_fwd_kernel<T, 1><<<grid_for(rows), kThreads, 0, gc_cuda_stream()>>>(py, px, rows, C, H, W, P);
+            gc_launch(unfold_fwd_kernel<T, 1>, grid_for(rows), kThreads, 0, gc_cuda_stream(), py, px, rows, C, H, W, P);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });
@@ -82,7 +84,7 @@ extern "C" gc_status gc_cuda_unfold_patches_bwd(gc_tensor *gx, const gc_tensor *
     return with_types(gy->dtype, gx->dtype, "unfold_patches backward", [&](auto tv, auto tg) {
         using T = typename decltype(tv)::type;
         using G = typename decltype(tg)::type;
-        unfold_bwd_kernel<T, G><<<grid_for(rows), kThreads, 0, gc_cuda_stream()>>>((G *)gc_tensor_data(gx),
+        gc_launch(unfold_bwd_kernel<T, G>, grid_for(rows), kThreads, 0, gc_cuda_stream(), (G *)gc_tensor_data(gx),
                                                                                   (const T *)gc_tensor_data(gy), rows, C, H,
                                                                                   W, P, acc);
         GC_CUDA_LAUNCH_CHECK();

@@ -30,6 +30,7 @@ __device__ __forceinline__ float block_sum(float s, float *red)
 // Pass 1: block b sums x[i] for i = b*256 + tid + k*(grid*256) -> part[b]
 template <typename T> __global__ void sum_partial_kernel(const T *__restrict__ x, int64_t n, float *__restrict__ part)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kThreads];
     float s = 0.0f;
     for (int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x; i < n; i += (int64_t)gridDim.x * kThreads) s += to_f(x[i]);
@@ -40,6 +41,7 @@ template <typename T> __global__ void sum_partial_kernel(const T *__restrict__ x
 // Pass 2: one block: y[0] = scale * sum(part)
 template <typename T> __global__ void sum_final_kernel(const float *__restrict__ part, int64_t np, float scale, T *__restrict__ y)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kThreads];
     float s = 0.0f;
     for (int64_t i = threadIdx.x; i < np; i += kThreads) s += part[i];
@@ -50,6 +52,7 @@ template <typename T> __global__ void sum_final_kernel(const float *__restrict__
 template <typename T, typename G>
 __global__ void sum_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, int64_t n, float scale, bool acc)
 {
+    GC_PDL_WAIT();
     const float g = scale * to_f(gy[0]);
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float v = acc ? to_f(gx[i]) + g : g;
@@ -61,6 +64,7 @@ __global__ void sum_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, int
 template <typename T>
 __global__ void mean_rows_kernel(const T *__restrict__ x, int64_t outer, int64_t n, T *__restrict__ y)
 {
+    GC_PDL_WAIT();
     __shared__ float red[kThreads];
     for (int64_t o = blockIdx.x; o < outer; o += gridDim.x) {
         const T *xr = x + o * n;
@@ -76,6 +80,7 @@ __global__ void mean_rows_kernel(const T *__restrict__ x, int64_t outer, int64_t
 template <typename T>
 __global__ void mean_cols_kernel(const T *__restrict__ x, int64_t outer, int64_t n, int64_t inner, T *__restrict__ y)
 {
+    GC_PDL_WAIT();
     __shared__ float red[8][33];
     const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
     for (int64_t o = blockIdx.y; o < outer; o += gridDim.y) {
@@ -98,6 +103,7 @@ template <typename T, typename G>
 __global__ void mean_dim_bwd_kernel(G *__restrict__ gx, const T *__restrict__ gy, int64_t outer, int64_t n, int64_t inner,
                                     bool acc)
 {
+    GC_PDL_WAIT();
     const int64_t total = outer * n * inner;
     const float inv = 1.0f / (float)n;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
@@ -123,9 +129,9 @@ extern "C" gc_status gc_cuda_sum_fwd(gc_tensor *y, const gc_tensor *x, float sca
         using T = typename decltype(tag)::type;
         cudaStream_t s = gc_cuda_stream();
         float *pp = (float *)gc_tensor_data(part);
-        sum_partial_kernel<T><<<(unsigned)np, kThreads, 0, s>>>((const T *)gc_tensor_data(x), n, pp);
+        gc_launch(sum_partial_kernel<T>, (unsigned)np, kThreads, 0, s, (const T *)gc_tensor_data(x), n, pp);
         GC_CUDA_LAUNCH_CHECK();
-        sum_final_kernel<T><<<1, kThreads, 0, s>>>(pp, np, scale, (T *)gc_tensor_data(y));
+        gc_launch(sum_final_kernel<T>, 1, kThreads, 0, s, pp, np, scale, (T *)gc_tensor_data(y));
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });
@@ -140,7 +146,7 @@ extern "C" gc_status gc_cuda_sum_bwd(gc_tensor *gx, const gc_tensor *gy, float s
     return with_types(gy->dtype, gx->dtype, "sum backward", [&](auto tv, auto tg) {
         using T = typename decltype(tv)::type;
         using G = typename decltype(tg)::type;
-        sum_bwd_kernel<T, G><<<grid_for(n), kThreads, 0, gc_cuda_stream()>>>((G *)gc_tensor_data(gx),
+        gc_launch(sum_bwd_kernel<T, G>, grid_for(n), kThreads, 0, gc_cuda_stream(), (G *)gc_tensor_data(gx),
                                                                            (const T *)gc_tensor_data(gy), n, scale, acc);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
@@ -157,12 +163,12 @@ extern "C" gc_status gc_cuda_mean_dim_fwd(gc_tensor *y, const gc_tensor *x, int6
         T *yp = (T *)gc_tensor_data(y);
         if (inner == 1) {
             int64_t blocks = outer < 65535 * 16 ? outer : 65535 * 16;
-            mean_rows_kernel<T><<<(unsigned)blocks, kThreads, 0, s>>>(xp, outer, n, yp);
+            gc_launch(mean_rows_kernel<T>, (unsigned)blocks, kThreads, 0, s, xp, outer, n, yp);
         } else {
             int64_t cb = (inner + 31) / 32;
             if (cb > 0x7fffffffLL) return gc_error_set(GC_ERR_SHAPE, "mean_dim: inner size %lld is too large", (long long)inner);
             int64_t gy = outer < 65535 ? outer : 65535;
-            mean_cols_kernel<T><<<dim3((unsigned)cb, (unsigned)gy), dim3(32, 8), 0, s>>>(xp, outer, n, inner, yp);
+            gc_launch(mean_cols_kernel<T>, dim3((unsigned)cb, (unsigned)gy), dim3(32, 8), 0, s, xp, outer, n, inner, yp);
         }
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
@@ -176,7 +182,7 @@ extern "C" gc_status gc_cuda_mean_dim_bwd(gc_tensor *gx, const gc_tensor *gy, in
     return with_types(gy->dtype, gx->dtype, "mean_dim backward", [&](auto tv, auto tg) {
         using T = typename decltype(tv)::type;
         using G = typename decltype(tg)::type;
-        mean_dim_bwd_kernel<T, G><<<grid_for(total), kThreads, 0, gc_cuda_stream()>>>(
+        gc_launch(mean_dim_bwd_kernel<T, G>, grid_for(total), kThreads, 0, gc_cuda_stream(), 
             (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), outer, n, inner, acc);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;

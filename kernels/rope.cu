@@ -20,6 +20,7 @@ template <typename T, typename G, int V, typename I>
 __global__ void rope_kernel(const T *__restrict__ x, const float *__restrict__ cs, const float *__restrict__ sn,
                             bool per_sample, I B, I L, I H, I D, I n, I start, bool inverse, G *__restrict__ y, bool acc)
 {
+    GC_PDL_WAIT();
     const I h = D / 2, per_row = h / V, total = B * L * H * per_row;
     for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
         const I row = i / per_row, d = (i - row * per_row) * V;
@@ -76,12 +77,12 @@ gc_status rope_typed(const T *x, const float *cs, const float *sn, bool per_samp
     const bool small = B * L * H * D + (int64_t)grid * 256 < INT32_MAX && (per_sample ? B : 1) * n * D < INT32_MAX;
     cudaStream_t st = gc_cuda_stream();
     if (vec && small)
-        rope_kernel<T, G, VT, int><<<grid, 256, 0, st>>>(x, cs, sn, per_sample, (int)B, (int)L, (int)H, (int)D, (int)n,
+        gc_launch(rope_kernel<T, G, VT, int>, grid, 256, 0, st, x, cs, sn, per_sample, (int)B, (int)L, (int)H, (int)D, (int)n,
                                                          (int)start, inverse, y, acc);
     else if (vec)
-        rope_kernel<T, G, VT, int64_t><<<grid, 256, 0, st>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
+        gc_launch(rope_kernel<T, G, VT, int64_t>, grid, 256, 0, st, x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
     else
-        rope_kernel<T, G, 1, int64_t><<<grid, 256, 0, st>>>(x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
+        gc_launch(rope_kernel<T, G, 1, int64_t>, grid, 256, 0, st, x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }

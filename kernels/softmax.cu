@@ -20,6 +20,7 @@ constexpr int ROWS_PER_BLOCK = 8;
 template <typename T, int V>
 __global__ void softmax_fwd_kernel(const T *__restrict__ x, T *__restrict__ y, int64_t R, int64_t D)
 {
+    GC_PDL_WAIT();
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -51,6 +52,7 @@ template <typename T, typename G, int V>
 __global__ void softmax_bwd_kernel(const T *__restrict__ y, const T *__restrict__ gy, G *__restrict__ gx, bool acc,
                                    int64_t R, int64_t D)
 {
+    GC_PDL_WAIT();
     int64_t r = (int64_t)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (r >= R) return;
@@ -82,9 +84,9 @@ template <typename T> gc_status fwd_typed(const T *x, T *y, int64_t R, int64_t D
 {
     constexpr int VT = 16 / sizeof(T);
     if (D % VT == 0 && aligned16(x) && aligned16(y))
-        softmax_fwd_kernel<T, VT><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(x, y, R, D);
+        gc_launch(softmax_fwd_kernel<T, VT>, row_blocks(R), 256, 0, gc_cuda_stream(), x, y, R, D);
     else
-        softmax_fwd_kernel<T, 1><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(x, y, R, D);
+        gc_launch(softmax_fwd_kernel<T, 1>, row_blocks(R), 256, 0, gc_cuda_stream(), x, y, R, D);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -93,9 +95,9 @@ template <typename T, typename G> gc_status bwd_typed(const T *y, const T *gy, G
 {
     constexpr int VT = 16 / sizeof(T);
     if (D % VT == 0 && aligned16(y) && aligned16(gy) && aligned16(gx))
-        softmax_bwd_kernel<T, G, VT><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(y, gy, gx, acc, R, D);
+        gc_launch(softmax_bwd_kernel<T, G, VT>, row_blocks(R), 256, 0, gc_cuda_stream(), y, gy, gx, acc, R, D);
     else
-        softmax_bwd_kernel<T, G, 1><<<row_blocks(R), 256, 0, gc_cuda_stream()>>>(y, gy, gx, acc, R, D);
+        gc_launch(softmax_bwd_kernel<T, G, 1>, row_blocks(R), 256, 0, gc_cuda_stream(), y, gy, gx, acc, R, D);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }

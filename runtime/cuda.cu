@@ -9,6 +9,9 @@
 // stream: (1) no other stream, including the legacy default stream (plain cudaMemcpy /
 // kernel<<<g, b>>> without a stream), (2) no host access to device memory without a
 // stream sync first (gc_cuda_memcpy to the host synchronises before returning).
+// Our kernels launch through gc_launch (runtime/gc_launch.cuh) as programmatic dependents:
+// a grid may be dispatched while the kernel before it finishes, but its first statement
+// waits for that kernel to complete, so no memory is touched out of stream order.
 // Page-locked host memory (gc_tensor_pin) adds one rule the other way: an upload from
 // it returns before it has read the memory, so the host writes into (or frees) such a
 // buffer only after a stream sync that follows the upload (gc_cuda_host_unregister syncs
@@ -51,6 +54,7 @@
 extern "C" {
 #include "gc_cuda.h"
 }
+#include "gc_launch.cuh"
 
 #define GC_CUBLASLT_WORKSPACE ((size_t)32 << 20)
 
@@ -378,6 +382,7 @@ template <typename I> struct Geom {
 template <typename S, typename D, typename I>
 __global__ void copy_strided_kernel(D *dst, const S *src, Geom<I> g, I n, bool acc)
 {
+    GC_PDL_WAIT();
     using C = typename compute_of<S, D>::type;
     for (I e = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; e < n; e += (I)gridDim.x * (I)blockDim.x) {
         I doff = 0, soff = 0;
@@ -416,6 +421,7 @@ struct TileGeom {
 template <typename S, typename D>
 __global__ void copy_tiled_kernel(D *dst, const S *src, TileGeom g, bool acc)
 {
+    GC_PDL_WAIT();
     using C = typename compute_of<S, D>::type;
     __shared__ C tile[32][33];
     int64_t bid = blockIdx.x;
@@ -540,7 +546,7 @@ gc_status launch_copy(D *dst, const S *src, const CopyPlan &p, int64_t n, bool a
             blocks *= p.shape[d];
         }
         if (blocks <= 0x7fffffffLL) {
-            copy_tiled_kernel<S, D><<<(unsigned)blocks, dim3(32, 8), 0, st>>>(dst, src, g, acc);
+            gc_launch(copy_tiled_kernel<S, D>, (unsigned)blocks, dim3(32, 8), 0, st, dst, src, g, acc);
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;
         }
@@ -555,7 +561,7 @@ gc_status launch_copy(D *dst, const S *src, const CopyPlan &p, int64_t n, bool a
             g.ds[d] = (int32_t)p.ds[d];
             g.ss[d] = (int32_t)p.ss[d];
         }
-        copy_strided_kernel<S, D, int32_t><<<grid_for(n, 256), 256, 0, st>>>(dst, src, g, (int32_t)n, acc);
+        gc_launch(copy_strided_kernel<S, D, int32_t>, grid_for(n, 256), 256, 0, st, dst, src, g, (int32_t)n, acc);
     } else {
         Geom<int64_t> g{};
         g.ndim = p.ndim;
@@ -564,7 +570,7 @@ gc_status launch_copy(D *dst, const S *src, const CopyPlan &p, int64_t n, bool a
             g.ds[d] = p.ds[d];
             g.ss[d] = p.ss[d];
         }
-        copy_strided_kernel<S, D, int64_t><<<grid_for(n, 256), 256, 0, st>>>(dst, src, g, n, acc);
+        gc_launch(copy_strided_kernel<S, D, int64_t>, grid_for(n, 256), 256, 0, st, dst, src, g, n, acc);
     }
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
@@ -590,13 +596,14 @@ gc_status copy_to(gc_tensor *dst, const S *src, const CopyPlan &p, int64_t n, bo
 
 template <typename D> __global__ void fill_kernel(D *p, D v, int64_t n)
 {
+    GC_PDL_WAIT();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         p[i] = v;
 }
 
 template <typename D> gc_status launch_fill(void *p, D v, int64_t n)
 {
-    fill_kernel<D><<<grid_for(n, 256), 256, 0, rt.stream>>>((D *)p, v, n);
+    gc_launch(fill_kernel<D>, grid_for(n, 256), 256, 0, rt.stream, (D *)p, v, n);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -610,6 +617,7 @@ template <typename D> gc_status launch_fill(void *p, D v, int64_t n)
 template <typename I>
 __global__ void vec16_copy_kernel(uint4 *__restrict__ dst, const uint4 *__restrict__ src, CopyPlan p, int64_t n)
 {
+    GC_PDL_WAIT();
     I shape[GC_MAX_DIMS], ss[GC_MAX_DIMS], ds[GC_MAX_DIMS];
     for (int d = 0; d < GC_MAX_DIMS; d++) {
         shape[d] = d < p.ndim ? (I)p.shape[d] : 1;
@@ -676,9 +684,9 @@ extern "C" gc_status gc_cuda_copy_strided(gc_tensor *dst, const gc_tensor *src, 
         int64_t span = 1;
         for (int k = 0; k < v.ndim; k++) span += (v.shape[k] - 1) * (llabs(v.ds[k]) > llabs(v.ss[k]) ? llabs(v.ds[k]) : llabs(v.ss[k]));
         if (nv < ((int64_t)1 << 31) && span < ((int64_t)1 << 31))
-            vec16_copy_kernel<int32_t><<<grid, 256, 0, rt.stream>>>((uint4 *)gc_tensor_data(dst), (const uint4 *)s, v, nv);
+            gc_launch(vec16_copy_kernel<int32_t>, grid, 256, 0, rt.stream, (uint4 *)gc_tensor_data(dst), (const uint4 *)s, v, nv);
         else
-            vec16_copy_kernel<int64_t><<<grid, 256, 0, rt.stream>>>((uint4 *)gc_tensor_data(dst), (const uint4 *)s, v, nv);
+            gc_launch(vec16_copy_kernel<int64_t>, grid, 256, 0, rt.stream, (uint4 *)gc_tensor_data(dst), (const uint4 *)s, v, nv);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     }
