@@ -10,17 +10,7 @@ CK_FORK=no CK_RUN_CASE=flash timeout 200 build-gpu/tests/test_gpu 2>&1 | grep -E
 CK_FORK=no CK_RUN_CASE=flash_bench timeout 90 build-gpu/tests/test_gpu 2>&1 | grep -E "attention|FAIL|Checks"
 } 2>&1 | tee "$OUT/flash-tests.txt"
 echo "tests done $(( $(date +%s) - t0 )) s"
-(cd .head0 && ln -sfn ../.device-debs .device-debs && meson setup build-gpu -Dcuda=enabled >/dev/null 2>&1 && ninja -C build-gpu tools/gcache >/dev/null 2>&1) || echo "before: build failed"
-echo "before built $(( $(date +%s) - t0 )) s"
-: >"$OUT/ab.jsonl"
-row() { # side label args...
-  local side=$1 label=$2; shift 2
-  local G=./build-gpu/tools/gcache; [ $side = before ] && G=.head0/build-gpu/tools/gcache
-  $G bench "$@" >/tmp/one.txt 2>&1
-  grep -v '^{' /tmp/one.txt | sed "s|^|[$side $label] |" >>"$OUT/ab.txt"
-  echo "[$side $label] $(grep -E '^ *step ' /tmp/one.txt | head -1) | $(grep -E 'peak memory' /tmp/one.txt | head -1) | $(grep -E 'pairs/s' /tmp/one.txt | head -1)"
-  grep '^{' /tmp/one.txt | sed "s|^{|{\"side\":\"$side\",\"label\":\"$label\",|" >>"$OUT/ab.jsonl"
-}
+. tools/bench/ab.sh
 for round in 1 2; do
   for side in before after; do
     row $side "b16-128/64 r$round" --model clip-vit-b16 --batch 128 --chunk 64
