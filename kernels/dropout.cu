@@ -55,9 +55,8 @@ gc_status dropout_launch(gc_tensor *y, const gc_tensor *x, uint64_t seed, uint32
         using X = typename decltype(tx)::type;
         return with_type(y->dtype, "dropout", [&](auto ty) {
             using Y = typename decltype(ty)::type;
-            gc_launch(dropout_kernel<X, Y>, (unsigned)blocks, kThreads, 0, gc_cuda_stream(), 
-                (Y *)gc_tensor_data(y), (const X *)gc_tensor_data(x), seed, step, op, sample_offset, rows, per_sample, p, scale,
-                acc);
+            gc_launch(dropout_kernel<X, Y>, (unsigned)blocks, kThreads, 0, gc_cuda_stream(), (Y *)gc_tensor_data(y),
+                      (const X *)gc_tensor_data(x), seed, step, op, sample_offset, rows, per_sample, p, scale, acc);
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;
         });

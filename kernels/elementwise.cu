@@ -167,11 +167,14 @@ gc_status binary_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int n
         auto period_ok = [&](int64_t p) { return p == n || (p != 0 && p % kVec == 0); };
         if (pa && period_ok(pa) && period_ok(pb) && aligned16(yp) && aligned16(ap) && aligned16(bp)) {
             const int64_t nv = n / kVec;
-            gc_launch(binary_fwd_vec_kernel<T, MUL>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), yp, ap, bp, nv, n, pa, pb, alpha);
+            gc_launch(binary_fwd_vec_kernel<T, MUL>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), yp, ap, bp, nv, n, pa,
+                      pb, alpha);
         } else if (contig)
-            gc_launch(binary_fwd_kernel<T, MUL, true>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, ap, bp, g, n, alpha);
+            gc_launch(binary_fwd_kernel<T, MUL, true>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, ap, bp, g, n,
+                      alpha);
         else
-            gc_launch(binary_fwd_kernel<T, MUL, false>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, ap, bp, g, n, alpha);
+            gc_launch(binary_fwd_kernel<T, MUL, false>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, ap, bp, g, n,
+                      alpha);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });
@@ -314,8 +317,8 @@ __global__ void bcast_grad_finish_kernel(G *__restrict__ g, const float *__restr
 
 template <typename G> void finish_grad(G *g, const float *part, int64_t nt, int64_t chunks, float scale, bool acc)
 {
-    gc_launch(bcast_grad_finish_kernel<G>, (unsigned)((nt + 31) / 32), dim3(32, 16), 0, gc_cuda_stream(), g, part, nt, chunks,
-                                                                                                  scale, acc);
+    gc_launch(bcast_grad_finish_kernel<G>, (unsigned)((nt + 31) / 32), dim3(32, 16), 0, gc_cuda_stream(), g, part, nt,
+              chunks, scale, acc);
 }
 
 // Append dim (size, stride gy, stride other) to a list, merging with the previous entry
@@ -366,11 +369,11 @@ gc_status bcast_grad(gc_tensor *gt, const gc_tensor *gyt, const gc_tensor *ot, c
         return gc_error_set(GC_ERR_SHAPE, "broadcast gradient: %lld targets is too many", (long long)nt);
     }
     if (rows)
-        gc_launch(bcast_grad_rows_kernel<T, G, HAS_O>, dim3((unsigned)nt, (unsigned)chunks), kThreads, 0, st, g, pp, gy, o, geo, nt,
-                                                                                                       R, rpc, scale, acc);
+        gc_launch(bcast_grad_rows_kernel<T, G, HAS_O>, dim3((unsigned)nt, (unsigned)chunks), kThreads, 0, st, g, pp, gy,
+                  o, geo, nt, R, rpc, scale, acc);
     else
-        gc_launch(bcast_grad_cols_kernel<T, G, HAS_O>, dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, st, 
-            g, pp, gy, o, geo, nt, R, rpc, scale, acc);
+        gc_launch(bcast_grad_cols_kernel<T, G, HAS_O>, dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, st,
+                  g, pp, gy, o, geo, nt, R, rpc, scale, acc);
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess && part) {
         finish_grad<G>(g, pp, nt, chunks, scale, acc);
@@ -456,7 +459,8 @@ template <typename T> gc_status add_scaled_fwd(gc_tensor *y, const gc_tensor *x,
     T *py = (T *)gc_tensor_data(y);
     const T *px = (const T *)gc_tensor_data(x), *pa = (const T *)gc_tensor_data(a), *ps = (const T *)gc_tensor_data(s);
     if (D % kVec == 0 && aligned16(py) && aligned16(px) && aligned16(pa) && aligned16(ps))
-        gc_launch(add_scaled_fwd_kernel<T, kVec>, grid_vec(n / kVec), kThreads, 0, gc_cuda_stream(), py, px, pa, ps, n / kVec, D);
+        gc_launch(add_scaled_fwd_kernel<T, kVec>, grid_vec(n / kVec), kThreads, 0, gc_cuda_stream(), py, px, pa, ps,
+                  n / kVec, D);
     else
         gc_launch(add_scaled_fwd_kernel<T, 1>, grid_for(n), kThreads, 0, gc_cuda_stream(), py, px, pa, ps, n, D);
     GC_CUDA_LAUNCH_CHECK();
@@ -468,8 +472,8 @@ gc_status add_scaled_bwd_launch(G *ga, bool acc, float *part, const T *gy, const
                                 int64_t rpc, int64_t chunks)
 {
     const int64_t col_blocks = (D / V + 31) / 32;
-    gc_launch(add_scaled_bwd_kernel<T, G, V>, dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0, gc_cuda_stream(), 
-        ga, acc, part, gy, a, s, R, D, rpc);
+    gc_launch(add_scaled_bwd_kernel<T, G, V>, dim3((unsigned)col_blocks, (unsigned)chunks), dim3(32, 8), 0,
+              gc_cuda_stream(), ga, acc, part, gy, a, s, R, D, rpc);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -672,7 +676,8 @@ template <int OP> gc_status unary_fwd(gc_tensor *y, const gc_tensor *x, float s,
             auto *xp = (const T *)gc_tensor_data(x);
             if (aligned16(yp) && aligned16(xp)) {
                 const int64_t nv = n / kVec;
-                gc_launch(unary_fwd_vec_kernel<T, OP, ACT>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), yp, xp, nv, n, s);
+                gc_launch(unary_fwd_vec_kernel<T, OP, ACT>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), yp, xp, nv, n,
+                          s);
             } else {
                 gc_launch(unary_fwd_kernel<T, OP, ACT>, grid_for(n), kThreads, 0, gc_cuda_stream(), yp, xp, n, s);
             }
@@ -697,10 +702,11 @@ gc_status unary_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *saved, 
             auto *sp = saved ? (const T *)gc_tensor_data(saved) : nullptr;
             if (aligned16(gxp) && aligned16(gyp) && (!sp || aligned16(sp))) {
                 const int64_t nv = n / kVec;
-                gc_launch(unary_bwd_vec_kernel<T, G, OP, ACT>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), gxp, gyp, sp, nv, n, s,
-                                                                                                     acc);
+                gc_launch(unary_bwd_vec_kernel<T, G, OP, ACT>, grid_vec(nv), kThreads, 0, gc_cuda_stream(), gxp, gyp,
+                          sp, nv, n, s, acc);
             } else {
-                gc_launch(unary_bwd_kernel<T, G, OP, ACT>, grid_for(n), kThreads, 0, gc_cuda_stream(), gxp, gyp, sp, n, s, acc);
+                gc_launch(unary_bwd_kernel<T, G, OP, ACT>, grid_for(n), kThreads, 0, gc_cuda_stream(), gxp, gyp, sp, n,
+                          s, acc);
             }
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;

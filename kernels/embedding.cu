@@ -89,11 +89,11 @@ gc_status gather_words(const void *src, const void *ids, gc_dtype id_dt, int64_t
                        int64_t words, void *out)
 {
     if (id_dt == GC_I32)
-        gc_launch(gather_kernel<W, int32_t>, row_blocks(n), 256, 0, gc_cuda_stream(), 
-            (const W *)src, (const int32_t *)ids, n, rows_per_item, words, (W *)out);
+        gc_launch(gather_kernel<W, int32_t>, row_blocks(n), 256, 0, gc_cuda_stream(), (const W *)src,
+                  (const int32_t *)ids, n, rows_per_item, words, (W *)out);
     else
-        gc_launch(gather_kernel<W, int64_t>, row_blocks(n), 256, 0, gc_cuda_stream(), 
-            (const W *)src, (const int64_t *)ids, n, rows_per_item, words, (W *)out);
+        gc_launch(gather_kernel<W, int64_t>, row_blocks(n), 256, 0, gc_cuda_stream(), (const W *)src,
+                  (const int64_t *)ids, n, rows_per_item, words, (W *)out);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -103,11 +103,11 @@ template <typename T, typename G> gc_status embedding_bwd_typed(const void *gy, 
 {
     constexpr int VT = 16 / sizeof(T);
     if (D % VT == 0 && ((uintptr_t)gy & 15u) == 0)
-        gc_launch(embedding_bwd_kernel<T, G, VT>, (unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream(), (const T *)gy, groups, U,
-                                                                                                 D, (G *)gt);
+        gc_launch(embedding_bwd_kernel<T, G, VT>, (unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream(), (const T *)gy,
+                  groups, U, D, (G *)gt);
     else
-        gc_launch(embedding_bwd_kernel<T, G, 1>, (unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream(), (const T *)gy, groups, U,
-                                                                                                D, (G *)gt);
+        gc_launch(embedding_bwd_kernel<T, G, 1>, (unsigned)U, 32 * ROWS_PER_BLOCK, 0, gc_cuda_stream(), (const T *)gy,
+                  groups, U, D, (G *)gt);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -116,11 +116,11 @@ template <typename T, typename G> gc_status gather_rows_bwd_typed(const void *gy
                                                                   int64_t B, int64_t L, int64_t D, void *gx)
 {
     if (id_dt == GC_I32)
-        gc_launch(gather_rows_bwd_kernel<T, G, int32_t>, row_blocks(B), 256, 0, gc_cuda_stream(), 
-            (const T *)gy, (const int32_t *)idx, B, L, D, (G *)gx);
+        gc_launch(gather_rows_bwd_kernel<T, G, int32_t>, row_blocks(B), 256, 0, gc_cuda_stream(), (const T *)gy,
+                  (const int32_t *)idx, B, L, D, (G *)gx);
     else
-        gc_launch(gather_rows_bwd_kernel<T, G, int64_t>, row_blocks(B), 256, 0, gc_cuda_stream(), 
-            (const T *)gy, (const int64_t *)idx, B, L, D, (G *)gx);
+        gc_launch(gather_rows_bwd_kernel<T, G, int64_t>, row_blocks(B), 256, 0, gc_cuda_stream(), (const T *)gy,
+                  (const int64_t *)idx, B, L, D, (G *)gx);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }

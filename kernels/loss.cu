@@ -114,12 +114,12 @@ extern "C" gc_status gc_cuda_cross_entropy_fwd(gc_tensor *y, gc_tensor *lse, con
             if (N > 0) {
                 int64_t blocks = N < 65535 * 16 ? N : 65535 * 16;
                 gc_launch(ce_rows_kernel<T, I>, (unsigned)blocks, kThreads, 0, s, (const T *)gc_tensor_data(logits),
-                                                                          (const I *)gc_tensor_data(targets), N, C,
-                                                                          (float *)gc_tensor_data(lse),
-                                                                          (float *)gc_tensor_data(rowloss));
+                          (const I *)gc_tensor_data(targets), N, C, (float *)gc_tensor_data(lse),
+                          (float *)gc_tensor_data(rowloss));
                 GC_CUDA_LAUNCH_CHECK();
             }
-            gc_launch(ce_mean_kernel<T>, 1, kThreads, 0, s, (const float *)gc_tensor_data(rowloss), N, (T *)gc_tensor_data(y));
+            gc_launch(ce_mean_kernel<T>, 1, kThreads, 0, s, (const float *)gc_tensor_data(rowloss), N,
+                      (T *)gc_tensor_data(y));
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;
         });
@@ -139,9 +139,9 @@ extern "C" gc_status gc_cuda_cross_entropy_bwd(gc_tensor *gx, const gc_tensor *g
             using G = typename decltype(tg)::type;
             return with_index(targets->dtype, "cross_entropy backward", [&](auto ti) {
                 using I = typename decltype(ti)::type;
-                gc_launch(ce_bwd_kernel<T, G, I>, grid_for(N * C), kThreads, 0, gc_cuda_stream(), 
-                    (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), (const T *)gc_tensor_data(logits),
-                    (const float *)gc_tensor_data(lse), (const I *)gc_tensor_data(targets), N, C, acc);
+                gc_launch(ce_bwd_kernel<T, G, I>, grid_for(N * C), kThreads, 0, gc_cuda_stream(),
+                          (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), (const T *)gc_tensor_data(logits),
+                          (const float *)gc_tensor_data(lse), (const I *)gc_tensor_data(targets), N, C, acc);
                 GC_CUDA_LAUNCH_CHECK();
                 return GC_OK;
             });

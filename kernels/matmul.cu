@@ -385,9 +385,9 @@ template <typename T> gc_status scale_bias(const gc_gemm_args *g, int64_t batch)
 {
     int64_t total = batch * g->m * g->n;
     int64_t blocks = (total + 255) / 256, cap = (int64_t)gc_cuda_sm_count() * 16;
-    gc_launch(scale_bias_kernel<T>, (unsigned)(blocks < cap ? blocks : cap), 256, 0, gc_cuda_stream(), 
-        (T *)g->c, (const T *)g->c_in, g->m, g->n, g->ldc, batch, g->stride_c, g->beta,
-        g->epilogue == GC_EPI_BIAS ? (const T *)g->bias : nullptr);
+    gc_launch(scale_bias_kernel<T>, (unsigned)(blocks < cap ? blocks : cap), 256, 0, gc_cuda_stream(), (T *)g->c,
+              (const T *)g->c_in, g->m, g->n, g->ldc, batch, g->stride_c, g->beta,
+              g->epilogue == GC_EPI_BIAS ? (const T *)g->bias : nullptr);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -523,10 +523,11 @@ void colsum_pass(bool vec, const S *src, int64_t rows, int64_t cols, int64_t rpc
     cudaStream_t st = gc_cuda_stream();
     if (vec) {
         const int64_t per_block = kColThreads * kColVec;
-        gc_launch(colsum_vec_kernel<S, D>, dim3((unsigned)((cols + per_block - 1) / per_block), (unsigned)chunks), dim3(kColThreads, kRowLanes), 0, st, src, rows, cols, rpc, out, acc);
+        gc_launch(colsum_vec_kernel<S, D>, dim3((unsigned)((cols + per_block - 1) / per_block), (unsigned)chunks),
+                  dim3(kColThreads, kRowLanes), 0, st, src, rows, cols, rpc, out, acc);
     } else {
-        gc_launch(colsum_kernel<S, D>, dim3((unsigned)((cols + 31) / 32), (unsigned)chunks), dim3(32, 8), 0, st, src, rows, cols, rpc,
-                                                                                                       out, acc);
+        gc_launch(colsum_kernel<S, D>, dim3((unsigned)((cols + 31) / 32), (unsigned)chunks), dim3(32, 8), 0, st, src,
+                  rows, cols, rpc, out, acc);
     }
 }
 
@@ -551,7 +552,8 @@ gc_status colsum(const S *src, D *dst, int64_t rows, int64_t cols, bool acc)
     const int64_t per_block = kColThreads * kColVec, groups = (cols + per_block - 1) / per_block;
     cudaError_t e = cudaSuccess;
     if (vec && groups <= kMaxTickets) { // one launch
-        gc_launch(colsum_fused_kernel<S, D>, dim3((unsigned)groups, (unsigned)chunks), dim3(kColThreads, kRowLanes), 0, gc_cuda_stream(), src, rows, cols, rpc, part, dst, acc);
+        gc_launch(colsum_fused_kernel<S, D>, dim3((unsigned)groups, (unsigned)chunks), dim3(kColThreads, kRowLanes), 0,
+                  gc_cuda_stream(), src, rows, cols, rpc, part, dst, acc);
         e = cudaGetLastError();
     } else {
         colsum_pass(vec, src, rows, cols, rpc, chunks, part, false);
@@ -799,8 +801,8 @@ extern "C" gc_status gc_cuda_scale_grads(const gc_tensor *G, const gc_tensor *gb
                        w->shape[1]};
     return with_type(w->dtype, "linear layer-scale gradients", [&](auto tag) {
         typedef typename decltype(tag)::type T;
-        gc_launch(scale_grads_kernel<T>, (unsigned)out, 256, 0, gc_cuda_stream(), 
-            a, (const T *)gc_tensor_data(w), b ? (const T *)gc_tensor_data(b) : nullptr, (const T *)gc_tensor_data(s));
+        gc_launch(scale_grads_kernel<T>, (unsigned)out, 256, 0, gc_cuda_stream(), a, (const T *)gc_tensor_data(w),
+                  b ? (const T *)gc_tensor_data(b) : nullptr, (const T *)gc_tensor_data(s));
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });

@@ -68,7 +68,8 @@ extern "C" gc_status gc_cuda_unfold_patches_fwd(gc_tensor *y, const gc_tensor *x
         T *py = (T *)gc_tensor_data(y);
         const T *px = (const T *)gc_tensor_data(x);
         if (P % VB == 0 && W % VB == 0 && aligned16(py) && aligned16(px))
-            gc_launch(unfold_fwd_kernel<T, VB>, grid_for(rows), kThreads, 0, gc_cuda_stream(), py, px, rows, C, H, W, P);
+            gc_launch(unfold_fwd_kernel<T, VB>, grid_for(rows), kThreads, 0, gc_cuda_stream(), py, px, rows, C, H, W,
+                      P);
         else
             gc_launch(unfold_fwd_kernel<T, 1>, grid_for(rows), kThreads, 0, gc_cuda_stream(), py, px, rows, C, H, W, P);
         GC_CUDA_LAUNCH_CHECK();
@@ -85,8 +86,7 @@ extern "C" gc_status gc_cuda_unfold_patches_bwd(gc_tensor *gx, const gc_tensor *
         using T = typename decltype(tv)::type;
         using G = typename decltype(tg)::type;
         gc_launch(unfold_bwd_kernel<T, G>, grid_for(rows), kThreads, 0, gc_cuda_stream(), (G *)gc_tensor_data(gx),
-                                                                                  (const T *)gc_tensor_data(gy), rows, C, H,
-                                                                                  W, P, acc);
+                  (const T *)gc_tensor_data(gy), rows, C, H, W, P, acc);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });

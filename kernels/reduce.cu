@@ -147,7 +147,7 @@ extern "C" gc_status gc_cuda_sum_bwd(gc_tensor *gx, const gc_tensor *gy, float s
         using T = typename decltype(tv)::type;
         using G = typename decltype(tg)::type;
         gc_launch(sum_bwd_kernel<T, G>, grid_for(n), kThreads, 0, gc_cuda_stream(), (G *)gc_tensor_data(gx),
-                                                                           (const T *)gc_tensor_data(gy), n, scale, acc);
+                  (const T *)gc_tensor_data(gy), n, scale, acc);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });
@@ -168,7 +168,8 @@ extern "C" gc_status gc_cuda_mean_dim_fwd(gc_tensor *y, const gc_tensor *x, int6
             int64_t cb = (inner + 31) / 32;
             if (cb > 0x7fffffffLL) return gc_error_set(GC_ERR_SHAPE, "mean_dim: inner size %lld is too large", (long long)inner);
             int64_t gy = outer < 65535 ? outer : 65535;
-            gc_launch(mean_cols_kernel<T>, dim3((unsigned)cb, (unsigned)gy), dim3(32, 8), 0, s, xp, outer, n, inner, yp);
+            gc_launch(mean_cols_kernel<T>, dim3((unsigned)cb, (unsigned)gy), dim3(32, 8), 0, s, xp, outer, n, inner,
+                      yp);
         }
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
@@ -182,8 +183,8 @@ extern "C" gc_status gc_cuda_mean_dim_bwd(gc_tensor *gx, const gc_tensor *gy, in
     return with_types(gy->dtype, gx->dtype, "mean_dim backward", [&](auto tv, auto tg) {
         using T = typename decltype(tv)::type;
         using G = typename decltype(tg)::type;
-        gc_launch(mean_dim_bwd_kernel<T, G>, grid_for(total), kThreads, 0, gc_cuda_stream(), 
-            (G *)gc_tensor_data(gx), (const T *)gc_tensor_data(gy), outer, n, inner, acc);
+        gc_launch(mean_dim_bwd_kernel<T, G>, grid_for(total), kThreads, 0, gc_cuda_stream(), (G *)gc_tensor_data(gx),
+                  (const T *)gc_tensor_data(gy), outer, n, inner, acc);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     });

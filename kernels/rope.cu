@@ -77,12 +77,14 @@ gc_status rope_typed(const T *x, const float *cs, const float *sn, bool per_samp
     const bool small = B * L * H * D + (int64_t)grid * 256 < INT32_MAX && (per_sample ? B : 1) * n * D < INT32_MAX;
     cudaStream_t st = gc_cuda_stream();
     if (vec && small)
-        gc_launch(rope_kernel<T, G, VT, int>, grid, 256, 0, st, x, cs, sn, per_sample, (int)B, (int)L, (int)H, (int)D, (int)n,
-                                                         (int)start, inverse, y, acc);
+        gc_launch(rope_kernel<T, G, VT, int>, grid, 256, 0, st, x, cs, sn, per_sample, (int)B, (int)L, (int)H, (int)D,
+                  (int)n, (int)start, inverse, y, acc);
     else if (vec)
-        gc_launch(rope_kernel<T, G, VT, int64_t>, grid, 256, 0, st, x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
+        gc_launch(rope_kernel<T, G, VT, int64_t>, grid, 256, 0, st, x, cs, sn, per_sample, B, L, H, D, n, start,
+                  inverse, y, acc);
     else
-        gc_launch(rope_kernel<T, G, 1, int64_t>, grid, 256, 0, st, x, cs, sn, per_sample, B, L, H, D, n, start, inverse, y, acc);
+        gc_launch(rope_kernel<T, G, 1, int64_t>, grid, 256, 0, st, x, cs, sn, per_sample, B, L, H, D, n, start, inverse,
+                  y, acc);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }

@@ -684,9 +684,11 @@ extern "C" gc_status gc_cuda_copy_strided(gc_tensor *dst, const gc_tensor *src, 
         int64_t span = 1;
         for (int k = 0; k < v.ndim; k++) span += (v.shape[k] - 1) * (llabs(v.ds[k]) > llabs(v.ss[k]) ? llabs(v.ds[k]) : llabs(v.ss[k]));
         if (nv < ((int64_t)1 << 31) && span < ((int64_t)1 << 31))
-            gc_launch(vec16_copy_kernel<int32_t>, grid, 256, 0, rt.stream, (uint4 *)gc_tensor_data(dst), (const uint4 *)s, v, nv);
+            gc_launch(vec16_copy_kernel<int32_t>, grid, 256, 0, rt.stream, (uint4 *)gc_tensor_data(dst),
+                      (const uint4 *)s, v, nv);
         else
-            gc_launch(vec16_copy_kernel<int64_t>, grid, 256, 0, rt.stream, (uint4 *)gc_tensor_data(dst), (const uint4 *)s, v, nv);
+            gc_launch(vec16_copy_kernel<int64_t>, grid, 256, 0, rt.stream, (uint4 *)gc_tensor_data(dst),
+                      (const uint4 *)s, v, nv);
         GC_CUDA_LAUNCH_CHECK();
         return GC_OK;
     }
