@@ -12,7 +12,8 @@
 // it as usual, and in a kernel launched that way GC_PDL_WAIT() returns at once.
 //
 // The rule: every kernel passed to gc_launch starts with GC_PDL_WAIT();
-// tools/check_pdl.sh checks it for the files that launch with gc_launch.
+// tools/check_pdl.sh (the `pdl` test) checks it for every kernel of the library, and that
+// none is launched with <<<>>>.
 #ifndef GC_LAUNCH_CUH
 #define GC_LAUNCH_CUH
 
