@@ -86,6 +86,10 @@ gc_status gc_checkpoint_load_weights(const char *ck, const gc_train_config *c, g
 gc_loader_opts gc_train_loader_opts(const gc_train_config *c, int S, gc_loader_pos start);
 /* An evaluation's: n samples once, in order, batches of at most batch_size, the last kept. */
 gc_loader_opts gc_eval_loader_opts(const gc_train_config *c, int S, int64_t n);
+/* A CSV/TSV manifest's second column (key: its config key's name, value: the column) must
+ * not be csv_img_key's: an error naming both keys, at start-up, before any data is read
+ * or written. WebDataset shards have no columns. */
+gc_status gc_train_check_columns(const gc_train_config *c, const char *key, const char *value, const char *where);
 /* The training loader's next batch, or *b NULL where the run's data ends: the loader ran
  * out, or a run of `epochs` (no max_steps) reached its last epoch's end. Unreadable images
  * can leave an epoch a batch short of the steps planned from the data's size; the run

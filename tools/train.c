@@ -45,11 +45,6 @@ typedef struct trainer {
 static gc_dataset *open_data(const gc_train_config *c, const char *spec)
 {
     if (!strcmp(c->data_format, "webdataset")) return gc_dataset_open_tar(spec);
-    if (!strcmp(c->csv_img_key, c->csv_caption_key)) {
-        gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_caption_key are both '%s': the image and the caption "
-                     "need a column each", spec, c->csv_img_key);
-        return NULL;
-    }
     return gc_dataset_open_csv(spec, c->csv_separator[0], c->csv_img_key, c->csv_caption_key);
 }
 
@@ -361,6 +356,8 @@ int gc_cli_train(int argc, char **argv)
     }
     static const char *const pairs_only[] = {"temperature", "pair_format", "csv_img_b_key", "csv_label_key", "pool", "augment", NULL};
     gc_train_config_warn_unused(&t.cfg, pairs_only, "CLIP image-caption", t.cfg_path);
+    if (gc_train_check_columns(&t.cfg, "csv_caption_key", t.cfg.csv_caption_key, t.cfg_path) != GC_OK)
+        return gc_cli_fail_status(NULL);
     if (gc_train_device(&t.cfg, t.cfg_path, &t.dev) != GC_OK) return gc_cli_fail_status(NULL);
     int rc = train(&t, resume) == GC_OK ? 0 : gc_cli_fail_status(NULL);
     trainer_free(&t);

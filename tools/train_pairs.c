@@ -158,17 +158,13 @@ static void pair_set_free(pair_set *p)
 /* the pair keys that need no data (checked before anything is written) */
 static gc_status pair_config_check(const gc_train_config *c, const char *where)
 {
-    if (strcmp(c->pair_format, "labels") && !strcmp(c->data_format, "webdataset"))
+    const bool labels = !strcmp(c->pair_format, "labels");
+    if (!labels && !strcmp(c->data_format, "webdataset"))
         return gc_error_set(GC_ERR_INVALID, "%s: pair_format pairs reads a CSV/TSV manifest with two image columns "
                             "(csv_img_key, csv_img_b_key); WebDataset shards work with pair_format labels (the .txt "
                             "is the label)", where);
-    if (strcmp(c->pair_format, "labels") && !strcmp(c->csv_img_key, c->csv_img_b_key))
-        return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_img_b_key are both '%s': a pair needs two image "
-                            "columns", where, c->csv_img_key);
-    if (!strcmp(c->pair_format, "labels") && strcmp(c->data_format, "webdataset") && !strcmp(c->csv_img_key, c->csv_label_key))
-        return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and csv_label_key are both '%s': the image and the label "
-                            "need a column each", where, c->csv_img_key);
-    return GC_OK;
+    return gc_train_check_columns(c, labels ? "csv_label_key" : "csv_img_b_key", labels ? c->csv_label_key : c->csv_img_b_key,
+                                  where);
 }
 
 static gc_status pair_set_open(pair_set *p, const gc_train_config *c, const char *spec)

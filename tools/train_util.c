@@ -390,6 +390,13 @@ gc_loader_opts gc_eval_loader_opts(const gc_train_config *c, int S, int64_t n)
     return lo;
 }
 
+gc_status gc_train_check_columns(const gc_train_config *c, const char *key, const char *value, const char *where)
+{
+    if (!strcmp(c->data_format, "webdataset") || strcmp(c->csv_img_key, value)) return GC_OK;
+    return gc_error_set(GC_ERR_INVALID, "%s: csv_img_key and %s are both '%s': each needs a column of its own", where, key,
+                        value);
+}
+
 gc_status gc_train_next_batch(gc_loader *l, const gc_train_config *c, const gc_batch **b)
 {
     GC_TRY(gc_loader_next(l, b));

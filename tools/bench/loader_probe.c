@@ -16,17 +16,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "tools/gc_data.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
+#include "tools/gc_train_util.h" /* gc_now_s */
 
 /* smooth colour waves with noise: compresses like a photo, not like a flat test card */
 static int write_jpegs(const char *dir, int n)
@@ -91,9 +84,9 @@ static int run(const char *manifest, int workers, int nb, bool augment)
     gc_loader *l = gc_loader_new(ds, &o);
     const gc_batch *b = NULL;
     int rc = !l || gc_loader_next(l, &b) != GC_OK || !b;
-    const double t0 = now();
+    const double t0 = gc_now_s();
     for (int i = 0; !rc && i < nb; i++) rc = gc_loader_next(l, &b) != GC_OK || !b;
-    const double dt = now() - t0;
+    const double dt = gc_now_s() - t0;
     if (rc) fprintf(stderr, "%s\n", gc_error_message());
     else printf("workers %2d %-17s %6.0f images/s\n", workers, augment ? "(augmented)" : "(resize)", nb * B / dt);
     gc_loader_free(l);
@@ -111,15 +104,15 @@ static int stages(const char *dir, int n)
     for (int k = 0; k < n && out; k++) {
         gc_image im = {0}, a = {0}, b = {0};
         snprintf(path, sizeof path, "%s/img/%04d.jpg", dir, k);
-        double t0 = now();
+        double t0 = gc_now_s();
         if (gc_image_load(path, &im) != GC_OK) return fprintf(stderr, "%s\n", gc_error_message()), 1;
-        double t1 = now();
+        double t1 = gc_now_s();
         if (gc_image_transform(&im, &pd, 1, 0, (uint64_t)k, &a) != GC_OK) return 1;
-        double t2 = now();
+        double t2 = gc_now_s();
         if (gc_image_transform(&im, &pc, 1, 0, (uint64_t)k, &b) != GC_OK) return 1;
-        double t3 = now();
+        double t3 = gc_now_s();
         gc_image_normalize(&a, &pd, out);
-        double t4 = now();
+        double t4 = gc_now_s();
         t_dec += t1 - t0, t_dino += t2 - t1, t_clip += t3 - t2, t_norm += t4 - t3;
         gc_image_free(&im), gc_image_free(&a), gc_image_free(&b);
     }
