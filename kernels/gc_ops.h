@@ -15,6 +15,13 @@
 #include "../runtime/gc_tensor.h"
 
 /* ---- matmul.c: the one GEMM wrapper and the ops on it ---- */
+typedef enum gc_act {
+    GC_ACT_NONE = 0,
+    GC_ACT_GELU_ERF,    /* x/2 (1 + erf(x/sqrt2)) */
+    GC_ACT_GELU_TANH,   /* x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) */
+    GC_ACT_QUICK_GELU,  /* x sigmoid(1.702 x) */
+    GC_ACT_SILU,        /* x sigmoid(x) */
+} gc_act;
 typedef enum gc_epilogue {
     GC_EPI_NONE = 0,
     GC_EPI_BIAS,        /* C = AB + bias[n] */
@@ -35,8 +42,21 @@ typedef struct gc_gemm_args {
     int64_t batch, stride_a, stride_b, stride_c; /* batch 0 or 1: single */
     gc_epilogue epilogue;
     const void *bias;    /* [n], in c_dtype */
+    /* act != NONE: C = act(v) where v = alpha AB + beta C + bias rounded to c_dtype, and
+     * pre (c's layout; NULL: not wanted) gets v. Only where gc_gemm_fuses_act says so. */
+    gc_act act;
+    void *pre;
 } gc_gemm_args;
 gc_status gc_gemm(gc_device dev, const gc_gemm_args *g);
+/* Whether gc_gemm runs g's activation in the GEMM's epilogue: on Hopper, bf16, A [m,k]
+ * times B [n,k]^T, one matrix, alpha 1 (kernels/gemm_sm90.cu). Elsewhere the caller runs
+ * the activation as its own pass. */
+bool gc_gemm_fuses_act(gc_device dev, const gc_gemm_args *g);
+/* Which GEMMs gemm_sm90.cu runs where it can: "act" (the default: those with an
+ * activation epilogue), "all" (every bf16 A B^T, for measuring it against cuBLASLt), or
+ * "off" (none: activations as passes of their own). GC_GEMM_SM90 sets it at start-up. */
+gc_status gc_gemm_set_sm90(const char *mode);
+int gc_gemm_sm90_mode(void); /* 0 off, 1 act, 2 all */
 /* On CUDA the algorithm of a shape is cuBLASLt's heuristic choice, or, with a plan file, the
  * file's: a shape it lacks is timed on first use (the heuristic's first candidates) and
  * appended, so runs that share the file run the same algorithms (kernels/matmul.cu). The
@@ -71,13 +91,6 @@ gc_tensor *gc_scale(gc_tensor *x, double s);  /* x * s */
 gc_tensor *gc_add_scaled(gc_tensor *x, gc_tensor *a, gc_tensor *s);
 gc_tensor *gc_exp(gc_tensor *x);
 
-typedef enum gc_act {
-    GC_ACT_NONE = 0,
-    GC_ACT_GELU_ERF,    /* x/2 (1 + erf(x/sqrt2)) */
-    GC_ACT_GELU_TANH,   /* x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) */
-    GC_ACT_QUICK_GELU,  /* x sigmoid(1.702 x) */
-    GC_ACT_SILU,        /* x sigmoid(x) */
-} gc_act;
 gc_tensor *gc_activation(gc_tensor *x, gc_act act);
 /* linear(activation(x, act), w, b) (matmul.c), keeping only x for backward (act(x) is
  * recomputed there): the MLP's second layer without storing its input twice. */
@@ -86,6 +99,14 @@ gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b);
 gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res);
 /* gc_linear_scaled of act(x): (act(x) w^T + b) s (+ res, or NULL) */
 gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res);
+/* A transformer block's MLP without a pass for its activation. gc_linear_and_act is
+ * gc_linear(x, w, b), and *a = act of it, off the tape, from the same GEMM: its epilogue
+ * where gc_gemm_fuses_act (Hopper), else a pass of its own; with nothing to record, the
+ * linear's output is never made and the result is *a itself. gc_linear_act_given is
+ * gc_linear_act_scaled (s may be NULL) / gc_linear_act_res (res may be NULL) reading that
+ * act(x) instead of making it: the same node on the tape. */
+gc_tensor *gc_linear_and_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_act act, gc_tensor **a);
+gc_tensor *gc_linear_act_given(gc_tensor *x, gc_tensor *a, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res);
 gc_status gc_act_parse(const char *hf_name, gc_act *out); /* "gelu", "gelu_pytorch_tanh", "quick_gelu", "silu" ... */
 
 /* ---- norm.c ---- */

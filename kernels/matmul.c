@@ -1,11 +1,14 @@
 /* The GEMM wrapper (CPU reference here, cuBLASLt in matmul.cu) and the ops on it:
  * matmul and linear, forward and backward. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "gc_kernel_util.h"
 
 #ifdef GC_WITH_CUDA
 gc_status gc_cuda_gemm(const gc_gemm_args *g);                         /* matmul.cu */
+bool gc_cuda_gemm_sm90_fits(const gc_gemm_args *g);                    /* gemm_sm90.cu */
 gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, gc_dtype ddt, int64_t rows, int64_t cols,
                            bool accumulate);                            /* matmul.cu */
 const char *gc_cuda_gemm_plan_summary(char *buf, size_t n);              /* matmul.cu */
@@ -84,11 +87,51 @@ static void cpu_gemm_one(const gc_gemm_args *g, const float *a, const float *b, 
     }
 }
 
+/* 0 off, 1 act, 2 all; -1: GC_GEMM_SM90 not read yet */
+static int sm90_mode = -1;
+
+gc_status gc_gemm_set_sm90(const char *mode)
+{
+    static const char *const names[] = {"off", "act", "all"};
+    for (int i = 0; i < 3; i++)
+        if (mode && !strcmp(mode, names[i])) {
+            sm90_mode = i;
+            return GC_OK;
+        }
+    return gc_error_set(GC_ERR_INVALID, "gemm sm90 mode '%s': expected off, act or all", mode ? mode : "(null)");
+}
+
+int gc_gemm_sm90_mode(void)
+{
+    if (sm90_mode < 0) {
+        const char *e = getenv("GC_GEMM_SM90");
+        sm90_mode = 1;
+        if (e && *e && gc_gemm_set_sm90(e) != GC_OK) {
+            fprintf(stderr, "gradcache: GC_GEMM_SM90=%s is not off, act or all: act it is\n", e);
+            gc_error_clear();
+        }
+    }
+    return sm90_mode;
+}
+
+bool gc_gemm_fuses_act(gc_device dev, const gc_gemm_args *g)
+{
+#ifdef GC_WITH_CUDA
+    return dev.type == GC_DEVICE_CUDA && gc_gemm_sm90_mode() > 0 && gc_cuda_gemm_sm90_fits(g);
+#else
+    (void)dev, (void)g;
+    return false;
+#endif
+}
+
 gc_status gc_gemm(gc_device dev, const gc_gemm_args *g)
 {
     if (g->m < 0 || g->n < 0 || g->k < 0) return gc_error_set(GC_ERR_SHAPE, "gemm: negative size");
     if (g->epilogue == GC_EPI_BIAS && !g->bias) return gc_error_set(GC_ERR_INVALID, "gemm: bias epilogue without a bias");
+    if (g->pre && g->act == GC_ACT_NONE) return gc_error_set(GC_ERR_INVALID, "gemm: a pre-activation output without an activation");
     if (dev.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_gemm(g));
+    if (g->act != GC_ACT_NONE)
+        return gc_error_set(GC_ERR_INVALID, "gemm: an activation epilogue on the CPU (gc_gemm_fuses_act is false there)");
     if (g->ab_dtype != GC_F32 || g->c_dtype != GC_F32)
         return gc_error_set(GC_ERR_DTYPE, "gemm on the CPU computes in f32 only (got %s x %s -> %s)",
                             gc_dtype_name(g->ab_dtype), gc_dtype_name(g->ab_dtype), gc_dtype_name(g->c_dtype));
@@ -323,8 +366,12 @@ static gc_tensor *residual_of(gc_tensor *res, const gc_tensor *y)
     return gc_contiguous(res);
 }
 
-/* y = (x w^T + b) s (+ res, as the GEMM's C input when res is not NULL); s may be NULL (none) */
-static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
+/* y = (x w^T + b) s (+ res, as the GEMM's C input when res is not NULL); s may be NULL (none).
+ * a_out: *a_out = act(y) as well, off the tape (gc_mlp): from the GEMM's epilogue where
+ * gc_gemm_fuses_act, else a pass of its own. With nothing to record y is not needed then,
+ * and the epilogue writes only act(y), which is also what is returned. */
+static gc_tensor *linear_impl_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res, gc_act act,
+                                  gc_tensor **a_out)
 {
     if (!x || !w) return NULL;
     gc_tensor *ins[5] = {x, w, b, res, s};
@@ -365,10 +412,37 @@ static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tenso
         if (!rc) return NULL;
         g.c_in = gc_tensor_data(rc), g.beta = 1.0f;
     }
-    if (gc_gemm(x->device, &g) != GC_OK) return NULL;
     gc_tensor *in5[5] = {xc, wc, bc, rc, sc}, *sv[5] = {xc, wc, ws, sc, bc};
+    if (a_out) {
+        *a_out = NULL;
+        g.act = act;
+        if (act != GC_ACT_NONE && gc_gemm_fuses_act(x->device, &g)) {
+            const bool record = gc_autograd_should_record(5, in5);
+            gc_tensor *a = record ? gc_op_new(x->dtype, x->device, x->ndim, sh) : y;
+            if (!a) return NULL;
+            g.pre = record ? gc_tensor_data(y) : NULL;
+            g.c = gc_tensor_data(a);
+            if (gc_gemm(x->device, &g) != GC_OK) return NULL;
+            *a_out = a;
+            if (!record) return a;
+        } else {
+            g.act = GC_ACT_NONE;
+            if (gc_gemm(x->device, &g) != GC_OK) return NULL;
+            bool prev = gc_grad_set_enabled(false);
+            *a_out = act == GC_ACT_NONE ? y : gc_activation(y, act);
+            gc_grad_set_enabled(prev);
+            if (!*a_out) return NULL;
+        }
+    } else if (gc_gemm(x->device, &g) != GC_OK) {
+        return NULL;
+    }
     gc_autograd_record("linear", linear_backward, y, s ? 5 : 4, in5, s ? 5 : 2, sv);
     return y;
+}
+
+static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
+{
+    return linear_impl_act(x, w, b, s, res, GC_ACT_NONE, NULL);
 }
 
 gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b) { return linear_impl(x, w, b, NULL, NULL); }
@@ -432,11 +506,13 @@ static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
     return st;
 }
 
-static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
+/* given: act(x) already made (gc_mlp: by the GEMM that made x), or NULL */
+static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res,
+                                  gc_tensor *given)
 {
     if (!x || !w) return NULL;
     gc_tensor *ins[5] = {x, w, b, res, s};
-    if (!gc_autograd_should_record(5, ins)) return linear_impl(gc_activation(x, act), w, b, s, res);
+    if (!gc_autograd_should_record(5, ins)) return linear_impl(given ? given : gc_activation(x, act), w, b, s, res);
     int64_t R = gc_tensor_rows(x), in = gc_tensor_cols(x);
     gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(R, in));
     /* the residual as [R, out] like y below, when it has y's shape [..., out] (else linear_impl says why) */
@@ -454,7 +530,7 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
     /* the activation [R, in] is freed here and recomputed in backward, unless
      * recomputation is off (gc_recompute_set_enabled: memory for speed) */
     const bool keep = !gc_recompute_enabled();
-    gc_tensor *a = gc_activation(x2, act);
+    gc_tensor *a = given ? gc_view(given, 2, GC_SHAPE(R, in)) : gc_activation(x2, act);
     gc_tensor *y = gc_pool_keep(linear_impl(a, ws, bs, NULL, r2));
     if (keep && a) gc_tensor_retain(a);
     gc_pool_pop(p);
@@ -476,7 +552,7 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
 
 gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b)
 {
-    return linear_act_impl(x, act, w, b, NULL, NULL);
+    return linear_act_impl(x, act, w, b, NULL, NULL, NULL);
 }
 
 gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res)
@@ -485,7 +561,7 @@ gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *
         gc_error_set(GC_ERR_INVALID, "linear_act: NULL residual");
         return NULL;
     }
-    return linear_act_impl(x, act, w, b, NULL, res);
+    return linear_act_impl(x, act, w, b, NULL, res, NULL);
 }
 
 gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
@@ -494,5 +570,30 @@ gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tenso
         gc_error_set(GC_ERR_INVALID, "linear_act: NULL layer scale");
         return NULL;
     }
-    return linear_act_impl(x, act, w, b, s, res);
+    return linear_act_impl(x, act, w, b, s, res, NULL);
+}
+
+gc_tensor *gc_linear_and_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_act act, gc_tensor **a)
+{
+    if (!a) {
+        gc_error_set(GC_ERR_INVALID, "linear_and_act: NULL result pointer");
+        return NULL;
+    }
+    *a = NULL;
+    return linear_impl_act(x, w, b, NULL, NULL, act, a);
+}
+
+gc_tensor *gc_linear_act_given(gc_tensor *x, gc_tensor *a, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
+{
+    if (x && !a) {
+        gc_error_set(GC_ERR_INVALID, "linear_act: NULL activation given");
+        return NULL;
+    }
+    if (x && a && (a->ndim != x->ndim || memcmp(a->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim) || a->dtype != x->dtype)) {
+        char sa[GC_SHAPE_STR_LEN], sx[GC_SHAPE_STR_LEN];
+        gc_error_set(GC_ERR_SHAPE, "linear_act: the activation given %s %s does not match its input %s %s", gc_dtype_name(a->dtype),
+                     gc_shape_str(a, sa, sizeof sa), gc_dtype_name(x->dtype), gc_shape_str(x, sx, sizeof sx));
+        return NULL;
+    }
+    return linear_act_impl(x, act, w, b, s, res, a);
 }

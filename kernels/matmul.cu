@@ -33,6 +33,8 @@ extern "C" {
 }
 #include "gc_cuda_util.cuh"
 
+extern "C" bool gc_cuda_gemm_sm90_fits(const gc_gemm_args *g); // kernels/gemm_sm90.cu
+extern "C" gc_status gc_cuda_gemm_sm90(const gc_gemm_args *g);
 extern "C" gc_status gc_cuda_blaslt(cublasLtHandle_t *handle, void **workspace, size_t *workspace_size); // runtime/cuda.cu
 
 namespace {
@@ -665,6 +667,13 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
         return gc_error_set(GC_ERR_INVALID, "%s: ldc %lld < n", gemm_desc(g, d, sizeof d), (long long)g->ldc);
     if (batch > 0x7fffffffLL)
         return gc_error_set(GC_ERR_INVALID, "%s: batch count beyond int32", gemm_desc(g, d, sizeof d));
+    if (g->act != GC_ACT_NONE || g->pre) { // the activation epilogue is ours alone
+        if (!gc_cuda_gemm_sm90_fits(g))
+            return gc_error_set(GC_ERR_INVALID, "%s: an activation epilogue needs Hopper, bf16, A times B^T, alpha 1 "
+                                "(gc_gemm_fuses_act)", gemm_desc(g, d, sizeof d));
+        return gc_cuda_gemm_sm90(g);
+    }
+    if (gc_gemm_sm90_mode() == 2 && gc_cuda_gemm_sm90_fits(g)) return gc_cuda_gemm_sm90(g);
     if (g->k == 0) { // cuBLASLt rejects k = 0; the product is empty
         switch (g->c_dtype) {
         case GC_F32: return scale_bias<float>(g, batch);

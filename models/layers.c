@@ -141,20 +141,28 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     st = gc_pool_push();
     gc_tensor *m = gc_layernorm(r, b->ln2_w, b->ln2_b, b->eps);
     norm = gc_tensor_retain(m);
-    m = gc_pool_keep(gc_lin_forward(&b->fc1, m, b->op_base + 5));
+    /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
+    const bool plain = !(b->drop_path > 0) && !b->ls2 && !b->fc2.lora_a; /* a plain residual: fc2's GEMM C input */
+    /* fc1's GEMM makes the activation too (act), unless LoRA or drop_path come between */
+    const bool fused = !b->fc1.lora_a && (plain || fold_ls(b, &b->fc2, b->ls2));
+    gc_tensor *act = NULL;
+    m = gc_pool_keep(fused ? gc_linear_and_act(m, b->fc1.w, b->fc1.b, b->act, &act) : gc_lin_forward(&b->fc1, m, b->op_base + 5));
+    if (act && act != m) gc_pool_keep(act); /* freed with the block's pool, after fc2 has read it */
     gc_pool_pop(st);
     gc_recompute_release(norm);
-    /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
     gc_tensor *y;
-    if (!(b->drop_path > 0) && !b->ls2 && !b->fc2.lora_a) { /* a plain residual: fc2's GEMM C input */
-        y = gc_pool_keep(gc_linear_act_res(m, b->act, b->fc2.w, b->fc2.b, r));
-    } else if (fold_ls(b, &b->fc2, b->ls2)) { /* and the layer scale in its weights */
-        y = gc_pool_keep(gc_linear_act_scaled(m, b->act, b->fc2.w, b->fc2.b, b->ls2, r));
+    if (fused) { /* the layer scale, if any, in fc2's weights */
+        y = gc_linear_act_given(m, act, b->act, b->fc2.w, b->fc2.b, plain ? NULL : b->ls2, r);
+    } else if (plain) {
+        y = gc_linear_act_res(m, b->act, b->fc2.w, b->fc2.b, r);
+    } else if (fold_ls(b, &b->fc2, b->ls2)) {
+        y = gc_linear_act_scaled(m, b->act, b->fc2.w, b->fc2.b, b->ls2, r);
     } else {
         m = b->fc2.lora_a ? gc_lin_forward(&b->fc2, gc_activation(m, b->act), b->op_base + 6)
                           : gc_linear_act(m, b->act, b->fc2.w, b->fc2.b);
-        y = gc_pool_keep(residual_add(b, r, m, b->ls2, b->op_base + 8));
+        y = residual_add(b, r, m, b->ls2, b->op_base + 8);
     }
+    y = gc_pool_keep(y);
     gc_pool_pop(pool);
     return y;
 }

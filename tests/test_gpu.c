@@ -15,6 +15,9 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef GC_WITH_CUDA
+#include <cuda_runtime.h> /* the compute capability: gemm_sm90 must run on Hopper */
+#endif
 
 /* relative-norm tolerances (see gc_test_compare_devices) */
 #define TOL32 1e-4      /* f32 */
@@ -190,12 +193,248 @@ START_TEST(test_gemm)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- gemm_sm90 */
+
+static gc_tensor *gpu_leaf(gc_dtype dt, int nd, const int64_t *sh, uint64_t seed);
+
+
+/* kernels/gemm_sm90.cu, Hopper's own GEMM with the activation epilogue. On a Hopper GPU it
+ * must be taken (a probe GEMM it fits), elsewhere the test has nothing to check. */
+static bool is_hopper(void)
+{
+    int major = 0, minor = 0;
+    return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess &&
+           cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) == cudaSuccess && major == 9 && minor == 0;
+}
+
+static bool sm90_taken(void)
+{
+    static char dummy[1024] __attribute__((aligned(256)));
+    gc_gemm_args g = {.trans_b = true, .m = 128, .n = 128, .k = 64, .a = dummy, .lda = 64, .b = dummy, .ldb = 64,
+                      .c = dummy, .ldc = 128, .ab_dtype = GC_BF16, .c_dtype = GC_BF16, .alpha = 1.0f, .act = GC_ACT_GELU_ERF};
+    return gc_gemm_fuses_act(GC_CUDA0, &g);
+}
+
+typedef struct linact_case {
+    gc_act act;
+    bool scale, res;
+} linact_case;
+
+/* in: x [B, L, in], w1 [F, in], b1 [F], w2 [out, F], b2 [out], s [out], res [B, L, out]:
+ * res + s (act(x w1^T + b1) w2^T + b2) as the blocks run it (gc_linear_and_act, then
+ * gc_linear_act_given); the CPU runs the activation as its own pass */
+static gc_tensor *f_linact(gc_tensor *const *in, void *ctx)
+{
+    const linact_case *c = ctx;
+    gc_tensor *a = NULL;
+    gc_tensor *h = gc_linear_and_act(in[0], in[1], in[2], c->act, &a);
+    return gc_linear_act_given(h, a, c->act, in[3], in[4], c->scale ? in[5] : NULL, c->res ? in[6] : NULL);
+}
+
+static void linact_cases(cmp_log *lgp, const char *mode)
+{
+    cmp_log lg = *lgp;
+    static const struct { gc_act act; const char *name; } acts[] = {
+        {GC_ACT_GELU_ERF, "gelu"}, {GC_ACT_QUICK_GELU, "quick_gelu"}, {GC_ACT_GELU_TANH, "gelu_tanh"}, {GC_ACT_SILU, "silu"},
+    };
+    /* rows 201 (tiles of 128 with a tail), F 200 (a part tile of 128 and of 256), in 96 (a
+     * half k step of 64, zeros from the TMA) */
+    gc_tensor *in[7] = {
+        PARAM(81, 1.0, 3, 67, 96), PARAM(82, 0.1, 200, 96), PARAM(83, 0.5, 200), PARAM(84, 0.07, 64, 200),
+        PARAM(85, 0.5, 64),        PARAM(86, 0.5, 64),      PARAM(87, 1.0, 3, 67, 64),
+    };
+    char l[128];
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
+        for (int v = 0; v < 3; v++) {
+            linact_case c = {.act = acts[i].act, .scale = v == 2, .res = v >= 1};
+            snprintf(l, sizeof l, "linear_and_act %s%s%s (sm90 %s)", acts[i].name, c.res ? " +res" : "", c.scale ? " *s" : "", mode);
+            cmp2(&lg, l, f_linact, &c, 7, in, TOL32, TOL16);
+        }
+    *lgp = lg;
+}
+
+/* bf16 values of a and b: the same bits? */
+static bool same_bits(gc_tensor *a, gc_tensor *b)
+{
+    gc_tensor *ha = a ? gc_pool_add(gc_tensor_to(a, GC_CPU, GC_F32)) : NULL, *hb = b ? gc_pool_add(gc_tensor_to(b, GC_CPU, GC_F32)) : NULL;
+    return ha && hb && gc_tensor_numel(ha) == gc_tensor_numel(hb) &&
+           !memcmp(gc_tensor_data(ha), gc_tensor_data(hb), sizeof(float) * (size_t)gc_tensor_numel(ha));
+}
+
+START_TEST(test_gemm_sm90)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+    const bool hopper = is_hopper(), taken = sm90_taken();
+    printf("gemm_sm90: %s GPU, the kernel %s\n", hopper ? "a Hopper" : "not a Hopper", taken ? "taken" : "not taken");
+    ck_assert_msg(hopper == taken, "gemm_sm90: Hopper %d but the kernel taken %d", hopper, taken);
+    if (!taken) {
+        gc_pool_pop(p);
+        return;
+    }
+    /* every direct case and more with every fitting GEMM on the kernel, both tile widths */
+    ck_assert_int_eq(gc_gemm_set_sm90("all"), GC_OK);
+    static const char *const bns[] = {"128", "256"};
+    for (int bi = 0; bi < 2; bi++) {
+        setenv("GC_GEMM_SM90_BN", bns[bi], 1);
+        gemm_cases(&lg);
+        gemm_case c1 = {.tb = true, .m = 201, .n = 200, .k = 96, .alpha = 1, .beta = 0, .bias = true};
+        gemm_run(&lg, "sm90 201x200x96 +bias", &c1, 90);
+        c1.beta = 1;
+        gemm_run(&lg, "sm90 201x200x96 +bias beta 1", &c1, 91);
+        gemm_case c2 = {.tb = true, .m = 130, .n = 264, .k = 520, .pad = 8, .alpha = 1, .beta = 1};
+        gemm_run(&lg, "sm90 130x264x520 ld+8 beta 1", &c2, 92);
+        gemm_case c3 = {.tb = true, .m = 3 * 197, .n = 768, .k = 3072, .alpha = 1, .beta = 0, .bias = true};
+        gemm_run(&lg, "sm90 591x768x3072 +bias", &c3, 93);
+        linact_cases(&lg, bns[bi]);
+    }
+    unsetenv("GC_GEMM_SM90_BN");
+    ck_assert_int_eq(gc_gemm_set_sm90("act"), GC_OK);
+    linact_cases(&lg, "act");
+
+    /* no grad: the epilogue writes act(v) alone; with the tape, v and act(v): the same bits,
+     * and the same as the activation's own pass over v */
+    for (int act = GC_ACT_GELU_ERF; act <= GC_ACT_SILU; act++) {
+        gc_tensor *x = gpu_leaf(GC_BF16, 2, GC_SHAPE(1000, 256), 94), *w = gpu_leaf(GC_BF16, 2, GC_SHAPE(1024, 256), 95);
+        gc_tensor *b = gpu_leaf(GC_BF16, 1, GC_SHAPE(1024), 96);
+        gc_tensor *a0 = NULL, *a1 = NULL;
+        bool prev = gc_grad_set_enabled(false);
+        gc_tensor *h0 = gc_linear_and_act(x, w, b, (gc_act)act, &a0);
+        gc_grad_set_enabled(prev);
+        gc_tensor *h1 = gc_linear_and_act(x, w, b, (gc_act)act, &a1);
+        bool prev2 = gc_grad_set_enabled(false);
+        gc_tensor *a2 = h1 ? gc_activation(h1, (gc_act)act) : NULL;
+        gc_grad_set_enabled(prev2);
+        lg.total++;
+        if (!h0 || h0 != a0 || !h1 || !a1 || h1 == a1 || !same_bits(a0, a1) || !same_bits(a1, a2))
+            log_fail(&lg, "linear_and_act act %d: no-grad %p/%p, taped %p/%p, bits %d %d (%s)", act, (void *)h0, (void *)a0,
+                     (void *)h1, (void *)a1, a0 && a1 ? same_bits(a0, a1) : -1, a1 && a2 ? same_bits(a1, a2) : -1,
+                     gc_error_message());
+        gc_error_clear();
+    }
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
+
+/* The forward GEMMs of the models' linears, cuBLASLt against gemm_sm90.cu, plain (+bias)
+ * and with the activation: cuBLASLt and a pass of its own, against the epilogue. */
+static double time_ms(int reps, gc_tensor *(*f)(void *), void *ctx)
+{
+    gc_timer *t0 = gc_timer_create(GC_CUDA0), *t1 = gc_timer_create(GC_CUDA0);
+    for (int r = 0; r < 2; r++) {
+        gc_pool *it = gc_pool_push();
+        f(ctx);
+        gc_pool_pop(it);
+    }
+    gc_timer_record(t0);
+    for (int r = 0; r < reps; r++) {
+        gc_pool *it = gc_pool_push();
+        f(ctx);
+        gc_pool_pop(it);
+    }
+    gc_timer_record(t1);
+    double ms = -1;
+    if (gc_timer_elapsed_ms(t0, t1, &ms) != GC_OK) ms = -1;
+    gc_timer_free(t0);
+    gc_timer_free(t1);
+    return ms / reps;
+}
+
+typedef struct bench_lin {
+    gc_tensor *x, *w, *b;
+    gc_act act;
+} bench_lin;
+
+static gc_tensor *run_linear(void *ctx)
+{
+    bench_lin *c = ctx;
+    return gc_linear(c->x, c->w, c->b);
+}
+static gc_tensor *run_linear_then_act(void *ctx)
+{
+    bench_lin *c = ctx;
+    return gc_activation(gc_linear(c->x, c->w, c->b), c->act);
+}
+static gc_tensor *run_linear_and_act(void *ctx)
+{
+    bench_lin *c = ctx;
+    gc_tensor *a = NULL;
+    return gc_linear_and_act(c->x, c->w, c->b, c->act, &a);
+}
+
+START_TEST(test_gemm_sm90_bench)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+    if (!sm90_taken()) {
+        printf("gemm_sm90_bench: not a Hopper GPU\n");
+        gc_pool_pop(p);
+        return;
+    }
+    static const struct { const char *name; int64_t m, n, k; gc_act act; } shapes[] = {
+        {"DINOv3 chunk 64: q/k/v/o", 64 * 201, 768, 768, GC_ACT_NONE},
+        {"DINOv3 chunk 64: fc1", 64 * 201, 3072, 768, GC_ACT_GELU_ERF},
+        {"DINOv3 chunk 64: fc2", 64 * 201, 768, 3072, GC_ACT_NONE},
+        {"B/16 chunk 256: q/k/v/o", 256 * 197, 768, 768, GC_ACT_NONE},
+        {"B/16 chunk 256: fc1", 256 * 197, 3072, 768, GC_ACT_QUICK_GELU},
+        {"B/16 chunk 256: fc2", 256 * 197, 768, 3072, GC_ACT_NONE},
+        {"text chunk 256: fc1", 256 * 77, 2048, 512, GC_ACT_QUICK_GELU},
+        {"text chunk 256: fc2", 256 * 77, 512, 2048, GC_ACT_NONE},
+        {"B/32 chunk 256: fc1", 256 * 50, 3072, 768, GC_ACT_QUICK_GELU},
+    };
+    bool prev = gc_grad_set_enabled(false);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        gc_pool *ps = gc_pool_push();
+        bench_lin c = {
+            .x = gpu_leaf(GC_BF16, 2, GC_SHAPE(shapes[i].m, shapes[i].k), 100 + i),
+            .w = gpu_leaf(GC_BF16, 2, GC_SHAPE(shapes[i].n, shapes[i].k), 200 + i),
+            .b = gpu_leaf(GC_BF16, 1, GC_SHAPE(shapes[i].n), 300 + i),
+            .act = shapes[i].act,
+        };
+        const double tflop = 2e-9 * (double)shapes[i].m * (double)shapes[i].n * (double)shapes[i].k; /* per ms */
+        gc_gemm_set_sm90("act");
+        gc_tensor *y_lt = gc_pool_add(gc_tensor_to(run_linear(&c), GC_CUDA0, GC_F32));
+        const double lt = time_ms(20, run_linear, &c);
+        gc_gemm_set_sm90("all");
+        gc_tensor *v = run_linear(&c);
+        gc_tensor *y_90 = gc_pool_add(gc_tensor_to(v, GC_CUDA0, GC_F32));
+        const double s90 = time_ms(20, run_linear, &c);
+        const double err = y_lt && y_90 ? gc_test_rel_err(y_lt, y_90) : -1;
+        printf("gemm %-26s [%lld x %lld x %lld] +bias: cuBLASLt %.3f ms (%.0f TFLOP/s), sm90 %.3f ms (%.0f TFLOP/s), rel diff %.2e\n",
+               shapes[i].name, (long long)shapes[i].m, (long long)shapes[i].n, (long long)shapes[i].k, lt, tflop / lt, s90,
+               tflop / s90, err);
+        lg.total++;
+        if (!(lt > 0 && s90 > 0 && err >= 0 && err < 1e-2)) log_fail(&lg, "%s: timing or agreement failed (%s)", shapes[i].name, gc_error_message());
+        if (shapes[i].act != GC_ACT_NONE) {
+            gc_gemm_set_sm90("off");
+            const double sep = time_ms(20, run_linear_then_act, &c);
+            gc_gemm_set_sm90("act");
+            const double fused = time_ms(20, run_linear_and_act, &c);
+            /* the epilogue's act(v) is the activation pass over the same kernel's v, bit for bit */
+            gc_gemm_set_sm90("all");
+            gc_tensor *sep90 = gc_activation(run_linear(&c), c.act);
+            gc_gemm_set_sm90("act");
+            gc_tensor *fz = run_linear_and_act(&c);
+            printf("gemm %-26s + activation: cuBLASLt and its pass %.3f ms, sm90 epilogue %.3f ms (%.2fx)%s\n", shapes[i].name,
+                   sep, fused, sep / fused, same_bits(sep90, fz) ? "" : "  BITS DIFFER");
+            lg.total++;
+            if (!(sep > 0 && fused > 0) || !same_bits(sep90, fz)) log_fail(&lg, "%s + activation: failed (%s)", shapes[i].name, gc_error_message());
+        }
+        gc_error_clear();
+        gc_pool_pop(ps);
+    }
+    gc_grad_set_enabled(prev);
+    gc_gemm_set_sm90("act");
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
+
 /* GC_GEMM_PLAN: the cases above with every shape timed and written down, then again with
  * every algorithm read back from the file (each against the CPU); one GEMM gives the same
  * bits both times. A file of another GPU is started over; a malformed line is an error
  * that names the file. */
-static gc_tensor *gpu_leaf(gc_dtype dt, int nd, const int64_t *sh, uint64_t seed);
-
 static gc_tensor *plan_probe(void)
 {
     gc_tensor *a = gpu_leaf(GC_BF16, 2, GC_SHAPE(1576, 768), 61), *w = gpu_leaf(GC_BF16, 2, GC_SHAPE(3072, 768), 62);
@@ -1704,6 +1943,7 @@ int main(void)
     struct { const char *name; const TTest *test; } tests[] = {
         {"runtime", test_copy_fill}, {"runtime", test_allocator}, {"runtime", test_allocator_steady_state},
         {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_gemm_plan}, {"gemm", test_matmul_linear},
+        {"gemm_sm90", test_gemm_sm90}, {"gemm_sm90_bench", test_gemm_sm90_bench},
         {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
         {"attention", test_attention},
         {"flash", test_flash_dispatch}, {"flash", test_attention_nan}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},

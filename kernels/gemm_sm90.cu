@@ -1,0 +1,404 @@
+// The forward GEMM of a linear layer on Hopper's tensor cores, its epilogue fused:
+//
+//   v = A[m, k] B[n, k]^T (+ bias[n]) (+ R[m, n]) rounded to bf16;  C = act(v);  pre = v
+//
+// bf16 in and out, f32 accumulation. cuBLASLt offers no epilogue for erf-GELU or
+// quick_gelu, so an MLP's activation is a pass of its own over the [rows, 4D] output
+// (reading it and writing it again: 8 % of a DINOv3 step, 10 % of a CLIP B/16 one).
+// Here the activation is applied to the accumulators before they are stored: in a
+// no-grad forward, only act(v) is written; with the tape, v (kept for backward) and act(v)
+// (fc2's input) both come from the one pass.
+//
+// The structure is the standard one for sm_90 (CUTLASS's "warp-specialized persistent"):
+//   - a block of 3 warpgroups, one block an SM, looping over output tiles of 128 x BN;
+//   - warpgroup 0, the producer: one thread issues TMA loads of the A [128 x 64] and
+//     B [BN x 64] tiles of each k step into a ring of `stages` shared-memory buffers
+//     (128-byte swizzle), each with a "full" barrier that the TMA completes;
+//   - warpgroups 1 and 2, the consumers, take rows 0-63 and 64-127 of the tile: per k step
+//     4 wgmma.m64nBNk16 from shared memory into f32 registers, one group in flight, and
+//     an "empty" barrier arrival (a warp each) when a buffer has been read;
+//   - the epilogue goes from registers to global memory while the producer already loads
+//     the next tile's first k steps.
+// A K-major operand is what this layout needs: A = x [rows, in] and B = W [out, in], the
+// forward of every linear layer. Anything else goes to cuBLASLt (kernels/matmul.cu).
+//
+// Built only for sm_90a (wgmma, setmaxnreg); the compute_90 PTX that the build adds for
+// newer GPUs has an empty kernel body, and the host never launches it there
+// (gc_cuda_gemm_sm90_fits checks the device). tests/test_gpu.c's gemm_sm90 cases compare it
+// with the CPU reference; gemm_sm90_bench times it against cuBLASLt.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+extern "C" {
+#include "../runtime/gc_cuda.h"
+#include "gc_ops.h"
+}
+#include "gc_act.cuh"
+#include "gc_cuda_util.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GC_SM90A 1
+#endif
+
+namespace {
+
+using namespace gc_act_detail;
+typedef __nv_bfloat16 bf16;
+
+constexpr int kBM = 128, kBK = 64; // kBK bf16 = 128 bytes: one swizzle row
+constexpr int kGemmThreads = 384;      // producer + 2 consumer warpgroups
+
+template <int BN> struct Tile {
+    static constexpr int stages = BN == 256 ? 4 : 6;
+    static constexpr int a_bytes = kBM * kBK * 2, b_bytes = BN * kBK * 2;
+    static constexpr int stage_bytes = a_bytes + b_bytes;
+    // the buffers (1024-byte aligned for the swizzle), then the barriers; + 1024 to align
+    static constexpr int smem = stages * stage_bytes + 2 * stages * 8 + 1024;
+};
+
+struct Epi {
+    bf16 *c, *pre;         // C = act(v); pre = v (null: not wanted)
+    const bf16 *bias, *res; // null: none
+    int64_t ldc;           // of c, pre and res
+    int m, n;
+};
+
+// ---- PTX wrappers (sm_90a; compiled only there) ----
+
+#ifdef GC_SM90A
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t *b, uint32_t count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t *b)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
+}
+
+// waits until the phase of parity `parity` has completed (a fresh barrier: parity 1 has)
+__device__ __forceinline__ void mbar_wait(uint64_t *b, uint32_t parity)
+{
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(smem_u32(b)), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+
+// the tile at (c0 = k, c1 = row) of the tensor map into dst, completing tx bytes on bar
+__device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+                 ::"r"(smem_u32(dst)), "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+                 : "memory");
+}
+
+// shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
+__device__ __forceinline__ uint64_t smem_desc(const void *p)
+{
+    const uint64_t a = smem_u32(p);
+    return ((a & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+
+// D[64 x 128] (+)= A[64 x 16] B[128 x 16]^T, both K-major in shared memory (128-byte swizzle)
+__device__ __forceinline__ void wgmma_128(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+// D[64 x 256] (+)= A[64 x 16] B[256 x 16]^T, both K-major in shared memory (128-byte swizzle)
+__device__ __forceinline__ void wgmma_256(float *d, uint64_t da, uint64_t db, int acc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+                 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+                 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+                 "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+                 "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+                 "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+                   "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+                   "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+                   "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+                   "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+                   "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+                   "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+                   "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+                   "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+                 : "l"(da), "l"(db), "r"(acc));
+}
+
+template <int BN> __device__ __forceinline__ void wgmma_bn(float *d, uint64_t da, uint64_t db, int acc)
+{
+    if constexpr (BN == 256) wgmma_256(d, da, db, acc);
+    else wgmma_128(d, da, db, acc);
+}
+
+// v = acc + bias + res for two neighbouring columns, rounded; then C (and pre) at p.
+template <int ACT>
+__device__ __forceinline__ void epi_store(const Epi &e, int64_t off, float x0, float x1, float b0, float b1)
+{
+    x0 += b0, x1 += b1;
+    if (e.res) {
+        const __nv_bfloat162 r = *reinterpret_cast<const __nv_bfloat162 *>(e.res + off);
+        x0 += __bfloat162float(r.x), x1 += __bfloat162float(r.y);
+    }
+    __nv_bfloat162 v = __floats2bfloat162_rn(x0, x1);
+    if constexpr (ACT != GC_ACT_NONE) {
+        if (e.pre) *reinterpret_cast<__nv_bfloat162 *>(e.pre + off) = v;
+        v = __floats2bfloat162_rn(act_f<ACT, true>(__bfloat162float(v.x)), act_f<ACT, true>(__bfloat162float(v.y)));
+    }
+    *reinterpret_cast<__nv_bfloat162 *>(e.c + off) = v;
+}
+#endif // GC_SM90A
+
+template <int BN, int ACT>
+__global__ void __launch_bounds__(kGemmThreads, 1)
+    gemm_tn_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const Epi e,
+                   int k_tiles, int n_tiles, int tiles)
+{
+    GC_PDL_WAIT();
+#ifdef GC_SM90A
+    using T = Tile<BN>;
+    constexpr int S = T::stages;
+    extern __shared__ uint8_t gemm_smem_raw[];
+    uint8_t *smem = (uint8_t *)(((uintptr_t)gemm_smem_raw + 1023) & ~(uintptr_t)1023);
+    uint8_t *sa = smem, *sb = smem + S * T::a_bytes; // S buffers of A [128][64], then S of B [BN][64]
+    uint64_t *full = (uint64_t *)(smem + S * T::stage_bytes), *empty = full + S;
+    const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], 8); // 8 consumer warps
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) { // producer
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (t != 0) return;
+        int s = 0;
+        uint32_t ph = 0;
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
+            for (int kt = 0; kt < k_tiles; kt++) {
+                mbar_wait(&empty[s], ph ^ 1);
+                mbar_expect_tx(&full[s], T::stage_bytes); // out-of-range rows and k arrive as zeros, and count
+                tma_load(sa + s * T::a_bytes, &map_a, &full[s], kt * kBK, m0);
+                tma_load(sb + s * T::b_bytes, &map_b, &full[s], kt * kBK, n0);
+                if (++s == S) s = 0, ph ^= 1;
+            }
+        }
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    const int half = wg - 1; // rows half*64 .. +64 of the tile
+    const int warp = t / 32, lane = t % 32;
+    int s = 0;
+    uint32_t ph = 0;
+    float d[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) d[i] = 0.0f;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
+        int prev = -1;
+        for (int kt = 0; kt < k_tiles; kt++) {
+            mbar_wait(&full[s], ph);
+            wgmma_fence();
+            const uint64_t da = smem_desc(sa + s * T::a_bytes + half * 64 * kBK * 2), db = smem_desc(sb + s * T::b_bytes);
+#pragma unroll
+            for (int kk = 0; kk < kBK / 16; kk++) // 16 bf16 = 32 bytes further along the swizzled rows
+                wgmma_bn<BN>(d, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
+            wgmma_commit();
+            // the group before this one is done: its buffer can be refilled
+            wgmma_wait<1>();
+            if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
+            prev = s;
+            if (++s == S) s = 0, ph ^= 1;
+        }
+        wgmma_wait<0>();
+        if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
+
+        // accumulator layout of wgmma m64nN: warp w holds rows 16w .. 16w+15; per 8 columns j,
+        // d[4j], d[4j+1] at row lane/4, columns 8j + 2 (lane % 4) + {0, 1}; d[4j+2], d[4j+3] 8 rows below
+        const int r0 = m0 + half * 64 + warp * 16 + lane / 4;
+        const int c0 = n0 + 2 * (lane % 4);
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            const int c = c0 + 8 * j;
+            if (c >= e.n) continue; // n is even: c + 1 < n too
+            float b0 = 0.0f, b1 = 0.0f;
+            if (e.bias) {
+                const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162 *>(e.bias + c);
+                b0 = __bfloat162float(b.x), b1 = __bfloat162float(b.y);
+            }
+            if (r0 < e.m) epi_store<ACT>(e, (int64_t)r0 * e.ldc + c, d[4 * j], d[4 * j + 1], b0, b1);
+            if (r0 + 8 < e.m) epi_store<ACT>(e, (int64_t)(r0 + 8) * e.ldc + c, d[4 * j + 2], d[4 * j + 3], b0, b1);
+        }
+    }
+#endif
+}
+
+// ---- host side ----
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn()
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void *p = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess) {
+            (void)cudaGetLastError();
+            p = nullptr;
+        }
+        return (PFN_cuTensorMapEncodeTiled_v12000)p;
+    }();
+    return fn;
+}
+
+// Hopper (sm_90) device 0, and the TMA encoder present
+bool sm90_available()
+{
+    static const bool ok = [] {
+        int dev = 0, major = 0, minor = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        return major == 9 && minor == 0 && encode_fn() != nullptr;
+    }();
+    return ok;
+}
+
+bool aligned(const void *p, uintptr_t a) { return ((uintptr_t)p % a) == 0; }
+
+// [rows, k] bf16 with leading dim ld, tiles of [box_rows, 64]
+gc_status make_map(CUtensorMap *map, const void *p, int64_t rows, int64_t k, int64_t ld, int box_rows)
+{
+    cuuint64_t dims[2] = {(cuuint64_t)k, (cuuint64_t)rows};
+    cuuint64_t strides[1] = {(cuuint64_t)ld * 2};
+    cuuint32_t box[2] = {(cuuint32_t)kBK, (cuuint32_t)box_rows};
+    cuuint32_t estr[2] = {1, 1};
+    CUresult r = encode_fn()(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(p), dims, strides, box, estr,
+                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return gc_error_set(GC_ERR_CUDA, "gemm sm90: cuTensorMapEncodeTiled [%lld, %lld] ld %lld failed (%d)", (long long)rows,
+                            (long long)k, (long long)ld, (int)r);
+    return GC_OK;
+}
+
+template <int BN, int ACT> gc_status launch(const gc_gemm_args *g, const Epi &e)
+{
+    static const cudaError_t attr =
+        cudaFuncSetAttribute(gemm_tn_kernel<BN, ACT>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile<BN>::smem);
+    GC_CUDA_CHECK(attr);
+    CUtensorMap ma, mb;
+    GC_TRY(make_map(&ma, g->a, g->m, g->k, g->lda, kBM));
+    GC_TRY(make_map(&mb, g->b, g->n, g->k, g->ldb, BN));
+    const int k_tiles = (int)((g->k + kBK - 1) / kBK), n_tiles = (int)((g->n + BN - 1) / BN);
+    const int tiles = (int)((g->m + kBM - 1) / kBM) * n_tiles;
+    const int grid = tiles < gc_cuda_sm_count() ? tiles : gc_cuda_sm_count();
+    gc_launch(gemm_tn_kernel<BN, ACT>, grid, kGemmThreads, Tile<BN>::smem, gc_cuda_stream(), ma, mb, e, k_tiles, n_tiles, tiles);
+    GC_CUDA_LAUNCH_CHECK();
+    return GC_OK;
+}
+
+// BN 256 halves the operand traffic a FLOP against BN 128, but a 768-wide output then has
+// 3 tiles a row block: the last wave can leave most SMs idle. Pick the one whose waves,
+// counted in BN-128 tile times (a BN 256 tile a little under two), end sooner.
+int pick_bn(const gc_gemm_args *g)
+{
+    const char *env = getenv("GC_GEMM_SM90_BN");
+    if (env && !strcmp(env, "128")) return 128;
+    if (env && !strcmp(env, "256")) return 256;
+    const int64_t sms = gc_cuda_sm_count(), mb = (g->m + kBM - 1) / kBM;
+    const int64_t w128 = (mb * ((g->n + 127) / 128) + sms - 1) / sms, w256 = (mb * ((g->n + 255) / 256) + sms - 1) / sms;
+    return w256 * 185 <= w128 * 100 ? 256 : 128;
+}
+
+template <int ACT> gc_status dispatch_bn(const gc_gemm_args *g, const Epi &e)
+{
+    return pick_bn(g) == 256 ? launch<256, ACT>(g, e) : launch<128, ACT>(g, e);
+}
+
+} // namespace
+
+// What the kernel takes: bf16, A [m, k] (lda) times B [n, k]^T (ldb), one matrix, alpha 1,
+// beta 0 or C's old value as the residual (beta 1), TMA-legal pointers and strides, even n.
+extern "C" bool gc_cuda_gemm_sm90_fits(const gc_gemm_args *g)
+{
+    if (!sm90_available()) return false;
+    const bool res_ok = g->beta == 0.0f || (g->beta == 1.0f);
+    return g->ab_dtype == GC_BF16 && g->c_dtype == GC_BF16 && !g->trans_a && g->trans_b && g->batch <= 1 && g->alpha == 1.0f &&
+           res_ok && g->m > 0 && g->n > 0 && g->k > 0 && g->m < (1 << 30) && g->n < (1 << 30) && g->n % 2 == 0 &&
+           g->ldc % 2 == 0 && g->lda % 8 == 0 && g->ldb % 8 == 0 && aligned(g->a, 16) && aligned(g->b, 16) &&
+           aligned(g->c, 4) && (!g->pre || aligned(g->pre, 4)) && (!g->c_in || aligned(g->c_in, 4)) &&
+           (g->epilogue != GC_EPI_BIAS || aligned(g->bias, 4)) && g->act >= GC_ACT_NONE && g->act <= GC_ACT_SILU;
+}
+
+extern "C" gc_status gc_cuda_gemm_sm90(const gc_gemm_args *g)
+{
+    Epi e;
+    e.c = (bf16 *)g->c;
+    e.pre = g->act != GC_ACT_NONE ? (bf16 *)g->pre : nullptr;
+    e.bias = g->epilogue == GC_EPI_BIAS ? (const bf16 *)g->bias : nullptr;
+    e.res = g->beta == 1.0f ? (const bf16 *)(g->c_in ? g->c_in : g->c) : nullptr;
+    e.ldc = g->ldc;
+    e.m = (int)g->m, e.n = (int)g->n;
+    switch (g->act) {
+    case GC_ACT_GELU_ERF: return dispatch_bn<GC_ACT_GELU_ERF>(g, e);
+    case GC_ACT_GELU_TANH: return dispatch_bn<GC_ACT_GELU_TANH>(g, e);
+    case GC_ACT_QUICK_GELU: return dispatch_bn<GC_ACT_QUICK_GELU>(g, e);
+    case GC_ACT_SILU: return dispatch_bn<GC_ACT_SILU>(g, e);
+    default: return dispatch_bn<GC_ACT_NONE>(g, e);
+    }
+}
