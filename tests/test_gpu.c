@@ -301,7 +301,11 @@ START_TEST(test_gemm_sm90)
         bool prev = gc_grad_set_enabled(false);
         gc_tensor *h0 = gc_linear_and_act(x, w, b, (gc_act)act, &a0);
         gc_grad_set_enabled(prev);
+        gc_tape *tape = gc_tape_init();
+        gc_tape_begin(tape);
         gc_tensor *h1 = gc_linear_and_act(x, w, b, (gc_act)act, &a1);
+        gc_tape_end(tape);
+        gc_tape_free(tape);
         bool prev2 = gc_grad_set_enabled(false);
         gc_tensor *a2 = h1 ? gc_activation(h1, (gc_act)act) : NULL;
         gc_grad_set_enabled(prev2);
