@@ -200,7 +200,10 @@ __device__ __forceinline__ void epi_store(const Epi &e, int64_t off, float x0, f
 }
 #endif // GC_SM90A
 
-template <int BN, int ACT>
+// PP (ping-pong): each consumer warpgroup takes whole tiles of 128 x BN, the CTA's tiles
+// alternately, so that one's epilogue runs while the other's products keep the tensor
+// cores busy; otherwise (cooperative) both take halves of every tile.
+template <int BN, int ACT, bool PP>
 __global__ void __launch_bounds__(kGemmThreads, 1)
     gemm_tn_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const Epi e,
                    int k_tiles, int n_tiles, int tiles)
@@ -209,13 +212,14 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
 #ifdef GC_SM90A
     using T = Tile<BN>;
     constexpr int S = T::stages;
+    constexpr int H = PP ? 2 : 1; // 64-row halves a consumer computes
     extern __shared__ uint8_t gemm_smem_raw[];
     uint8_t *smem = (uint8_t *)(((uintptr_t)gemm_smem_raw + 1023) & ~(uintptr_t)1023);
     uint8_t *sa = smem, *sb = smem + S * T::a_bytes; // S buffers of A [128][64], then S of B [BN][64]
     uint64_t *full = (uint64_t *)(smem + S * T::stage_bytes), *empty = full + S;
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < S; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], 8); // 8 consumer warps
+        for (int s = 0; s < S; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], PP ? 4 : 8); // the warps that read it
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -239,23 +243,34 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     }
 
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-    const int half = wg - 1; // rows half*64 .. +64 of the tile
+    const int c = wg - 1; // consumer 0 or 1
     const int warp = t / 32, lane = t % 32;
-    int s = 0;
-    uint32_t ph = 0;
-    float d[BN / 2];
+    float d[H][BN / 2];
 #pragma unroll
-    for (int i = 0; i < BN / 2; i++) d[i] = 0.0f;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int h = 0; h < H; h++)
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++) d[h][i] = 0.0f;
+    // the CTA's tiles are blockIdx.x + li gridDim.x, li = 0, 1, ...; their k steps fill the
+    // ring in that order, step q = li k_tiles + kt in buffer q % S, phase (q / S) % 2
+    for (int li = PP ? c : 0;; li += PP ? 2 : 1) {
+        const int tile = blockIdx.x + li * gridDim.x;
+        if (tile >= tiles) break;
         const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
+        const int64_t q = (int64_t)li * k_tiles;
+        int s = (int)(q % S);
+        uint32_t ph = (uint32_t)((q / S) & 1);
+        const int row0 = PP ? 0 : c * 64; // of the tile
         int prev = -1;
         for (int kt = 0; kt < k_tiles; kt++) {
             mbar_wait(&full[s], ph);
             wgmma_fence();
-            const uint64_t da = smem_desc(sa + s * T::a_bytes + half * 64 * kBK * 2), db = smem_desc(sb + s * T::b_bytes);
+            const uint64_t db = smem_desc(sb + s * T::b_bytes);
 #pragma unroll
             for (int kk = 0; kk < kBK / 16; kk++) // 16 bf16 = 32 bytes further along the swizzled rows
-                wgmma_bn<BN>(d, da + 2 * kk, db + 2 * kk, kt > 0 || kk > 0);
+#pragma unroll
+                for (int h = 0; h < H; h++)
+                    wgmma_bn<BN>(d[h], smem_desc(sa + s * T::a_bytes + (row0 + h * 64) * kBK * 2) + 2 * kk, db + 2 * kk,
+                                 kt > 0 || kk > 0);
             wgmma_commit();
             // the group before this one is done: its buffer can be refilled
             wgmma_wait<1>();
@@ -268,19 +283,22 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
 
         // accumulator layout of wgmma m64nN: warp w holds rows 16w .. 16w+15; per 8 columns j,
         // d[4j], d[4j+1] at row lane/4, columns 8j + 2 (lane % 4) + {0, 1}; d[4j+2], d[4j+3] 8 rows below
-        const int r0 = m0 + half * 64 + warp * 16 + lane / 4;
         const int c0 = n0 + 2 * (lane % 4);
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
-            const int c = c0 + 8 * j;
-            if (c >= e.n) continue; // n is even: c + 1 < n too
-            float b0 = 0.0f, b1 = 0.0f;
-            if (e.bias) {
-                const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162 *>(e.bias + c);
-                b0 = __bfloat162float(b.x), b1 = __bfloat162float(b.y);
+        for (int h = 0; h < H; h++) {
+            const int r0 = m0 + row0 + h * 64 + warp * 16 + lane / 4;
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) {
+                const int col = c0 + 8 * j;
+                if (col >= e.n) continue; // n is even: col + 1 < n too
+                float b0 = 0.0f, b1 = 0.0f;
+                if (e.bias) {
+                    const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162 *>(e.bias + col);
+                    b0 = __bfloat162float(b.x), b1 = __bfloat162float(b.y);
+                }
+                if (r0 < e.m) epi_store<ACT>(e, (int64_t)r0 * e.ldc + col, d[h][4 * j], d[h][4 * j + 1], b0, b1);
+                if (r0 + 8 < e.m) epi_store<ACT>(e, (int64_t)(r0 + 8) * e.ldc + col, d[h][4 * j + 2], d[h][4 * j + 3], b0, b1);
             }
-            if (r0 < e.m) epi_store<ACT>(e, (int64_t)r0 * e.ldc + c, d[4 * j], d[4 * j + 1], b0, b1);
-            if (r0 + 8 < e.m) epi_store<ACT>(e, (int64_t)(r0 + 8) * e.ldc + c, d[4 * j + 2], d[4 * j + 3], b0, b1);
         }
     }
 #endif
@@ -336,10 +354,10 @@ gc_status make_map(CUtensorMap *map, const void *p, int64_t rows, int64_t k, int
     return GC_OK;
 }
 
-template <int BN, int ACT> gc_status launch(const gc_gemm_args *g, const Epi &e)
+template <int BN, int ACT, bool PP> gc_status launch(const gc_gemm_args *g, const Epi &e)
 {
     static const cudaError_t attr =
-        cudaFuncSetAttribute(gemm_tn_kernel<BN, ACT>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile<BN>::smem);
+        cudaFuncSetAttribute(gemm_tn_kernel<BN, ACT, PP>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile<BN>::smem);
     GC_CUDA_CHECK(attr);
     CUtensorMap ma, mb;
     GC_TRY(make_map(&ma, g->a, g->m, g->k, g->lda, kBM));
@@ -347,7 +365,7 @@ template <int BN, int ACT> gc_status launch(const gc_gemm_args *g, const Epi &e)
     const int k_tiles = (int)((g->k + kBK - 1) / kBK), n_tiles = (int)((g->n + BN - 1) / BN);
     const int tiles = (int)((g->m + kBM - 1) / kBM) * n_tiles;
     const int grid = tiles < gc_cuda_sm_count() ? tiles : gc_cuda_sm_count();
-    gc_launch(gemm_tn_kernel<BN, ACT>, grid, kGemmThreads, Tile<BN>::smem, gc_cuda_stream(), ma, mb, e, k_tiles, n_tiles, tiles);
+    gc_launch(gemm_tn_kernel<BN, ACT, PP>, grid, kGemmThreads, Tile<BN>::smem, gc_cuda_stream(), ma, mb, e, k_tiles, n_tiles, tiles);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -365,9 +383,13 @@ int pick_bn(const gc_gemm_args *g)
     return w256 * 185 <= w128 * 100 ? 256 : 128;
 }
 
+// GC_GEMM_SM90_SCHED=coop: both consumers on every tile (BN 128 or 256, pick_bn); else
+// ping-pong over tiles of 128 x 128
 template <int ACT> gc_status dispatch_bn(const gc_gemm_args *g, const Epi &e)
 {
-    return pick_bn(g) == 256 ? launch<256, ACT>(g, e) : launch<128, ACT>(g, e);
+    const char *env = getenv("GC_GEMM_SM90_SCHED");
+    if (!env || strcmp(env, "coop")) return launch<128, ACT, true>(g, e);
+    return pick_bn(g) == 256 ? launch<256, ACT, false>(g, e) : launch<128, ACT, false>(g, e);
 }
 
 } // namespace

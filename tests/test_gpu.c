@@ -274,8 +274,10 @@ START_TEST(test_gemm_sm90)
     }
     /* every direct case and more with every fitting GEMM on the kernel, both tile widths */
     ck_assert_int_eq(gc_gemm_set_sm90("all"), GC_OK);
-    static const char *const bns[] = {"128", "256"};
-    for (int bi = 0; bi < 2; bi++) {
+    /* ping-pong (the default), and cooperative with both tile widths */
+    static const char *const scheds[] = {"pingpong", "coop", "coop"}, *const bns[] = {"128", "128", "256"};
+    for (int bi = 0; bi < 3; bi++) {
+        setenv("GC_GEMM_SM90_SCHED", scheds[bi], 1);
         setenv("GC_GEMM_SM90_BN", bns[bi], 1);
         gemm_cases(&lg);
         gemm_case c1 = {.tb = true, .m = 201, .n = 200, .k = 96, .alpha = 1, .beta = 0, .bias = true};
@@ -286,8 +288,11 @@ START_TEST(test_gemm_sm90)
         gemm_run(&lg, "sm90 130x264x520 ld+8 beta 1", &c2, 92);
         gemm_case c3 = {.tb = true, .m = 3 * 197, .n = 768, .k = 3072, .alpha = 1, .beta = 0, .bias = true};
         gemm_run(&lg, "sm90 591x768x3072 +bias", &c3, 93);
-        linact_cases(&lg, bns[bi]);
+        char mode[32];
+        snprintf(mode, sizeof mode, "%s %s", scheds[bi], bns[bi]);
+        linact_cases(&lg, mode);
     }
+    unsetenv("GC_GEMM_SM90_SCHED");
     unsetenv("GC_GEMM_SM90_BN");
     ck_assert_int_eq(gc_gemm_set_sm90("act"), GC_OK);
     linact_cases(&lg, "act");
@@ -404,10 +409,14 @@ START_TEST(test_gemm_sm90_bench)
         gc_tensor *v = run_linear(&c);
         gc_tensor *y_90 = gc_pool_add(gc_tensor_to(v, GC_CUDA0, GC_F32));
         const double s90 = time_ms(20, run_linear, &c);
+        setenv("GC_GEMM_SM90_SCHED", "coop", 1);
+        const double coop = time_ms(20, run_linear, &c);
+        unsetenv("GC_GEMM_SM90_SCHED");
         const double err = y_lt && y_90 ? gc_test_rel_err(y_lt, y_90) : -1;
-        printf("gemm %-26s [%lld x %lld x %lld] +bias: cuBLASLt %.3f ms (%.0f TFLOP/s), sm90 %.3f ms (%.0f TFLOP/s), rel diff %.2e\n",
+        printf("gemm %-26s [%lld x %lld x %lld] +bias: cuBLASLt %.3f ms (%.0f TFLOP/s), sm90 ping-pong %.3f ms (%.0f), "
+               "cooperative %.3f ms (%.0f), rel diff %.2e\n",
                shapes[i].name, (long long)shapes[i].m, (long long)shapes[i].n, (long long)shapes[i].k, lt, tflop / lt, s90,
-               tflop / s90, err);
+               tflop / s90, coop, tflop / coop, err);
         lg.total++;
         if (!(lt > 0 && s90 > 0 && err >= 0 && err < 1e-2)) log_fail(&lg, "%s: timing or agreement failed (%s)", shapes[i].name, gc_error_message());
         if (shapes[i].act != GC_ACT_NONE) {
