@@ -224,19 +224,24 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     }
     __syncthreads();
 
-    if (wg == 0) { // producer
+    // The buffers form one ring (cooperative) or two, one a consumer (ping-pong): a barrier's
+    // phase is waited for by its parity, so each ring must be read in the order it is filled.
+    constexpr int R = PP ? 2 : 1, SR = S / R; // rings, buffers a ring
+    if (wg == 0) { // producer: the CTA's tiles in order, tile li into ring li % R
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (t != 0) return;
-        int s = 0;
-        uint32_t ph = 0;
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int pos[R] = {};
+        uint32_t ph[R] = {};
+        for (int li = 0, tile = blockIdx.x; tile < tiles; li++, tile += gridDim.x) {
+            const int r = li % R;
             const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
             for (int kt = 0; kt < k_tiles; kt++) {
-                mbar_wait(&empty[s], ph ^ 1);
-                mbar_expect_tx(&full[s], T::stage_bytes); // out-of-range rows and k arrive as zeros, and count
-                tma_load(sa + s * T::a_bytes, &map_a, &full[s], kt * kBK, m0);
-                tma_load(sb + s * T::b_bytes, &map_b, &full[s], kt * kBK, n0);
-                if (++s == S) s = 0, ph ^= 1;
+                const int b = r * SR + pos[r];
+                mbar_wait(&empty[b], ph[r] ^ 1);
+                mbar_expect_tx(&full[b], T::stage_bytes); // out-of-range rows and k arrive as zeros, and count
+                tma_load(sa + b * T::a_bytes, &map_a, &full[b], kt * kBK, m0);
+                tma_load(sb + b * T::b_bytes, &map_b, &full[b], kt * kBK, n0);
+                if (++pos[r] == SR) pos[r] = 0, ph[r] ^= 1;
             }
         }
         return;
@@ -250,18 +255,19 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     for (int h = 0; h < H; h++)
 #pragma unroll
         for (int i = 0; i < BN / 2; i++) d[h][i] = 0.0f;
-    // the CTA's tiles are blockIdx.x + li gridDim.x, li = 0, 1, ...; their k steps fill the
-    // ring in that order, step q = li k_tiles + kt in buffer q % S, phase (q / S) % 2
-    for (int li = PP ? c : 0;; li += PP ? 2 : 1) {
+    // the CTA's tiles are blockIdx.x + li gridDim.x, li = 0, 1, ...: ping-pong takes li = c,
+    // c + 2, ... from ring c, cooperative every li from the one ring
+    const int ring = PP ? c : 0;
+    int pos = 0;
+    uint32_t ph = 0;
+    for (int li = PP ? c : 0;; li += R) {
         const int tile = blockIdx.x + li * gridDim.x;
         if (tile >= tiles) break;
         const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
-        const int64_t q = (int64_t)li * k_tiles;
-        int s = (int)(q % S);
-        uint32_t ph = (uint32_t)((q / S) & 1);
         const int row0 = PP ? 0 : c * 64; // of the tile
         int prev = -1;
         for (int kt = 0; kt < k_tiles; kt++) {
+            const int s = ring * SR + pos;
             mbar_wait(&full[s], ph);
             wgmma_fence();
             const uint64_t db = smem_desc(sb + s * T::b_bytes);
@@ -276,7 +282,7 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
             wgmma_wait<1>();
             if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
             prev = s;
-            if (++s == S) s = 0, ph ^= 1;
+            if (++pos == SR) pos = 0, ph ^= 1;
         }
         wgmma_wait<0>();
         if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
