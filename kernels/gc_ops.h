@@ -52,9 +52,10 @@ gc_status gc_gemm(gc_device dev, const gc_gemm_args *g);
  * times B [n,k]^T, one matrix, alpha 1 (kernels/gemm_sm90.cu). Elsewhere the caller runs
  * the activation as its own pass. */
 bool gc_gemm_fuses_act(gc_device dev, const gc_gemm_args *g);
-/* Which GEMMs gemm_sm90.cu runs where it can: "act" (the default: those with an
- * activation epilogue), "all" (every bf16 A B^T, for measuring it against cuBLASLt), or
- * "off" (none: activations as passes of their own). GC_GEMM_SM90 sets it at start-up. */
+/* Which GEMMs gemm_sm90.cu runs where it can: "off" (the default: none, activations as
+ * passes of their own; the kernel is slower than cuBLASLt so far), "act" (those with an
+ * activation epilogue: gc_linear_and_act), or "all" (every bf16 A B^T, for measuring it
+ * against cuBLASLt). GC_GEMM_SM90 sets it at start-up. */
 gc_status gc_gemm_set_sm90(const char *mode);
 int gc_gemm_sm90_mode(void); /* 0 off, 1 act, 2 all */
 /* On CUDA the algorithm of a shape is cuBLASLt's heuristic choice, or, with a plan file, the

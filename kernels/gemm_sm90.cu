@@ -60,7 +60,7 @@ template <int BN> struct Tile {
     static constexpr int a_bytes = kBM * kBK * 2, b_bytes = BN * kBK * 2;
     static constexpr int stage_bytes = a_bytes + b_bytes;
     // the buffers (1024-byte aligned for the swizzle), then the barriers; + 1024 to align
-    static constexpr int smem = stages * stage_bytes + 2 * stages * 8 + 1024;
+    static constexpr int smem = stages * stage_bytes + (2 * stages + 2) * 8 + 1024;
 };
 
 struct Epi {
@@ -200,9 +200,10 @@ __device__ __forceinline__ void epi_store(const Epi &e, int64_t off, float x0, f
 }
 #endif // GC_SM90A
 
-// PP (ping-pong): each consumer warpgroup takes whole tiles of 128 x BN, the CTA's tiles
-// alternately, so that one's epilogue runs while the other's products keep the tensor
-// cores busy; otherwise (cooperative) both take halves of every tile.
+// PP (ping-pong, as CUTLASS's): each consumer warpgroup takes whole tiles of 128 x BN, the
+// CTA's tiles alternately, and their main loops take turns (the `order` barriers), so that
+// one's epilogue runs while the other's products keep the tensor cores busy; otherwise
+// (cooperative) both take halves of every tile.
 template <int BN, int ACT, bool PP>
 __global__ void __launch_bounds__(kGemmThreads, 1)
     gemm_tn_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const Epi e,
@@ -216,32 +217,30 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     extern __shared__ uint8_t gemm_smem_raw[];
     uint8_t *smem = (uint8_t *)(((uintptr_t)gemm_smem_raw + 1023) & ~(uintptr_t)1023);
     uint8_t *sa = smem, *sb = smem + S * T::a_bytes; // S buffers of A [128][64], then S of B [BN][64]
-    uint64_t *full = (uint64_t *)(smem + S * T::stage_bytes), *empty = full + S;
+    // full[s]: buffer s loaded (the TMA's bytes); empty[s]: read by the warps of its consumers;
+    // order[c]: consumer c may start its next main loop (ping-pong)
+    uint64_t *full = (uint64_t *)(smem + S * T::stage_bytes), *empty = full + S, *order = empty + S;
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < S; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], PP ? 4 : 8); // the warps that read it
+        for (int s = 0; s < S; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], PP ? 4 : 8);
+        mbar_init(&order[0], 4), mbar_init(&order[1], 4);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
 
-    // The buffers form one ring (cooperative) or two, one a consumer (ping-pong): a barrier's
-    // phase is waited for by its parity, so each ring must be read in the order it is filled.
-    constexpr int R = PP ? 2 : 1, SR = S / R; // rings, buffers a ring
-    if (wg == 0) { // producer: the CTA's tiles in order, tile li into ring li % R
+    if (wg == 0) { // producer: the CTA's tiles blockIdx.x + li gridDim.x in order, their k steps round the ring
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (t != 0) return;
-        int pos[R] = {};
-        uint32_t ph[R] = {};
-        for (int li = 0, tile = blockIdx.x; tile < tiles; li++, tile += gridDim.x) {
-            const int r = li % R;
+        int s = 0;
+        uint32_t ph = 0;
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
             for (int kt = 0; kt < k_tiles; kt++) {
-                const int b = r * SR + pos[r];
-                mbar_wait(&empty[b], ph[r] ^ 1);
-                mbar_expect_tx(&full[b], T::stage_bytes); // out-of-range rows and k arrive as zeros, and count
-                tma_load(sa + b * T::a_bytes, &map_a, &full[b], kt * kBK, m0);
-                tma_load(sb + b * T::b_bytes, &map_b, &full[b], kt * kBK, n0);
-                if (++pos[r] == SR) pos[r] = 0, ph[r] ^= 1;
+                mbar_wait(&empty[s], ph ^ 1);
+                mbar_expect_tx(&full[s], T::stage_bytes); // out-of-range rows and k arrive as zeros, and count
+                tma_load(sa + s * T::a_bytes, &map_a, &full[s], kt * kBK, m0);
+                tma_load(sb + s * T::b_bytes, &map_b, &full[s], kt * kBK, n0);
+                if (++s == S) s = 0, ph ^= 1;
             }
         }
         return;
@@ -255,19 +254,23 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     for (int h = 0; h < H; h++)
 #pragma unroll
         for (int i = 0; i < BN / 2; i++) d[h][i] = 0.0f;
-    // the CTA's tiles are blockIdx.x + li gridDim.x, li = 0, 1, ...: ping-pong takes li = c,
-    // c + 2, ... from ring c, cooperative every li from the one ring
-    const int ring = PP ? c : 0;
-    int pos = 0;
-    uint32_t ph = 0;
-    for (int li = PP ? c : 0;; li += R) {
+    // Ping-pong takes li = c, c + 2, ..., cooperative every li. Step kt of tile li is step
+    // q = li k_tiles + kt of the ring: buffer q % S, phase (q / S) % 2. A barrier's phase is
+    // waited for by its parity, so no one may wait for a phase two ahead of the barrier's:
+    // in ping-pong the turns see to that (the other consumer has waited for every step
+    // before this tile's when it hands over).
+    uint32_t oph = 0;
+    for (int li = PP ? c : 0;; li += PP ? 2 : 1) {
         const int tile = blockIdx.x + li * gridDim.x;
         if (tile >= tiles) break;
         const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
         const int row0 = PP ? 0 : c * 64; // of the tile
+        const int64_t q = (int64_t)li * k_tiles;
+        int s = (int)(q % S);
+        uint32_t ph = (uint32_t)((q / S) & 1);
+        if (PP && li > 0) mbar_wait(&order[c], oph), oph ^= 1; // our turn
         int prev = -1;
         for (int kt = 0; kt < k_tiles; kt++) {
-            const int s = ring * SR + pos;
             mbar_wait(&full[s], ph);
             wgmma_fence();
             const uint64_t db = smem_desc(sb + s * T::b_bytes);
@@ -282,8 +285,9 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
             wgmma_wait<1>();
             if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
             prev = s;
-            if (++pos == SR) pos = 0, ph ^= 1;
+            if (++s == S) s = 0, ph ^= 1;
         }
+        if (PP && lane == 0) mbar_arrive(&order[c ^ 1]); // every step of this tile waited for: the other's turn
         wgmma_wait<0>();
         if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
 

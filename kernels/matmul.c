@@ -87,7 +87,9 @@ static void cpu_gemm_one(const gc_gemm_args *g, const float *a, const float *b, 
     }
 }
 
-/* 0 off, 1 act, 2 all; -1: GC_GEMM_SM90 not read yet */
+/* 0 off, 1 act, 2 all; -1: GC_GEMM_SM90 not read yet. Off by default: the kernel is
+ * correct but slower than cuBLASLt and the activation's own pass (docs/BENCHMARKS.md,
+ * session 9), until it has what cuBLASLt's kernels have (clusters, TMA stores). */
 static int sm90_mode = -1;
 
 gc_status gc_gemm_set_sm90(const char *mode)
@@ -105,9 +107,9 @@ int gc_gemm_sm90_mode(void)
 {
     if (sm90_mode < 0) {
         const char *e = getenv("GC_GEMM_SM90");
-        sm90_mode = 1;
+        sm90_mode = 0;
         if (e && *e && gc_gemm_set_sm90(e) != GC_OK) {
-            fprintf(stderr, "gradcache: GC_GEMM_SM90=%s is not off, act or all: act it is\n", e);
+            fprintf(stderr, "gradcache: GC_GEMM_SM90=%s is not off, act or all: off it is\n", e);
             gc_error_clear();
         }
     }

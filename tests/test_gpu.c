@@ -265,6 +265,7 @@ START_TEST(test_gemm_sm90)
 {
     gc_pool *p = gc_pool_push();
     cmp_log lg = {0};
+    ck_assert_int_eq(gc_gemm_set_sm90("act"), GC_OK); /* off by default */
     const bool hopper = is_hopper(), taken = sm90_taken();
     printf("gemm_sm90: %s GPU, the kernel %s\n", hopper ? "a Hopper" : "not a Hopper", taken ? "taken" : "not taken");
     ck_assert_msg(hopper == taken, "gemm_sm90: Hopper %d but the kernel taken %d", hopper, taken);
@@ -376,6 +377,7 @@ START_TEST(test_gemm_sm90_bench)
 {
     gc_pool *p = gc_pool_push();
     cmp_log lg = {0};
+    gc_gemm_set_sm90("act");
     if (!sm90_taken()) {
         printf("gemm_sm90_bench: not a Hopper GPU\n");
         gc_pool_pop(p);
@@ -438,7 +440,7 @@ START_TEST(test_gemm_sm90_bench)
         gc_pool_pop(ps);
     }
     gc_grad_set_enabled(prev);
-    gc_gemm_set_sm90("act");
+    gc_gemm_set_sm90("off");
     gc_pool_pop(p);
     CMP_DONE(lg);
 }
