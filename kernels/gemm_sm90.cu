@@ -9,18 +9,29 @@
 // no-grad forward, only act(v) is written; with the tape, v (kept for backward) and act(v)
 // (fc2's input) both come from the one pass.
 //
-// The structure is the standard one for sm_90 (CUTLASS's "warp-specialized persistent"):
-//   - a block of 3 warpgroups, one block an SM, looping over output tiles of 128 x BN;
+// The structure is the standard one for sm_90 (CUTLASS's warp-specialized persistent
+// kernels):
+//   - a block of 3 warpgroups, one block an SM, looping over output tiles;
 //   - warpgroup 0, the producer: one thread issues TMA loads of the A [128 x 64] and
 //     B [BN x 64] tiles of each k step into a ring of `stages` shared-memory buffers
 //     (128-byte swizzle), each with a "full" barrier that the TMA completes;
-//   - warpgroups 1 and 2, the consumers, take rows 0-63 and 64-127 of the tile: per k step
-//     4 wgmma.m64nBNk16 from shared memory into f32 registers, one group in flight, and
-//     an "empty" barrier arrival (a warp each) when a buffer has been read;
-//   - the epilogue goes from registers to global memory while the producer already loads
-//     the next tile's first k steps.
+//   - warpgroups 1 and 2, the consumers: per k step wgmma.m64nBNk16 from shared memory
+//     into f32 registers, one group in flight, and an "empty" barrier arrival (a warp
+//     each) when a buffer has been read; the epilogue goes from registers to global memory.
+//   - ping-pong (the default): each consumer takes whole 128 x 128 tiles, the block's
+//     tiles alternately, and their main loops take turns, so that one's epilogue runs
+//     while the other's products keep the tensor cores busy; cooperative
+//     (GC_GEMM_SM90_SCHED=coop): both consumers take 64-row halves of every 128 x BN tile.
 // A K-major operand is what this layout needs: A = x [rows, in] and B = W [out, in], the
 // forward of every linear layer. Anything else goes to cuBLASLt (kernels/matmul.cu).
+//
+// Where it stands (docs/BENCHMARKS.md, session 9): correct, but slower than cuBLASLt
+// (about 455 against 670 TFLOP/s at K = 768, 666 against 700 at K = 3072), and its
+// activation epilogue costs more than cuBLASLt and the activation's own pass, so the
+// models do not use it unless GC_GEMM_SM90=act (gc_gemm_set_sm90). cuBLASLt's kernels for
+// these shapes (nvjet 128x160, 2x1 clusters) have what this one lacks: clusters sharing
+// tiles by TMA multicast, and an epilogue that stages the tile in shared memory for a TMA
+// store instead of scattered 4-byte stores.
 //
 // Built only for sm_90a (wgmma, setmaxnreg); the compute_90 PTX that the build adds for
 // newer GPUs has an empty kernel body, and the host never launches it there
@@ -34,7 +45,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 
 extern "C" {
 #include "../runtime/gc_cuda.h"

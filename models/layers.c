@@ -143,7 +143,8 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     norm = gc_tensor_retain(m);
     /* the MLP keeps only fc1's output; fc2 recomputes the activation in backward */
     const bool plain = !(b->drop_path > 0) && !b->ls2 && !b->fc2.lora_a; /* a plain residual: fc2's GEMM C input */
-    /* fc1's GEMM makes the activation too (act), unless LoRA or drop_path come between */
+    /* fc1 and its activation in one call (gc_linear_and_act: one GEMM with GC_GEMM_SM90=act
+     * on Hopper), unless LoRA or drop_path come between */
     const bool fused = !b->fc1.lora_a && (plain || fold_ls(b, &b->fc2, b->ls2));
     gc_tensor *act = NULL;
     m = gc_pool_keep(fused ? gc_linear_and_act(m, b->fc1.w, b->fc1.b, b->act, &act) : gc_lin_forward(&b->fc1, m, b->op_base + 5));
