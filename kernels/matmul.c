@@ -369,7 +369,7 @@ static gc_tensor *residual_of(gc_tensor *res, const gc_tensor *y)
 }
 
 /* y = (x w^T + b) s (+ res, as the GEMM's C input when res is not NULL); s may be NULL (none).
- * a_out: *a_out = act(y) as well, off the tape (gc_mlp): from the GEMM's epilogue where
+ * a_out: *a_out = act(y) as well, off the tape (gc_linear_and_act): from the GEMM's epilogue where
  * gc_gemm_fuses_act, else a pass of its own. With nothing to record y is not needed then,
  * and the epilogue writes only act(y), which is also what is returned. */
 static gc_tensor *linear_impl_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res, gc_act act,
@@ -508,7 +508,7 @@ static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
     return st;
 }
 
-/* given: act(x) already made (gc_mlp: by the GEMM that made x), or NULL */
+/* given: act(x) already made (gc_linear_and_act: by the GEMM that made x), or NULL */
 static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res,
                                   gc_tensor *given)
 {
