@@ -58,6 +58,10 @@ bool gc_gemm_fuses_act(gc_device dev, const gc_gemm_args *g);
  * against cuBLASLt). GC_GEMM_SM90 sets it at start-up. */
 gc_status gc_gemm_set_sm90(const char *mode);
 int gc_gemm_sm90_mode(void); /* 0 off, 1 act, 2 all */
+/* The ops' switches in the environment (GC_ATTN_IMPL, GC_GEMM_SM90, GC_GEMM_SM90_SCHED,
+ * GC_GEMM_SM90_BN): an error naming the first one set to a value it does not take. The
+ * ops themselves fall back to their defaults then; gcache checks at start-up. */
+gc_status gc_ops_env_check(void);
 /* On CUDA the algorithm of a shape is cuBLASLt's heuristic choice, or, with a plan file, the
  * file's: a shape it lacks is timed on first use (the heuristic's first candidates) and
  * appended, so runs that share the file run the same algorithms (kernels/matmul.cu). The

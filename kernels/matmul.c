@@ -105,15 +105,34 @@ gc_status gc_gemm_set_sm90(const char *mode)
 
 int gc_gemm_sm90_mode(void)
 {
-    if (sm90_mode < 0) {
+    if (sm90_mode < 0) { /* a value it does not take leaves it off (gc_ops_env_check says so) */
         const char *e = getenv("GC_GEMM_SM90");
         sm90_mode = 0;
-        if (e && *e && gc_gemm_set_sm90(e) != GC_OK) {
-            fprintf(stderr, "gradcache: GC_GEMM_SM90=%s is not off, act or all: off it is\n", e);
-            gc_error_clear();
-        }
+        if (e && *e && gc_gemm_set_sm90(e) != GC_OK) gc_error_clear();
     }
     return sm90_mode;
+}
+
+gc_status gc_ops_env_check(void)
+{
+    static const struct { const char *var, *values[5]; } vars[] = {
+        {"GC_ATTN_IMPL", {"auto", "ref", "flash", "gemm"}},
+        {"GC_GEMM_SM90", {"off", "act", "all"}},
+        {"GC_GEMM_SM90_SCHED", {"pingpong", "coop"}},
+        {"GC_GEMM_SM90_BN", {"128", "256"}},
+    };
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *e = getenv(vars[i].var);
+        if (!e || !*e) continue;
+        bool ok = false;
+        char list[64] = "";
+        for (int j = 0; vars[i].values[j]; j++) {
+            ok = ok || !strcmp(e, vars[i].values[j]);
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "", vars[i].values[j]);
+        }
+        if (!ok) return gc_error_set(GC_ERR_INVALID, "%s=%s: expected one of %s", vars[i].var, e, list);
+    }
+    return GC_OK;
 }
 
 bool gc_gemm_fuses_act(gc_device dev, const gc_gemm_args *g)

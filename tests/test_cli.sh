@@ -20,6 +20,8 @@ expect_fail "bad dtype" "dtype" "$gcache" grad --model "$m" --inputs "$m/inputs.
 expect_fail "unknown option" "unknown option" "$gcache" grad --model "$m" --frobnicate
 expect_fail "empty --out" "--out: an empty value" "$gcache" grad --model "$m" --inputs "$m/inputs.safetensors" --out ""
 expect_fail "unknown command" "unknown command" "$gcache" frobnicate
+expect_fail "bad GC_GEMM_SM90" "GC_GEMM_SM90=bogus: expected one of off, act, all" env GC_GEMM_SM90=bogus "$gcache" grad --model "$m"
+expect_fail "bad GC_ATTN_IMPL" "GC_ATTN_IMPL=fast" env GC_ATTN_IMPL=fast "$gcache" grad --model "$m"
 mkdir -p "$tmp/badcfg"
 cp "$m/model.safetensors" "$tmp/badcfg/"
 echo '{"text_config": {"hidden_size": 33}}' >"$tmp/badcfg/config.json"

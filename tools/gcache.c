@@ -444,6 +444,7 @@ int main(int argc, char **argv)
         return argc < 2 ? 1 : 0;
     }
     const char *cmd = argv[1];
+    if (gc_ops_env_check() != GC_OK) return gc_cli_fail_status("environment");
     if (!strcmp(cmd, "grad")) return cmd_grad(argc - 2, argv + 2);
     if (!strcmp(cmd, "embed")) return cmd_embed(argc - 2, argv + 2);
     if (!strcmp(cmd, "train")) return gc_cli_train(argc - 2, argv + 2);
