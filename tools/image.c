@@ -453,25 +453,30 @@ static void pass_horizontal(const uint8_t *src, int src_w, int y0, int rows, con
     }
 }
 
-/* dst[j][x] = sum_y src[bounds.. - row0][x0 + x] k (src of width src_w, starting at input row row0) */
+/* dst[j][x] = sum_y src[bounds.. - row0][x0 + x] k (src of width src_w, starting at input row row0).
+ * Row by row into a block of sums, so the inner loop runs along a contiguous row: with
+ * AVX2 (the clone picked at run time where the CPU has it) 8 products an instruction.
+ * Integer sums in another order: the same bits as PIL's. */
+__attribute__((target_clones("avx2", "default")))
 static void pass_vertical(const uint8_t *src, int src_w, int row0, int x0, int cols, const coeffs *c, int count,
                           uint8_t *dst)
 {
+    enum { BLOCK = 1536 }; /* values (3 a pixel) a block of sums */
+    int32_t acc[BLOCK];
+    const int n = cols * 3;
     for (int j = 0; j < count; j++) {
         int ymin = c->bounds[2 * j] - row0, ymax = c->bounds[2 * j + 1];
         const int32_t *k = c->k + (size_t)j * c->ksize;
-        uint8_t *o = dst + (size_t)j * cols * 3;
-        for (int x = 0; x < cols; x++) {
-            int s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+        uint8_t *o = dst + (size_t)j * n;
+        for (int b0 = 0; b0 < n; b0 += BLOCK) {
+            const int bn = n - b0 < BLOCK ? n - b0 : BLOCK;
+            for (int i = 0; i < bn; i++) acc[i] = 1 << (PRECISION_BITS - 1);
             for (int y = 0; y < ymax; y++) {
-                const uint8_t *p = src + ((size_t)(ymin + y) * src_w + x0 + x) * 3;
-                s0 += p[0] * k[y];
-                s1 += p[1] * k[y];
-                s2 += p[2] * k[y];
+                const uint8_t *p = src + ((size_t)(ymin + y) * src_w + x0) * 3 + b0;
+                const int32_t ky = k[y];
+                for (int i = 0; i < bn; i++) acc[i] += p[i] * ky;
             }
-            o[3 * x] = clip8(s0);
-            o[3 * x + 1] = clip8(s1);
-            o[3 * x + 2] = clip8(s2);
+            for (int i = 0; i < bn; i++) o[b0 + i] = clip8(acc[i]);
         }
     }
 }
