@@ -107,16 +107,15 @@ static bool force_gemm(void)
     return attn_force_gemm == 1;
 }
 
+const char *const gc_attention_impl_names[] = {"auto", "ref", "flash", "gemm", NULL};
+
 gc_status gc_attention_set_impl(const char *name)
 {
-    if (name && !strcmp(name, "gemm")) {
-        attn_force_gemm = 1;
-        return GC_OK;
-    }
-    if (name && (!strcmp(name, "auto") || !strcmp(name, "ref") || !strcmp(name, "flash"))) {
-        attn_force_gemm = 0;
-        return GC_OK;
-    }
+    for (int i = 0; name && gc_attention_impl_names[i]; i++)
+        if (!strcmp(name, gc_attention_impl_names[i])) {
+            attn_force_gemm = !strcmp(name, "gemm");
+            return GC_OK;
+        }
     return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash or gemm",
                         name ? name : "(null)");
 }

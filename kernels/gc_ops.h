@@ -139,6 +139,7 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
  * (GEMMs + row kernels on every device). Starts as GC_ATTN_IMPL says (read once; unset or
  * unknown: auto). An unknown name is an error and changes nothing. */
 gc_status gc_attention_set_impl(const char *name);
+extern const char *const gc_attention_impl_names[]; /* what it takes: "auto", "ref", "flash", "gemm", NULL */
 const char *gc_attention_get_impl(void); /* "gemm" or "auto" */
 
 /* ---- embedding.c ---- */

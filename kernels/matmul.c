@@ -92,11 +92,13 @@ static void cpu_gemm_one(const gc_gemm_args *g, const float *a, const float *b, 
  * session 9), until it has what cuBLASLt's kernels have (clusters, TMA stores). */
 static int sm90_mode = -1;
 
+/* the modes by number */
+static const char *const sm90_modes[] = {"off", "act", "all", NULL};
+
 gc_status gc_gemm_set_sm90(const char *mode)
 {
-    static const char *const names[] = {"off", "act", "all"};
-    for (int i = 0; i < 3; i++)
-        if (mode && !strcmp(mode, names[i])) {
+    for (int i = 0; mode && sm90_modes[i]; i++)
+        if (!strcmp(mode, sm90_modes[i])) {
             sm90_mode = i;
             return GC_OK;
         }
@@ -115,11 +117,13 @@ int gc_gemm_sm90_mode(void)
 
 gc_status gc_ops_env_check(void)
 {
-    static const struct { const char *var, *values[5]; } vars[] = {
-        {"GC_ATTN_IMPL", {"auto", "ref", "flash", "gemm"}},
-        {"GC_GEMM_SM90", {"off", "act", "all"}},
-        {"GC_GEMM_SM90_SCHED", {"pingpong", "coop"}},
-        {"GC_GEMM_SM90_BN", {"128", "256"}},
+    /* the last two are read where the kernel is launched (gemm_sm90.cu) */
+    static const char *const sched[] = {"pingpong", "coop", NULL}, *const bn[] = {"128", "256", NULL};
+    static const struct { const char *var; const char *const *values; } vars[] = {
+        {"GC_ATTN_IMPL", gc_attention_impl_names},
+        {"GC_GEMM_SM90", sm90_modes},
+        {"GC_GEMM_SM90_SCHED", sched},
+        {"GC_GEMM_SM90_BN", bn},
     };
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *e = getenv(vars[i].var);
