@@ -20,14 +20,16 @@ constexpr float kGeluTanhC = 0.044715f;
 constexpr float kQuickGeluC = 1.702f;
 constexpr float kLog2eF = 1.44269504088896340736f;
 
-// FAST (bf16 data): __expf and an exactly rounded reciprocal. __expf is off by a few f32
-// ulp (2 + 1.2|x|), far below bf16's rounding (2^-9 relative); f32 data keeps expf and
-// IEEE division, as accurate as the f32 CPU reference needs.
+// FAST (bf16 data): the special-function unit's exp2 and reciprocal, each off by a few f32
+// ulp, far below bf16's rounding (2^-9 relative); f32 data keeps expf and IEEE division, as
+// accurate as the f32 CPU reference needs. (An exactly rounded reciprocal, __frcp_rn, is a
+// dozen instructions: it had made the quick_gelu passes and epilogue compute-bound.)
 template <bool FAST> __device__ __forceinline__ float exp_f(float x) { return FAST ? __expf(x) : expf(x); }
 
+// 1 / (1 + e^-x): e^-x = inf for x below about -88 gives 0, e^-x = 0 gives 1
 template <bool FAST> __device__ __forceinline__ float sigmoid_f(float x)
 {
-    return FAST ? __frcp_rn(1.0f + __expf(-x)) : 1.0f / (1.0f + expf(-x));
+    return FAST ? fast_rcp(1.0f + fast_exp2(-x * kLog2eF)) : 1.0f / (1.0f + expf(-x));
 }
 
 // tanh-GELU through 0.5 (1 + tanh(u)) = sigmoid(2u): no tanhf, and no cancellation for

@@ -58,8 +58,14 @@ bool gc_gemm_fuses_act(gc_device dev, const gc_gemm_args *g);
  * against cuBLASLt). GC_GEMM_SM90 sets it at start-up. */
 gc_status gc_gemm_set_sm90(const char *mode);
 int gc_gemm_sm90_mode(void); /* 0 off, 1 act, 2 all */
+/* gemm_sm90.cu's schedule, for measuring it (NULL: the default, the first of each):
+ * sched "pingpong" or "coop"; bn "auto", "128" or "256" (coop's tile width); cluster "1" or
+ * "2" (CTAs sharing B tiles by TMA multicast). GC_GEMM_SM90_SCHED, _BN and _CLUSTER set them
+ * at start-up; gc_gemm_sm90_tuning reads them (coop 0/1, bn 0 for auto, cluster 1/2). */
+gc_status gc_gemm_set_sm90_tuning(const char *sched, const char *bn, const char *cluster);
+void gc_gemm_sm90_tuning(int *coop, int *bn, int *cluster);
 /* The ops' switches in the environment (GC_ATTN_IMPL, GC_GEMM_SM90, GC_GEMM_SM90_SCHED,
- * GC_GEMM_SM90_BN): an error naming the first one set to a value it does not take. The
+ * _BN, _CLUSTER): an error naming the first one set to a value it does not take. The
  * ops themselves fall back to their defaults then; gcache checks at start-up. */
 gc_status gc_ops_env_check(void);
 /* On CUDA the algorithm of a shape is cuBLASLt's heuristic choice, or, with a plan file, the

@@ -43,8 +43,6 @@
 #include <cudaTypedefs.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 extern "C" {
 #include "../runtime/gc_cuda.h"
@@ -65,12 +63,15 @@ typedef __nv_bfloat16 bf16;
 constexpr int kBM = 128, kBK = 64; // kBK bf16 = 128 bytes: one swizzle row
 constexpr int kGemmThreads = 384;      // producer + 2 consumer warpgroups
 
-template <int BN> struct Tile {
+template <int BN, bool PP> struct Tile {
     static constexpr int stages = BN == 256 ? 4 : 6;
     static constexpr int a_bytes = kBM * kBK * 2, b_bytes = BN * kBK * 2;
     static constexpr int stage_bytes = a_bytes + b_bytes;
-    // the buffers (1024-byte aligned for the swizzle), then the barriers; + 1024 to align
-    static constexpr int smem = stages * stage_bytes + (2 * stages + 2) * 8 + 1024;
+    // ping-pong: each consumer stages 64 rows x 128 columns of output (two 64 x 64 boxes
+    // of the TMA store, 128-byte swizzle) before storing them
+    static constexpr int out_bytes = PP ? 2 * 64 * 128 * 2 : 0;
+    // the buffers (1024-byte aligned for the swizzle), the staging, then the barriers; + 1024 to align
+    static constexpr int smem = stages * stage_bytes + out_bytes + (2 * stages + 2) * 8 + 1024;
 };
 
 struct Epi {
@@ -120,6 +121,52 @@ __device__ __forceinline__ void tma_load(void *dst, const CUtensorMap *map, uint
                  ::"r"(smem_u32(dst)), "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(smem_u32(bar))
                  : "memory");
 }
+
+// the same, multicast: the tile lands at dst's offset in the shared memory of every CTA of
+// the cluster in `mask`, completing tx bytes on the barrier at bar's offset in each
+__device__ __forceinline__ void tma_load_mc(void *dst, const CUtensorMap *map, uint64_t *bar, int c0, int c1, uint16_t mask)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;"
+                 ::"r"(smem_u32(dst)), "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(smem_u32(bar)), "h"(mask)
+                 : "memory");
+}
+
+// an arrival on the barrier at b's offset in CTA `cta` of the cluster
+__device__ __forceinline__ void mbar_arrive_cta(uint64_t *b, uint32_t cta)
+{
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem_u32(b)), "r"(cta));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(r) : "memory");
+}
+
+__device__ __forceinline__ uint32_t cluster_rank()
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// every thread of every CTA of the cluster
+__device__ __forceinline__ void cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
+// the box at (c0 = column, c1 = row) of the tensor map from src; bulk group of this thread
+__device__ __forceinline__ void tma_store(const CUtensorMap *map, const void *src, int c0, int c1)
+{
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];"
+                 ::"l"((uint64_t)map), "r"(c0), "r"(c1), "r"(smem_u32(src))
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// shared-memory writes of this thread visible to the TMA (the async proxy)
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// the 128 threads of a warpgroup (barrier 1 + consumer; 0 is __syncthreads')
+__device__ __forceinline__ void wg_sync(int id) { asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory"); }
 
 // shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
 __device__ __forceinline__ uint64_t smem_desc(const void *p)
@@ -208,20 +255,88 @@ __device__ __forceinline__ void epi_store(const Epi &e, int64_t off, float x0, f
     }
     *reinterpret_cast<__nv_bfloat162 *>(e.c + off) = v;
 }
+
+// A 64-row half of a ping-pong tile, its rounded values v in dh, out through the consumer's
+// staging (two 64 x 64 boxes) by TMA stores at (n0, rt): v to `pre` (if given), act(v) to C.
+// Row r of a box is 128 bytes, its 16-byte chunk q at q ^ (r % 8) (the 128-byte swizzle the
+// tensor map names): a warp's 4-byte stores of v fall in 32 distinct banks. The activation
+// then runs over the staging in place, 8 values (16 bytes) at a time and the accumulators
+// dead by then: applied to the registers, it had too few registers left to overlap its
+// exponentials (the erf-GELU epilogue took 1.5 times the GEMM, quick_gelu 2.6 times; session
+// 10). One thread of the warpgroup issues the stores and waits for them to have read the
+// staging before it is written again.
+template <int BN, int ACT>
+__device__ __forceinline__ void stage_store(const float *dh, uint8_t *out, const CUtensorMap *map, const CUtensorMap *map_pre,
+                                            int n0, int rt, int c, int t)
+{
+    static_assert(BN == 128, "the staging holds 128 columns");
+    const int warp = t / 32, lane = t % 32;
+    if (t == 0) bulk_wait_read();
+    wg_sync(1 + c);
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            const int lr = warp * 16 + lane / 4 + 8 * rr;
+            uint8_t *p = out + (j / 8) * (64 * 128) + lr * 128 + (((j % 8) ^ (lr % 8)) * 16) + 4 * (lane % 4);
+            // already bf16 values: exact
+            *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(dh[4 * j + 2 * rr], dh[4 * j + 2 * rr + 1]);
+        }
+    if constexpr (ACT != GC_ACT_NONE) {
+        if (map_pre) {
+            fence_async_smem();
+            wg_sync(1 + c);
+            if (t == 0) {
+                tma_store(map_pre, out, n0, rt);
+                tma_store(map_pre, out + 64 * 128, n0 + 64, rt);
+                bulk_commit();
+                bulk_wait_read();
+            }
+        }
+        wg_sync(1 + c); // every v written (and read by pre's store)
+        constexpr int chunks = 64 * 128 * 2 / 16 / 128; // 16-byte chunks of the staging a thread
+#pragma unroll
+        for (int q = 0; q < chunks; q++) {
+            uint4 *p = reinterpret_cast<uint4 *>(out) + t + 128 * q;
+            uint4 u = *p;
+            __nv_bfloat162 *h2 = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                h2[i] = __floats2bfloat162_rn(act_f<ACT, true>(__bfloat162float(h2[i].x)), act_f<ACT, true>(__bfloat162float(h2[i].y)));
+            *p = u;
+        }
+    }
+    fence_async_smem();
+    wg_sync(1 + c);
+    if (t == 0) {
+        tma_store(map, out, n0, rt);
+        tma_store(map, out + 64 * 128, n0 + 64, rt);
+        bulk_commit();
+    }
+}
 #endif // GC_SM90A
 
 // PP (ping-pong, as CUTLASS's): each consumer warpgroup takes whole tiles of 128 x BN, the
 // CTA's tiles alternately, and their main loops take turns (the `order` barriers), so that
 // one's epilogue runs while the other's products keep the tensor cores busy; otherwise
 // (cooperative) both take halves of every tile.
-template <int BN, int ACT, bool PP>
+//
+// CL = 2: clusters of two CTAs on vertically neighbouring tiles (rows m0 and m0 + 128, the
+// same columns) share their B tiles: each CTA loads half of every B k step and the TMA
+// multicasts it into both, which halves the B traffic from L2 a CTA (the operand traffic of
+// a 128 x 128 tile is what bounds it at K = 768 otherwise). A buffer is then refilled only
+// when the consumers of both CTAs have read it: they arrive on the empty barriers of both.
+// `tiles` counts cluster tiles (256 x BN); the CTAs of a cluster walk the same ones.
+template <int BN, int ACT, bool PP, int CL>
 __global__ void __launch_bounds__(kGemmThreads, 1)
-    gemm_tn_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b, const Epi e,
+    gemm_tn_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                   const __grid_constant__ CUtensorMap map_c, const __grid_constant__ CUtensorMap map_pre, const Epi e,
                    int k_tiles, int n_tiles, int tiles)
 {
     GC_PDL_WAIT();
 #ifdef GC_SM90A
-    using T = Tile<BN>;
+    static_assert(CL == 1 || CL == 2, "clusters of 1 or 2 CTAs");
+    using T = Tile<BN, PP>;
     constexpr int S = T::stages;
     constexpr int H = PP ? 2 : 1; // 64-row halves a consumer computes
     extern __shared__ uint8_t gemm_smem_raw[];
@@ -229,33 +344,39 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     uint8_t *sa = smem, *sb = smem + S * T::a_bytes; // S buffers of A [128][64], then S of B [BN][64]
     // full[s]: buffer s loaded (the TMA's bytes); empty[s]: read by the warps of its consumers;
     // order[c]: consumer c may start its next main loop (ping-pong)
-    uint64_t *full = (uint64_t *)(smem + S * T::stage_bytes), *empty = full + S, *order = empty + S;
+    uint64_t *full = (uint64_t *)(smem + S * T::stage_bytes + T::out_bytes), *empty = full + S, *order = empty + S;
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
+    const int rank = CL > 1 ? (int)cluster_rank() : 0;
+    const int cid = (int)blockIdx.x / CL, clusters = (int)gridDim.x / CL; // this cluster, and how many
     if (threadIdx.x == 0) {
-        for (int s = 0; s < S; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], PP ? 4 : 8);
+        for (int s = 0; s < S; s++) mbar_init(&full[s], 1), mbar_init(&empty[s], (PP ? 4 : 8) * CL);
         mbar_init(&order[0], 4), mbar_init(&order[1], 4);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
+    if constexpr (CL > 1) cluster_sync(); // the peer's barriers exist before anything arrives on them
 
-    if (wg == 0) { // producer: the CTA's tiles blockIdx.x + li gridDim.x in order, their k steps round the ring
+    if (wg == 0) { // producer: the cluster's tiles cid + li clusters in order, their k steps round the ring
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (t != 0) return;
-        int s = 0;
-        uint32_t ph = 0;
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-            const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
-            for (int kt = 0; kt < k_tiles; kt++) {
-                mbar_wait(&empty[s], ph ^ 1);
-                mbar_expect_tx(&full[s], T::stage_bytes); // out-of-range rows and k arrive as zeros, and count
-                tma_load(sa + s * T::a_bytes, &map_a, &full[s], kt * kBK, m0);
-                tma_load(sb + s * T::b_bytes, &map_b, &full[s], kt * kBK, n0);
-                if (++s == S) s = 0, ph ^= 1;
+        if (t == 0) {
+            int s = 0;
+            uint32_t ph = 0;
+            for (int tile = cid; tile < tiles; tile += clusters) {
+                // rows past m (the second CTA's half of the last cluster tile) arrive as zeros
+                const int m0 = ((tile / n_tiles) * CL + rank) * kBM, n0 = (tile % n_tiles) * BN;
+                for (int kt = 0; kt < k_tiles; kt++) {
+                    mbar_wait(&empty[s], ph ^ 1);
+                    mbar_expect_tx(&full[s], T::stage_bytes); // out-of-range rows and k arrive as zeros, and count
+                    tma_load(sa + s * T::a_bytes, &map_a, &full[s], kt * kBK, m0);
+                    if constexpr (CL == 1) tma_load(sb + s * T::b_bytes, &map_b, &full[s], kt * kBK, n0);
+                    else // our half of B, into both CTAs
+                        tma_load_mc(sb + s * T::b_bytes + rank * (T::b_bytes / 2), &map_b, &full[s], kt * kBK,
+                                    n0 + rank * (BN / 2), (uint16_t)0x3);
+                    if (++s == S) s = 0, ph ^= 1;
+                }
             }
         }
-        return;
-    }
-
+    } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const int c = wg - 1; // consumer 0 or 1
     const int warp = t / 32, lane = t % 32;
@@ -269,11 +390,16 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
     // waited for by its parity, so no one may wait for a phase two ahead of the barrier's:
     // in ping-pong the turns see to that (the other consumer has waited for every step
     // before this tile's when it hands over).
+    // a buffer read: free it here and, with clusters, in the peer (whose producer fills half of it)
+    auto release = [&](uint64_t *b) {
+        mbar_arrive(b);
+        if constexpr (CL > 1) mbar_arrive_cta(b, (uint32_t)(rank ^ 1));
+    };
     uint32_t oph = 0;
     for (int li = PP ? c : 0;; li += PP ? 2 : 1) {
-        const int tile = blockIdx.x + li * gridDim.x;
+        const int tile = cid + li * clusters;
         if (tile >= tiles) break;
-        const int m0 = (tile / n_tiles) * kBM, n0 = (tile % n_tiles) * BN;
+        const int m0 = ((tile / n_tiles) * CL + rank) * kBM, n0 = (tile % n_tiles) * BN;
         const int row0 = PP ? 0 : c * 64; // of the tile
         const int64_t q = (int64_t)li * k_tiles;
         int s = (int)(q % S);
@@ -293,34 +419,69 @@ __global__ void __launch_bounds__(kGemmThreads, 1)
             wgmma_commit();
             // the group before this one is done: its buffer can be refilled
             wgmma_wait<1>();
-            if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
+            if (prev >= 0 && lane == 0) release(&empty[prev]);
             prev = s;
             if (++s == S) s = 0, ph ^= 1;
         }
         if (PP && lane == 0) mbar_arrive(&order[c ^ 1]); // every step of this tile waited for: the other's turn
         wgmma_wait<0>();
-        if (prev >= 0 && lane == 0) mbar_arrive(&empty[prev]);
+        if (prev >= 0 && lane == 0) release(&empty[prev]);
 
         // accumulator layout of wgmma m64nN: warp w holds rows 16w .. 16w+15; per 8 columns j,
         // d[4j], d[4j+1] at row lane/4, columns 8j + 2 (lane % 4) + {0, 1}; d[4j+2], d[4j+3] 8 rows below
         const int c0 = n0 + 2 * (lane % 4);
+        if constexpr (PP) {
+            // through shared memory to TMA stores, which clip at the matrix's edges
+            uint8_t *out = smem + S * T::stage_bytes + c * (64 * 128 * 2);
 #pragma unroll
-        for (int h = 0; h < H; h++) {
-            const int r0 = m0 + row0 + h * 64 + warp * 16 + lane / 4;
+            for (int h = 0; h < H; h++) {
+                const int rt = m0 + h * 64; // the half's first row
+                // v = acc + bias + res rounded to bf16, kept in d: what pre gets and act reads
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++) {
-                const int col = c0 + 8 * j;
-                if (col >= e.n) continue; // n is even: col + 1 < n too
-                float b0 = 0.0f, b1 = 0.0f;
-                if (e.bias) {
-                    const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162 *>(e.bias + col);
-                    b0 = __bfloat162float(b.x), b1 = __bfloat162float(b.y);
+                for (int j = 0; j < BN / 8; j++) {
+                    const int col = c0 + 8 * j;
+                    float b0 = 0.0f, b1 = 0.0f;
+                    if (e.bias && col < e.n) {
+                        const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162 *>(e.bias + col);
+                        b0 = __bfloat162float(b.x), b1 = __bfloat162float(b.y);
+                    }
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++) {
+                        const int row = rt + warp * 16 + lane / 4 + 8 * rr;
+                        float x0 = d[h][4 * j + 2 * rr] + b0, x1 = d[h][4 * j + 2 * rr + 1] + b1;
+                        if (e.res && row < e.m && col < e.n) {
+                            const __nv_bfloat162 r = *reinterpret_cast<const __nv_bfloat162 *>(e.res + (int64_t)row * e.ldc + col);
+                            x0 += __bfloat162float(r.x), x1 += __bfloat162float(r.y);
+                        }
+                        const __nv_bfloat162 v = __floats2bfloat162_rn(x0, x1);
+                        d[h][4 * j + 2 * rr] = __bfloat162float(v.x), d[h][4 * j + 2 * rr + 1] = __bfloat162float(v.y);
+                    }
                 }
-                if (r0 < e.m) epi_store<ACT>(e, (int64_t)r0 * e.ldc + col, d[h][4 * j], d[h][4 * j + 1], b0, b1);
-                if (r0 + 8 < e.m) epi_store<ACT>(e, (int64_t)(r0 + 8) * e.ldc + col, d[h][4 * j + 2], d[h][4 * j + 3], b0, b1);
+                stage_store<BN, ACT>(d[h], out, &map_c, ACT != GC_ACT_NONE && e.pre ? &map_pre : nullptr, n0, rt, c, t);
+            }
+        } else {
+#pragma unroll
+            for (int h = 0; h < H; h++) {
+                const int r0 = m0 + row0 + h * 64 + warp * 16 + lane / 4;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++) {
+                    const int col = c0 + 8 * j;
+                    if (col >= e.n) continue; // n is even: col + 1 < n too
+                    float b0 = 0.0f, b1 = 0.0f;
+                    if (e.bias) {
+                        const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162 *>(e.bias + col);
+                        b0 = __bfloat162float(b.x), b1 = __bfloat162float(b.y);
+                    }
+                    if (r0 < e.m) epi_store<ACT>(e, (int64_t)r0 * e.ldc + col, d[h][4 * j], d[h][4 * j + 1], b0, b1);
+                    if (r0 + 8 < e.m) epi_store<ACT>(e, (int64_t)(r0 + 8) * e.ldc + col, d[h][4 * j + 2], d[h][4 * j + 3], b0, b1);
+                }
             }
         }
     }
+    if (PP && t == 0) bulk_wait(); // the C tiles written before the block (and its shared memory) goes
+    } // consumers
+    // no CTA leaves while its peer may still arrive on its barriers or multicast into it
+    if constexpr (CL > 1) cluster_sync();
 #endif
 }
 
@@ -374,18 +535,51 @@ gc_status make_map(CUtensorMap *map, const void *p, int64_t rows, int64_t k, int
     return GC_OK;
 }
 
-template <int BN, int ACT, bool PP> gc_status launch(const gc_gemm_args *g, const Epi &e)
+// How many clusters of CL CTAs fit on the GPU at once (a GPC's SMs hold a cluster; not
+// every GPC has an even number free), or an error.
+template <int BN, int ACT, bool PP, int CL> gc_status max_clusters(int *out)
 {
-    static const cudaError_t attr =
-        cudaFuncSetAttribute(gemm_tn_kernel<BN, ACT, PP>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile<BN>::smem);
-    GC_CUDA_CHECK(attr);
-    CUtensorMap ma, mb;
+    static int n = -1;
+    static cudaError_t err = [] {
+        cudaError_t r = cudaFuncSetAttribute(gemm_tn_kernel<BN, ACT, PP, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             Tile<BN, PP>::smem);
+        if (r != cudaSuccess) return r;
+        if (CL == 1) return n = gc_cuda_sm_count(), cudaSuccess;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = CL, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(CL * 64), cfg.blockDim = dim3(kGemmThreads), cfg.dynamicSmemBytes = Tile<BN, PP>::smem;
+        cfg.attrs = attr, cfg.numAttrs = 1;
+        return cudaOccupancyMaxActiveClusters(&n, gemm_tn_kernel<BN, ACT, PP, CL>, &cfg);
+    }();
+    GC_CUDA_CHECK(err);
+    if (n < 1) return gc_error_set(GC_ERR_CUDA, "gemm sm90: no cluster of %d blocks fits", CL);
+    // one block an SM: never more clusters than that (a second wave of a persistent grid
+    // would run after the first, doubling the time)
+    *out = n < gc_cuda_sm_count() / CL ? n : gc_cuda_sm_count() / CL;
+    return GC_OK;
+}
+
+template <int BN, int ACT, bool PP, int CL> gc_status launch(const gc_gemm_args *g, const Epi &e)
+{
+    int fit = 0;
+    GC_TRY((max_clusters<BN, ACT, PP, CL>(&fit)));
+    CUtensorMap ma, mb, mc, mp;
     GC_TRY(make_map(&ma, g->a, g->m, g->k, g->lda, kBM));
-    GC_TRY(make_map(&mb, g->b, g->n, g->k, g->ldb, BN));
+    GC_TRY(make_map(&mb, g->b, g->n, g->k, g->ldb, BN / CL)); // with clusters, each CTA loads half of B
+    if (PP) { // the output's boxes of 64 x 64 for the TMA stores (C and pre: [m, n], ldc)
+        GC_TRY(make_map(&mc, e.c, g->m, g->n, g->ldc, 64));
+        if (e.pre) GC_TRY(make_map(&mp, e.pre, g->m, g->n, g->ldc, 64));
+        else mp = mc;
+    } else {
+        mc = mp = ma; // unused
+    }
     const int k_tiles = (int)((g->k + kBK - 1) / kBK), n_tiles = (int)((g->n + BN - 1) / BN);
-    const int tiles = (int)((g->m + kBM - 1) / kBM) * n_tiles;
-    const int grid = tiles < gc_cuda_sm_count() ? tiles : gc_cuda_sm_count();
-    gc_launch(gemm_tn_kernel<BN, ACT, PP>, grid, kGemmThreads, Tile<BN>::smem, gc_cuda_stream(), ma, mb, e, k_tiles, n_tiles, tiles);
+    const int tiles = (int)((g->m + CL * kBM - 1) / (CL * kBM)) * n_tiles; // of CL x 128 rows
+    const int clusters = tiles < fit ? tiles : fit;
+    gc_launch_clusters(gemm_tn_kernel<BN, ACT, PP, CL>, clusters * CL, kGemmThreads, Tile<BN, PP>::smem, gc_cuda_stream(),
+                       (unsigned)CL, ma, mb, mc, mp, e, k_tiles, n_tiles, tiles);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -395,24 +589,40 @@ template <int BN, int ACT, bool PP> gc_status launch(const gc_gemm_args *g, cons
 // counted in BN-128 tile times (a BN 256 tile a little under two), end sooner.
 int pick_bn(const gc_gemm_args *g)
 {
-    const char *env = getenv("GC_GEMM_SM90_BN");
-    if (env && !strcmp(env, "128")) return 128;
-    if (env && !strcmp(env, "256")) return 256;
     const int64_t sms = gc_cuda_sm_count(), mb = (g->m + kBM - 1) / kBM;
     const int64_t w128 = (mb * ((g->n + 127) / 128) + sms - 1) / sms, w256 = (mb * ((g->n + 255) / 256) + sms - 1) / sms;
     return w256 * 185 <= w128 * 100 ? 256 : 128;
 }
 
-// GC_GEMM_SM90_SCHED=coop: both consumers on every tile (BN 128 or 256, pick_bn); else
-// ping-pong over tiles of 128 x 128
+template <int ACT, int CL> gc_status dispatch_cl(const gc_gemm_args *g, const Epi &e, bool coop, int bn)
+{
+    // ping-pong stores through the TMA: 16-byte aligned rows of the output
+    const bool tma_out = aligned(e.c, 16) && (!e.pre || aligned(e.pre, 16)) && g->ldc % 8 == 0;
+    if (!coop && tma_out) return launch<128, ACT, true, CL>(g, e);
+    if (bn == 0) bn = pick_bn(g);
+    return bn == 256 ? launch<256, ACT, false, CL>(g, e) : launch<128, ACT, false, CL>(g, e);
+}
+
+// ping-pong over tiles of 128 x 128 (the default), or cooperative (both consumers on every
+// tile, BN 128 or 256); clusters of 2 or 1: gc_gemm_set_sm90_tuning
 template <int ACT> gc_status dispatch_bn(const gc_gemm_args *g, const Epi &e)
 {
-    const char *env = getenv("GC_GEMM_SM90_SCHED");
-    if (!env || strcmp(env, "coop")) return launch<128, ACT, true>(g, e);
-    return pick_bn(g) == 256 ? launch<256, ACT, false>(g, e) : launch<128, ACT, false>(g, e);
+    int coop = 0, bn = 0, cluster = 2;
+    gc_gemm_sm90_tuning(&coop, &bn, &cluster);
+    return cluster == 1 ? dispatch_cl<ACT, 1>(g, e, coop, bn) : dispatch_cl<ACT, 2>(g, e, coop, bn);
 }
 
 } // namespace
+
+// For measuring it: how many clusters of 1 or 2 CTAs of the ping-pong kernel the GPU holds
+// at once (what the launch takes), or -1.
+extern "C" int gc_cuda_gemm_sm90_fit(int cluster)
+{
+    int n = -1;
+    const gc_status st = cluster == 2 ? max_clusters<128, GC_ACT_NONE, true, 2>(&n) : max_clusters<128, GC_ACT_NONE, true, 1>(&n);
+    if (st != GC_OK) gc_error_clear(), n = -1;
+    return n;
+}
 
 // What the kernel takes: bf16, A [m, k] (lda) times B [n, k]^T (ldb), one matrix, alpha 1,
 // beta 0 or C's old value as the residual (beta 1), TMA-legal pointers and strides, even n.

@@ -95,13 +95,21 @@ static int sm90_mode = -1;
 /* the modes by number */
 static const char *const sm90_modes[] = {"off", "act", "all", NULL};
 
+/* the index of v in the NULL-ended names, or -1 */
+static int name_index(const char *const *names, const char *v)
+{
+    for (int i = 0; v && names[i]; i++)
+        if (!strcmp(v, names[i])) return i;
+    return -1;
+}
+
 gc_status gc_gemm_set_sm90(const char *mode)
 {
-    for (int i = 0; mode && sm90_modes[i]; i++)
-        if (!strcmp(mode, sm90_modes[i])) {
-            sm90_mode = i;
-            return GC_OK;
-        }
+    const int i = name_index(sm90_modes, mode);
+    if (i >= 0) {
+        sm90_mode = i;
+        return GC_OK;
+    }
     return gc_error_set(GC_ERR_INVALID, "gemm sm90 mode '%s': expected off, act or all", mode ? mode : "(null)");
 }
 
@@ -115,27 +123,56 @@ int gc_gemm_sm90_mode(void)
     return sm90_mode;
 }
 
+/* gemm_sm90.cu's schedule, for measuring it: each knob's values (the first the default),
+ * its variable, and the index set (-1: the environment not read yet) */
+static const char *const sm90_scheds[] = {"pingpong", "coop", NULL};
+static const char *const sm90_bns[] = {"auto", "128", "256", NULL};
+static const char *const sm90_clusters[] = {"1", "2", NULL};
+static const struct { const char *var; const char *const *values; } sm90_knobs[3] = {
+    {"GC_GEMM_SM90_SCHED", sm90_scheds},
+    {"GC_GEMM_SM90_BN", sm90_bns},
+    {"GC_GEMM_SM90_CLUSTER", sm90_clusters},
+};
+static int sm90_tune[3] = {-1, -1, -1};
+
+gc_status gc_gemm_set_sm90_tuning(const char *sched, const char *bn, const char *cluster)
+{
+    const char *v[3] = {sched, bn, cluster};
+    int idx[3];
+    for (int i = 0; i < 3; i++) {
+        idx[i] = v[i] ? name_index(sm90_knobs[i].values, v[i]) : 0;
+        if (idx[i] < 0) return gc_error_set(GC_ERR_INVALID, "gemm sm90 %s '%s': not a value it takes", sm90_knobs[i].var, v[i]);
+    }
+    memcpy(sm90_tune, idx, sizeof idx);
+    return GC_OK;
+}
+
+void gc_gemm_sm90_tuning(int *coop, int *bn, int *cluster)
+{
+    if (sm90_tune[0] < 0) /* once; a value a knob does not take leaves its default (gc_ops_env_check says so) */
+        for (int i = 0; i < 3; i++) {
+            const int j = name_index(sm90_knobs[i].values, getenv(sm90_knobs[i].var));
+            sm90_tune[i] = j < 0 ? 0 : j;
+        }
+    static const int bns[] = {0, 128, 256}, clusters[] = {1, 2};
+    *coop = sm90_tune[0] == 1, *bn = bns[sm90_tune[1]], *cluster = clusters[sm90_tune[2]];
+}
+
+/* var unset, or one of values; else the error that names it */
+static gc_status env_check_one(const char *var, const char *const *values)
+{
+    const char *e = getenv(var);
+    if (!e || !*e || name_index(values, e) >= 0) return GC_OK;
+    char list[64] = "";
+    for (int j = 0; values[j]; j++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "", values[j]);
+    return gc_error_set(GC_ERR_INVALID, "%s=%s: expected one of %s", var, e, list);
+}
+
 gc_status gc_ops_env_check(void)
 {
-    /* the last two are read where the kernel is launched (gemm_sm90.cu) */
-    static const char *const sched[] = {"pingpong", "coop", NULL}, *const bn[] = {"128", "256", NULL};
-    static const struct { const char *var; const char *const *values; } vars[] = {
-        {"GC_ATTN_IMPL", gc_attention_impl_names},
-        {"GC_GEMM_SM90", sm90_modes},
-        {"GC_GEMM_SM90_SCHED", sched},
-        {"GC_GEMM_SM90_BN", bn},
-    };
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        const char *e = getenv(vars[i].var);
-        if (!e || !*e) continue;
-        bool ok = false;
-        char list[64] = "";
-        for (int j = 0; vars[i].values[j]; j++) {
-            ok = ok || !strcmp(e, vars[i].values[j]);
-            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "", vars[i].values[j]);
-        }
-        if (!ok) return gc_error_set(GC_ERR_INVALID, "%s=%s: expected one of %s", vars[i].var, e, list);
-    }
+    GC_TRY(env_check_one("GC_ATTN_IMPL", gc_attention_impl_names));
+    GC_TRY(env_check_one("GC_GEMM_SM90", sm90_modes));
+    for (int i = 0; i < 3; i++) GC_TRY(env_check_one(sm90_knobs[i].var, sm90_knobs[i].values));
     return GC_OK;
 }
 

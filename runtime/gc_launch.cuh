@@ -27,17 +27,27 @@
 #endif
 
 // kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the work
-// before it on the stream. Errors are left for cudaGetLastError (GC_CUDA_LAUNCH_CHECK).
+// before it on the stream, in clusters of `cluster` blocks along x (1: none; grid.x a
+// multiple of it). Errors are left for cudaGetLastError (GC_CUDA_LAUNCH_CHECK).
+template <typename... P, typename... A>
+inline void gc_launch_clusters(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, unsigned cluster,
+                               A &&...args)
+{
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    attr[1].id = cudaLaunchAttributeClusterDimension;
+    attr[1].val.clusterDim.x = cluster, attr[1].val.clusterDim.y = 1, attr[1].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+    cfg.attrs = attr, cfg.numAttrs = cluster > 1 ? 2 : 1;
+    (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+
 template <typename... P, typename... A>
 inline void gc_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A &&...args)
 {
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = stream;
-    cfg.attrs = attr, cfg.numAttrs = 1;
-    (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+    gc_launch_clusters(kernel, grid, block, smem, stream, 1u, std::forward<A>(args)...);
 }
 
 #endif

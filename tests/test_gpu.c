@@ -275,11 +275,13 @@ START_TEST(test_gemm_sm90)
     }
     /* every direct case and more with every fitting GEMM on the kernel, both tile widths */
     ck_assert_int_eq(gc_gemm_set_sm90("all"), GC_OK);
-    /* ping-pong (the default), and cooperative with both tile widths */
-    static const char *const scheds[] = {"pingpong", "coop", "coop"}, *const bns[] = {"128", "128", "256"};
-    for (int bi = 0; bi < 3; bi++) {
-        setenv("GC_GEMM_SM90_SCHED", scheds[bi], 1);
-        setenv("GC_GEMM_SM90_BN", bns[bi], 1);
+    /* ping-pong (the default), and cooperative with both tile widths; no clusters (the
+     * default) and clusters of 2 */
+    static const char *const modes[][3] = {
+        {"pingpong", "auto", "1"}, {"pingpong", "auto", "2"}, {"coop", "128", "2"}, {"coop", "256", "2"}, {"coop", "256", "1"},
+    };
+    for (size_t bi = 0; bi < sizeof modes / sizeof modes[0]; bi++) {
+        ck_assert_int_eq(gc_gemm_set_sm90_tuning(modes[bi][0], modes[bi][1], modes[bi][2]), GC_OK);
         gemm_cases(&lg);
         gemm_case c1 = {.tb = true, .m = 201, .n = 200, .k = 96, .alpha = 1, .beta = 0, .bias = true};
         gemm_run(&lg, "sm90 201x200x96 +bias", &c1, 90);
@@ -289,12 +291,18 @@ START_TEST(test_gemm_sm90)
         gemm_run(&lg, "sm90 130x264x520 ld+8 beta 1", &c2, 92);
         gemm_case c3 = {.tb = true, .m = 3 * 197, .n = 768, .k = 3072, .alpha = 1, .beta = 0, .bias = true};
         gemm_run(&lg, "sm90 591x768x3072 +bias", &c3, 93);
-        char mode[32];
-        snprintf(mode, sizeof mode, "%s %s", scheds[bi], bns[bi]);
+        gemm_case c4 = {.tb = true, .m = 67, .n = 202, .k = 64, .alpha = 1, .beta = 1, .bias = true}; /* rows of 404 bytes: no TMA store */
+        gemm_run(&lg, "sm90 67x202x64 +bias beta 1", &c4, 97);
+        /* more cluster tiles than the GPU holds clusters: each walks several; 33 row blocks */
+        gemm_case c5 = {.tb = true, .m = 4100, .n = 1040, .k = 136, .alpha = 1, .beta = 0, .bias = true};
+        gemm_run(&lg, "sm90 4100x1040x136 +bias", &c5, 98);
+        char mode[48];
+        snprintf(mode, sizeof mode, "%s %s cluster %s", modes[bi][0], modes[bi][1], modes[bi][2]);
         linact_cases(&lg, mode);
     }
-    unsetenv("GC_GEMM_SM90_SCHED");
-    unsetenv("GC_GEMM_SM90_BN");
+    ck_assert_int_eq(gc_gemm_set_sm90_tuning(NULL, NULL, NULL), GC_OK);
+    ck_assert_int_ne(gc_gemm_set_sm90_tuning("fast", NULL, NULL), GC_OK);
+    gc_error_clear();
     ck_assert_int_eq(gc_gemm_set_sm90("act"), GC_OK);
     linact_cases(&lg, "act");
 
@@ -326,6 +334,8 @@ START_TEST(test_gemm_sm90)
     CMP_DONE(lg);
 }
 END_TEST
+
+int gc_cuda_gemm_sm90_fit(int cluster); /* kernels/gemm_sm90.cu, for measuring it */
 
 /* The forward GEMMs of the models' linears, cuBLASLt against gemm_sm90.cu, plain (+bias)
  * and with the activation: cuBLASLt and a pass of its own, against the epilogue. */
@@ -394,6 +404,7 @@ START_TEST(test_gemm_sm90_bench)
         {"text chunk 256: fc2", 256 * 77, 512, 2048, GC_ACT_NONE},
         {"B/32 chunk 256: fc1", 256 * 50, 3072, 768, GC_ACT_QUICK_GELU},
     };
+    printf("gemm_sm90_bench: one wave holds %d CTAs, or %d clusters of 2\n", gc_cuda_gemm_sm90_fit(1), gc_cuda_gemm_sm90_fit(2));
     bool prev = gc_grad_set_enabled(false);
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         gc_pool *ps = gc_pool_push();
@@ -411,14 +422,16 @@ START_TEST(test_gemm_sm90_bench)
         gc_tensor *v = run_linear(&c);
         gc_tensor *y_90 = gc_pool_add(gc_tensor_to(v, GC_CUDA0, GC_F32));
         const double s90 = time_ms(20, run_linear, &c);
-        setenv("GC_GEMM_SM90_SCHED", "coop", 1);
+        gc_gemm_set_sm90_tuning("pingpong", NULL, "2");
+        const double s90c2 = time_ms(20, run_linear, &c);
+        gc_gemm_set_sm90_tuning("coop", NULL, NULL);
         const double coop = time_ms(20, run_linear, &c);
-        unsetenv("GC_GEMM_SM90_SCHED");
+        gc_gemm_set_sm90_tuning(NULL, NULL, NULL);
         const double err = y_lt && y_90 ? gc_test_rel_err(y_lt, y_90) : -1;
         printf("gemm %-26s [%lld x %lld x %lld] +bias: cuBLASLt %.3f ms (%.0f TFLOP/s), sm90 ping-pong %.3f ms (%.0f), "
-               "cooperative %.3f ms (%.0f), rel diff %.2e\n",
+               "clusters of 2 %.3f ms (%.0f), cooperative %.3f ms (%.0f), rel diff %.2e\n",
                shapes[i].name, (long long)shapes[i].m, (long long)shapes[i].n, (long long)shapes[i].k, lt, tflop / lt, s90,
-               tflop / s90, coop, tflop / coop, err);
+               tflop / s90, s90c2, tflop / s90c2, coop, tflop / coop, err);
         lg.total++;
         if (!(lt > 0 && s90 > 0 && err >= 0 && err < 1e-2)) log_fail(&lg, "%s: timing or agreement failed (%s)", shapes[i].name, gc_error_message());
         if (shapes[i].act != GC_ACT_NONE) {
