@@ -5,9 +5,9 @@
 // bf16 in and out, f32 accumulation. cuBLASLt offers no epilogue for erf-GELU or
 // quick_gelu, so an MLP's activation is a pass of its own over the [rows, 4D] output
 // (reading it and writing it again: 8 % of a DINOv3 step, 10 % of a CLIP B/16 one).
-// Here the activation is applied to the accumulators before they are stored: in a
-// no-grad forward, only act(v) is written; with the tape, v (kept for backward) and act(v)
-// (fc2's input) both come from the one pass.
+// Here the activation is applied to the tile on its way out: in a no-grad forward, only
+// act(v) is written; with the tape, v (kept for backward) and act(v) (fc2's input) both
+// come from the one pass.
 //
 // The structure is the standard one for sm_90 (CUTLASS's warp-specialized persistent
 // kernels):
@@ -17,7 +17,8 @@
 //     (128-byte swizzle), each with a "full" barrier that the TMA completes;
 //   - warpgroups 1 and 2, the consumers: per k step wgmma.m64nBNk16 from shared memory
 //     into f32 registers, one group in flight, and an "empty" barrier arrival (a warp
-//     each) when a buffer has been read; the epilogue goes from registers to global memory.
+//     each) when a buffer has been read; the epilogue stages the tile in shared memory for
+//     TMA stores (ping-pong), or stores from the registers (cooperative).
 //   - ping-pong (the default): each consumer takes whole 128 x 128 tiles, the block's
 //     tiles alternately, and their main loops take turns, so that one's epilogue runs
 //     while the other's products keep the tensor cores busy; cooperative
@@ -25,13 +26,15 @@
 // A K-major operand is what this layout needs: A = x [rows, in] and B = W [out, in], the
 // forward of every linear layer. Anything else goes to cuBLASLt (kernels/matmul.cu).
 //
-// Where it stands (docs/BENCHMARKS.md, session 9): correct, but slower than cuBLASLt
-// (about 455 against 670 TFLOP/s at K = 768, 666 against 700 at K = 3072), and its
-// activation epilogue costs more than cuBLASLt and the activation's own pass, so the
-// models do not use it unless GC_GEMM_SM90=act (gc_gemm_set_sm90). cuBLASLt's kernels for
-// these shapes (nvjet 128x160, 2x1 clusters) have what this one lacks: clusters sharing
-// tiles by TMA multicast, and an epilogue that stages the tile in shared memory for a TMA
-// store instead of scattered 4-byte stores.
+// Where it stands (docs/BENCHMARKS.md, session 10): correct, and within a few per cent of
+// cuBLASLt since the ping-pong epilogue stages its tile in shared memory for TMA stores
+// (K = 768: 643 to 656 against 670 to 681 TFLOP/s; 455 with the 4-byte stores from
+// registers it had). With the activation in the epilogue, CLIP's fc1 + quick_gelu takes
+// 0.87x the time of cuBLASLt and the activation's own pass, DINOv3's fc1 + erf-GELU 1.1x.
+// End to end that does not pay yet (GC_GEMM_SM90=act: B/16 and B/32 4096/256 -0.3 and
+// -0.6 %, B/16 128/64 +0.2 to +0.9 %, DINOv3 +2.4 %), so the models use cuBLASLt unless
+// GC_GEMM_SM90 says otherwise (gc_gemm_set_sm90). Clusters of 2 sharing B by TMA multicast
+// (GC_GEMM_SM90_CLUSTER=2) are correct but 3 to 12 % slower than none at these shapes.
 //
 // Built only for sm_90a (wgmma, setmaxnreg); the compute_90 PTX that the build adds for
 // newer GPUs has an empty kernel body, and the host never launches it there
@@ -132,12 +135,16 @@ __device__ __forceinline__ void tma_load_mc(void *dst, const CUtensorMap *map, u
                  : "memory");
 }
 
-// an arrival on the barrier at b's offset in CTA `cta` of the cluster
+// an arrival on the barrier at b's offset in CTA `cta` of the cluster. The default
+// semantics (release at CTA scope), as CUTLASS's ClusterBarrier arrives: what it orders is
+// this warp's wgmma reads of the buffer, complete already (wgmma.wait_group). With
+// .release.cluster the clustered kernel took twice as long (session 10: DINOv3's fc1 0.175
+// against 0.098 ms).
 __device__ __forceinline__ void mbar_arrive_cta(uint64_t *b, uint32_t cta)
 {
     uint32_t r;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(smem_u32(b)), "r"(cta));
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(r) : "memory");
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(r) : "memory");
 }
 
 __device__ __forceinline__ uint32_t cluster_rank()
