@@ -26,13 +26,13 @@
 // A K-major operand is what this layout needs: A = x [rows, in] and B = W [out, in], the
 // forward of every linear layer. Anything else goes to cuBLASLt (kernels/matmul.cu).
 //
-// Where it stands (docs/BENCHMARKS.md, session 10): correct, and within a few per cent of
-// cuBLASLt since the ping-pong epilogue stages its tile in shared memory for TMA stores
+// Where it stands (docs/BENCHMARKS.md, session 10): correct, and within 5 % of cuBLASLt
+// since the ping-pong epilogue stages its tile in shared memory for TMA stores
 // (K = 768: 643 to 656 against 670 to 681 TFLOP/s; 455 with the 4-byte stores from
 // registers it had). With the activation in the epilogue, CLIP's fc1 + quick_gelu takes
 // 0.87x the time of cuBLASLt and the activation's own pass, DINOv3's fc1 + erf-GELU 1.1x.
 // End to end that does not pay yet (GC_GEMM_SM90=act: B/16 and B/32 4096/256 -0.3 and
-// -0.6 %, B/16 128/64 +0.2 to +0.9 %, DINOv3 +2.4 %), so the models use cuBLASLt unless
+// -0.6 %, B/16 128/64 +0.2 to +1.0 %, DINOv3 +2.4 %), so the models use cuBLASLt unless
 // GC_GEMM_SM90 says otherwise (gc_gemm_set_sm90). Clusters of 2 sharing B by TMA multicast
 // (GC_GEMM_SM90_CLUSTER=2) are correct but 3 to 12 % slower than none at these shapes.
 //
