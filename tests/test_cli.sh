@@ -22,6 +22,8 @@ expect_fail "empty --out" "--out: an empty value" "$gcache" grad --model "$m" --
 expect_fail "unknown command" "unknown command" "$gcache" frobnicate
 expect_fail "bad GC_GEMM_SM90" "GC_GEMM_SM90=bogus: expected one of off, act, all" env GC_GEMM_SM90=bogus "$gcache" grad --model "$m"
 expect_fail "bad GC_ATTN_IMPL" "GC_ATTN_IMPL=fast" env GC_ATTN_IMPL=fast "$gcache" grad --model "$m"
+expect_fail "bad GC_GEMM_SM90_CLUSTER" "GC_GEMM_SM90_CLUSTER=4: expected one of 1, 2" env GC_GEMM_SM90_CLUSTER=4 "$gcache" grad --model "$m"
+expect_fail "bad GC_GEMM_SM90_BN" "GC_GEMM_SM90_BN=64: expected one of auto, 128, 256" env GC_GEMM_SM90_BN=64 "$gcache" grad --model "$m"
 mkdir -p "$tmp/badcfg"
 cp "$m/model.safetensors" "$tmp/badcfg/"
 echo '{"text_config": {"hidden_size": 33}}' >"$tmp/badcfg/config.json"
