@@ -272,6 +272,14 @@ __device__ __forceinline__ void epi_store(const Epi &e, int64_t off, float x0, f
 // exponentials (the erf-GELU epilogue took 1.5 times the GEMM, quick_gelu 2.6 times; session
 // 10). One thread of the warpgroup issues the stores and waits for them to have read the
 // staging before it is written again.
+// The staging's two 64 x 64 boxes to columns n0 and n0 + 64 of rows rt.. (one thread)
+__device__ __forceinline__ void store_boxes(const CUtensorMap *map, const uint8_t *out, int n0, int rt)
+{
+    tma_store(map, out, n0, rt);
+    tma_store(map, out + 64 * 128, n0 + 64, rt);
+    bulk_commit();
+}
+
 template <int BN, int ACT>
 __device__ __forceinline__ void stage_store(const float *dh, uint8_t *out, const CUtensorMap *map, const CUtensorMap *map_pre,
                                             int n0, int rt, int c, int t)
@@ -294,9 +302,7 @@ __device__ __forceinline__ void stage_store(const float *dh, uint8_t *out, const
             fence_async_smem();
             wg_sync(1 + c);
             if (t == 0) {
-                tma_store(map_pre, out, n0, rt);
-                tma_store(map_pre, out + 64 * 128, n0 + 64, rt);
-                bulk_commit();
+                store_boxes(map_pre, out, n0, rt);
                 bulk_wait_read();
             }
         }
@@ -315,11 +321,7 @@ __device__ __forceinline__ void stage_store(const float *dh, uint8_t *out, const
     }
     fence_async_smem();
     wg_sync(1 + c);
-    if (t == 0) {
-        tma_store(map, out, n0, rt);
-        tma_store(map, out + 64 * 128, n0 + 64, rt);
-        bulk_commit();
-    }
+    if (t == 0) store_boxes(map, out, n0, rt);
 }
 #endif // GC_SM90A
 
