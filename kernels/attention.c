@@ -67,7 +67,7 @@ gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_tensor *k, co
 gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
                                       const gc_tensor *out, const gc_tensor *lse, const gc_tensor *dout, gc_tensor *delta,
                                       gc_tensor *dq, bool acc_q, gc_tensor *dk, bool acc_k, gc_tensor *dv, bool acc_v,
-                                      float scale, bool causal, float p, uint32_t op, gc_rand_context rc);
+                                      float scale, bool causal, float p, uint32_t op, gc_rand_context rc, bool split);
 #endif
 
 typedef enum attn_impl { ATTN_REF = 0, ATTN_GEMM, ATTN_FLASH } attn_impl;
@@ -95,32 +95,40 @@ static bool flash_applies(const gc_tensor *q, const gc_tensor *k, const gc_tenso
 #endif
 }
 
-/* GEMM forced (1) or not (0); -1 until GC_ATTN_IMPL is read (once: this is a hot path) */
-static int attn_force_gemm = -1;
+/* ATTN_MODE_*; -1 until GC_ATTN_IMPL is read (once: this is a hot path) */
+enum { ATTN_MODE_AUTO = 0, ATTN_MODE_GEMM, ATTN_MODE_SPLIT };
+static int attn_mode = -1;
 
-static bool force_gemm(void)
+const char *const gc_attention_impl_names[] = {"auto", "ref", "flash", "gemm", "flash-split", NULL};
+
+static int attn_mode_get(void)
 {
-    if (attn_force_gemm < 0) {
+    if (attn_mode < 0) { /* a name it does not take leaves auto (gc_ops_env_check says so) */
         const char *e = getenv("GC_ATTN_IMPL");
-        attn_force_gemm = e && !strcmp(e, "gemm");
+        attn_mode = ATTN_MODE_AUTO;
+        if (e && *e && gc_attention_set_impl(e) != GC_OK) gc_error_clear();
     }
-    return attn_force_gemm == 1;
+    return attn_mode;
 }
 
-const char *const gc_attention_impl_names[] = {"auto", "ref", "flash", "gemm", NULL};
+static bool force_gemm(void) { return attn_mode_get() == ATTN_MODE_GEMM; }
 
 gc_status gc_attention_set_impl(const char *name)
 {
     for (int i = 0; name && gc_attention_impl_names[i]; i++)
         if (!strcmp(name, gc_attention_impl_names[i])) {
-            attn_force_gemm = !strcmp(name, "gemm");
+            attn_mode = !strcmp(name, "gemm") ? ATTN_MODE_GEMM : !strcmp(name, "flash-split") ? ATTN_MODE_SPLIT : ATTN_MODE_AUTO;
             return GC_OK;
         }
-    return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash or gemm",
+    return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash, gemm or flash-split",
                         name ? name : "(null)");
 }
 
-const char *gc_attention_get_impl(void) { return force_gemm() ? "gemm" : "auto"; }
+const char *gc_attention_get_impl(void)
+{
+    static const char *const names[] = {"auto", "gemm", "flash-split"};
+    return names[attn_mode_get()];
+}
 
 static attn_impl attn_impl_pick(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v)
 {
@@ -512,7 +520,7 @@ static gc_status flash_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
 #endif
     return GC_CUDA_DISPATCH(gc_cuda_flash_attention_bwd(q, k, v, mask, out, lse, gy, delta, gx[0], acc[0], gx[1], acc[1],
                                                         gx[2], acc[2], (float)g->scale, g->causal, g->p, g->op,
-                                                        attn_rc(g)));
+                                                        attn_rc(g), attn_mode_get() == ATTN_MODE_SPLIT));
 }
 
 /* ================================================================ the op */

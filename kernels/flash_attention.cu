@@ -762,6 +762,195 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
     }
 }
 
+// ---------------------------------------------------------------- backward: fused, Lk <= 256
+//
+// One block per (batch, kv head) holds every key: warp w owns keys 16 w .. 16 w + 15 (as the
+// dK/dV kernel's warps do), and the block has ceil(Lk / 16) warps. Per 32-query tile it
+// computes S^T, dPd^T, Pd^T, dS^T and dV, dK as flash_bwd_dkv_kernel does, and writes dS^T
+// (bf16, the value the dK product rounds it to) into shared memory; after a block barrier the
+// warps take the tile's dQ = dS K between them, over every key, and store it: no atomics, and
+// S and dP are made once instead of twice (5 products, not the 7 of the dQ + dK/dV kernels).
+// Delta comes from flash_delta_kernel, launched first.
+
+template <int D> struct FusedCfg {
+    static constexpr int BM = 32, LD = D + 8, LDS = BM + 8, MAXW = 16; // LDS: dS^T rows, 16-byte pad
+    typedef DkvCfg<D> Q; // the double-buffered query tiles, as the dK/dV kernel's
+    // smem: K, V [16 nw][LD]; dS^T [16 nw][LDS]; then two query-tile buffers
+    static constexpr size_t bytes(int nw) { return sizeof(bf16) * (size_t)16 * nw * (2 * LD + LDS) + 2 * Q::buf_bytes; }
+    static_assert((sizeof(bf16) * 16 * (2 * LD + LDS)) % 16 == 0, "the query buffers must stay 16-byte aligned");
+};
+
+// Rows r0 .. r0+R-1 (R at run time) of a [L, D] bf16 matrix into smem [R][LD], as load_tile;
+// all threads of the block (any size) take part.
+template <int D, int LD> __device__ __forceinline__ void load_rows(bf16 *s, const bf16 *g, int64_t rs, int r0, int R, int L)
+{
+    constexpr int CH = D / 8;
+    for (int e = threadIdx.x; e < R * CH; e += blockDim.x) {
+        const int r = e / CH, c = e % CH;
+        const bool ok = r0 + r < L;
+        cp_async16(s + r * LD + c * 8, ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g, ok);
+    }
+}
+
+template <int D, bool DROP, bool MASK>
+__global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_kernel(const FlashArgs a)
+{
+    GC_PDL_WAIT();
+    typedef FusedCfg<D> C;
+    constexpr int BM = C::BM, LD = C::LD, LDS = C::LDS, KD = D / 16, NS = BM / 8, NO = D / 8;
+    const int nw = blockDim.x / 32, BN = 16 * nw; // keys held (Lk <= BN)
+    bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD, *sDS = sV + BN * LD;
+    unsigned char *bufs = reinterpret_cast<unsigned char *>(sDS + BN * LDS);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int hk = blockIdx.y, b = blockIdx.z;
+    const int n_qt = (a.Lq + BM - 1) / BM, n_tiles = a.G * n_qt;
+    auto load_q_tile = [&](int h, int qs, int u) { // as the dK/dV kernel's
+        unsigned char *buf = bufs + u * C::Q::buf_bytes;
+        bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
+        float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
+        load_rows<D, LD>(q, a.q + b * a.qs0 + h * a.qs2, a.qs1, qs, BM, a.Lq);
+        load_rows<D, LD>(go, a.dout + b * a.os0 + h * a.os2, a.os1, qs, BM, a.Lq);
+        const int64_t rb = ((int64_t)b * a.H + h) * a.Lq;
+        for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+            const bool ok = qs + r < a.Lq;
+            cp_async4(ls + r, ok ? a.lse + rb + qs + r : a.lse, ok);
+            cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
+        }
+    };
+
+    load_rows<D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, 0, BN, a.Lk); // keys >= Lk: zero rows
+    load_rows<D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, 0, BN, a.Lk);
+    cp_async_commit();
+    load_q_tile(hk * a.G, 0, 0);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    const int j0 = warp * 16 + g, j1 = j0 + 8;
+    const bool w_all = warp * 16 + 16 <= a.Lk; // the warp's keys are all real (each warp has one)
+    const int64_t wq_lo = a.causal ? (int64_t)warp * 16 - (a.Lk - a.Lq) : 0;
+    float dk[NO][4], dv[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
+
+    int h = hk * a.G, qs = 0;
+    for (int it = 0, u = 0; it < n_tiles; it++, u ^= 1) {
+        const int qn = qs + BM < a.Lq ? qs + BM : 0, hn = qs + BM < a.Lq ? h : h + 1;
+        if (it + 1 < n_tiles) load_q_tile(hn, qn, u ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads(); // the tile is in; the last tile's dQ reads of sDS are done
+        const unsigned char *buf = bufs + u * C::Q::buf_bytes;
+        const bf16 *sQ = reinterpret_cast<const bf16 *>(buf), *sG = sQ + BM * LD;
+        const float *sLse = reinterpret_cast<const float *>(sG + BM * LD), *sDel = sLse + BM;
+
+        const int n_lo = wq_lo - qs >= 8 * NS ? NS : wq_lo - qs > 0 ? (int)(wq_lo - qs) / 8 : 0;
+        const int n_hi = tiles_for<NS>(a.Lq - qs);
+        const bool full = w_all && qs + BM <= a.Lq && (!a.causal || qs >= (int64_t)warp * 16 + 15 - (a.Lk - a.Lq));
+        float st[NS][4], dpt[NS][4]; // [keys x queries]
+#pragma unroll
+        for (int n = 0; n < NS; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
+        auto tile = [&](auto full_c) { // the dK/dV kernel's tile, its keys from 0
+            constexpr bool FULL = decltype(full_c)::value;
+            mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, warp * 16, FULL ? 0 : n_lo, FULL ? NS : n_hi);
+            int lo[2], hi[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int j = r ? j1 : j0;
+                lo[r] = (a.causal ? j - (a.Lk - a.Lq) - qs : 0) - 2 * t;
+                hi[r] = j < a.Lk ? a.Lq - qs - 2 * t : lo[r];
+            }
+#pragma unroll
+            for (int n = 0; n < NS; n++) {
+                const float2 lse2 = *reinterpret_cast<const float2 *>(sLse + n * 8 + 2 * t);
+                const float2 del2 = *reinterpret_cast<const float2 *>(sDel + n * 8 + 2 * t);
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = e >> 1, cc = n * 8 + (e & 1), c = cc + 2 * t, i = qs + c, j = r ? j1 : j0;
+                    const bool vis = FULL || (cc >= lo[r] && cc < hi[r]);
+                    const float sk = score_kept<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
+                    const float pr = prob_of<MASK>(a, sk, (e & 1) ? lse2.y : lse2.x);
+                    float pd = pr, d = dpt[n][e];
+                    if (DROP) {
+                        const bool keep = pr != 0.f && keep_elem(a, b, h, i, j);
+                        pd = keep ? pr * a.inv_keep : 0.f;
+                        d = keep ? d * a.inv_keep : 0.f;
+                    }
+                    st[n][e] = pd;
+                    dpt[n][e] = pr * (d - ((e & 1) ? del2.y : del2.x));
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) {
+                if (!FULL && (2 * kk + 1 < n_lo || 2 * kk >= n_hi)) continue;
+                uint32_t pa[4], sa[4];
+                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+                for (int n = 0; n < NO; n += 2) {
+                    mma_b2<LD>(dv[n], dv[n + 1], pa, sG, n, kk * 16);
+                    mma_b2<LD>(dk[n], dk[n + 1], sa, sQ, n, kk * 16);
+                }
+            }
+        };
+        if (full) tile(std::true_type{});
+        else if (n_lo < n_hi) tile(std::false_type{});
+        // dS^T into shared memory, zeros where the tile was not run (sDS must hold no NaN)
+#pragma unroll
+        for (int n = 0; n < NS; n++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                *reinterpret_cast<uint32_t *>(sDS + (warp * 16 + g + 8 * r) * LDS + n * 8 + 2 * t) =
+                    pack_bf16(dpt[n][2 * r], dpt[n][2 * r + 1]);
+        __syncthreads(); // every key's dS^T is in; every warp is done with buffer u
+
+        // dQ of the tile = dS K over all BN keys: units of 16 queries x 16 columns, over the warps
+        constexpr int UM = BM / 16, UN = NO / 2;
+        for (int un = warp; un < UM * UN; un += nw) {
+            const int mb = un / UN, np = un % UN;
+            float q0[4] = {0.f, 0.f, 0.f, 0.f}, q1[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int kk = 0; kk < nw; kk++) {
+                uint32_t fa[4]; // A = dS (queries x keys) from dS^T through ldmatrix .trans
+                ldsm_x4_t(fa, sDS + (kk * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + mb * 16 + ((lane >> 3) & 1) * 8);
+                mma_b2<LD>(q0, q1, fa, sK, 2 * np, kk * 16);
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int i = qs + mb * 16 + g + 8 * r;
+                if (i >= a.Lq || !a.dq) continue;
+                const int64_t row = b * a.dqs0 + (int64_t)i * a.dqs1 + h * a.dqs2 + np * 16 + 2 * t;
+                grad_store2(a.dq, a.dq_f32, row, a.scale * q0[2 * r], a.scale * q0[2 * r + 1], a.acc_q);
+                grad_store2(a.dq, a.dq_f32, row + 8, a.scale * q1[2 * r], a.scale * q1[2 * r + 1], a.acc_q);
+            }
+        }
+        h = hn, qs = qn;
+    }
+    // dQ (above), then dK, then dV, each after a block barrier: they may share one buffer
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = r ? j1 : j0;
+        if (j >= a.Lk || !a.dk) continue;
+        const int64_t row = b * a.dks0 + (int64_t)j * a.dks1 + hk * a.dks2;
+#pragma unroll
+        for (int n = 0; n < NO; n++)
+            grad_store2(a.dk, a.dk_f32, row + n * 8 + 2 * t, a.scale * dk[n][2 * r], a.scale * dk[n][2 * r + 1], a.acc_k);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = r ? j1 : j0;
+        if (j >= a.Lk || !a.dv) continue;
+        const int64_t row = b * a.dvs0 + (int64_t)j * a.dvs1 + hk * a.dvs2;
+#pragma unroll
+        for (int n = 0; n < NO; n++) grad_store2(a.dv, a.dv_f32, row + n * 8 + 2 * t, dv[n][2 * r], dv[n][2 * r + 1], a.acc_v);
+    }
+}
+
 // ---------------------------------------------------------------- launchers
 
 // q, k, v, dO as the kernels read them: bf16, innermost stride 1, rows 16-byte aligned.
@@ -774,18 +963,24 @@ bool tile_ok(const gc_tensor *x)
     return true;
 }
 
-template <auto Kernel> gc_status launch(dim3 grid, size_t smem, const FlashArgs &a)
+// Over 48 KB a kernel must be allowed its shared memory. A kernel's largest size is a
+// compile-time constant: one cudaFuncSetAttribute per kernel, in a thread-safe static
+// initialiser, and a guard read afterwards. The runtime drives one device per process
+// (runtime/cuda.cu).
+template <auto Kernel> gc_status allow_smem(size_t smem)
 {
-    // Over 48 KB a kernel must be allowed its shared memory. A kernel's size is a
-    // compile-time constant: one cudaFuncSetAttribute per kernel, in a thread-safe static
-    // initialiser, and a guard read afterwards. The runtime drives one device per process
-    // (runtime/cuda.cu).
     static const cudaError_t allowed =
         smem > 48 * 1024 ? cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)
                          : cudaSuccess;
     if (allowed != cudaSuccess)
         return gc_error_set(GC_ERR_CUDA, "flash attention: %zu bytes of shared memory refused: %s", smem,
                             cudaGetErrorString(allowed));
+    return GC_OK;
+}
+
+template <auto Kernel> gc_status launch(dim3 grid, size_t smem, const FlashArgs &a)
+{
+    GC_TRY(allow_smem<Kernel>(smem));
     gc_launch(Kernel, grid, kThreadsFa, smem, gc_cuda_stream(), a);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
@@ -832,8 +1027,24 @@ template <int D> gc_status launch_fwd(const FlashArgs &a)
     });
 }
 
-template <int D> gc_status launch_bwd(const FlashArgs &a)
+template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
 {
+    if constexpr (D <= 64) // registers: the fused kernel holds dK, dV and a tile's S^T, dP^T
+        if (!split && a.dq && a.Lk <= 16 * FusedCfg<D>::MAXW) {
+            const int64_t rows = (int64_t)a.B * a.Lq * a.H;
+            gc_launch(flash_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, gc_cuda_stream(), a, D);
+            GC_CUDA_LAUNCH_CHECK();
+            const int nw = (a.Lk + 15) / 16;
+            const dim3 grid(1u, (unsigned)(a.H / a.G), (unsigned)a.B);
+            return with_variant(a, [&](auto drop, auto mask) {
+                constexpr auto kernel = flash_bwd_fused_kernel<D, drop.value, mask.value>;
+                // the attribute for the largest block, once; this launch's size below it
+                GC_TRY(allow_smem<kernel>(FusedCfg<D>::bytes(FusedCfg<D>::MAXW)));
+                gc_launch(kernel, grid, 32 * nw, FusedCfg<D>::bytes(nw), gc_cuda_stream(), a);
+                GC_CUDA_LAUNCH_CHECK();
+                return GC_OK;
+            });
+        }
     if (a.dq) { // also writes Delta
         const dim3 grid((unsigned)((a.Lq + DqCfg<D>::BM - 1) / DqCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
         GC_TRY(with_variant(a, [&](auto drop, auto mask) {
@@ -889,11 +1100,13 @@ extern "C" gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_te
 // null: not wanted), = or += per acc_*. dout: dO [B, Lq, H, D] bf16; delta: scratch f32
 // [B, H, Lq]. The launches run dQ, then dK, then dV: buffers shared between q, k, v must
 // be given with acc set on the later ones (gc_grad_target does this when fetched in order).
+// Where Lk <= 256 and D <= 64 one fused kernel makes all three (after Delta), unless split
+// asks for the dQ and dK/dV kernels (gc_attention_set_impl "flash-split").
 extern "C" gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v,
                                                 const gc_tensor *mask, const gc_tensor *out, const gc_tensor *lse,
                                                 const gc_tensor *dout, gc_tensor *delta, gc_tensor *dq, bool acc_q,
                                                 gc_tensor *dk, bool acc_k, gc_tensor *dv, bool acc_v, float scale,
-                                                bool causal, float p, uint32_t op, gc_rand_context rc)
+                                                bool causal, float p, uint32_t op, gc_rand_context rc, bool split)
 {
     if (!gc_cuda_flash_attention_supported(q, k, v) || !tile_ok(dout) || out->dtype != GC_BF16 ||
         !gc_tensor_is_contiguous(out))
@@ -922,8 +1135,8 @@ extern "C" gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_te
     if (a.B == 0 || a.Lq == 0 || a.Lk == 0 || a.H == 0)
         return gc_error_set(GC_ERR_SHAPE, "flash attention backward: empty shapes are not launched");
     switch (q->shape[3]) {
-    case 32: return launch_bwd<32>(a);
-    case 64: return launch_bwd<64>(a);
-    default: return launch_bwd<128>(a);
+    case 32: return launch_bwd<32>(a, split);
+    case 64: return launch_bwd<64>(a, split);
+    default: return launch_bwd<128>(a, split);
     }
 }

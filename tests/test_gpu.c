@@ -1067,6 +1067,10 @@ static void flash_run(cmp_log *lg, const char *label, const flash_case *c, uint6
     snprintf(l, sizeof l, "%s [gemm]", label);
     ck_assert_int_eq(gc_attention_set_impl("gemm"), GC_OK);
     cmp(lg, l, f_flash, &cc, n, in, GC_BF16, TOL16);
+    /* the backward as two kernels (dQ, dK/dV) where the fused one would run */
+    snprintf(l, sizeof l, "%s [split]", label);
+    ck_assert_int_eq(gc_attention_set_impl("flash-split"), GC_OK);
+    cmp(lg, l, f_flash, &cc, n, in, GC_BF16, TOL16);
     ck_assert_int_eq(gc_attention_set_impl("auto"), GC_OK);
 }
 
@@ -1235,7 +1239,8 @@ START_TEST(test_flash_clip_bench)
         {"text causal, chunk 256 [256,77,8,64]", 256, 77, 8, true},
         {"DINOv3, chunk 64 [64,201,12,64]", 64, 201, 12, false},
     };
-    static const char *const impls[] = {"flash", "gemm", "flash"}; /* the last: its bits again */
+    /* flash twice (its bits again), then its backward split in two kernels (dQ, dK/dV) */
+    static const char *const impls[] = {"flash", "gemm", "flash", "flash-split"};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int64_t B = shapes[si].B, L = shapes[si].L, H = shapes[si].H, D = 64;
         gc_pool *ps = gc_pool_push();
@@ -1243,8 +1248,8 @@ START_TEST(test_flash_clip_bench)
         gc_tensor *Rh = gc_test_randn(4, GC_SHAPE(B, L, H, D), 8 + si, 1.0);
         gc_tensor *R = gc_pool_add(gc_tensor_to(Rh, GC_CUDA0, GC_BF16));
         gc_tensor_release(Rh);
-        gc_tensor *outs[3] = {NULL, NULL, NULL}, *grads[3] = {NULL, NULL, NULL};
-        for (int m = 0; m < 3; m++) {
+        gc_tensor *outs[4] = {NULL, NULL, NULL, NULL}, *grads[4] = {NULL, NULL, NULL, NULL};
+        for (int m = 0; m < 4; m++) {
             ck_assert_int_eq(gc_attention_set_impl(impls[m]), GC_OK);
             gc_tensor_zero_grad(qkv);
             gc_pool *it = gc_pool_push();
@@ -1258,7 +1263,7 @@ START_TEST(test_flash_clip_bench)
                 log_fail(&lg, "%s %s step failed: %s", shapes[si].name, impls[m], gc_error_message());
                 continue;
             }
-            if (m == 2) break; /* the repeat is for its bits, not its time */
+            if (m == 2) continue; /* the repeat is for its bits, not its time */
             /* timing: 10 steps after the one above */
             gc_timer *t0 = gc_timer_create(GC_CUDA0), *t1 = gc_timer_create(GC_CUDA0);
             gc_device_sync(GC_CUDA0);
@@ -1301,7 +1306,12 @@ START_TEST(test_flash_clip_bench)
         lg.total++;
         if (!grads[0] || !grads[2] || gc_test_rel_err(grads[2], grads[0]) != 0.0)
             log_fail(&lg, "%s: flash gave other bits on a second run", shapes[si].name);
-        for (int m = 0; m < 3; m++) {
+        /* fused and split backward: the same products summed in other orders */
+        const double es = gc_test_rel_err(grads[3], grads[0]);
+        printf("attention %-38s flash vs flash-split: grad rel err %.2e\n", shapes[si].name, es);
+        lg.total++;
+        if (!(es <= TOL16_SOFT)) log_fail(&lg, "%s: flash vs flash-split: grad %.3g", shapes[si].name, es);
+        for (int m = 0; m < 4; m++) {
             gc_tensor_release(outs[m]);
             gc_tensor_release(grads[m]);
         }
