@@ -912,12 +912,21 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
         constexpr int UM = BM / 16, UN = NO / 2;
         for (int un = warp; un < UM * UN; un += nw) {
             const int mb = un / UN, np = un % UN;
-            float q0[4] = {0.f, 0.f, 0.f, 0.f}, q1[4] = {0.f, 0.f, 0.f, 0.f};
-            for (int kk = 0; kk < nw; kk++) {
-                uint32_t fa[4]; // A = dS (queries x keys) from dS^T through ldmatrix .trans
-                ldsm_x4_t(fa, sDS + (kk * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + mb * 16 + ((lane >> 3) & 1) * 8);
+            // two accumulator pairs (even and odd key steps): half the dependent chain
+            float q0[4] = {}, q1[4] = {}, q2[4] = {}, q3[4] = {};
+            // A = dS (queries x keys) from dS^T through ldmatrix .trans
+            const bf16 *pa = sDS + ((lane & 7) + (lane >> 4) * 8) * LDS + mb * 16 + ((lane >> 3) & 1) * 8;
+            for (int kk = 0; kk < nw; kk += 2) {
+                uint32_t fa[4];
+                ldsm_x4_t(fa, pa + kk * 16 * LDS);
                 mma_b2<LD>(q0, q1, fa, sK, 2 * np, kk * 16);
+                if (kk + 1 < nw) {
+                    ldsm_x4_t(fa, pa + (kk + 1) * 16 * LDS);
+                    mma_b2<LD>(q2, q3, fa, sK, 2 * np, (kk + 1) * 16);
+                }
             }
+#pragma unroll
+            for (int e = 0; e < 4; e++) q0[e] += q2[e], q1[e] += q3[e];
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const int i = qs + mb * 16 + g + 8 * r;
