@@ -22,7 +22,11 @@
 //   flash_bwd_dkv_kernel block = (64 keys, kv head, batch): per head of the group and
 //                        32-query tile S^T = K Q^T, dPd^T = V dO^T, dV += Pd^T dO,
 //                        dK += dS^T Q. GQA sums the group inside the block: no atomics.
-//   flash_delta_kernel   Delta alone, for a backward that wants no dQ.
+//   flash_delta_kernel   Delta alone, for the fused kernel or a backward that wants no dQ.
+//   flash_bwd_fused_kernel block = (kv head, batch) holding every key (Lk <= 256, D <= 64):
+//                        per 32-query tile as dK/dV, then dQ = dS K from dS^T in shared
+//                        memory. Replaces the two above where it applies; "flash-split"
+//                        (gc_attention_set_impl) keeps them, for tests and measurements.
 // A warp skips the products whose every entry is hidden from all its rows: key columns
 // past the last key its queries see (the tail of L = 197 in a 256-wide grid of tiles, the
 // causal triangle), whole warps of padding rows. Those entries are -inf scores and zero
@@ -464,21 +468,29 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
 
 // ---------------------------------------------------------------- backward: Delta alone
 
-// delta[b, h, i] = sum_d dO[b, i, h, d] O[b, i, h, d]; one warp per (b, i, h). Only when no
-// dQ is wanted: the dQ kernel computes Delta for its rows itself.
+// delta[b, h, i] = sum_d dO[b, i, h, d] O[b, i, h, d]: D / 8 threads a row (b, i, h), 16
+// bytes of each a thread. For the fused backward, and a backward that wants no dQ (the dQ
+// kernel computes Delta for its rows itself).
 __global__ void __launch_bounds__(256) flash_delta_kernel(const FlashArgs a, int D)
 {
     GC_PDL_WAIT();
-    const int lane = threadIdx.x & 31;
-    const int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5), rows = (int64_t)a.B * a.Lq * a.H;
-    if (r >= rows) return; // whole warps leave; no block barrier below
-    const int h = (int)(r % a.H), i = (int)((r / a.H) % a.Lq), b = (int)(r / ((int64_t)a.H * a.Lq));
-    const bf16 *o = a.o + r * D;
-    const bf16 *g = a.dout + b * a.os0 + (int64_t)i * a.os1 + h * a.os2;
+    const int tpr = D / 8; // 4, 8 or 16: a row's threads are consecutive lanes of one warp
+    const int64_t r = ((int64_t)blockIdx.x * 256 + threadIdx.x) / tpr, rows = (int64_t)a.B * a.Lq * a.H;
+    const int c = (threadIdx.x % tpr) * 8;
     float s = 0.f;
-    for (int d = lane; d < D; d += 32) s += __bfloat162float(o[d]) * __bfloat162float(g[d]);
-    s = warp_sum(s);
-    if (lane == 0) a.delta[((int64_t)b * a.H + h) * a.Lq + i] = s;
+    if (r < rows) {
+        const int h = (int)(r % a.H), i = (int)((r / a.H) % a.Lq), b = (int)(r / ((int64_t)a.H * a.Lq));
+        const uint4 ov = *reinterpret_cast<const uint4 *>(a.o + r * D + c);
+        const uint4 gv = *reinterpret_cast<const uint4 *>(a.dout + b * a.os0 + (int64_t)i * a.os1 + h * a.os2 + c);
+        const bf16 *op = reinterpret_cast<const bf16 *>(&ov), *gp = reinterpret_cast<const bf16 *>(&gv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) s += __bfloat162float(op[e]) * __bfloat162float(gp[e]);
+    }
+    for (int off = tpr / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (r < rows && threadIdx.x % tpr == 0) {
+        const int h = (int)(r % a.H), i = (int)((r / a.H) % a.Lq), b = (int)(r / ((int64_t)a.H * a.Lq));
+        a.delta[((int64_t)b * a.H + h) * a.Lq + i] = s;
+    }
 }
 
 // ---------------------------------------------------------------- backward: dQ
@@ -1036,13 +1048,19 @@ template <int D> gc_status launch_fwd(const FlashArgs &a)
     });
 }
 
+gc_status launch_delta(const FlashArgs &a, int D)
+{
+    const int64_t threads = (int64_t)a.B * a.Lq * a.H * (D / 8);
+    gc_launch(flash_delta_kernel, (unsigned)((threads + 255) / 256), 256, 0, gc_cuda_stream(), a, D);
+    GC_CUDA_LAUNCH_CHECK();
+    return GC_OK;
+}
+
 template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
 {
     if constexpr (D <= 64) // registers: the fused kernel holds dK, dV and a tile's S^T, dP^T
         if (!split && a.dq && a.Lk <= 16 * FusedCfg<D>::MAXW) {
-            const int64_t rows = (int64_t)a.B * a.Lq * a.H;
-            gc_launch(flash_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, gc_cuda_stream(), a, D);
-            GC_CUDA_LAUNCH_CHECK();
+            GC_TRY(launch_delta(a, D));
             const int nw = (a.Lk + 15) / 16;
             const dim3 grid(1u, (unsigned)(a.H / a.G), (unsigned)a.B);
             return with_variant(a, [&](auto drop, auto mask) {
@@ -1060,9 +1078,7 @@ template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
             return launch<flash_bwd_dq_kernel<D, drop.value, mask.value>>(grid, DqCfg<D>::bytes, a);
         }));
     } else if (a.dk || a.dv) {
-        const int64_t rows = (int64_t)a.B * a.Lq * a.H;
-        gc_launch(flash_delta_kernel, (unsigned)((rows + 7) / 8), 256, 0, gc_cuda_stream(), a, D);
-        GC_CUDA_LAUNCH_CHECK();
+        GC_TRY(launch_delta(a, D));
     }
     if (a.dk || a.dv) {
         const dim3 grid((unsigned)((a.Lk + DkvCfg<D>::BN - 1) / DkvCfg<D>::BN), (unsigned)(a.H / a.G), (unsigned)a.B);
