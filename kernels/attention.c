@@ -63,11 +63,11 @@ gc_status gc_cuda_attention_bwd(const void *P, const float *dP, void *dS, void *
 bool gc_cuda_flash_attention_supported(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v);
 gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
                                       gc_tensor *out, gc_tensor *lse, float scale, bool causal, float p, uint32_t op,
-                                      gc_rand_context rc, bool portable);
+                                      gc_rand_context rc);
 gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
                                       const gc_tensor *out, const gc_tensor *lse, const gc_tensor *dout, gc_tensor *delta,
                                       gc_tensor *dq, bool acc_q, gc_tensor *dk, bool acc_k, gc_tensor *dv, bool acc_v,
-                                      float scale, bool causal, float p, uint32_t op, gc_rand_context rc, bool portable);
+                                      float scale, bool causal, float p, uint32_t op, gc_rand_context rc, bool split);
 #endif
 
 typedef enum attn_impl { ATTN_REF = 0, ATTN_GEMM, ATTN_FLASH } attn_impl;
@@ -96,10 +96,10 @@ static bool flash_applies(const gc_tensor *q, const gc_tensor *k, const gc_tenso
 }
 
 /* ATTN_MODE_*; -1 until GC_ATTN_IMPL is read (once: this is a hot path) */
-enum { ATTN_MODE_AUTO = 0, ATTN_MODE_GEMM, ATTN_MODE_SM80 };
+enum { ATTN_MODE_AUTO = 0, ATTN_MODE_GEMM, ATTN_MODE_SPLIT };
 static int attn_mode = -1;
 
-const char *const gc_attention_impl_names[] = {"auto", "ref", "flash", "gemm", "flash-sm80", NULL};
+const char *const gc_attention_impl_names[] = {"auto", "ref", "flash", "gemm", "flash-split", NULL};
 
 static int attn_mode_get(void)
 {
@@ -117,16 +117,16 @@ gc_status gc_attention_set_impl(const char *name)
 {
     for (int i = 0; name && gc_attention_impl_names[i]; i++)
         if (!strcmp(name, gc_attention_impl_names[i])) {
-            attn_mode = !strcmp(name, "gemm") ? ATTN_MODE_GEMM : !strcmp(name, "flash-sm80") ? ATTN_MODE_SM80 : ATTN_MODE_AUTO;
+            attn_mode = !strcmp(name, "gemm") ? ATTN_MODE_GEMM : !strcmp(name, "flash-split") ? ATTN_MODE_SPLIT : ATTN_MODE_AUTO;
             return GC_OK;
         }
-    return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash, gemm or flash-sm80",
+    return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash, gemm or flash-split",
                         name ? name : "(null)");
 }
 
 const char *gc_attention_get_impl(void)
 {
-    static const char *const names[] = {"auto", "gemm", "flash-sm80"};
+    static const char *const names[] = {"auto", "gemm", "flash-split"};
     return names[attn_mode_get()];
 }
 
@@ -492,7 +492,7 @@ static gc_tensor *flash_forward(const attn_geom *g, gc_tensor *q, gc_tensor *k, 
     (void)k, (void)v, (void)mask; /* flash_applies was false: not reached */
 #endif
     if (GC_CUDA_DISPATCH(gc_cuda_flash_attention_fwd(q, k, v, mask, out, lse, (float)g->scale, g->causal, g->p, g->op,
-                                                     attn_rc(g), attn_mode_get() == ATTN_MODE_SM80)) != GC_OK)
+                                                     attn_rc(g))) != GC_OK)
         return NULL;
     *lse_out = lse;
     return out;
@@ -520,7 +520,7 @@ static gc_status flash_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
 #endif
     return GC_CUDA_DISPATCH(gc_cuda_flash_attention_bwd(q, k, v, mask, out, lse, gy, delta, gx[0], acc[0], gx[1], acc[1],
                                                         gx[2], acc[2], (float)g->scale, g->causal, g->p, g->op,
-                                                        attn_rc(g), attn_mode_get() == ATTN_MODE_SM80));
+                                                        attn_rc(g), attn_mode_get() == ATTN_MODE_SPLIT));
 }
 
 /* ================================================================ the op */

@@ -25,11 +25,8 @@
 //   flash_delta_kernel   Delta alone, for the fused kernel or a backward that wants no dQ.
 //   flash_bwd_fused_kernel block = (kv head, batch) holding every key (Lk <= 256, D <= 64):
 //                        per 32-query tile as dK/dV, then dQ = dS K from dS^T in shared
-//                        memory. Replaces the two above where it applies.
-//   flash_fwd_sm90_kernel the forward by wgmma on Hopper (D = 64, Lk <= 256, no mask or
-//                        dropout): every key at once, one pass of softmax.
-// "flash-sm80" (gc_attention_set_impl) keeps to the portable kernels, for tests and
-// measurements.
+//                        memory. Replaces the two above where it applies; "flash-split"
+//                        (gc_attention_set_impl) keeps them, for tests and measurements.
 // A warp skips the products whose every entry is hidden from all its rows: key columns
 // past the last key its queries see (the tail of L = 197 in a 256-wide grid of tiles, the
 // causal triangle), whole warps of padding rows. Those entries are -inf scores and zero
@@ -55,7 +52,6 @@ extern "C" {
 #include "../runtime/gc_cuda.h"
 }
 #include "gc_cuda_util.cuh"
-#include "gc_sm90.cuh"
 #include "../runtime/gc_rng.h" // static inline, host + device
 
 extern __shared__ __align__(128) unsigned char flash_smem[];
@@ -468,122 +464,6 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
                 __floats2bfloat162_rn(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
         if (t == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = l[r] > 0.f ? mx[r] * kscale + log2f(l[r]) : INFINITY;
     }
-}
-
-// ---------------------------------------------------------------- forward on Hopper (sm_90a)
-//
-// D = 64, Lk <= 256, no mask, no dropout (the ViTs, and CLIP's causal text): a block is one
-// warpgroup and 64 queries, as flash_fwd_kernel's, but takes every key at once. S = Q K^T by
-// wgmma from shared memory (Q and K K-major, 128-byte swizzle), the softmax of whole rows in
-// registers (one pass: no running maximum, no rescaling), then O = P V by wgmma with P from
-// registers (the accumulator layout of two 8-key tiles is the A fragment of a 16-key step)
-// and V as an MN-major operand (its rows are the keys). One product each where the
-// mma.sync kernel issues an ldmatrix and two mma per 16 x 16 step a warp. NC: 64-key chunks
-// of S, ceil(Lk / 64); keys past Lk are zero rows and -inf scores.
-template <int NC> struct FwdSm90Cfg {
-    static constexpr int TILE = 64 * 128;                              // bytes of 64 swizzled rows of D = 64
-    static constexpr size_t bytes = (size_t)(1 + 2 * NC) * TILE + 1024; // Q, K, V; + 1024 to align
-};
-
-template <int NC> __global__ void __launch_bounds__(kThreadsFa, 2) flash_fwd_sm90_kernel(const FlashArgs a)
-{
-    GC_PDL_WAIT();
-#ifdef GC_SM90A
-    using namespace gc_sm90;
-    constexpr int BM = 64, TILE = FwdSm90Cfg<NC>::TILE;
-    uint8_t *sQ = reinterpret_cast<uint8_t *>(((uintptr_t)flash_smem + 1023) & ~(uintptr_t)1023); // the swizzle's alignment
-    uint8_t *sK = sQ + TILE, *sV = sK + NC * TILE;
-    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, tq = lane & 3;
-    const int q0 = blockIdx.x * BM, h = blockIdx.y, b = blockIdx.z, hk = h / a.G;
-
-    // rows r0 .. r0+R-1 of a [L, 64] bf16 matrix (row stride rs) into 128-byte rows, 16-byte
-    // chunk c of row r at c ^ (r % 8); rows >= L zero
-    auto load = [&](uint8_t *s, const bf16 *src, int64_t rs, int r0, int R, int L) {
-        for (int e = t; e < R * 8; e += kThreadsFa) {
-            const int r = e >> 3, c = e & 7;
-            const bool ok = r0 + r < L;
-            cp_async16(s + r * 128 + ((c ^ (r & 7)) << 4), ok ? src + (int64_t)(r0 + r) * rs + c * 8 : src, ok);
-        }
-    };
-    load(sQ, a.q + b * a.qs0 + h * a.qs2, a.qs1, q0, BM, a.Lq);
-    load(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, 0, NC * 64, a.Lk);
-    cp_async_commit();
-    load(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, 0, NC * 64, a.Lk);
-    cp_async_commit();
-    cp_async_wait<1>(); // Q and K are in, V may still be on its way
-    fence_async_smem(); // for the wgmma's reads (the async proxy)
-    __syncthreads();
-
-    // S: accumulator element e of chunk c is row 16 warp + g + 8 ((e >> 1) & 1), key
-    // 64 c + 8 (e >> 2) + 2 tq + (e & 1)
-    float s[NC][32]; // no initial values: the first product of each chunk overwrites (scale-d 0)
-    wgmma_fence();
-#pragma unroll
-    for (int c = 0; c < NC; c++)
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_64(s[c], smem_desc(sQ) + 2 * kk, smem_desc(sK + c * TILE) + 2 * kk, kk > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-
-    // the whole row's maximum of kept (visible) raw products, then P = exp2(s scale log2(e) - m)
-    const int i0 = q0 + warp * 16 + g, i1 = i0 + 8;
-    const int nv[2] = {visible(a, i0), visible(a, i1)};
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int c = 0; c < NC; c++)
-#pragma unroll
-        for (int e = 0; e < 32; e++) {
-            const int r = (e >> 1) & 1, j = c * 64 + (e >> 2) * 8 + 2 * tq + (e & 1);
-            s[c][e] = j < nv[r] ? s[c][e] : -INFINITY;
-            mx[r] = fmaxf(mx[r], s[c][e]);
-        }
-    float ms[2], l[2] = {0.f, 0.f};
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        ms[r] = mx[r] == -INFINITY ? 0.f : mx[r] * a.scale_log2; // a row that sees nothing: P = 0
-    }
-    uint32_t p[NC][16]; // P as bf16 pairs: the A fragments of the 16-key steps
-#pragma unroll
-    for (int c = 0; c < NC; c++)
-#pragma unroll
-        for (int e = 0; e < 32; e += 2) {
-            const int r = (e >> 1) & 1;
-            const float p0 = fast_exp2(fmaf(s[c][e], a.scale_log2, -ms[r])), p1 = fast_exp2(fmaf(s[c][e + 1], a.scale_log2, -ms[r]));
-            l[r] += p0 + p1;
-            p[c][e >> 1] = pack_bf16(p0, p1);
-        }
-
-    // O = P V: 16-key step kc of chunk c reads P's n-tiles 2 kc, 2 kc + 1 (p[c][4 kc ..]) and
-    // V's rows 64 c + 16 kc .. (two 8-row groups of the swizzle)
-    float o[32];
-    cp_async_wait<0>();
-    fence_async_smem();
-    __syncthreads(); // V is in
-    wgmma_fence();
-#pragma unroll
-    for (int c = 0; c < NC; c++)
-#pragma unroll
-        for (int kc = 0; kc < 4; kc++) wgmma_64_rs_mn(o, &p[c][4 * kc], smem_desc(sV + c * TILE + kc * 16 * 128), c + kc > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-
-    // out = O / l, lse = m + log2 l (+inf when the row saw nothing), as flash_fwd_kernel
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        const int i = r ? i1 : i0;
-        if (i >= a.Lq) continue;
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        bf16 *orow = a.o + (((int64_t)b * a.Lq + i) * a.H + h) * 64;
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-            *reinterpret_cast<__nv_bfloat162 *>(orow + n * 8 + 2 * tq) = __floats2bfloat162_rn(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
-        if (tq == 0) a.lse[((int64_t)b * a.H + h) * a.Lq + i] = l[r] > 0.f ? ms[r] + log2f(l[r]) : INFINITY;
-    }
-#endif
 }
 
 // ---------------------------------------------------------------- backward: Delta alone
@@ -1160,26 +1040,8 @@ template <typename F> gc_status with_variant(const FlashArgs &a, F &&f)
                 : f(integral_constant<bool, false>{}, integral_constant<bool, false>{});
 }
 
-template <int NC> gc_status launch_fwd_sm90(const FlashArgs &a)
+template <int D> gc_status launch_fwd(const FlashArgs &a)
 {
-    constexpr auto kernel = flash_fwd_sm90_kernel<NC>;
-    GC_TRY(allow_smem<kernel>(FwdSm90Cfg<NC>::bytes));
-    const dim3 grid((unsigned)((a.Lq + 63) / 64), (unsigned)a.H, (unsigned)a.B);
-    gc_launch(kernel, grid, kThreadsFa, FwdSm90Cfg<NC>::bytes, gc_cuda_stream(), a);
-    GC_CUDA_LAUNCH_CHECK();
-    return GC_OK;
-}
-
-template <int D> gc_status launch_fwd(const FlashArgs &a, bool portable)
-{
-    if (D == 64 && !portable && !a.mask && a.p == 0.f && a.Lk <= 256 && gc_sm90_device()) {
-        switch ((a.Lk + 63) / 64) {
-        case 1: return launch_fwd_sm90<1>(a);
-        case 2: return launch_fwd_sm90<2>(a);
-        case 3: return launch_fwd_sm90<3>(a);
-        default: return launch_fwd_sm90<4>(a);
-        }
-    }
     const dim3 grid((unsigned)((a.Lq + FwdCfg<D>::BM - 1) / FwdCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
     return with_variant(a, [&](auto drop, auto mask) {
         return launch<flash_fwd_kernel<D, drop.value, mask.value>>(grid, FwdCfg<D>::bytes, a);
@@ -1194,10 +1056,10 @@ gc_status launch_delta(const FlashArgs &a, int D)
     return GC_OK;
 }
 
-template <int D> gc_status launch_bwd(const FlashArgs &a, bool portable)
+template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
 {
     if constexpr (D <= 64) // registers: the fused kernel holds dK, dV and a tile's S^T, dP^T
-        if (!portable && a.dq && a.Lk <= 16 * FusedCfg<D>::MAXW) {
+        if (!split && a.dq && a.Lk <= 16 * FusedCfg<D>::MAXW) {
             GC_TRY(launch_delta(a, D));
             const int nw = (a.Lk + 15) / 16;
             const dim3 grid(1u, (unsigned)(a.H / a.G), (unsigned)a.B);
@@ -1244,7 +1106,7 @@ extern "C" bool gc_cuda_flash_attention_supported(const gc_tensor *q, const gc_t
 // [B, Lq, Lk] or null. rc: the RandContext of the forward (dropout).
 extern "C" gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v,
                                                 const gc_tensor *mask, gc_tensor *out, gc_tensor *lse, float scale,
-                                                bool causal, float p, uint32_t op, gc_rand_context rc, bool portable)
+                                                bool causal, float p, uint32_t op, gc_rand_context rc)
 {
     if (!gc_cuda_flash_attention_supported(q, k, v) || out->dtype != GC_BF16 || !gc_tensor_is_contiguous(out))
         return gc_error_set(GC_ERR_INVALID, "flash attention: unsupported inputs (see gc_cuda_flash_attention_supported)");
@@ -1253,9 +1115,9 @@ extern "C" gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_te
     if (a.B == 0 || a.Lq == 0 || a.Lk == 0 || a.H == 0) /* attention.c handles empty shapes */
         return gc_error_set(GC_ERR_SHAPE, "flash attention: empty shapes are not launched");
     switch (q->shape[3]) {
-    case 32: return launch_fwd<32>(a, portable);
-    case 64: return launch_fwd<64>(a, portable);
-    default: return launch_fwd<128>(a, portable);
+    case 32: return launch_fwd<32>(a);
+    case 64: return launch_fwd<64>(a);
+    default: return launch_fwd<128>(a);
     }
 }
 
@@ -1263,13 +1125,13 @@ extern "C" gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_te
 // null: not wanted), = or += per acc_*. dout: dO [B, Lq, H, D] bf16; delta: scratch f32
 // [B, H, Lq]. The launches run dQ, then dK, then dV: buffers shared between q, k, v must
 // be given with acc set on the later ones (gc_grad_target does this when fetched in order).
-// Where Lk <= 256 and D <= 64 one fused kernel makes all three (after Delta), unless
-// portable asks for the dQ and dK/dV kernels (gc_attention_set_impl "flash-sm80").
+// Where Lk <= 256 and D <= 64 one fused kernel makes all three (after Delta), unless split
+// asks for the dQ and dK/dV kernels (gc_attention_set_impl "flash-split").
 extern "C" gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v,
                                                 const gc_tensor *mask, const gc_tensor *out, const gc_tensor *lse,
                                                 const gc_tensor *dout, gc_tensor *delta, gc_tensor *dq, bool acc_q,
                                                 gc_tensor *dk, bool acc_k, gc_tensor *dv, bool acc_v, float scale,
-                                                bool causal, float p, uint32_t op, gc_rand_context rc, bool portable)
+                                                bool causal, float p, uint32_t op, gc_rand_context rc, bool split)
 {
     if (!gc_cuda_flash_attention_supported(q, k, v) || !tile_ok(dout) || out->dtype != GC_BF16 ||
         !gc_tensor_is_contiguous(out))
@@ -1298,8 +1160,8 @@ extern "C" gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_te
     if (a.B == 0 || a.Lq == 0 || a.Lk == 0 || a.H == 0)
         return gc_error_set(GC_ERR_SHAPE, "flash attention backward: empty shapes are not launched");
     switch (q->shape[3]) {
-    case 32: return launch_bwd<32>(a, portable);
-    case 64: return launch_bwd<64>(a, portable);
-    default: return launch_bwd<128>(a, portable);
+    case 32: return launch_bwd<32>(a, split);
+    case 64: return launch_bwd<64>(a, split);
+    default: return launch_bwd<128>(a, split);
     }
 }

@@ -142,14 +142,13 @@ typedef struct gc_attn_opts {
 gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_opts *opts);
 /* The implementation gc_attention takes: "auto" (the CPU reference loops; on CUDA the flash
  * kernels where they apply, else GEMMs), "ref" and "flash" (both mean auto), "gemm"
- * (GEMMs + row kernels on every device), or "flash-sm80" (auto, but only the flash kernels
- * that run on any GPU since Ampere: the mma.sync forward and the backward as two kernels,
- * dQ and dK/dV, where auto takes the Hopper forward and the fused backward; for measuring
- * and testing both). Starts as GC_ATTN_IMPL says (read once; unset or unknown: auto). An
- * unknown name is an error and changes nothing. */
+ * (GEMMs + row kernels on every device), or "flash-split" (auto, but the flash backward as
+ * two kernels, dQ and dK/dV, where it would be one fused kernel: for measuring and testing
+ * both). Starts as GC_ATTN_IMPL says (read once; unset or unknown: auto). An unknown name is
+ * an error and changes nothing. */
 gc_status gc_attention_set_impl(const char *name);
 extern const char *const gc_attention_impl_names[]; /* what it takes, NULL-terminated */
-const char *gc_attention_get_impl(void); /* "auto", "gemm" or "flash-sm80" */
+const char *gc_attention_get_impl(void); /* "auto", "gemm" or "flash-split" */
 
 /* ---- embedding.c ---- */
 /* table [V, D], ids i32/i64 [...] -> [..., D]; an id out of [0, V) is an error.

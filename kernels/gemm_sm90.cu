@@ -53,8 +53,10 @@ extern "C" {
 }
 #include "gc_act.cuh"
 #include "gc_cuda_util.cuh"
-#include "gc_sm90.cuh"
 
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GC_SM90A 1
+#endif
 
 namespace {
 
@@ -85,8 +87,8 @@ struct Epi {
 // ---- PTX wrappers (sm_90a; compiled only there) ----
 
 #ifdef GC_SM90A
-using namespace gc_sm90;
 
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void mbar_init(uint64_t *b, uint32_t count)
 {
@@ -168,9 +170,21 @@ __device__ __forceinline__ void tma_store(const CUtensorMap *map, const void *sr
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// shared-memory writes of this thread visible to the TMA (the async proxy)
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 // the 128 threads of a warpgroup (barrier 1 + consumer; 0 is __syncthreads')
 __device__ __forceinline__ void wg_sync(int id) { asm volatile("bar.sync %0, 128;" ::"r"(id) : "memory"); }
 
+// shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart
+__device__ __forceinline__ uint64_t smem_desc(const void *p)
+{
+    const uint64_t a = smem_u32(p);
+    return ((a & 0x3FFFF) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 
 // D[64 x 128] (+)= A[64 x 16] B[128 x 16]^T, both K-major in shared memory (128-byte swizzle)
 __device__ __forceinline__ void wgmma_128(float *d, uint64_t da, uint64_t db, int acc)
@@ -498,7 +512,19 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn()
 }
 
 // Hopper (sm_90) device 0, and the TMA encoder present
-bool sm90_available() { return gc_sm90_device() && encode_fn() != nullptr; }
+bool sm90_available()
+{
+    static const bool ok = [] {
+        int dev = 0, major = 0, minor = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        return major == 9 && minor == 0 && encode_fn() != nullptr;
+    }();
+    return ok;
+}
 
 bool aligned(const void *p, uintptr_t a) { return ((uintptr_t)p % a) == 0; }
 
