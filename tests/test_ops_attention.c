@@ -461,8 +461,8 @@ START_TEST(test_empty)
 }
 END_TEST
 
-/* "flash" names a CUDA kernel: on the CPU it means the reference, bit for bit, as does
- * "auto"; an unknown name is an error that leaves the setting alone. */
+/* "flash" and "flash-split" name CUDA kernels: on the CPU they mean the reference, bit for
+ * bit, as does "auto"; an unknown name is an error that leaves the setting alone. */
 START_TEST(test_flash_env_on_cpu)
 {
     shp s = {2, 6, 9, 4, 2, 8};
@@ -477,20 +477,22 @@ START_TEST(test_flash_env_on_cpu)
     ck_assert_str_eq(gc_attention_get_impl(), "gemm");
     ck_assert_int_eq(gc_attention_set_impl("flash"), GC_OK);
     ck_assert_str_eq(gc_attention_get_impl(), "auto");
-    const char *names[3] = {"ref", "flash", "auto"};
-    double *out[3], *g[3][3];
-    int64_t nout[3];
-    for (int k = 0; k < 3; k++) {
+    ck_assert_int_eq(gc_attention_set_impl("flash-split"), GC_OK);
+    ck_assert_str_eq(gc_attention_get_impl(), "flash-split");
+    const char *names[4] = {"ref", "flash", "auto", "flash-split"};
+    double *out[4], *g[4][3];
+    int64_t nout[4];
+    for (int k = 0; k < 4; k++) {
         c.impl = names[k];
         run_fb(&c, 3, in, &out[k], &nout[k], g[k]);
     }
-    for (int k = 1; k < 3; k++) {
+    for (int k = 1; k < 4; k++) {
         ck_assert_msg(memcmp(out[k], out[0], sizeof(double) * (size_t)nout[0]) == 0, "%s: out differs from ref", names[k]);
         for (int i = 0; i < 3; i++)
             ck_assert_msg(memcmp(g[k][i], g[0][i], sizeof(double) * (size_t)gc_tensor_numel(in[i])) == 0,
                           "%s: grad[%d] differs from ref", names[k], i);
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         free(out[k]);
         for (int i = 0; i < 3; i++) free(g[k][i]);
     }
