@@ -13,7 +13,8 @@
 // lse [B, H, Lq] f32 holds m2 + log2(l) per query row, or +inf for a row with no visible key
 // (then P = exp2(s2 - inf) = 0 in the backward without a special case).
 //
-// Kernels (4 warps; a warp owns 16 rows of a tile: queries, or keys in dK/dV):
+// Kernels (4 warps but the fused one; a warp owns 16 rows of a tile: queries, or keys in
+// dK/dV and the fused backward):
 //   flash_fwd_kernel     block = (64 queries, head, batch): per 64-key tile S = Q K^T,
 //                        online softmax, O += P V.
 //   flash_bwd_dq_kernel  block = (64 queries, head, batch): Delta = rowsum(dO * O) of its
@@ -23,10 +24,11 @@
 //                        32-query tile S^T = K Q^T, dPd^T = V dO^T, dV += Pd^T dO,
 //                        dK += dS^T Q. GQA sums the group inside the block: no atomics.
 //   flash_delta_kernel   Delta alone, for the fused kernel or a backward that wants no dQ.
-//   flash_bwd_fused_kernel block = (kv head, batch) holding every key (Lk <= 256, D <= 64):
-//                        per 32-query tile as dK/dV, then dQ = dS K from dS^T in shared
-//                        memory. Replaces the two above where it applies; "flash-split"
-//                        (gc_attention_set_impl) keeps them, for tests and measurements.
+//   flash_bwd_fused_kernel block = (kv head, batch) holding every key (Lk <= 256, D <= 64;
+//                        ceil(Lk / 16) warps): per 32-query tile as dK/dV, then dQ = dS K
+//                        from dS^T in shared memory. Replaces the two above where it
+//                        applies; "flash-split" (gc_attention_set_impl) keeps them, for
+//                        tests and measurements.
 // A warp skips the products whose every entry is hidden from all its rows: key columns
 // past the last key its queries see (the tail of L = 197 in a 256-wide grid of tiles, the
 // causal triangle), whole warps of padding rows. Those entries are -inf scores and zero
