@@ -95,11 +95,15 @@ static bool flash_applies(const gc_tensor *q, const gc_tensor *k, const gc_tenso
 #endif
 }
 
-/* ATTN_MODE_*; -1 until GC_ATTN_IMPL is read (once: this is a hot path) */
-enum { ATTN_MODE_AUTO = 0, ATTN_MODE_GEMM, ATTN_MODE_SPLIT };
-static int attn_mode = -1;
-
 const char *const gc_attention_impl_names[] = {"auto", "ref", "flash", "gemm", "flash-split", NULL};
+
+/* The mode a name sets, as the index of its canonical name above ("ref" and "flash" mean
+ * auto); -1 until GC_ATTN_IMPL is read (once: this is a hot path) */
+enum { ATTN_MODE_AUTO = 0, ATTN_MODE_GEMM = 3, ATTN_MODE_SPLIT = 4 };
+static const int attn_name_mode[] = {ATTN_MODE_AUTO, ATTN_MODE_AUTO, ATTN_MODE_AUTO, ATTN_MODE_GEMM, ATTN_MODE_SPLIT};
+_Static_assert(sizeof attn_name_mode / sizeof *attn_name_mode == sizeof gc_attention_impl_names / sizeof *gc_attention_impl_names - 1,
+               "a mode for every name");
+static int attn_mode = -1;
 
 static int attn_mode_get(void)
 {
@@ -117,18 +121,14 @@ gc_status gc_attention_set_impl(const char *name)
 {
     for (int i = 0; name && gc_attention_impl_names[i]; i++)
         if (!strcmp(name, gc_attention_impl_names[i])) {
-            attn_mode = !strcmp(name, "gemm") ? ATTN_MODE_GEMM : !strcmp(name, "flash-split") ? ATTN_MODE_SPLIT : ATTN_MODE_AUTO;
+            attn_mode = attn_name_mode[i];
             return GC_OK;
         }
     return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash, gemm or flash-split",
                         name ? name : "(null)");
 }
 
-const char *gc_attention_get_impl(void)
-{
-    static const char *const names[] = {"auto", "gemm", "flash-split"};
-    return names[attn_mode_get()];
-}
+const char *gc_attention_get_impl(void) { return gc_attention_impl_names[attn_mode_get()]; }
 
 static attn_impl attn_impl_pick(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v)
 {
