@@ -626,136 +626,101 @@ template <int D> struct DkvCfg {
     static_assert(kv_bytes % 16 == 0 && buf_bytes % 16 == 0, "cp.async needs 16-byte aligned tiles");
 };
 
-template <int D, bool DROP, bool MASK>
-__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
+// Rows r0 .. r0+R-1 (R at run time) of a [L, D] bf16 matrix into smem [R][LD], as load_tile;
+// all threads of the block (any size) take part.
+template <int D, int LD> __device__ __forceinline__ void load_rows(bf16 *s, const bf16 *g, int64_t rs, int r0, int R, int L)
 {
-    GC_PDL_WAIT();
-    typedef DkvCfg<D> C;
-    constexpr int BN = C::BN, BM = C::BM, LD = C::LD, KD = D / 16, NS = BM / 8, NO = D / 8;
-    bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int k0 = blockIdx.x * BN, hk = blockIdx.y, b = blockIdx.z;
-
-    // query tiles: the group's heads times the tiles from i_begin (causal: queries before
-    // i_first see no key of this block)
-    int i_begin = 0;
-    if (a.causal) {
-        const int64_t i_first = (int64_t)k0 - (a.Lk - a.Lq);
-        i_begin = i_first <= 0 ? 0 : i_first >= a.Lq ? a.Lq : (int)(i_first / BM * BM);
+    constexpr int CH = D / 8;
+    for (int e = threadIdx.x; e < R * CH; e += blockDim.x) {
+        const int r = e / CH, c = e % CH;
+        const bool ok = r0 + r < L;
+        cp_async16(s + r * LD + c * 8, ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g, ok);
     }
-    const int n_qt = (a.Lq - i_begin + BM - 1) / BM, n_tiles = a.G * n_qt;
-    // tile (head h, queries from qs) into buffer u: Q, dO, lse, Delta. Tile it is head
-    // hk G + it / n_qt, queries i_begin + (it % n_qt) BM; the loop below steps (h, qs)
-    // along instead of dividing.
-    auto load_q_tile = [&](int h, int qs, int u) {
-        unsigned char *buf = flash_smem + C::kv_bytes + u * C::buf_bytes;
-        bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
-        float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
-        load_tile<BM, D, LD>(q, a.q + b * a.qs0 + h * a.qs2, a.qs1, qs, a.Lq);
-        load_tile<BM, D, LD>(go, a.dout + b * a.os0 + h * a.os2, a.os1, qs, a.Lq);
-        const int64_t rb = ((int64_t)b * a.H + h) * a.Lq;
-        for (int r = threadIdx.x; r < BM; r += kThreadsFa) {
-            // padding rows read 0: their scores are -inf, so P = 0 whatever lse is
-            const bool ok = qs + r < a.Lq;
-            cp_async4(ls + r, ok ? a.lse + rb + qs + r : a.lse, ok);
-            cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
+}
+
+// The query tile (head h, queries qs .. qs+BM-1) of batch b into buf, asynchronously, for the
+// dK/dV and fused kernels: Q, dO [BM][LD] bf16, then lse, Delta [BM] f32.
+template <int D, int LD, int BM> __device__ __forceinline__ void load_q_tile(const FlashArgs &a, unsigned char *buf, int b, int h, int qs)
+{
+    bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
+    float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
+    load_rows<D, LD>(q, a.q + b * a.qs0 + h * a.qs2, a.qs1, qs, BM, a.Lq);
+    load_rows<D, LD>(go, a.dout + b * a.os0 + h * a.os2, a.os1, qs, BM, a.Lq);
+    const int64_t rb = ((int64_t)b * a.H + h) * a.Lq;
+    for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+        // padding rows read 0: their scores are -inf, so P = 0 whatever lse is
+        const bool ok = qs + r < a.Lq;
+        cp_async4(ls + r, ok ? a.lse + rb + qs + r : a.lse, ok);
+        cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
+    }
+}
+
+// One warp's part of a query tile in the dK/dV and fused kernels: its 16 keys are rows kr ..
+// kr+15 of sK, sV (key indices j0 = .. + g and j1 = j0 + 8 for this thread), the tile's BM
+// queries from qs (head h) are in sQ, sG (dO), sLse, sDel. st and dpt come in zero and leave
+// as Pd^T and dS^T [keys x queries]; dV += Pd^T dO, dK += dS^T Q. 8-query tiles [n_lo, n_hi)
+// hold a query that sees one of the keys; FULL: every query sees every key.
+template <int D, int LD, int BM, bool FULL, bool DROP, bool MASK>
+__device__ __forceinline__ void dkv_tile(const FlashArgs &a, int b, int h, int qs, int kr, int j0, int j1, int n_lo, int n_hi,
+                                         const bf16 *sK, const bf16 *sV, const bf16 *sQ, const bf16 *sG, const float *sLse,
+                                         const float *sDel, float (&st)[BM / 8][4], float (&dpt)[BM / 8][4],
+                                         float (&dk)[D / 8][4], float (&dv)[D / 8][4])
+{
+    constexpr int KD = D / 16, NS = BM / 8, NO = D / 8;
+    const int t = (threadIdx.x & 31) & 3;
+    mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, kr, FULL ? 0 : n_lo, FULL ? NS : n_hi); // S^T = K Q^T, dPd^T = V dO^T
+    // Pd^T into st's place, dS^T into dpt's. Key j (row r) is seen by the tile's queries c in
+    // [lo, hi): real queries (qs + c < Lq) of a real key, from j - (Lk - Lq) on when causal
+    // (j < visible(a, qs + c)); kept relative to this thread's 2 t.
+    int lo[2], hi[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = r ? j1 : j0;
+        lo[r] = (a.causal ? j - (a.Lk - a.Lq) - qs : 0) - 2 * t;
+        hi[r] = j < a.Lk ? a.Lq - qs - 2 * t : lo[r];
+    }
+#pragma unroll
+    for (int n = 0; n < NS; n++) {
+        const float2 lse2 = *reinterpret_cast<const float2 *>(sLse + n * 8 + 2 * t);
+        const float2 del2 = *reinterpret_cast<const float2 *>(sDel + n * 8 + 2 * t);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = e >> 1, cc = n * 8 + (e & 1), c = cc + 2 * t, i = qs + c, j = r ? j1 : j0;
+            const bool vis = FULL || (cc >= lo[r] && cc < hi[r]);
+            const float sk = score_kept<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
+            const float pr = prob_of<MASK>(a, sk, (e & 1) ? lse2.y : lse2.x);
+            float pd = pr, d = dpt[n][e];
+            if (DROP) {
+                const bool keep = pr != 0.f && keep_elem(a, b, h, i, j);
+                pd = keep ? pr * a.inv_keep : 0.f;
+                d = keep ? d * a.inv_keep : 0.f;
+            }
+            st[n][e] = pd;
+            dpt[n][e] = pr * (d - ((e & 1) ? del2.y : del2.x));
         }
-    };
-
-    load_tile<BN, D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, k0, a.Lk);
-    load_tile<BN, D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, k0, a.Lk);
-    cp_async_commit();
-    if (n_tiles > 0) load_q_tile(hk * a.G, i_begin, 0);
-    cp_async_commit();
-    cp_async_wait<1>(); // K and V are in
-    __syncthreads();
-
-    const int j0 = k0 + warp * 16 + g, j1 = j0 + 8; // this thread's two keys
-    const bool w_keys = k0 + warp * 16 < a.Lk;     // the warp has a real key
-    const bool w_all = k0 + warp * 16 + 16 <= a.Lk; // ... and only real keys
-    // queries below wq_lo see none of the warp's keys (causal: key j needs i >= j - (Lk - Lq))
-    const int64_t wq_lo = a.causal ? (int64_t)k0 + warp * 16 - (a.Lk - a.Lq) : 0;
-    float dk[NO][4], dv[NO][4];
-#pragma unroll
-    for (int n = 0; n < NO; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
-
-    int h = hk * a.G, qs = i_begin; // this tile's head and first query
-    for (int it = 0, u = 0; it < n_tiles; it++, u ^= 1) {
-        const int qn = qs + BM < a.Lq ? qs + BM : i_begin, hn = qs + BM < a.Lq ? h : h + 1; // the next tile's
-        if (it + 1 < n_tiles) load_q_tile(hn, qn, u ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        const unsigned char *buf = flash_smem + C::kv_bytes + u * C::buf_bytes;
-        const bf16 *sQ = reinterpret_cast<const bf16 *>(buf), *sG = sQ + BM * LD;
-        const float *sLse = reinterpret_cast<const float *>(sG + BM * LD), *sDel = sLse + BM;
-
-        // 8-query tiles [n_lo, n_hi) hold a query that sees one of the warp's keys
-        const int n_lo = wq_lo - qs >= 8 * NS ? NS : wq_lo - qs > 0 ? (int)(wq_lo - qs) / 8 : 0;
-        const int n_hi = w_keys ? tiles_for<NS>(a.Lq - qs) : 0;
-        // FULL: every query of the tile sees every key of the warp (as in the forward)
-        const bool full = w_all && qs + BM <= a.Lq && (!a.causal || qs >= (int64_t)k0 + warp * 16 + 15 - (a.Lk - a.Lq));
-        auto tile = [&](auto full_c) {
-            constexpr bool FULL = decltype(full_c)::value;
-            float st[NS][4], dpt[NS][4]; // [keys x queries]
-#pragma unroll
-            for (int n = 0; n < NS; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
-            mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, warp * 16, FULL ? 0 : n_lo, FULL ? NS : n_hi); // S^T = K Q^T, dPd^T = V dO^T
-            // Pd^T into st's place, dS^T into dpt's. Key j (row r) is seen by the tile's
-            // queries c in [lo, hi): real queries (qs + c < Lq) of a real key, from j - (Lk - Lq)
-            // on when causal (j < visible(a, qs + c)); kept relative to this thread's 2 t.
-            int lo[2], hi[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int j = r ? j1 : j0;
-                lo[r] = (a.causal ? j - (a.Lk - a.Lq) - qs : 0) - 2 * t;
-                hi[r] = j < a.Lk ? a.Lq - qs - 2 * t : lo[r];
-            }
-#pragma unroll
-            for (int n = 0; n < NS; n++) {
-                const float2 lse2 = *reinterpret_cast<const float2 *>(sLse + n * 8 + 2 * t);
-                const float2 del2 = *reinterpret_cast<const float2 *>(sDel + n * 8 + 2 * t);
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1, cc = n * 8 + (e & 1), c = cc + 2 * t, i = qs + c, j = r ? j1 : j0;
-                    const bool vis = FULL || (cc >= lo[r] && cc < hi[r]);
-                    const float sk = score_kept<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
-                    const float pr = prob_of<MASK>(a, sk, (e & 1) ? lse2.y : lse2.x);
-                    float pd = pr, d = dpt[n][e];
-                    if (DROP) {
-                        const bool keep = pr != 0.f && keep_elem(a, b, h, i, j);
-                        pd = keep ? pr * a.inv_keep : 0.f;
-                        d = keep ? d * a.inv_keep : 0.f;
-                    }
-                    st[n][e] = pd;
-                    dpt[n][e] = pr * (d - ((e & 1) ? del2.y : del2.x));
-                }
-            }
-            // dV += Pd^T dO, dK += dS^T Q over the 16-query steps with a visible entry
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-                if (!FULL && (2 * kk + 1 < n_lo || 2 * kk >= n_hi)) continue;
-                uint32_t pa[4], sa[4];
-                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < NO; n += 2) {
-                    mma_b2<LD>(dv[n], dv[n + 1], pa, sG, n, kk * 16);
-                    mma_b2<LD>(dk[n], dk[n + 1], sa, sQ, n, kk * 16);
-                }
-            }
-        };
-        if (full) tile(std::true_type{});
-        else if (n_lo < n_hi) tile(std::false_type{});
-        __syncthreads();
-        h = hn, qs = qn;
     }
-    // dK, then dV: they may be one buffer (self-attention), the later one accumulating;
-    // a thread stores the same (key, column) elements of both
+    // dV += Pd^T dO, dK += dS^T Q over the 16-query steps with a visible entry
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++) {
+        if (!FULL && (2 * kk + 1 < n_lo || 2 * kk >= n_hi)) continue;
+        uint32_t pa[4], sa[4];
+        c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+        c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+        for (int n = 0; n < NO; n += 2) {
+            mma_b2<LD>(dv[n], dv[n + 1], pa, sG, n, kk * 16);
+            mma_b2<LD>(dk[n], dk[n + 1], sa, sQ, n, kk * 16);
+        }
+    }
+}
+
+// dK, then dV, of this thread's keys j0, j1 of kv head hk: they may be one buffer
+// (self-attention), the later one accumulating, so a block barrier parts them; a thread
+// stores the same (key, column) elements of both.
+template <int D> __device__ __forceinline__ void store_dkv(const FlashArgs &a, int b, int hk, int j0, int j1, const float (&dk)[D / 8][4], const float (&dv)[D / 8][4])
+{
+    constexpr int NO = D / 8;
+    const int t = (threadIdx.x & 31) & 3;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int j = r ? j1 : j0;
@@ -776,6 +741,80 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
     }
 }
 
+template <int D, bool DROP, bool MASK>
+__global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_bwd_dkv_kernel(const FlashArgs a)
+{
+    GC_PDL_WAIT();
+    typedef DkvCfg<D> C;
+    constexpr int BN = C::BN, BM = C::BM, LD = C::LD, NS = BM / 8, NO = D / 8;
+    bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2;
+    const int k0 = blockIdx.x * BN, hk = blockIdx.y, b = blockIdx.z;
+
+    // query tiles: the group's heads times the tiles from i_begin (causal: queries before
+    // i_first see no key of this block)
+    int i_begin = 0;
+    if (a.causal) {
+        const int64_t i_first = (int64_t)k0 - (a.Lk - a.Lq);
+        i_begin = i_first <= 0 ? 0 : i_first >= a.Lq ? a.Lq : (int)(i_first / BM * BM);
+    }
+    const int n_qt = (a.Lq - i_begin + BM - 1) / BM, n_tiles = a.G * n_qt;
+    // tile it is head hk G + it / n_qt, queries i_begin + (it % n_qt) BM; the loop below
+    // steps (h, qs) along instead of dividing. Buffer u of two.
+    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM>(a, flash_smem + C::kv_bytes + u * C::buf_bytes, b, h, qs); };
+
+    load_tile<BN, D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, k0, a.Lk);
+    load_tile<BN, D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, k0, a.Lk);
+    cp_async_commit();
+    if (n_tiles > 0) load_q(hk * a.G, i_begin, 0);
+    cp_async_commit();
+    cp_async_wait<1>(); // K and V are in
+    __syncthreads();
+
+    const int j0 = k0 + warp * 16 + g, j1 = j0 + 8; // this thread's two keys
+    const bool w_keys = k0 + warp * 16 < a.Lk;     // the warp has a real key
+    const bool w_all = k0 + warp * 16 + 16 <= a.Lk; // ... and only real keys
+    // queries below wq_lo see none of the warp's keys (causal: key j needs i >= j - (Lk - Lq))
+    const int64_t wq_lo = a.causal ? (int64_t)k0 + warp * 16 - (a.Lk - a.Lq) : 0;
+    float dk[NO][4], dv[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
+
+    int h = hk * a.G, qs = i_begin; // this tile's head and first query
+    for (int it = 0, u = 0; it < n_tiles; it++, u ^= 1) {
+        const int qn = qs + BM < a.Lq ? qs + BM : i_begin, hn = qs + BM < a.Lq ? h : h + 1; // the next tile's
+        if (it + 1 < n_tiles) load_q(hn, qn, u ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const unsigned char *buf = flash_smem + C::kv_bytes + u * C::buf_bytes;
+        const bf16 *sQ = reinterpret_cast<const bf16 *>(buf), *sG = sQ + BM * LD;
+        const float *sLse = reinterpret_cast<const float *>(sG + BM * LD), *sDel = sLse + BM;
+
+        // 8-query tiles [n_lo, n_hi) hold a query that sees one of the warp's keys
+        const int n_lo = wq_lo - qs >= 8 * NS ? NS : wq_lo - qs > 0 ? (int)(wq_lo - qs) / 8 : 0;
+        const int n_hi = w_keys ? tiles_for<NS>(a.Lq - qs) : 0;
+        // FULL: every query of the tile sees every key of the warp (as in the forward)
+        const bool full = w_all && qs + BM <= a.Lq && (!a.causal || qs >= (int64_t)k0 + warp * 16 + 15 - (a.Lk - a.Lq));
+        float st[NS][4], dpt[NS][4]; // [keys x queries]
+#pragma unroll
+        for (int n = 0; n < NS; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
+        auto tile = [&](auto full_c) {
+            dkv_tile<D, LD, BM, decltype(full_c)::value, DROP, MASK>(a, b, h, qs, warp * 16, j0, j1, n_lo, n_hi, sK, sV, sQ, sG,
+                                                                   sLse, sDel, st, dpt, dk, dv);
+        };
+        if (full) tile(std::true_type{});
+        else if (n_lo < n_hi) tile(std::false_type{});
+        __syncthreads();
+        h = hn, qs = qn;
+    }
+    store_dkv<D>(a, b, hk, j0, j1, dk, dv);
+}
+
 // ---------------------------------------------------------------- backward: fused, Lk <= 256
 //
 // One block per (batch, kv head) holds every key: warp w owns keys 16 w .. 16 w + 15 (as the
@@ -794,48 +833,24 @@ template <int D> struct FusedCfg {
     static_assert((sizeof(bf16) * 16 * (2 * LD + LDS)) % 16 == 0, "the query buffers must stay 16-byte aligned");
 };
 
-// Rows r0 .. r0+R-1 (R at run time) of a [L, D] bf16 matrix into smem [R][LD], as load_tile;
-// all threads of the block (any size) take part.
-template <int D, int LD> __device__ __forceinline__ void load_rows(bf16 *s, const bf16 *g, int64_t rs, int r0, int R, int L)
-{
-    constexpr int CH = D / 8;
-    for (int e = threadIdx.x; e < R * CH; e += blockDim.x) {
-        const int r = e / CH, c = e % CH;
-        const bool ok = r0 + r < L;
-        cp_async16(s + r * LD + c * 8, ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g, ok);
-    }
-}
-
 template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_kernel(const FlashArgs a)
 {
     GC_PDL_WAIT();
     typedef FusedCfg<D> C;
-    constexpr int BM = C::BM, LD = C::LD, LDS = C::LDS, KD = D / 16, NS = BM / 8, NO = D / 8;
+    constexpr int BM = C::BM, LD = C::LD, LDS = C::LDS, NS = BM / 8, NO = D / 8;
     const int nw = blockDim.x / 32, BN = 16 * nw; // keys held (Lk <= BN)
     bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD, *sDS = sV + BN * LD;
     unsigned char *bufs = reinterpret_cast<unsigned char *>(sDS + BN * LDS);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hk = blockIdx.y, b = blockIdx.z;
     const int n_qt = (a.Lq + BM - 1) / BM, n_tiles = a.G * n_qt;
-    auto load_q_tile = [&](int h, int qs, int u) { // as the dK/dV kernel's
-        unsigned char *buf = bufs + u * C::Q::buf_bytes;
-        bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
-        float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
-        load_rows<D, LD>(q, a.q + b * a.qs0 + h * a.qs2, a.qs1, qs, BM, a.Lq);
-        load_rows<D, LD>(go, a.dout + b * a.os0 + h * a.os2, a.os1, qs, BM, a.Lq);
-        const int64_t rb = ((int64_t)b * a.H + h) * a.Lq;
-        for (int r = threadIdx.x; r < BM; r += blockDim.x) {
-            const bool ok = qs + r < a.Lq;
-            cp_async4(ls + r, ok ? a.lse + rb + qs + r : a.lse, ok);
-            cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
-        }
-    };
+    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM>(a, bufs + u * C::Q::buf_bytes, b, h, qs); };
 
     load_rows<D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, 0, BN, a.Lk); // keys >= Lk: zero rows
     load_rows<D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, 0, BN, a.Lk);
     cp_async_commit();
-    load_q_tile(hk * a.G, 0, 0);
+    load_q(hk * a.G, 0, 0);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -852,7 +867,7 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
     int h = hk * a.G, qs = 0;
     for (int it = 0, u = 0; it < n_tiles; it++, u ^= 1) {
         const int qn = qs + BM < a.Lq ? qs + BM : 0, hn = qs + BM < a.Lq ? h : h + 1;
-        if (it + 1 < n_tiles) load_q_tile(hn, qn, u ^ 1);
+        if (it + 1 < n_tiles) load_q(hn, qn, u ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads(); // the tile is in; the last tile's dQ reads of sDS are done
@@ -869,47 +884,8 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
 #pragma unroll
             for (int e = 0; e < 4; e++) st[n][e] = dpt[n][e] = 0.f;
         auto tile = [&](auto full_c) { // the dK/dV kernel's tile, its keys from 0
-            constexpr bool FULL = decltype(full_c)::value;
-            mma_bt_pair<KD, NS, LD>(st, dpt, sK, sV, sQ, sG, warp * 16, FULL ? 0 : n_lo, FULL ? NS : n_hi);
-            int lo[2], hi[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int j = r ? j1 : j0;
-                lo[r] = (a.causal ? j - (a.Lk - a.Lq) - qs : 0) - 2 * t;
-                hi[r] = j < a.Lk ? a.Lq - qs - 2 * t : lo[r];
-            }
-#pragma unroll
-            for (int n = 0; n < NS; n++) {
-                const float2 lse2 = *reinterpret_cast<const float2 *>(sLse + n * 8 + 2 * t);
-                const float2 del2 = *reinterpret_cast<const float2 *>(sDel + n * 8 + 2 * t);
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1, cc = n * 8 + (e & 1), c = cc + 2 * t, i = qs + c, j = r ? j1 : j0;
-                    const bool vis = FULL || (cc >= lo[r] && cc < hi[r]);
-                    const float sk = score_kept<MASK>(a, st[n][e], MASK ? mask_row(a, b, i) : nullptr, j, vis);
-                    const float pr = prob_of<MASK>(a, sk, (e & 1) ? lse2.y : lse2.x);
-                    float pd = pr, d = dpt[n][e];
-                    if (DROP) {
-                        const bool keep = pr != 0.f && keep_elem(a, b, h, i, j);
-                        pd = keep ? pr * a.inv_keep : 0.f;
-                        d = keep ? d * a.inv_keep : 0.f;
-                    }
-                    st[n][e] = pd;
-                    dpt[n][e] = pr * (d - ((e & 1) ? del2.y : del2.x));
-                }
-            }
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-                if (!FULL && (2 * kk + 1 < n_lo || 2 * kk >= n_hi)) continue;
-                uint32_t pa[4], sa[4];
-                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < NO; n += 2) {
-                    mma_b2<LD>(dv[n], dv[n + 1], pa, sG, n, kk * 16);
-                    mma_b2<LD>(dk[n], dk[n + 1], sa, sQ, n, kk * 16);
-                }
-            }
+            dkv_tile<D, LD, BM, decltype(full_c)::value, DROP, MASK>(a, b, h, qs, warp * 16, j0, j1, n_lo, n_hi, sK, sV, sQ, sG,
+                                                                   sLse, sDel, st, dpt, dk, dv);
         };
         if (full) tile(std::true_type{});
         else if (n_lo < n_hi) tile(std::false_type{});
@@ -954,24 +930,7 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
     }
     // dQ (above), then dK, then dV, each after a block barrier: they may share one buffer
     __syncthreads();
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int j = r ? j1 : j0;
-        if (j >= a.Lk || !a.dk) continue;
-        const int64_t row = b * a.dks0 + (int64_t)j * a.dks1 + hk * a.dks2;
-#pragma unroll
-        for (int n = 0; n < NO; n++)
-            grad_store2(a.dk, a.dk_f32, row + n * 8 + 2 * t, a.scale * dk[n][2 * r], a.scale * dk[n][2 * r + 1], a.acc_k);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int j = r ? j1 : j0;
-        if (j >= a.Lk || !a.dv) continue;
-        const int64_t row = b * a.dvs0 + (int64_t)j * a.dvs1 + hk * a.dvs2;
-#pragma unroll
-        for (int n = 0; n < NO; n++) grad_store2(a.dv, a.dv_f32, row + n * 8 + 2 * t, dv[n][2 * r], dv[n][2 * r + 1], a.acc_v);
-    }
+    store_dkv<D>(a, b, hk, j0, j1, dk, dv);
 }
 
 // ---------------------------------------------------------------- launchers

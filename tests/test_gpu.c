@@ -1062,15 +1062,15 @@ static void flash_run(cmp_log *lg, const char *label, const flash_case *c, uint6
     }
     if (c->mask) in[n++] = flash_mask(c, seed + 3);
     flash_case cc = *c;
-    cmp(lg, label, f_flash, &cc, n, in, GC_BF16, TOL16);
-    char l[160];
-    snprintf(l, sizeof l, "%s [gemm]", label);
-    ck_assert_int_eq(gc_attention_set_impl("gemm"), GC_OK);
-    cmp(lg, l, f_flash, &cc, n, in, GC_BF16, TOL16);
-    /* the backward as two kernels (dQ, dK/dV) where the fused one would run */
-    snprintf(l, sizeof l, "%s [split]", label);
-    ck_assert_int_eq(gc_attention_set_impl("flash-split"), GC_OK);
-    cmp(lg, l, f_flash, &cc, n, in, GC_BF16, TOL16);
+    /* the default; the GEMM path; the backward as two kernels (dQ, dK/dV) where the fused
+     * one would run */
+    static const char *const impls[] = {"auto", "gemm", "flash-split"}, *const tags[] = {"", " [gemm]", " [split]"};
+    for (int i = 0; i < 3; i++) {
+        char l[160];
+        snprintf(l, sizeof l, "%s%s", label, tags[i]);
+        ck_assert_int_eq(gc_attention_set_impl(impls[i]), GC_OK);
+        cmp(lg, l, f_flash, &cc, n, in, GC_BF16, TOL16);
+    }
     ck_assert_int_eq(gc_attention_set_impl("auto"), GC_OK);
 }
 
