@@ -395,6 +395,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
             float mn[2] = {mx[0], mx[1]};
 #pragma unroll
             for (int n = 0; n < NS; n++) {
+                if (!FULL && n >= ns) continue; // hidden from every row: P is set to 0 below
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = k0 + n * 8 + 2 * t + (e & 1);
@@ -417,6 +418,10 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
             float ls[2] = {0.f, 0.f};
 #pragma unroll
             for (int n = 0; n < NS; n++) {
+                if (!FULL && n >= ns) { // keys no row of the warp sees (the padding of the last tile): P = 0
+                    s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+                    continue;
+                }
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1;
