@@ -25,7 +25,6 @@ typedef enum gc_act {
 typedef enum gc_epilogue {
     GC_EPI_NONE = 0,
     GC_EPI_BIAS,        /* C = AB + bias[n] */
-    GC_EPI_BGRAD,       /* C = AB, and bias_grad[m] = the row sums of op(A) (below) */
 } gc_epilogue;
 
 /* Row-major C[m,n] (= or +=) alpha * op(A)[m,k] @ op(B)[k,n], batched by strides.
@@ -43,11 +42,6 @@ typedef struct gc_gemm_args {
     int64_t batch, stride_a, stride_b, stride_c; /* batch 0 or 1: single */
     gc_epilogue epilogue;
     const void *bias;    /* [n], in c_dtype */
-    /* GC_EPI_BGRAD: [m] f32, written (not accumulated): sum over k of op(A)[i, :]. A weight
-     * gradient gw = gy^T x (A = gy stored [k rows, m], trans_a) so gets gy's column sums, the
-     * bias gradient, in the same call (cuBLASLt's BGRADB epilogue). Needs trans_a, lda = m,
-     * one matrix. */
-    float *bias_grad;
     /* act != NONE: C = act(v) where v = alpha AB + beta C + bias rounded to c_dtype, and
      * pre (c's layout; NULL: not wanted) gets v. Only where gc_gemm_fuses_act says so. */
     gc_act act;
@@ -70,13 +64,8 @@ int gc_gemm_sm90_mode(void); /* 0 off, 1 act, 2 all */
  * at start-up; gc_gemm_sm90_tuning reads them (coop 0/1, bn 0 for auto, cluster 1/2). */
 gc_status gc_gemm_set_sm90_tuning(const char *sched, const char *bn, const char *cluster);
 void gc_gemm_sm90_tuning(int *coop, int *bn, int *cluster);
-/* Whether linears take their bias gradient from the weight gradient's GEMM (GC_EPI_BGRAD) on
- * the GPU: "on" (the default) or "off" (a column-sum pass of its own). GC_GEMM_BGRAD sets it
- * at start-up. */
-gc_status gc_gemm_set_bgrad(const char *mode);
-bool gc_gemm_bgrad(gc_device dev);
 /* The ops' switches in the environment (GC_ATTN_IMPL, GC_GEMM_SM90, GC_GEMM_SM90_SCHED,
- * _BN, _CLUSTER, GC_GEMM_BGRAD): an error naming the first one set to a value it does not take. The
+ * _BN, _CLUSTER): an error naming the first one set to a value it does not take. The
  * ops themselves fall back to their defaults then; gcache checks at start-up. */
 gc_status gc_ops_env_check(void);
 /* On CUDA the algorithm of a shape is cuBLASLt's heuristic choice, or, with a plan file, the

@@ -643,7 +643,7 @@ extern "C" bool gc_cuda_gemm_sm90_fits(const gc_gemm_args *g)
            res_ok && g->m > 0 && g->n > 0 && g->k > 0 && g->m < (1 << 30) && g->n < (1 << 30) && g->n % 2 == 0 &&
            g->ldc % 2 == 0 && g->lda % 8 == 0 && g->ldb % 8 == 0 && aligned(g->a, 16) && aligned(g->b, 16) &&
            aligned(g->c, 4) && (!g->pre || aligned(g->pre, 4)) && (!g->c_in || aligned(g->c_in, 4)) &&
-           g->epilogue != GC_EPI_BGRAD && (g->epilogue != GC_EPI_BIAS || aligned(g->bias, 4)) && g->act >= GC_ACT_NONE && g->act <= GC_ACT_SILU;
+           (g->epilogue != GC_EPI_BIAS || aligned(g->bias, 4)) && g->act >= GC_ACT_NONE && g->act <= GC_ACT_SILU;
 }
 
 extern "C" gc_status gc_cuda_gemm_sm90(const gc_gemm_args *g)

@@ -123,27 +123,6 @@ int gc_gemm_sm90_mode(void)
     return sm90_mode;
 }
 
-/* GC_EPI_BGRAD for the linears' bias gradients: 0 off, 1 on; -1: GC_GEMM_BGRAD not read yet */
-static const char *const bgrad_modes[] = {"off", "on", NULL};
-static int bgrad_mode = -1;
-
-gc_status gc_gemm_set_bgrad(const char *mode)
-{
-    const int i = name_index(bgrad_modes, mode);
-    if (i < 0) return gc_error_set(GC_ERR_INVALID, "gemm bias-gradient mode '%s': expected on or off", mode ? mode : "(null)");
-    bgrad_mode = i;
-    return GC_OK;
-}
-
-bool gc_gemm_bgrad(gc_device dev)
-{
-    if (bgrad_mode < 0) { /* a value it does not take leaves the default (gc_ops_env_check says so) */
-        const int i = name_index(bgrad_modes, getenv("GC_GEMM_BGRAD"));
-        bgrad_mode = i < 0 ? 1 : i;
-    }
-    return dev.type == GC_DEVICE_CUDA && bgrad_mode == 1;
-}
-
 /* gemm_sm90.cu's schedule, for measuring it: each knob's values (the first the default),
  * its variable, and the index set (-1: the environment not read yet) */
 static const char *const sm90_scheds[] = {"pingpong", "coop", NULL};
@@ -194,7 +173,6 @@ gc_status gc_ops_env_check(void)
     GC_TRY(env_check_one("GC_ATTN_IMPL", gc_attention_impl_names));
     GC_TRY(env_check_one("GC_GEMM_SM90", sm90_modes));
     for (int i = 0; i < 3; i++) GC_TRY(env_check_one(sm90_knobs[i].var, sm90_knobs[i].values));
-    GC_TRY(env_check_one("GC_GEMM_BGRAD", bgrad_modes));
     return GC_OK;
 }
 
@@ -212,8 +190,6 @@ gc_status gc_gemm(gc_device dev, const gc_gemm_args *g)
 {
     if (g->m < 0 || g->n < 0 || g->k < 0) return gc_error_set(GC_ERR_SHAPE, "gemm: negative size");
     if (g->epilogue == GC_EPI_BIAS && !g->bias) return gc_error_set(GC_ERR_INVALID, "gemm: bias epilogue without a bias");
-    if (g->epilogue == GC_EPI_BGRAD && (!g->bias_grad || !g->trans_a || g->lda != g->m || g->batch > 1))
-        return gc_error_set(GC_ERR_INVALID, "gemm: the bias-gradient epilogue needs an output, A^T with lda = m, one matrix");
     if (g->pre && g->act == GC_ACT_NONE) return gc_error_set(GC_ERR_INVALID, "gemm: a pre-activation output without an activation");
     if (dev.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_gemm(g));
     if (g->act != GC_ACT_NONE)
@@ -225,14 +201,6 @@ gc_status gc_gemm(gc_device dev, const gc_gemm_args *g)
     for (int64_t z = 0; z < batch; z++)
         cpu_gemm_one(g, (const float *)g->a + z * g->stride_a, (const float *)g->b + z * g->stride_b,
                      (float *)g->c + z * g->stride_c, g->c_in ? (const float *)g->c_in + z * g->stride_c : NULL);
-    if (g->epilogue == GC_EPI_BGRAD) { /* A [k, m]: its column sums */
-        const float *a = g->a;
-        for (int64_t i = 0; i < g->m; i++) {
-            double t = 0;
-            for (int64_t p = 0; p < g->k; p++) t += a[p * g->lda + i];
-            g->bias_grad[i] = (float)t;
-        }
-    }
     return GC_OK;
 }
 
@@ -256,10 +224,10 @@ static gc_status sum_rows(gc_device dev, const gc_tensor *src, gc_tensor *dst, b
 /* ---------------------------------------------------------------- matmul */
 
 /* One GEMM over contiguous row-major operands. A is [m,k] (or [k,m] if ta), etc. */
-static gc_gemm_args plain_args(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const gc_tensor *A, const gc_tensor *B,
-                               gc_tensor *C, bool acc, int64_t batch, bool b_shared)
+static gc_status gemm_plain(gc_device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const gc_tensor *A,
+                            const gc_tensor *B, gc_tensor *C, bool acc, int64_t batch, bool b_shared)
 {
-    return (gc_gemm_args){
+    gc_gemm_args g = {
         .trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k,
         .a = gc_tensor_data(A), .lda = ta ? m : k,
         .b = gc_tensor_data(B), .ldb = tb ? k : n,
@@ -268,22 +236,6 @@ static gc_gemm_args plain_args(bool ta, bool tb, int64_t m, int64_t n, int64_t k
         .alpha = 1.0f, .beta = acc ? 1.0f : 0.0f,
         .batch = batch, .stride_a = m * k, .stride_b = b_shared ? 0 : k * n, .stride_c = m * n,
     };
-}
-
-static gc_status gemm_plain(gc_device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const gc_tensor *A,
-                            const gc_tensor *B, gc_tensor *C, bool acc, int64_t batch, bool b_shared)
-{
-    gc_gemm_args g = plain_args(ta, tb, m, n, k, A, B, C, acc, batch, b_shared);
-    return gc_gemm(dev, &g);
-}
-
-/* G (+)= gy^T a, the weight gradient [out, in], and sums = gy's column sums (f32 [out],
- * written), the bias gradient, in the same GEMM's epilogue (gc_gemm_bgrad). */
-static gc_status gemm_wgrad_bgrad(gc_device dev, gc_tensor *gy, gc_tensor *a, gc_tensor *G, bool acc, gc_tensor *sums)
-{
-    gc_gemm_args g = plain_args(true, false, G->shape[0], G->shape[1], gc_tensor_rows(gy), gy, a, G, acc, 1, false);
-    g.epilogue = GC_EPI_BGRAD;
-    g.bias_grad = gc_tensor_data(sums);
     return gc_gemm(dev, &g);
 }
 
@@ -420,16 +372,6 @@ static gc_status weight_grads(gc_node *nd, gc_tensor *gy, gc_tensor *a, gc_tenso
     gc_device dev = gy->device;
     bool acc_w, acc_b, acc_s = false;
     gc_tensor *gw = gc_grad_target(nd, 1, &acc_w), *gb = gc_grad_target(nd, 2, &acc_b);
-    if (nd->n_in <= 4 && gw && gb && gc_gemm_bgrad(dev)) { /* no layer scale; both from one GEMM */
-        /* straight into gb when nothing is there yet, else through a vector added after */
-        const bool direct = !acc_b && gb->dtype == GC_F32;
-        gc_pool *p = gc_pool_push();
-        gc_tensor *sums = direct ? gb : gc_pool_add(gc_tensor_new(GC_F32, dev, 1, GC_SHAPE(out)));
-        gc_status st = sums ? gemm_wgrad_bgrad(dev, gy, a, gw, acc_w, sums) : GC_PENDING();
-        if (st == GC_OK && !direct) st = gc_tensor_copy_into(gb, sums, acc_b);
-        gc_pool_pop(p);
-        return st;
-    }
     if (nd->n_in <= 4) { /* no layer scale */
         if (gw) GC_TRY(gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc_w, 1, false));
         if (gb) GC_TRY(sum_rows(dev, gy, gb, acc_b));
@@ -441,11 +383,8 @@ static gc_status weight_grads(gc_node *nd, gc_tensor *gy, gc_tensor *a, gc_tenso
     gc_tensor *G = gw || gs ? gc_pool_add(gc_tensor_new(GC_F32, dev, 2, GC_SHAPE(out, in))) : NULL;
     gc_tensor *gbs = b && (gb || gs) ? gc_pool_add(gc_tensor_new(GC_F32, dev, 1, GC_SHAPE(out))) : NULL;
     gc_status st = ((gw || gs) && !G) || (b && (gb || gs) && !gbs) ? GC_PENDING() : GC_OK;
-    if (st == GC_OK && G && gbs && gc_gemm_bgrad(dev)) st = gemm_wgrad_bgrad(dev, gy, a, G, false, gbs);
-    else {
-        if (st == GC_OK && G) st = gemm_plain(dev, true, false, out, in, R, gy, a, G, false, 1, false);
-        if (st == GC_OK && gbs) st = sum_rows(dev, gy, gbs, false);
-    }
+    if (st == GC_OK && G) st = gemm_plain(dev, true, false, out, in, R, gy, a, G, false, 1, false);
+    if (st == GC_OK && gbs) st = sum_rows(dev, gy, gbs, false);
     if (st == GC_OK && dev.type == GC_DEVICE_CUDA)
         st = GC_CUDA_DISPATCH(gc_cuda_scale_grads(G, gbs, w, b, s, gw, acc_w, gb, acc_b, gs, acc_s));
     else if (st == GC_OK)

@@ -35,8 +35,6 @@ extern "C" {
 
 extern "C" bool gc_cuda_gemm_sm90_fits(const gc_gemm_args *g); // kernels/gemm_sm90.cu
 extern "C" gc_status gc_cuda_gemm_sm90(const gc_gemm_args *g);
-extern "C" gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, gc_dtype ddt, int64_t rows, int64_t cols,
-                                      bool accumulate); // below
 extern "C" gc_status gc_cuda_blaslt(cublasLtHandle_t *handle, void **workspace, size_t *workspace_size); // runtime/cuda.cu
 
 namespace {
@@ -64,7 +62,6 @@ struct GemmPlan {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr; // cuBLASLt's A (our B), B (our A), C = D
     cublasLtMatmulAlgo_t algo;
-    bool bgrad_pass = false; // GC_EPI_BGRAD without cuBLASLt's epilogue: the sums as a pass of their own
 };
 
 std::mutex plan_mu;
@@ -105,7 +102,7 @@ const char *gemm_desc(const gc_gemm_args *g, char *buf, size_t n)
     snprintf(buf, n, "gemm [m=%lld n=%lld k=%lld batch=%lld, %s%s x %s%s, %s -> %s%s]", (long long)g->m, (long long)g->n,
              (long long)g->k, (long long)(g->batch > 1 ? g->batch : 1), "A", g->trans_a ? "^T" : "", "B",
              g->trans_b ? "^T" : "", gc_dtype_name(g->ab_dtype), gc_dtype_name(g->c_dtype),
-             g->epilogue == GC_EPI_BIAS ? ", +bias" : g->epilogue == GC_EPI_BGRAD ? ", bias gradient" : "");
+             g->epilogue == GC_EPI_BIAS ? ", +bias" : "");
     return buf;
 }
 
@@ -177,14 +174,6 @@ gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t
         // the heuristic reads the pointer's alignment
         LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias));
     }
-    if (g->epilogue == GC_EPI_BGRAD) {
-        // our A is cuBLASLt's B: BGRADB sums it over k into a vector of D's column count, m
-        uint32_t epi = CUBLASLT_EPILOGUE_BGRADB;
-        int32_t bt = CUDA_R_32F;
-        LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-        LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
-        LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias_grad, sizeof g->bias_grad));
-    }
     // column-major shapes: our B as [n,k] (or [k,n] transposed), our A as [k,m] (or [m,k])
     GC_TRY(layout_new(g, &p->la, tab, g->trans_b ? g->k : g->n, g->trans_b ? g->n : g->k, g->ldb, batch, g->stride_b));
     GC_TRY(layout_new(g, &p->lb, tab, g->trans_a ? g->m : g->k, g->trans_a ? g->k : g->m, g->lda, batch, g->stride_a));
@@ -193,12 +182,6 @@ gc_status plan_build(const gc_gemm_args *g, const GemmKey &key, cublasLtHandle_t
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     GC_TRY(heuristic(g, key, lt, ws_size, p, 1, &res, &found));
-    if (found < 1 && g->epilogue == GC_EPI_BGRAD) { // no algorithm with the epilogue: the plain GEMM, and a pass
-        uint32_t epi = CUBLASLT_EPILOGUE_DEFAULT;
-        LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-        p->bgrad_pass = true;
-        GC_TRY(heuristic(g, key, lt, ws_size, p, 1, &res, &found));
-    }
     if (found < 1) {
         char d[192];
         return gc_error_set(GC_ERR_CUDA, "%s: cuBLASLt has no algorithm for this problem (CUBLAS_STATUS_NOT_SUPPORTED; "
@@ -674,14 +657,10 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
         return gc_error_set(GC_ERR_SHAPE, "%s: negative size", gemm_desc(g, d, sizeof d));
     const int64_t batch = g->batch > 1 ? g->batch : 1;
     if (g->m == 0 || g->n == 0) return GC_OK;
-    if (g->epilogue != GC_EPI_NONE && g->epilogue != GC_EPI_BIAS && g->epilogue != GC_EPI_BGRAD)
+    if (g->epilogue != GC_EPI_NONE && g->epilogue != GC_EPI_BIAS)
         return gc_error_set(GC_ERR_INVALID, "%s: unknown epilogue %d", gemm_desc(g, d, sizeof d), (int)g->epilogue);
     if (g->epilogue == GC_EPI_BIAS && !g->bias)
         return gc_error_set(GC_ERR_INVALID, "%s: bias epilogue without a bias", gemm_desc(g, d, sizeof d));
-    const bool bgrad = g->epilogue == GC_EPI_BGRAD;
-    if (bgrad && (!g->bias_grad || !g->trans_a || g->lda != g->m || batch > 1 || g->act != GC_ACT_NONE))
-        return gc_error_set(GC_ERR_INVALID, "%s: the bias-gradient epilogue needs an output, A^T with lda = m, one matrix, "
-                            "no activation", gemm_desc(g, d, sizeof d));
     if (!g->c || (g->k > 0 && (!g->a || !g->b)))
         return gc_error_set(GC_ERR_INVALID, "%s: NULL operand", gemm_desc(g, d, sizeof d));
     if (g->ldc < g->n)
@@ -694,9 +673,8 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
                                 "(gc_gemm_fuses_act)", gemm_desc(g, d, sizeof d));
         return gc_cuda_gemm_sm90(g);
     }
-    if (!bgrad && gc_gemm_sm90_mode() == 2 && gc_cuda_gemm_sm90_fits(g)) return gc_cuda_gemm_sm90(g);
+    if (gc_gemm_sm90_mode() == 2 && gc_cuda_gemm_sm90_fits(g)) return gc_cuda_gemm_sm90(g);
     if (g->k == 0) { // cuBLASLt rejects k = 0; the product is empty
-        if (bgrad) GC_TRY(gc_cuda_memzero(g->bias_grad, sizeof(float) * (size_t)g->m));
         switch (g->c_dtype) {
         case GC_F32: return scale_bias<float>(g, batch);
         case GC_BF16: return scale_bias<__nv_bfloat16>(g, batch);
@@ -730,7 +708,7 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
     key.align_b = align_of(g->b);
     key.align_c = align_of(g->c);
     if (g->c_in && g->c_in != g->c && align_of(g->c_in) < key.align_c) key.align_c = align_of(g->c_in); // C and D share a layout
-    key.align_bias = g->epilogue == GC_EPI_BIAS ? align_of(g->bias) : bgrad ? align_of(g->bias_grad) : 0;
+    key.align_bias = g->epilogue == GC_EPI_BIAS ? align_of(g->bias) : 0;
 
     std::lock_guard<std::mutex> lock(plan_mu); // plans and their bias attribute are shared
     auto it = plans.find(key);
@@ -752,15 +730,11 @@ extern "C" gc_status gc_cuda_gemm(const gc_gemm_args *g)
     GemmPlan &p = it->second;
     if (g->epilogue == GC_EPI_BIAS)
         LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias, sizeof g->bias));
-    if (bgrad && !p.bgrad_pass)
-        LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias_grad, sizeof g->bias_grad));
     const float alpha = g->alpha, beta = g->beta;
     const void *c_in = g->c_in ? g->c_in : g->c;
     LT_CHECK(cublasLtMatmul(lt, p.op, &alpha, g->b, p.la, g->a, p.lb, &beta, c_in, p.lc, g->c, p.lc, &p.algo, ws, ws_size,
                             gc_cuda_stream()));
     GC_CUDA_LAUNCH_CHECK();
-    if (bgrad && p.bgrad_pass) // A [k, m], lda = m: its column sums
-        return gc_cuda_sum_rows(g->a, g->ab_dtype, g->bias_grad, GC_F32, g->k, g->m, false);
     return GC_OK;
 }
 

@@ -52,37 +52,6 @@ START_TEST(test_matmul_values)
 }
 END_TEST
 
-/* GC_EPI_BGRAD: the GEMM of a weight gradient also writes the column sums of A (A^T B, A
- * [k, m]), the bias gradient; without A^T and lda = m it is refused */
-START_TEST(test_gemm_bias_grad)
-{
-    const float a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {1, 0, 0, 1, 2, -1}; /* A [3, 2], B [3, 2] */
-    float c[4] = {9, 9, 9, 9}, sums[2] = {-1, -1};
-    gc_gemm_args g = {.trans_a = true, .m = 2, .n = 2, .k = 3, .a = a, .lda = 2, .b = b, .ldb = 2, .c = c, .ldc = 2,
-                      .ab_dtype = GC_F32, .c_dtype = GC_F32, .alpha = 1, .beta = 1, .epilogue = GC_EPI_BGRAD, .bias_grad = sums};
-    ck_assert_int_eq(gc_gemm(GC_CPU, &g), GC_OK);
-    /* A^T B = [[1+0+10, 0+3-5], [2+0+12, 0+4-6]] = [[11,-2],[14,-2]], plus C's 9 */
-    ck_assert_float_eq(c[0], 20);
-    ck_assert_float_eq(c[1], 7);
-    ck_assert_float_eq(c[2], 23);
-    ck_assert_float_eq(c[3], 7);
-    ck_assert_float_eq(sums[0], 9);  /* 1 + 3 + 5 */
-    ck_assert_float_eq(sums[1], 12); /* 2 + 4 + 6 */
-    g.trans_a = false;
-    ck_assert_int_ne(gc_gemm(GC_CPU, &g), GC_OK);
-    ck_assert_int_eq(gc_error_code(), GC_ERR_INVALID);
-    g.trans_a = true, g.bias_grad = NULL;
-    ck_assert_int_ne(gc_gemm(GC_CPU, &g), GC_OK);
-    ck_assert_int_eq(gc_error_code(), GC_ERR_INVALID);
-    /* the switch: off and on by name, nothing else; never on the CPU */
-    ck_assert_int_eq(gc_gemm_set_bgrad("off"), GC_OK);
-    ck_assert(!gc_gemm_bgrad(GC_CPU));
-    ck_assert_int_ne(gc_gemm_set_bgrad("yes"), GC_OK);
-    ck_assert_int_eq(gc_gemm_set_bgrad("on"), GC_OK);
-    ck_assert(!gc_gemm_bgrad(GC_CPU));
-}
-END_TEST
-
 static gc_tensor *f_linear(gc_tensor *const *in, void *ctx)
 {
     (void)ctx;
@@ -557,7 +526,6 @@ int main(void)
     Suite *s = suite_create("autograd");
     TCase *tc = gc_test_tcase("tape");
     tcase_add_test(tc, test_matmul_values);
-    tcase_add_test(tc, test_gemm_bias_grad);
     tcase_add_test(tc, test_matmul_grad);
     tcase_add_test(tc, test_linear_grad);
     tcase_add_test(tc, test_linear_act_grad);

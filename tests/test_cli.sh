@@ -24,7 +24,6 @@ expect_fail "bad GC_GEMM_SM90" "GC_GEMM_SM90=bogus: expected one of off, act, al
 expect_fail "bad GC_ATTN_IMPL" "GC_ATTN_IMPL=fast" env GC_ATTN_IMPL=fast "$gcache" grad --model "$m"
 expect_fail "bad GC_GEMM_SM90_CLUSTER" "GC_GEMM_SM90_CLUSTER=4: expected one of 1, 2" env GC_GEMM_SM90_CLUSTER=4 "$gcache" grad --model "$m"
 expect_fail "bad GC_GEMM_SM90_BN" "GC_GEMM_SM90_BN=64: expected one of auto, 128, 256" env GC_GEMM_SM90_BN=64 "$gcache" grad --model "$m"
-expect_fail "bad GC_GEMM_BGRAD" "GC_GEMM_BGRAD=yes: expected one of off, on" env GC_GEMM_BGRAD=yes "$gcache" grad --model "$m"
 mkdir -p "$tmp/badcfg"
 cp "$m/model.safetensors" "$tmp/badcfg/"
 echo '{"text_config": {"hidden_size": 33}}' >"$tmp/badcfg/config.json"

@@ -95,11 +95,9 @@ typedef struct gemm_case {
     int64_t m, n, k, batch, pad; /* pad: extra leading-dim elements on A, B and C */
     float alpha, beta;
     bool bias, c_f32, b_shared;  /* b_shared: batch stride of B is 0 */
-    bool bgrad;                  /* GC_EPI_BGRAD: C, then the row sums of op(A) */
 } gemm_case;
 
-/* in: A, B, C0 (initial C, copied), [bias]. Not differentiable. With bgrad, C (as f32,
- * flat) and then the sums, in one vector. */
+/* in: A, B, C0 (initial C, copied), [bias]. Not differentiable. */
 static gc_tensor *f_gemm(gc_tensor *const *in, void *ctx)
 {
     const gemm_case *c = ctx;
@@ -119,15 +117,8 @@ static gc_tensor *f_gemm(gc_tensor *const *in, void *ctx)
         .stride_c = gc_tensor_numel(y) / batch,
         .epilogue = c->bias ? GC_EPI_BIAS : GC_EPI_NONE, .bias = bias ? gc_tensor_data(bias) : NULL,
     };
-    gc_tensor *sums = NULL;
-    if (c->bgrad) {
-        if (!(sums = gc_pool_add(gc_tensor_new(GC_F32, A->device, 1, GC_SHAPE(c->m))))) return NULL;
-        g.epilogue = GC_EPI_BGRAD, g.bias_grad = gc_tensor_data(sums);
-    }
     if (gc_gemm(A->device, &g) != GC_OK) return NULL;
-    if (!sums) return y;
-    gc_tensor *parts[2] = {gc_view(gc_cast(y, GC_F32), 1, GC_SHAPE(gc_tensor_numel(y))), sums};
-    return parts[0] ? gc_concat(2, parts, 0) : NULL;
+    return y;
 }
 
 static void gemm_run(cmp_log *lg, const char *label, const gemm_case *c, uint64_t seed)
@@ -182,14 +173,6 @@ static void gemm_cases(cmp_log *lgp)
     gemm_run(&lg, "AB batch 4, B shared (stride 0)", &shared, 44);
     gemm_case k0 = {.m = 5, .n = 7, .k = 0, .alpha = 1, .beta = 1, .bias = true};
     gemm_run(&lg, "k=0 beta 1 +bias", &k0, 45);
-    /* the bias gradient from the weight gradient's GEMM (cuBLASLt's BGRADB, or the GEMM and
-     * a pass where it has no algorithm), k = 0 included */
-    gemm_case bg = {.ta = true, .m = 37, .n = 23, .k = 19, .alpha = 1, .beta = 0, .bgrad = true};
-    gemm_run(&lg, "At B, bias gradient", &bg, 50);
-    bg.beta = 1, bg.m = 64, bg.n = 48, bg.k = 200;
-    gemm_run(&lg, "At B beta 1, bias gradient", &bg, 51);
-    bg.k = 0;
-    gemm_run(&lg, "At B k=0 beta 1, bias gradient", &bg, 52);
     gemm_case one = {.m = 1, .n = 1, .k = 1, .alpha = 1, .beta = 0};
     gemm_run(&lg, "1x1x1", &one, 46);
     /* realistic: a ViT-B MLP up-projection (8 x 197 tokens) and its weight gradient */
@@ -197,8 +180,6 @@ static void gemm_cases(cmp_log *lgp)
     gemm_run(&lg, "linear fwd 1576x3072x768 +bias", &fwd, 47);
     gemm_case wg = {.ta = true, .m = 3072, .n = 768, .k = 8 * 197, .alpha = 1, .beta = 1, .c_f32 = true};
     gemm_run(&lg, "weight grad At B 3072x768x1576 beta 1", &wg, 48);
-    wg.bgrad = true, wg.m = 768, wg.n = 3072;
-    gemm_run(&lg, "weight grad At B 768x3072x1576 beta 1, bias gradient", &wg, 49);
     *lgp = lg;
 }
 
