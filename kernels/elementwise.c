@@ -28,6 +28,13 @@ gc_status gc_cuda_exp_fwd(gc_tensor *y, const gc_tensor *x);
 gc_status gc_cuda_exp_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *y, bool acc);
 gc_status gc_cuda_act_fwd(gc_tensor *y, const gc_tensor *x, gc_act act);
 gc_status gc_cuda_act_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *x, gc_act act, bool acc);
+bool gc_cuda_act_bias_fits(int64_t cols, gc_dtype dt, const void *p0, const void *p1, const void *p2, const void *p3,
+                           const void *p4);
+gc_status gc_cuda_act_bias_fwd(void *y, const void *x, const void *b, gc_dtype dt, int64_t rows, int64_t cols, gc_act act);
+gc_status gc_cuda_act_bias_bwd(void *gx, bool acc, const void *gy, const void *x, const void *b, void *a, gc_dtype dt,
+                               int64_t rows, int64_t cols, gc_act act, float *gb, bool gb_acc);
+gc_status gc_cuda_sum_rows(const void *src, gc_dtype sdt, void *dst, gc_dtype ddt, int64_t rows, int64_t cols,
+                           bool accumulate); /* matmul.cu */
 #endif
 
 /* ---------------------------------------------------------------- broadcasting */
@@ -418,16 +425,107 @@ static double act_df(gc_act act, double x)
     }
 }
 
-gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, gc_act act)
+static void *data_or_null(const gc_tensor *t) { return t ? gc_tensor_data(t) : NULL; }
+
+#ifdef GC_WITH_CUDA
+/* The GPU's act(x + b) backward from the general kernels, where the fused one does not
+ * fit (odd widths, misaligned views, a bf16 bias gradient): x + b made once, the
+ * activation's backward, the column sums from a pass of their own. */
+static gc_status act_bias_bwd_composed(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, const gc_tensor *b,
+                                       gc_act act, gc_tensor *gb, bool gb_acc, gc_tensor *a_out)
 {
-    if (gy->device.type == GC_DEVICE_CUDA) return GC_CUDA_DISPATCH(gc_cuda_act_bwd(gx, gy, x, act, acc));
-    const float *g = gc_tensor_data(gy), *xv = gc_tensor_data(x);
-    float *d = gc_tensor_data(gx);
-    for (int64_t i = 0, n = gc_tensor_numel(gy); i < n; i++) {
-        double v = g[i] * act_df(act, xv[i]);
-        d[i] = (float)(acc ? d[i] + v : v);
+    gc_pool *p = gc_pool_push();
+    bool prev = gc_grad_set_enabled(false);
+    gc_tensor *xb = b ? gc_add((gc_tensor *)x, (gc_tensor *)b) : (gc_tensor *)x;
+    gc_status st = xb ? GC_OK : GC_PENDING();
+    if (st == GC_OK && gb) { /* the gradient alone first, for its column sums */
+        gc_tensor *t = gc_op_new(gy->dtype, gy->device, gy->ndim, gy->shape);
+        st = t ? gc_cuda_act_bwd(t, gy, xb, act, false) : GC_PENDING();
+        if (st == GC_OK)
+            st = gc_cuda_sum_rows(gc_tensor_data(t), t->dtype, gc_tensor_data(gb), gb->dtype, gc_tensor_rows(t),
+                                  gc_tensor_cols(t), gb_acc);
     }
+    if (st == GC_OK && gx) st = gc_cuda_act_bwd(gx, gy, xb, act, acc);
+    if (st == GC_OK && a_out) st = gc_cuda_act_fwd(a_out, xb, act); /* last: a_out may be x */
+    gc_grad_set_enabled(prev);
+    gc_pool_pop(p);
+    return st;
+}
+#endif
+
+gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, const gc_tensor *b,
+                               gc_act act, gc_tensor *gb, bool gb_acc, gc_tensor *a_out)
+{
+    const int64_t cols = gc_tensor_cols(x), n = gc_tensor_numel(gy);
+#ifdef GC_WITH_CUDA
+    if (gy->device.type == GC_DEVICE_CUDA) {
+        const gc_dtype dt = x->dtype;
+        if (b && (!gx || gx->dtype == dt) && gy->dtype == dt && (!a_out || a_out->dtype == dt) &&
+            (!gb || gb->dtype == GC_F32) &&
+            gc_cuda_act_bias_fits(cols, dt, data_or_null(gx), gc_tensor_data(gy), gc_tensor_data(x), gc_tensor_data(b),
+                                  data_or_null(a_out)) &&
+            gx) /* (the kernel always writes gx) */
+            return gc_cuda_act_bias_bwd(gc_tensor_data(gx), acc, gc_tensor_data(gy), gc_tensor_data(x), gc_tensor_data(b),
+                                        data_or_null(a_out), dt, n / cols, cols, act, data_or_null(gb), gb_acc);
+        return act_bias_bwd_composed(gx, acc, gy, x, b, act, gb, gb_acc, a_out);
+    }
+#else
+    if (gy->device.type == GC_DEVICE_CUDA) return gc_error_set(GC_ERR_DEVICE, "activation backward: this build has no CUDA backend");
+#endif
+    const float *g = gc_tensor_data(gy), *xv = gc_tensor_data(x), *bv = data_or_null(b);
+    float *d = data_or_null(gx), *av = data_or_null(a_out), *gbv = data_or_null(gb);
+    double *sums = gb ? calloc((size_t)cols, sizeof(double)) : NULL;
+    if (gb && !sums) return gc_error_set(GC_ERR_OOM, "out of host memory");
+    for (int64_t i = 0; i < n; i++) { /* read before written: gx may be gy, a_out may be x */
+        const int64_t c = i % cols;
+        const double u = (double)xv[i] + (bv ? bv[c] : 0.0), v = g[i] * act_df(act, u);
+        if (d) d[i] = (float)(acc ? d[i] + v : v);
+        if (av) av[i] = (float)act_f(act, u);
+        if (sums) sums[c] += v;
+    }
+    for (int64_t c = 0; sums && c < cols; c++) gbv[c] = (float)(gb_acc ? gbv[c] + sums[c] : sums[c]);
+    free(sums);
     return GC_OK;
+}
+
+gc_tensor *gc_act_bias_apply(gc_tensor *x, gc_tensor *b, gc_act act)
+{
+    if (!x) return NULL;
+    if (!b) return gc_activation(x, act);
+    const int64_t cols = gc_tensor_cols(x), rows = gc_tensor_rows(x);
+    if (b->ndim != 1 || b->shape[0] != cols || b->dtype != x->dtype || !gc_device_eq(b->device, x->device) ||
+        !gc_tensor_is_contiguous(x) || !gc_tensor_is_contiguous(b)) {
+        char sx[GC_SHAPE_STR_LEN], sb[GC_SHAPE_STR_LEN];
+        gc_error_set(GC_ERR_SHAPE, "activation: bias %s %s %s does not fit the input %s %s (contiguous, one value a column)",
+                     gc_tensor_label(b), gc_dtype_name(b->dtype), gc_shape_str(b, sb, sizeof sb), gc_dtype_name(x->dtype),
+                     gc_shape_str(x, sx, sizeof sx));
+        return NULL;
+    }
+    gc_tensor *y = gc_op_new(x->dtype, x->device, x->ndim, x->shape);
+    if (!y) return NULL;
+#ifdef GC_WITH_CUDA
+    if (x->device.type == GC_DEVICE_CUDA) {
+        if (!gc_cuda_act_bias_fits(cols, x->dtype, gc_tensor_data(y), gc_tensor_data(x), gc_tensor_data(b), NULL, NULL)) {
+            bool prev = gc_grad_set_enabled(false);
+            gc_tensor *a = gc_activation(gc_add(x, b), act);
+            gc_grad_set_enabled(prev);
+            return a;
+        }
+        return gc_cuda_act_bias_fwd(gc_tensor_data(y), gc_tensor_data(x), gc_tensor_data(b), x->dtype, rows, cols, act) ==
+                       GC_OK
+                   ? y
+                   : NULL;
+    }
+#else
+    if (x->device.type == GC_DEVICE_CUDA) {
+        gc_error_set(GC_ERR_DEVICE, "activation: this build has no CUDA backend");
+        return NULL;
+    }
+#endif
+    const float *xv = gc_tensor_data(x), *bv = gc_tensor_data(b);
+    float *yv = gc_tensor_data(y);
+    for (int64_t i = 0, n = rows * cols; i < n; i++) yv[i] = (float)act_f(act, (double)xv[i] + bv[i % cols]);
+    return y;
 }
 
 /* saved[0] = x (the derivative is recomputed from it); iarg[0] = act */
@@ -436,7 +534,7 @@ static gc_status act_backward(gc_node *nd, gc_tensor *gy)
     bool acc;
     gc_tensor *gx = gc_grad_target(nd, 0, &acc);
     if (!gx) return GC_PENDING();
-    return gc_act_backward_into(gx, acc, gy, nd->saved[0], (gc_act)nd->iarg[0]);
+    return gc_act_backward_into(gx, acc, gy, nd->saved[0], NULL, (gc_act)nd->iarg[0], NULL, false, NULL);
 }
 
 gc_tensor *gc_activation(gc_tensor *x, gc_act act)

@@ -11,8 +11,9 @@ extern "C" {
 #include "../runtime/gc_cuda.h"
 #include "gc_ops.h"
 }
-#include "gc_cuda_util.cuh"
 #include "gc_act.cuh"
+#include "gc_colsum.cuh"
+#include "gc_cuda_util.cuh"
 
 namespace {
 
@@ -631,6 +632,71 @@ gc_status unary_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *saved, 
     });
 }
 
+// ------------------------------------------------------------------ activation at x + b
+
+// The MLP's activation taken at x + b, b [cols] the first linear's bias left out of its
+// GEMM (gc_linear_and_act), so that the backward makes b's gradient as it makes x's: the
+// column sums of the gradient it has just computed, instead of a pass that reads it again.
+// Both kernels take gc_colsum.cuh's layout (a thread's 8 columns over the rows of a chunk),
+// so a thread loads its bias once. Rows of `cols` with cols % kColVec == 0, every pointer
+// 16-byte aligned (act_bias_fits).
+
+// y = act(x + b); y may be x
+template <typename T, int ACT>
+__global__ void act_bias_fwd_kernel(T *y, const T *x, const T *__restrict__ b, int64_t rows, int64_t cols, int64_t rpc)
+{
+    GC_PDL_WAIT();
+    const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
+    if (c >= cols) return;
+    const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
+    float bv[kColVec];
+    load_v<kColVec>(b + c, bv);
+#pragma unroll 4
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
+        float f[kColVec];
+        load_v<kColVec>(x + r * cols + c, f);
+#pragma unroll
+        for (int k = 0; k < kColVec; k++) f[k] = act_f<ACT, fast_math_for<T>>(f[k] + bv[k]);
+        store_v<kColVec>(y + r * cols + c, f, false);
+    }
+}
+
+// g = gy act'(x + b): gx (+)= g, and with SUM gb (+)= its column sums (f32, part [chunks,
+// cols] scratch); a = act(x + b) where a is not NULL. In place: gx may be gy, a may be x
+// (each element is read before it is written, by the same thread).
+template <typename T, int ACT, bool SUM>
+__global__ void act_bias_bwd_kernel(T *gx, bool acc, const T *gy, const T *x, const T *__restrict__ b, T *a, int64_t rows,
+                                    int64_t cols, int64_t rpc, float *part, float *gb, bool gb_acc)
+{
+    GC_PDL_WAIT();
+    __shared__ ColRed red;
+    const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
+    const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
+    float bv[kColVec] = {};
+    if (c < cols) load_v<kColVec>(b + c, bv);
+    float t[kColVec];
+    block_colsum(r0, r1, c < cols, red, t, [&](int64_t r, float *g) {
+        float xv[kColVec], av[kColVec];
+        load_v<kColVec>(gy + r * cols + c, g);
+        load_v<kColVec>(x + r * cols + c, xv);
+#pragma unroll
+        for (int k = 0; k < kColVec; k++) {
+            const float u = xv[k] + bv[k];
+            g[k] *= act_df<ACT, fast_math_for<T>>(u);
+            if (a) av[k] = act_f<ACT, fast_math_for<T>>(u);
+        }
+        store_v<kColVec>(gx + r * cols + c, g, acc);
+        if (a) store_v<kColVec>(a + r * cols + c, av, false);
+    });
+    if constexpr (SUM) colsum_finish(part, cols, c, red, t, gb, gb_acc);
+}
+
+dim3 act_bias_grid(int64_t rows, int64_t cols, int64_t *rpc)
+{
+    *rpc = colsum_rows_per_chunk(rows);
+    return dim3((unsigned)((cols + kColsPerBlock - 1) / kColsPerBlock), (unsigned)((rows + *rpc - 1) / *rpc));
+}
+
 } // namespace
 
 extern "C" gc_status gc_cuda_add_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape,
@@ -759,4 +825,60 @@ extern "C" gc_status gc_cuda_act_fwd(gc_tensor *y, const gc_tensor *x, gc_act ac
 extern "C" gc_status gc_cuda_act_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *x, gc_act act, bool acc)
 {
     return unary_bwd<U_ACT>(gx, gy, x, 0.0f, (int)act, acc, "activation backward");
+}
+
+// Can the act_bias kernels take these (contiguous [rows, cols], b [cols]; any may be NULL)?
+// Otherwise elementwise.c composes the same from the other ops.
+extern "C" bool gc_cuda_act_bias_fits(int64_t cols, gc_dtype dt, const void *p0, const void *p1, const void *p2,
+                                      const void *p3, const void *p4)
+{
+    return (dt == GC_F32 || dt == GC_BF16) && cols > 0 && cols % kColVec == 0 &&
+           (cols + kColsPerBlock - 1) / kColsPerBlock <= kMaxTickets && (!p0 || aligned16(p0)) &&
+           (!p1 || aligned16(p1)) && (!p2 || aligned16(p2)) && (!p3 || aligned16(p3)) && (!p4 || aligned16(p4));
+}
+
+// y = act(x + b), [rows, cols] of dt (y may be x)
+extern "C" gc_status gc_cuda_act_bias_fwd(void *y, const void *x, const void *b, gc_dtype dt, int64_t rows, int64_t cols,
+                                          gc_act act)
+{
+    if (rows == 0) return GC_OK;
+    return with_type(dt, "activation", [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        return with_act<U_ACT>((int)act, [&](auto ac) {
+            int64_t rpc;
+            const dim3 grid = act_bias_grid(rows, cols, &rpc);
+            gc_launch(act_bias_fwd_kernel<T, decltype(ac)::value>, grid, dim3(kColThreads, kRowLanes), 0, gc_cuda_stream(),
+                      (T *)y, (const T *)x, (const T *)b, rows, cols, rpc);
+            GC_CUDA_LAUNCH_CHECK();
+            return GC_OK;
+        });
+    });
+}
+
+// gx (+)= gy act'(x + b), gb (+)= its column sums (f32; NULL: not wanted), a = act(x + b)
+// (NULL: not wanted); gx may be gy and a may be x
+extern "C" gc_status gc_cuda_act_bias_bwd(void *gx, bool acc, const void *gy, const void *x, const void *b, void *a,
+                                          gc_dtype dt, int64_t rows, int64_t cols, gc_act act, float *gb, bool gb_acc)
+{
+    if (rows == 0) {
+        if (gb && !gb_acc) GC_CUDA_CHECK(cudaMemsetAsync(gb, 0, sizeof(float) * (size_t)cols, gc_cuda_stream()));
+        return GC_OK;
+    }
+    int64_t rpc;
+    const dim3 grid = act_bias_grid(rows, cols, &rpc);
+    float *part = gb ? (float *)gc_cuda_alloc(sizeof(float) * (size_t)(grid.y * cols)) : nullptr;
+    if (gb && !part) return GC_PENDING();
+    gc_status st = with_type(dt, "activation backward", [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        return with_act<U_ACT>((int)act, [&](auto ac) {
+            constexpr int ACT = decltype(ac)::value;
+            auto k = gb ? act_bias_bwd_kernel<T, ACT, true> : act_bias_bwd_kernel<T, ACT, false>;
+            gc_launch(k, grid, dim3(kColThreads, kRowLanes), 0, gc_cuda_stream(), (T *)gx, acc, (const T *)gy,
+                      (const T *)x, (const T *)b, (T *)a, rows, cols, rpc, part, gb, gb_acc);
+            GC_CUDA_LAUNCH_CHECK();
+            return GC_OK;
+        });
+    });
+    if (part) gc_cuda_free(part); // stream order: reused only by later work on the stream
+    return st;
 }

@@ -35,9 +35,16 @@ bool gc_check_index(const char *op, const gc_tensor *t);  /* i32 or i64 */
 /* A contiguous tensor from x (x itself if already), for kernels that need one. */
 gc_tensor *gc_contiguous_raw(gc_tensor *x); /* non-differentiable, pool-owned */
 
-/* gx (+)= gy act'(x), all contiguous, of one shape (elementwise.c): the activation's
- * backward, for ops that fold an activation in (gc_linear_act). gx may be gy itself
- * (in place: each element is read before it is written, by the same thread). */
-gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, gc_act act);
+/* The backward of a = act(x + b) (elementwise.c), for ops that fold an activation in
+ * (gc_linear_act): gx (+)= gy act'(x + b); gb (+)= the column sums of that (b's gradient;
+ * NULL: not wanted); a_out = act(x + b) (NULL: not wanted). x, gy, gx, a_out contiguous of
+ * one shape [..., C], b [C] or NULL (none). In place: gx may be gy, a_out may be x (each
+ * element is read before it is written, by the same thread). On the GPU one pass does it
+ * all where it fits (a bias, C % 8 == 0, 16-byte aligned, gb f32). */
+gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, const gc_tensor *b,
+                               gc_act act, gc_tensor *gb, bool gb_acc, gc_tensor *a_out);
+/* act(x + b) off the tape, x [..., C] contiguous, b [C] of x's dtype (NULL: act(x)): a new
+ * pool-owned tensor, or NULL with the error set. */
+gc_tensor *gc_act_bias_apply(gc_tensor *x, gc_tensor *b, gc_act act);
 
 #endif

@@ -110,14 +110,18 @@ gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b);
 gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res);
 /* gc_linear_scaled of act(x): (act(x) w^T + b) s (+ res, or NULL) */
 gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res);
-/* A transformer block's MLP without a pass for its activation. gc_linear_and_act is
- * gc_linear(x, w, b), and *a = act of it, off the tape, from the same GEMM: its epilogue
- * where gc_gemm_fuses_act (Hopper), else a pass of its own; with nothing to record, the
- * linear's output is never made and the result is *a itself. gc_linear_act_given is
- * gc_linear_act_scaled (s may be NULL) / gc_linear_act_res (res may be NULL) reading that
- * act(x) instead of making it: the same node on the tape. */
-gc_tensor *gc_linear_and_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_act act, gc_tensor **a);
-gc_tensor *gc_linear_act_given(gc_tensor *x, gc_tensor *a, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res);
+/* A transformer block's MLP without a pass for its activation's input. gc_linear_and_act
+ * is gc_linear(x, w, b), and *a = act of it, off the tape, from the same GEMM: its epilogue
+ * where gc_gemm_fuses_act (Hopper), else a pass of its own. That pass adds the bias itself:
+ * then the linear's result leaves b out and *xb = b, the bias the activation was taken at
+ * (else *xb = NULL). With nothing to record, the linear's output is never made where the
+ * epilogue makes *a, and the result is *a itself. gc_linear_act_given is
+ * gc_linear_act_scaled (s may be NULL) / gc_linear_act_res (res may be NULL) of
+ * act(x + xb), reading that *a instead of making it: one node on the tape, whose backward
+ * makes xb's gradient in the pass that makes x's. Pass it the *xb gc_linear_and_act gave. */
+gc_tensor *gc_linear_and_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_act act, gc_tensor **a, gc_tensor **xb);
+gc_tensor *gc_linear_act_given(gc_tensor *x, gc_tensor *a, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res,
+                               gc_tensor *xb);
 gc_status gc_act_parse(const char *hf_name, gc_act *out); /* "gelu", "gelu_pytorch_tanh", "quick_gelu", "silu" ... */
 
 /* ---- norm.c ---- */

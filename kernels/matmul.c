@@ -360,19 +360,20 @@ static void cpu_scale_grads(const float *G, const float *gbs, const float *w, co
     }
 }
 
-/* Does a linear node's weight_grads read the GEMM's input a? (the bias gradient alone does not) */
-static bool grads_read_input(const gc_node *nd) { return nd->in[1] || (nd->n_in > 4 && (nd->in[2] || nd->in[4])); }
+/* Does a linear node's weight_grads read the GEMM's input a? (the bias gradient alone
+ * does not, unless a layer scale's gradient needs G = gy^T a) */
+static bool grads_read_input(const gc_node *nd, bool scaled) { return nd->in[1] || (scaled && (nd->in[2] || nd->in[4])); }
 
-/* The gradients of w (input 1), b (input 2) and, in a node with a layer scale (input 4;
- * saved[si] = s, saved[si + 1] = b), the scale, of a linear whose GEMM read a [R, in] (x, or
- * act(x); NULL when !grads_read_input) and w [out, in]. */
-static gc_status weight_grads(gc_node *nd, gc_tensor *gy, gc_tensor *a, gc_tensor *w, int si)
+/* The gradients of w (input 1), b (input 2) and, in a node with a layer scale (scaled:
+ * input 4; saved[si] = s, saved[si + 1] = b), the scale, of a linear whose GEMM read a
+ * [R, in] (x, or act(x); NULL when !grads_read_input) and w [out, in]. */
+static gc_status weight_grads(gc_node *nd, gc_tensor *gy, gc_tensor *a, gc_tensor *w, int si, bool scaled)
 {
     int64_t R = gc_tensor_rows(gy), out = w->shape[0], in = w->shape[1];
     gc_device dev = gy->device;
     bool acc_w, acc_b, acc_s = false;
     gc_tensor *gw = gc_grad_target(nd, 1, &acc_w), *gb = gc_grad_target(nd, 2, &acc_b);
-    if (nd->n_in <= 4) { /* no layer scale */
+    if (!scaled) {
         if (gw) GC_TRY(gemm_plain(dev, true, false, out, in, R, gy, a, gw, acc_w, 1, false));
         if (gb) GC_TRY(sum_rows(dev, gy, gb, acc_b));
         return GC_OK;
@@ -407,7 +408,7 @@ static gc_status linear_backward(gc_node *nd, gc_tensor *gy)
     gc_status st;
     gc_tensor *gx = gc_grad_target(nd, 0, &acc);
     if (gx && (st = gemm_plain(dev, false, false, R, in, out, gy, wg, gx, acc, 1, false)) != GC_OK) return st;
-    if ((st = weight_grads(nd, gy, x, w, 3)) != GC_OK) return st;
+    if ((st = weight_grads(nd, gy, x, w, 3, nd->n_in > 4)) != GC_OK) return st;
     if (nd->in[3] && (st = gc_grad_pass(nd, 3, gy)) != GC_OK) return st; /* the residual; gy's last reader */
     for (int i = 0; i < nd->n_in; i++)
         if (nd->in[i] && !nd->in[i]->grad) return GC_PENDING();
@@ -433,7 +434,7 @@ static gc_tensor *residual_of(gc_tensor *res, const gc_tensor *y)
  * gc_gemm_fuses_act, else a pass of its own. With nothing to record y is not needed then,
  * and the epilogue writes only act(y), which is also what is returned. */
 static gc_tensor *linear_impl_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res, gc_act act,
-                                  gc_tensor **a_out)
+                                  gc_tensor **a_out, gc_tensor **xb_out)
 {
     if (!x || !w) return NULL;
     gc_tensor *ins[5] = {x, w, b, res, s};
@@ -477,6 +478,7 @@ static gc_tensor *linear_impl_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_t
     gc_tensor *in5[5] = {xc, wc, bc, rc, sc}, *sv[5] = {xc, wc, ws, sc, bc};
     if (a_out) {
         *a_out = NULL;
+        if (xb_out) *xb_out = NULL;
         g.act = act;
         if (act != GC_ACT_NONE && gc_gemm_fuses_act(x->device, &g)) {
             const bool record = gc_autograd_should_record(5, in5);
@@ -488,12 +490,18 @@ static gc_tensor *linear_impl_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_t
             *a_out = a;
             if (!record) return a;
         } else {
+            /* the bias left to the activation's pass, act(y + b): its backward then makes
+             * b's gradient from the gradient it has just made (gc_linear_act_given's xb),
+             * where the linear's would read that gradient again */
+            const bool defer = b && xb_out && act != GC_ACT_NONE;
             g.act = GC_ACT_NONE;
+            if (defer) g.epilogue = GC_EPI_NONE, g.bias = NULL, in5[2] = NULL;
             if (gc_gemm(x->device, &g) != GC_OK) return NULL;
             bool prev = gc_grad_set_enabled(false);
-            *a_out = act == GC_ACT_NONE ? y : gc_activation(y, act);
+            *a_out = act == GC_ACT_NONE ? y : gc_act_bias_apply(y, defer ? bs : NULL, act);
             gc_grad_set_enabled(prev);
             if (!*a_out) return NULL;
+            if (defer) *xb_out = bc;
         }
     } else if (gc_gemm(x->device, &g) != GC_OK) {
         return NULL;
@@ -504,7 +512,7 @@ static gc_tensor *linear_impl_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_t
 
 static gc_tensor *linear_impl(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
 {
-    return linear_impl_act(x, w, b, s, res, GC_ACT_NONE, NULL);
+    return linear_impl_act(x, w, b, s, res, GC_ACT_NONE, NULL, NULL);
 }
 
 gc_tensor *gc_linear(gc_tensor *x, gc_tensor *w, gc_tensor *b) { return linear_impl(x, w, b, NULL, NULL); }
@@ -529,38 +537,46 @@ gc_tensor *gc_linear_scaled(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_tensor 
 
 /* ---------------------------------------------------------------- linear of an activation */
 
-/* saved: x (pre-activation, [R, in]), w, a = act(x) when recomputation is off (else NULL);
- * with a layer scale also ws = s w, s, b. inputs: x, w, b, res, s. iarg[0]: act.
- * Recomputes a = act(x) for dW unless it was kept (released before da is made), then db,
- * and da = gy W taken through the activation's backward straight into x's gradient (in
- * place there when that gradient is new). */
+/* saved: x (pre-activation, [R, in]), w, a = act(x + xb) when recomputation is off (else
+ * NULL), ws = s w (NULL: no layer scale), s, b (both NULL without a scale), xb (the
+ * activation's bias, [in], or NULL). inputs: x, w, b, res, s, xb. iarg[0]: act; iarg[1]: a
+ * layer scale.
+ * dW needs a: kept, or recomputed. Where only this node holds x, the activation's backward
+ * writes a over x as it makes x's gradient (x read once, no buffer of its own), and dW
+ * comes after; otherwise a is made first and freed before da is, one [R, in] buffer at the
+ * peak either way. da = gy W goes through the activation's backward straight into x's
+ * gradient (in place there when that gradient is new), which also sums xb's gradient. */
 static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
 {
-    gc_tensor *x = nd->saved[0], *w = nd->saved[1];
-    gc_tensor *wg = nd->n_saved > 3 ? nd->saved[3] : w; /* the weight the GEMM read */
+    gc_tensor *x = nd->saved[0], *w = nd->saved[1], *kept = nd->saved[2], *xb = nd->saved[6];
+    gc_tensor *wg = nd->saved[3] ? nd->saved[3] : w; /* the weight the GEMM read */
+    const bool scaled = nd->iarg[1] != 0, need_a = grads_read_input(nd, scaled), wants_x = nd->in[0] || nd->in[5];
     int64_t R = x->shape[0], in = x->shape[1], out = w->shape[0];
     gc_device dev = x->device;
     gc_act act = (gc_act)nd->iarg[0];
-    bool acc;
+    const bool reuse = need_a && !kept && wants_x && x->refcount == 1 && x->storage->refcount == 1 &&
+                       !x->storage->recompute && !x->storage->release;
     gc_status st = GC_OK;
-    if (grads_read_input(nd)) {
+    if (!reuse && need_a) {
         gc_pool *p = gc_pool_push();
         bool prev = gc_grad_set_enabled(false);
-        gc_tensor *a = nd->saved[2] ? nd->saved[2] : gc_activation(x, act);
+        gc_tensor *a = kept ? kept : gc_act_bias_apply(x, xb, act);
         gc_grad_set_enabled(prev);
-        st = a ? weight_grads(nd, gy, a, w, 4) : GC_PENDING();
+        st = a ? weight_grads(nd, gy, a, w, 4, scaled) : GC_PENDING();
         gc_pool_pop(p);
-    } else {
-        st = weight_grads(nd, gy, NULL, w, 4);
+    } else if (!reuse) {
+        st = weight_grads(nd, gy, NULL, w, 4, scaled);
     }
-    gc_tensor *gx = st == GC_OK ? gc_grad_target(nd, 0, &acc) : NULL;
-    if (gx) {
-        /* x's gradient is new: da is made in its buffer and taken through the activation in
-         * place, one [R, in] buffer at the peak instead of two */
-        bool in_place = !acc && gx->dtype == x->dtype && gc_tensor_is_contiguous(gx);
+    if (st == GC_OK && wants_x) {
+        bool acc = false, acc_xb = false;
+        gc_tensor *gx = gc_grad_target(nd, 0, &acc), *gxb = gc_grad_target(nd, 5, &acc_xb);
+        const bool in_place = gx && !acc && gx->dtype == x->dtype && gc_tensor_is_contiguous(gx);
         gc_tensor *da = in_place ? gx : gc_op_new(x->dtype, dev, 2, GC_SHAPE(R, in));
-        st = da ? gemm_plain(dev, false, false, R, in, out, gy, wg, da, false, 1, false) : GC_PENDING();
-        if (st == GC_OK) st = gc_act_backward_into(gx, acc, da, x, act);
+        st = da && (gx || !nd->in[0]) && (gxb || !nd->in[5]) ? gemm_plain(dev, false, false, R, in, out, gy, wg, da, false, 1, false)
+                                                             : GC_PENDING();
+        if (st == GC_OK)
+            st = gc_act_backward_into(gx ? gx : da, gx && acc, da, x, xb, act, gxb, acc_xb, reuse ? x : NULL);
+        if (st == GC_OK && reuse) st = weight_grads(nd, gy, x, w, 4, scaled); /* x holds act(x + xb) now */
     }
     if (st == GC_OK && nd->in[3]) st = gc_grad_pass(nd, 3, gy); /* the residual; gy's last reader */
     for (int i = 0; st == GC_OK && i < nd->n_in; i++)
@@ -568,13 +584,29 @@ static gc_status linear_act_backward(gc_node *nd, gc_tensor *gy)
     return st;
 }
 
-/* given: act(x) already made (gc_linear_and_act: by the GEMM that made x), or NULL */
+/* given: act(x + xb) already made (gc_linear_and_act: by the GEMM that made x), or NULL;
+ * xb: the activation's bias [in] (the first linear's, left out of its GEMM), or NULL */
 static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res,
-                                  gc_tensor *given)
+                                  gc_tensor *given, gc_tensor *xb)
 {
     if (!x || !w) return NULL;
-    gc_tensor *ins[5] = {x, w, b, res, s};
-    if (!gc_autograd_should_record(5, ins)) return linear_impl(given ? given : gc_activation(x, act), w, b, s, res);
+    gc_tensor *ins[6] = {x, w, b, res, s, xb};
+    if (xb && (xb->ndim != 1 || xb->shape[0] != gc_tensor_cols(x) || xb->dtype != x->dtype || !gc_device_eq(xb->device, x->device))) {
+        char sb[GC_SHAPE_STR_LEN], sx[GC_SHAPE_STR_LEN];
+        gc_error_set(GC_ERR_SHAPE, "linear_act: activation bias %s %s %s does not fit the input %s %s", gc_tensor_label(xb),
+                     gc_dtype_name(xb->dtype), gc_shape_str(xb, sb, sizeof sb), gc_dtype_name(x->dtype),
+                     gc_shape_str(x, sx, sizeof sx));
+        return NULL;
+    }
+    gc_tensor *xbc = xb ? gc_contiguous(xb) : NULL;
+    if (xb && !xbc) return NULL;
+    if (!gc_autograd_should_record(6, ins)) {
+        if (given) return linear_impl(given, w, b, s, res);
+        bool prev = gc_grad_set_enabled(false); /* (nothing to record: an off-tape pass) */
+        gc_tensor *a = gc_act_bias_apply(gc_contiguous(x), xbc, act);
+        gc_grad_set_enabled(prev);
+        return linear_impl(a, w, b, s, res);
+    }
     int64_t R = gc_tensor_rows(x), in = gc_tensor_cols(x);
     gc_tensor *x2 = gc_view(x, 2, GC_SHAPE(R, in));
     /* the residual as [R, out] like y below, when it has y's shape [..., out] (else linear_impl says why) */
@@ -592,7 +624,7 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
     /* the activation [R, in] is freed here and recomputed in backward, unless
      * recomputation is off (gc_recompute_set_enabled: memory for speed) */
     const bool keep = !gc_recompute_enabled();
-    gc_tensor *a = given ? gc_view(given, 2, GC_SHAPE(R, in)) : gc_activation(x2, act);
+    gc_tensor *a = given ? gc_view(given, 2, GC_SHAPE(R, in)) : gc_act_bias_apply(gc_contiguous(x2), xbc, act);
     gc_tensor *y = gc_pool_keep(linear_impl(a, ws, bs, NULL, r2));
     if (keep && a) gc_tensor_retain(a);
     gc_pool_pop(p);
@@ -601,11 +633,13 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
         if (keep && a) gc_tensor_release(a);
         return NULL;
     }
-    gc_tensor *in5[5] = {x2, wc, bc, r2, sc}, *sv[6] = {x2, wc, keep ? a : NULL, ws, sc, bc};
-    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, s ? 5 : 4, in5, s ? 6 : 3, sv);
+    gc_tensor *in6[6] = {x2, wc, bc, r2, sc, xbc};
+    gc_tensor *sv[7] = {x2, wc, keep ? a : NULL, s ? ws : NULL, s ? sc : NULL, s ? bc : NULL, xbc};
+    gc_node *nd = gc_autograd_record("linear_act", linear_act_backward, y, 6, in6, 7, sv);
     if (keep) gc_tensor_release(a); /* the node holds it now (or nothing does, on error) */
     if (!nd) return NULL;
     nd->iarg[0] = act;
+    nd->iarg[1] = s != NULL;
     int64_t sh[GC_MAX_DIMS];
     memcpy(sh, x->shape, sizeof sh);
     sh[x->ndim - 1] = w->shape[0];
@@ -614,7 +648,7 @@ static gc_tensor *linear_act_impl(gc_tensor *x, gc_act act, gc_tensor *w, gc_ten
 
 gc_tensor *gc_linear_act(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b)
 {
-    return linear_act_impl(x, act, w, b, NULL, NULL, NULL);
+    return linear_act_impl(x, act, w, b, NULL, NULL, NULL, NULL);
 }
 
 gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *res)
@@ -623,7 +657,7 @@ gc_tensor *gc_linear_act_res(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *
         gc_error_set(GC_ERR_INVALID, "linear_act: NULL residual");
         return NULL;
     }
-    return linear_act_impl(x, act, w, b, NULL, res, NULL);
+    return linear_act_impl(x, act, w, b, NULL, res, NULL, NULL);
 }
 
 gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
@@ -632,20 +666,21 @@ gc_tensor *gc_linear_act_scaled(gc_tensor *x, gc_act act, gc_tensor *w, gc_tenso
         gc_error_set(GC_ERR_INVALID, "linear_act: NULL layer scale");
         return NULL;
     }
-    return linear_act_impl(x, act, w, b, s, res, NULL);
+    return linear_act_impl(x, act, w, b, s, res, NULL, NULL);
 }
 
-gc_tensor *gc_linear_and_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_act act, gc_tensor **a)
+gc_tensor *gc_linear_and_act(gc_tensor *x, gc_tensor *w, gc_tensor *b, gc_act act, gc_tensor **a, gc_tensor **xb)
 {
-    if (!a) {
+    if (!a || !xb) {
         gc_error_set(GC_ERR_INVALID, "linear_and_act: NULL result pointer");
         return NULL;
     }
-    *a = NULL;
-    return linear_impl_act(x, w, b, NULL, NULL, act, a);
+    *a = *xb = NULL;
+    return linear_impl_act(x, w, b, NULL, NULL, act, a, xb);
 }
 
-gc_tensor *gc_linear_act_given(gc_tensor *x, gc_tensor *a, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res)
+gc_tensor *gc_linear_act_given(gc_tensor *x, gc_tensor *a, gc_act act, gc_tensor *w, gc_tensor *b, gc_tensor *s, gc_tensor *res,
+                               gc_tensor *xb)
 {
     if (x && !a) {
         gc_error_set(GC_ERR_INVALID, "linear_act: NULL activation given");
@@ -657,5 +692,5 @@ gc_tensor *gc_linear_act_given(gc_tensor *x, gc_tensor *a, gc_act act, gc_tensor
                      gc_shape_str(a, sa, sizeof sa), gc_dtype_name(x->dtype), gc_shape_str(x, sx, sizeof sx));
         return NULL;
     }
-    return linear_act_impl(x, act, w, b, s, res, a);
+    return linear_act_impl(x, act, w, b, s, res, a, xb);
 }

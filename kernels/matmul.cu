@@ -31,6 +31,7 @@ extern "C" {
 #include "../runtime/gc_cuda.h"
 #include "gc_ops.h"
 }
+#include "gc_colsum.cuh"
 #include "gc_cuda_util.cuh"
 
 extern "C" bool gc_cuda_gemm_sm90_fits(const gc_gemm_args *g); // kernels/gemm_sm90.cu
@@ -422,98 +423,35 @@ __global__ void colsum_kernel(const S *src, int64_t rows, int64_t cols, int64_t 
     }
 }
 
-// The same with 16-byte loads (src 16-byte aligned, cols % 8 == 0): block (8, 32) = 8
-// threads of 8 consecutive columns each, 32 row lanes; a warp reads 4 rows of 8 x 16
-// bytes. Each lane sums its rows in order, lanes meet in a fixed tree: deterministic.
-constexpr int kColVec = 8, kColThreads = 8, kRowLanes = 32;
-
-// The block's sums of rows [r0, r1) of src for the kColVec columns at c (thread tx): lane
-// ty sums rows r0 + ty, + kRowLanes, ... in order, the lanes meet in a fixed tree in red.
-// Thread (tx, 0) gets them in out. L2: read through L2 (partials other blocks of this
-// launch wrote). Every thread of the block calls it (it synchronises).
-template <bool L2, typename S>
-__device__ __forceinline__ void block_colsum(const S *__restrict__ src, int64_t r0, int64_t r1, int64_t cols, int64_t c,
-                                             float (*red)[kRowLanes][kColThreads], float *out)
-{
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    float s[kColVec] = {};
-    if (c < cols) {
-#pragma unroll 4
-        for (int64_t r = r0 + ty; r < r1; r += kRowLanes) {
-            float f[kColVec];
-            if constexpr (L2) {
-                static_assert(kColVec == 8 && sizeof(S) == 4, "L2 reads are of f32 partials");
-                const float4 a = __ldcg(reinterpret_cast<const float4 *>(src + r * cols + c));
-                const float4 b = __ldcg(reinterpret_cast<const float4 *>(src + r * cols + c) + 1);
-                f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-            } else {
-                load_v<kColVec>(src + r * cols + c, f);
-            }
-#pragma unroll
-            for (int k = 0; k < kColVec; k++) s[k] += f[k];
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < kColVec; k++) red[k][ty][tx] = s[k];
-    __syncthreads();
-    for (int w = kRowLanes / 2; w > 0; w >>= 1) {
-        if (ty < w) {
-#pragma unroll
-            for (int k = 0; k < kColVec; k++) red[k][ty][tx] += red[k][ty + w][tx];
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int k = 0; k < kColVec; k++) out[k] = red[k][0][tx];
-}
-
-template <typename D> __device__ __forceinline__ void store_cols(D *o, const float *t, bool acc)
-{
-#pragma unroll
-    for (int k = 0; k < kColVec; k++) o[k] = from_f<D>(acc ? t[k] + to_f(o[k]) : t[k]);
-}
-
+// The same with 16-byte loads (src 16-byte aligned, cols % 8 == 0), in gc_colsum.cuh's
+// layout: each lane sums its rows in order, lanes meet in a fixed tree: deterministic.
 template <typename S, typename D>
 __global__ void colsum_vec_kernel(const S *__restrict__ src, int64_t rows, int64_t cols, int64_t rpc, D *__restrict__ out,
                                   bool acc)
 {
     GC_PDL_WAIT();
-    __shared__ float red[kColVec][kRowLanes][kColThreads]; // [column in the vector][lane][thread]: no bank conflicts
+    __shared__ ColRed red;
     const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
     const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
     float t[kColVec];
-    block_colsum<false>(src, r0, r1, cols, c, red, t);
+    block_colsum(r0, r1, c < cols, red, t, [&](int64_t r, float *f) { load_v<kColVec>(src + r * cols + c, f); });
     if (threadIdx.y == 0 && c < cols) store_cols(out + (int64_t)blockIdx.y * cols + c, t, acc);
 }
 
 // Both passes in one launch: each block writes its chunk's partial sums to part[chunk],
-// and the last block of a column group to finish (a ticket per group, taken after a
-// fence) adds every chunk's partial into out, in chunk order: the second pass's sums,
-// bit for bit, whichever block is last. The ticket goes back to 0 for the next launch
-// (launches on the one stream do not overlap).
-constexpr int kMaxTickets = 4096; // column groups of kColThreads * kColVec
-__device__ unsigned int colsum_tickets[kMaxTickets];
-
+// and the last block of a column group adds them into out (colsum_finish): the second
+// pass's sums, bit for bit.
 template <typename S, typename D>
 __global__ void colsum_fused_kernel(const S *__restrict__ src, int64_t rows, int64_t cols, int64_t rpc, float *part,
                                     D *__restrict__ out, bool acc)
 {
     GC_PDL_WAIT();
-    __shared__ float red[kColVec][kRowLanes][kColThreads];
-    __shared__ bool last;
+    __shared__ ColRed red;
     const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
     const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
     float t[kColVec];
-    block_colsum<false>(src, r0, r1, cols, c, red, t);
-    if (threadIdx.y == 0 && c < cols) store_cols(part + (int64_t)blockIdx.y * cols + c, t, false);
-    __threadfence(); // the partial is visible to every block before the ticket is taken
-    __syncthreads();
-    if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(&colsum_tickets[blockIdx.x], 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (!last) return;
-    block_colsum<true>((const float *)part, 0, gridDim.y, cols, c, red, t);
-    if (threadIdx.y == 0 && c < cols) store_cols(out + c, t, acc);
-    if (threadIdx.x == 0 && threadIdx.y == 0) colsum_tickets[blockIdx.x] = 0;
+    block_colsum(r0, r1, c < cols, red, t, [&](int64_t r, float *f) { load_v<kColVec>(src + r * cols + c, f); });
+    colsum_finish(part, cols, c, red, t, out, acc);
 }
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
@@ -524,8 +462,7 @@ void colsum_pass(bool vec, const S *src, int64_t rows, int64_t cols, int64_t rpc
 {
     cudaStream_t st = gc_cuda_stream();
     if (vec) {
-        const int64_t per_block = kColThreads * kColVec;
-        gc_launch(colsum_vec_kernel<S, D>, dim3((unsigned)((cols + per_block - 1) / per_block), (unsigned)chunks),
+        gc_launch(colsum_vec_kernel<S, D>, dim3((unsigned)((cols + kColsPerBlock - 1) / kColsPerBlock), (unsigned)chunks),
                   dim3(kColThreads, kRowLanes), 0, st, src, rows, cols, rpc, out, acc);
     } else {
         gc_launch(colsum_kernel<S, D>, dim3((unsigned)((cols + 31) / 32), (unsigned)chunks), dim3(32, 8), 0, st, src,
@@ -538,9 +475,7 @@ gc_status colsum(const S *src, D *dst, int64_t rows, int64_t cols, bool acc)
 {
     const int64_t col_blocks = (cols + 31) / 32;
     if (col_blocks > 0x7fffffffLL) return gc_error_set(GC_ERR_SHAPE, "sum_rows: %lld columns is too many", (long long)cols);
-    // chunking depends on the shape only, so results are reproducible
-    int64_t rpc = 256;
-    if ((rows + rpc - 1) / rpc > 65535) rpc = (rows + 65534) / 65535;
+    const int64_t rpc = colsum_rows_per_chunk(rows);
     int64_t chunks = (rows + rpc - 1) / rpc;
     // the partial sums are 256-byte aligned: the second pass takes the same path
     const bool vec = cols % kColVec == 0 && aligned16(src);
@@ -551,7 +486,7 @@ gc_status colsum(const S *src, D *dst, int64_t rows, int64_t cols, bool acc)
     }
     float *part = (float *)gc_cuda_alloc(sizeof(float) * (size_t)(chunks * cols));
     if (!part) return GC_PENDING();
-    const int64_t per_block = kColThreads * kColVec, groups = (cols + per_block - 1) / per_block;
+    const int64_t groups = (cols + kColsPerBlock - 1) / kColsPerBlock;
     cudaError_t e = cudaSuccess;
     if (vec && groups <= kMaxTickets) { // one launch
         gc_launch(colsum_fused_kernel<S, D>, dim3((unsigned)groups, (unsigned)chunks), dim3(kColThreads, kRowLanes), 0,

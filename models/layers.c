@@ -146,14 +146,15 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     /* fc1 and its activation in one call (gc_linear_and_act: one GEMM with GC_GEMM_SM90=act
      * on Hopper), unless LoRA or drop_path come between */
     const bool act_by_fc1 = !b->fc1.lora_a && (plain || fold_ls(b, &b->fc2, b->ls2));
-    gc_tensor *act = NULL;
-    m = gc_pool_keep(act_by_fc1 ? gc_linear_and_act(m, b->fc1.w, b->fc1.b, b->act, &act) : gc_lin_forward(&b->fc1, m, b->op_base + 5));
+    gc_tensor *act = NULL, *act_bias = NULL; /* act = act(m + act_bias): fc1's bias, where its GEMM left it out */
+    m = gc_pool_keep(act_by_fc1 ? gc_linear_and_act(m, b->fc1.w, b->fc1.b, b->act, &act, &act_bias)
+                                : gc_lin_forward(&b->fc1, m, b->op_base + 5));
     if (act && act != m) gc_pool_keep(act); /* freed with the block's pool, after fc2 has read it */
     gc_pool_pop(st);
     gc_recompute_release(norm);
     gc_tensor *y;
     if (act_by_fc1) { /* the layer scale, if any, in fc2's weights */
-        y = gc_linear_act_given(m, act, b->act, b->fc2.w, b->fc2.b, b->ls2, r);
+        y = gc_linear_act_given(m, act, b->act, b->fc2.w, b->fc2.b, b->ls2, r, act_bias);
     } else if (plain) {
         y = gc_linear_act_res(m, b->act, b->fc2.w, b->fc2.b, r);
     } else if (fold_ls(b, &b->fc2, b->ls2)) {

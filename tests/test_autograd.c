@@ -107,6 +107,74 @@ START_TEST(test_linear_act_grad)
 }
 END_TEST
 
+/* ctx: {act, scale?, residual?}; in: x, w1, b1, w2, b2, s, r. The MLP as the blocks run it:
+ * gc_linear_and_act, whose activation pass takes fc1's bias (*xb), then gc_linear_act_given */
+static gc_tensor *f_mlp(gc_tensor *const *in, void *ctx)
+{
+    const int *c = ctx;
+    gc_tensor *a = NULL, *xb = NULL;
+    gc_tensor *h = gc_linear_and_act(in[0], in[1], in[2], (gc_act)c[0], &a, &xb);
+    if (h && xb != in[2]) return NULL; /* the CPU's GEMM has no activation epilogue: the pass takes the bias */
+    return gc_linear_act_given(h, a, (gc_act)c[0], in[3], in[4], c[1] ? in[5] : NULL, c[2] ? gc_scale(in[6], 1.5) : NULL, xb);
+}
+
+/* The MLP's gradients, fc1's bias made by the activation's backward (with and without a
+ * layer scale and residual, recomputing the activation or keeping it), its values those
+ * of the ops composed; and the backward that writes act(x + b) over x where only its node
+ * holds x gives the same bits as the one that makes it in a buffer of its own. */
+START_TEST(test_mlp_act_bias_grad)
+{
+    gc_tensor *in[7] = {
+        gc_test_param(3, GC_SHAPE(2, 3, 5), 1, 1.0), gc_test_param(2, GC_SHAPE(6, 5), 2, 0.5),
+        gc_test_param(1, GC_SHAPE(6), 3, 0.5),       gc_test_param(2, GC_SHAPE(4, 6), 4, 0.5),
+        gc_test_param(1, GC_SHAPE(4), 5, 0.5),       gc_test_param(1, GC_SHAPE(4), 6, 0.5),
+        gc_test_param(3, GC_SHAPE(2, 3, 4), 7, 1.0),
+    };
+    const int cases[][3] = {{GC_ACT_QUICK_GELU, 0, 0}, {GC_ACT_GELU_ERF, 0, 1}, {GC_ACT_QUICK_GELU, 1, 1}, {GC_ACT_SILU, 1, 0}};
+    for (int keep = 0; keep < 2; keep++) {
+        bool prev = gc_recompute_set_enabled(!keep);
+        for (int i = 0; i < 4; i++) GC_ASSERT_GRADCHECK(f_mlp, (void *)cases[i], 7, in, NULL);
+        gc_recompute_set_enabled(prev);
+    }
+    gc_pool *p = gc_pool_push();
+    float ref[24], got[24];
+    gc_tensor_to_host_f32(gc_linear(gc_activation(gc_linear(in[0], in[1], in[2]), GC_ACT_QUICK_GELU), in[3], in[4]), ref);
+    gc_tensor_to_host_f32(f_mlp(in, (void *)cases[0]), got);
+    for (int k = 0; k < 24; k++) ck_assert_float_eq_tol(got[k], ref[k], 1e-6);
+    gc_pool_pop(p);
+
+    /* backward after the forward's pool is gone (only the node holds fc1's output), against
+     * the same with fc1's output held elsewhere too */
+    float grads[2][5][64];
+    for (int j = 0; j < 5; j++) ck_assert_int_eq(gc_tensor_zero_grad(in[j]), GC_OK);
+    for (int hold = 0; hold < 2; hold++) {
+        gc_tape *t = gc_tape_init();
+        gc_tape_begin(t);
+        p = gc_pool_push();
+        gc_tensor *a = NULL, *xb = NULL;
+        gc_tensor *h = gc_linear_and_act(in[0], in[1], in[2], GC_ACT_QUICK_GELU, &a, &xb);
+        gc_tensor *y = gc_tensor_retain(gc_linear_act_given(h, a, GC_ACT_QUICK_GELU, in[3], in[4], NULL, NULL, xb));
+        if (hold) gc_tensor_retain(h);
+        gc_pool_pop(p);
+        gc_tape_end(t);
+        gc_tensor *seed = gc_test_uniform(3, GC_SHAPE(2, 3, 4), 8, -1.0, 1.0);
+        ck_assert_int_eq(gc_backward(t, 1, &y, &seed), GC_OK);
+        for (int j = 0; j < 5; j++) {
+            ck_assert_int_le(gc_tensor_numel(in[j]), 64);
+            gc_tensor_to_host_f32(gc_tensor_grad(in[j]), grads[hold][j]);
+            ck_assert_int_eq(gc_tensor_zero_grad(in[j]), GC_OK);
+        }
+        if (hold) gc_tensor_release(h);
+        gc_tensor_release(seed);
+        gc_tensor_release(y);
+        gc_tape_free(t);
+    }
+    for (int j = 0; j < 5; j++)
+        for (int64_t k = 0; k < gc_tensor_numel(in[j]); k++) ck_assert_float_eq(grads[0][j][k], grads[1][j][k]);
+    for (int j = 0; j < 7; j++) gc_tensor_release(in[j]);
+}
+END_TEST
+
 static gc_tensor *f_linear_res(gc_tensor *const *in, void *ctx)
 {
     /* ctx: act, or -1 for a plain linear; the residual is in[3] * 1.5 (a gradient of its own) */
@@ -530,6 +598,7 @@ int main(void)
     tcase_add_test(tc, test_linear_grad);
     tcase_add_test(tc, test_linear_act_grad);
     tcase_add_test(tc, test_linear_res_grad);
+    tcase_add_test(tc, test_mlp_act_bias_grad);
     tcase_add_test(tc, test_linear_scaled_grad);
     tcase_add_test(tc, test_view_grads);
     tcase_add_test(tc, test_accumulate_seed_frozen_detach);

@@ -226,9 +226,9 @@ typedef struct linact_case {
 static gc_tensor *f_linact(gc_tensor *const *in, void *ctx)
 {
     const linact_case *c = ctx;
-    gc_tensor *a = NULL;
-    gc_tensor *h = gc_linear_and_act(in[0], in[1], in[2], c->act, &a);
-    return gc_linear_act_given(h, a, c->act, in[3], in[4], c->scale ? in[5] : NULL, c->res ? in[6] : NULL);
+    gc_tensor *a = NULL, *xb = NULL;
+    gc_tensor *h = gc_linear_and_act(in[0], in[1], in[2], c->act, &a, &xb);
+    return gc_linear_act_given(h, a, c->act, in[3], in[4], c->scale ? in[5] : NULL, c->res ? in[6] : NULL, xb);
 }
 
 static void linact_cases(cmp_log *lgp, const char *mode)
@@ -252,6 +252,38 @@ static void linact_cases(cmp_log *lgp, const char *mode)
         }
     *lgp = lg;
 }
+
+/* The MLP on cuBLASLt, no activation epilogue: fc1's bias taken by the activation's pass
+ * and its gradient made by the activation's backward (kernels/elementwise.cu, act_bias):
+ * every activation, F 200 (the fused kernels; 4 chunks of rows at 788 rows), F 100 (not a
+ * multiple of 8: the general kernels composed), a frozen fc1 bias (no column sums) */
+START_TEST(test_mlp_act_bias)
+{
+    gc_pool *p = gc_pool_push();
+    cmp_log lg = {0};
+    ck_assert_int_eq(gc_gemm_set_sm90("off"), GC_OK);
+    linact_cases(&lg, "off");
+    gc_tensor *big[7] = {
+        PARAM(88, 1.0, 4, 197, 96), PARAM(89, 0.1, 200, 96), PARAM(90, 0.5, 200), PARAM(91, 0.07, 64, 200),
+        PARAM(92, 0.5, 64),         PARAM(93, 0.5, 64),      PARAM(94, 1.0, 4, 197, 64),
+    };
+    linact_case c = {.act = GC_ACT_QUICK_GELU, .res = true};
+    cmp2(&lg, "mlp quick_gelu [788, 96] F 200 +res", f_linact, &c, 7, big, TOL32, TOL16);
+    c.act = GC_ACT_GELU_ERF, c.scale = true;
+    cmp2(&lg, "mlp gelu [788, 96] F 200 +res *s", f_linact, &c, 7, big, TOL32, TOL16);
+    big[2] = RANDN(90, 0.5, 200); /* frozen */
+    cmp2(&lg, "mlp gelu [788, 96] F 200, fc1 bias frozen", f_linact, &c, 7, big, TOL32, TOL16);
+    gc_tensor *odd[7] = {
+        PARAM(95, 1.0, 3, 67, 96), PARAM(96, 0.1, 100, 96), PARAM(97, 0.5, 100), PARAM(98, 0.07, 64, 100),
+        PARAM(99, 0.5, 64),        PARAM(100, 0.5, 64),     PARAM(101, 1.0, 3, 67, 64),
+    };
+    c = (linact_case){.act = GC_ACT_QUICK_GELU, .res = true};
+    cmp2(&lg, "mlp quick_gelu [201, 96] F 100 +res", f_linact, &c, 7, odd, TOL32, TOL16);
+    gc_gemm_set_sm90("off");
+    gc_pool_pop(p);
+    CMP_DONE(lg);
+}
+END_TEST
 
 /* the same values (finite, as bf16 outputs read back) */
 static bool same_bits(gc_tensor *a, gc_tensor *b) { return gc_test_rel_err(a, b) == 0.0; }
@@ -306,20 +338,20 @@ START_TEST(test_gemm_sm90)
     for (int act = GC_ACT_GELU_ERF; act <= GC_ACT_SILU; act++) {
         gc_tensor *x = gpu_leaf(GC_BF16, 2, GC_SHAPE(1000, 256), 94), *w = gpu_leaf(GC_BF16, 2, GC_SHAPE(1024, 256), 95);
         gc_tensor *b = gpu_leaf(GC_BF16, 1, GC_SHAPE(1024), 96);
-        gc_tensor *a0 = NULL, *a1 = NULL;
+        gc_tensor *a0 = NULL, *a1 = NULL, *xb0 = NULL, *xb1 = NULL; /* (the epilogue adds b: NULL) */
         bool prev = gc_grad_set_enabled(false);
-        gc_tensor *h0 = gc_linear_and_act(x, w, b, (gc_act)act, &a0);
+        gc_tensor *h0 = gc_linear_and_act(x, w, b, (gc_act)act, &a0, &xb0);
         gc_grad_set_enabled(prev);
         gc_tape *tape = gc_tape_init();
         gc_tape_begin(tape);
-        gc_tensor *h1 = gc_linear_and_act(x, w, b, (gc_act)act, &a1);
+        gc_tensor *h1 = gc_linear_and_act(x, w, b, (gc_act)act, &a1, &xb1);
         gc_tape_end(tape);
         gc_tape_free(tape);
         bool prev2 = gc_grad_set_enabled(false);
         gc_tensor *a2 = h1 ? gc_activation(h1, (gc_act)act) : NULL;
         gc_grad_set_enabled(prev2);
         lg.total++;
-        if (!h0 || h0 != a0 || !h1 || !a1 || h1 == a1 || !same_bits(a0, a1) || !same_bits(a1, a2))
+        if (!h0 || h0 != a0 || !h1 || !a1 || h1 == a1 || xb0 || xb1 || !same_bits(a0, a1) || !same_bits(a1, a2))
             log_fail(&lg, "linear_and_act act %d: no-grad %p/%p, taped %p/%p, bits %d %d (%s)", act, (void *)h0, (void *)a0,
                      (void *)h1, (void *)a1, a0 && a1 ? same_bits(a0, a1) : -1, a1 && a2 ? same_bits(a1, a2) : -1,
                      gc_error_message());
@@ -374,8 +406,8 @@ static gc_tensor *run_linear_then_act(void *ctx)
 static gc_tensor *run_linear_and_act(void *ctx)
 {
     bench_lin *c = ctx;
-    gc_tensor *a = NULL;
-    return gc_linear_and_act(c->x, c->w, c->b, c->act, &a);
+    gc_tensor *a = NULL, *xb = NULL;
+    return gc_linear_and_act(c->x, c->w, c->b, c->act, &a, &xb);
 }
 
 START_TEST(test_gemm_sm90_bench)
@@ -1986,7 +2018,7 @@ int main(void)
     Suite *s = suite_create("gpu");
     struct { const char *name; const TTest *test; } tests[] = {
         {"runtime", test_copy_fill}, {"runtime", test_allocator}, {"runtime", test_allocator_steady_state},
-        {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_gemm_plan}, {"gemm", test_matmul_linear},
+        {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_mlp_act_bias}, {"gemm", test_gemm_plan}, {"gemm", test_matmul_linear},
         {"gemm_sm90", test_gemm_sm90}, {"gemm_sm90_bench", test_gemm_sm90_bench},
         {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
         {"attention", test_attention},
