@@ -637,22 +637,22 @@ gc_status unary_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *saved, 
 // The MLP's activation taken at x + b, b [cols] the first linear's bias left out of its
 // GEMM (gc_linear_and_act), so that the backward makes b's gradient as it makes x's: the
 // column sums of the gradient it has just computed, instead of a pass that reads it again.
-// Both kernels take gc_colsum.cuh's layout (a thread's 8 columns over the rows of a chunk),
-// so a thread loads its bias once. Rows of `cols` with cols % kColVec == 0, every pointer
-// 16-byte aligned (act_bias_fits).
+// Both kernels take gc_colsum.cuh's block, a thread's 8 columns (16 bytes of bf16) in a
+// lane of rows, so a thread loads its bias once and the backward sums its columns as it
+// goes. Rows of `cols` with cols % kColVec == 0, every pointer 16-byte aligned
+// (act_bias_fits). In place (y, a may be x; gx may be gy) nothing is __restrict__, so the
+// loads of a group of rows are issued together by hand before any of its stores.
 
-// y = act(x + b); y may be x
+// y = act(x + b): one row a thread (the grid covers the rows, striding past 65535 blocks)
 template <typename T, int ACT>
-__global__ void act_bias_fwd_kernel(T *y, const T *x, const T *__restrict__ b, int64_t rows, int64_t cols, int64_t rpc)
+__global__ void act_bias_fwd_kernel(T *y, const T *x, const T *__restrict__ b, int64_t rows, int64_t cols)
 {
     GC_PDL_WAIT();
     const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
     if (c >= cols) return;
-    const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
     float bv[kColVec];
     load_v<kColVec>(b + c, bv);
-#pragma unroll 4
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
+    for (int64_t r = (int64_t)blockIdx.y * kRowLanes + threadIdx.y; r < rows; r += (int64_t)gridDim.y * kRowLanes) {
         float f[kColVec];
         load_v<kColVec>(x + r * cols + c, f);
 #pragma unroll
@@ -662,8 +662,10 @@ __global__ void act_bias_fwd_kernel(T *y, const T *x, const T *__restrict__ b, i
 }
 
 // g = gy act'(x + b): gx (+)= g, and with SUM gb (+)= its column sums (f32, part [chunks,
-// cols] scratch); a = act(x + b) where a is not NULL. In place: gx may be gy, a may be x
-// (each element is read before it is written, by the same thread).
+// cols] scratch); a = act(x + b) where a is not NULL. A block per (64 columns, chunk of
+// rpc rows); a thread's rows in groups of kGroup, loaded together.
+constexpr int kGroup = 4;
+
 template <typename T, int ACT, bool SUM>
 __global__ void act_bias_bwd_kernel(T *gx, bool acc, const T *gy, const T *x, const T *__restrict__ b, T *a, int64_t rows,
                                     int64_t cols, int64_t rpc, float *part, float *gb, bool gb_acc)
@@ -672,23 +674,38 @@ __global__ void act_bias_bwd_kernel(T *gx, bool acc, const T *gy, const T *x, co
     __shared__ ColRed red;
     const int64_t c = ((int64_t)blockIdx.x * kColThreads + threadIdx.x) * kColVec;
     const int64_t r0 = (int64_t)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
-    float bv[kColVec] = {};
-    if (c < cols) load_v<kColVec>(b + c, bv);
-    float t[kColVec];
-    block_colsum(r0, r1, c < cols, red, t, [&](int64_t r, float *g) {
-        float xv[kColVec], av[kColVec];
-        load_v<kColVec>(gy + r * cols + c, g);
-        load_v<kColVec>(x + r * cols + c, xv);
+    float bv[kColVec] = {}, s[kColVec] = {};
+    if (c < cols) {
+        load_v<kColVec>(b + c, bv);
+        for (int64_t rg = r0 + threadIdx.y; rg < r1; rg += kGroup * kRowLanes) {
+            float g[kGroup][kColVec], xv[kGroup][kColVec];
 #pragma unroll
-        for (int k = 0; k < kColVec; k++) {
-            const float u = xv[k] + bv[k];
-            g[k] *= act_df<ACT, fast_math_for<T>>(u);
-            if (a) av[k] = act_f<ACT, fast_math_for<T>>(u);
+            for (int j = 0; j < kGroup; j++) {
+                const int64_t r = rg + j * kRowLanes;
+                if (r < r1) load_v<kColVec>(gy + r * cols + c, g[j]), load_v<kColVec>(x + r * cols + c, xv[j]);
+            }
+#pragma unroll
+            for (int j = 0; j < kGroup; j++) {
+                const int64_t r = rg + j * kRowLanes;
+                if (r >= r1) break;
+                float av[kColVec];
+#pragma unroll
+                for (int k = 0; k < kColVec; k++) {
+                    const float u = xv[j][k] + bv[k];
+                    g[j][k] *= act_df<ACT, fast_math_for<T>>(u);
+                    if (a) av[k] = act_f<ACT, fast_math_for<T>>(u);
+                    s[k] += g[j][k];
+                }
+                store_v<kColVec>(gx + r * cols + c, g[j], acc);
+                if (a) store_v<kColVec>(a + r * cols + c, av, false);
+            }
         }
-        store_v<kColVec>(gx + r * cols + c, g, acc);
-        if (a) store_v<kColVec>(a + r * cols + c, av, false);
-    });
-    if constexpr (SUM) colsum_finish(part, cols, c, red, t, gb, gb_acc);
+    }
+    if constexpr (SUM) {
+        float t[kColVec];
+        colsum_block_reduce(s, red, t);
+        colsum_finish(part, cols, c, red, t, gb, gb_acc);
+    }
 }
 
 dim3 act_bias_grid(int64_t rows, int64_t cols, int64_t *rpc)
@@ -845,10 +862,10 @@ extern "C" gc_status gc_cuda_act_bias_fwd(void *y, const void *x, const void *b,
     return with_type(dt, "activation", [&](auto tag) {
         using T = typename decltype(tag)::type;
         return with_act<U_ACT>((int)act, [&](auto ac) {
-            int64_t rpc;
-            const dim3 grid = act_bias_grid(rows, cols, &rpc);
+            const int64_t row_blocks = (rows + kRowLanes - 1) / kRowLanes;
+            const dim3 grid((unsigned)((cols + kColsPerBlock - 1) / kColsPerBlock), (unsigned)(row_blocks < 65535 ? row_blocks : 65535));
             gc_launch(act_bias_fwd_kernel<T, decltype(ac)::value>, grid, dim3(kColThreads, kRowLanes), 0, gc_cuda_stream(),
-                      (T *)y, (const T *)x, (const T *)b, rows, cols, rpc);
+                      (T *)y, (const T *)x, (const T *)b, rows, cols);
             GC_CUDA_LAUNCH_CHECK();
             return GC_OK;
         });

@@ -31,23 +31,12 @@ inline int64_t colsum_rows_per_chunk(int64_t rows)
     return rpc;
 }
 
-// The block's sums over rows [r0, r1) of the kColVec values row(r, f) gives for thread
-// tx's columns (active: the thread has columns; row may also store what it computes).
-// Thread (tx, 0) gets them in out. Every thread of the block calls it (it synchronises).
-template <typename Row>
-__device__ __forceinline__ void block_colsum(int64_t r0, int64_t r1, bool active, ColRed &red, float *out, Row &&row)
+// The block's column sums from each thread's own sums s (over its lane's rows): the 32
+// lanes meet in a fixed tree, and thread (tx, 0) gets the block's in out. Every thread of
+// the block calls it (it synchronises).
+__device__ __forceinline__ void colsum_block_reduce(const float *s, ColRed &red, float *out)
 {
     const int tx = threadIdx.x, ty = threadIdx.y;
-    float s[kColVec] = {};
-    if (active) {
-#pragma unroll 4
-        for (int64_t r = r0 + ty; r < r1; r += kRowLanes) {
-            float f[kColVec];
-            row(r, f);
-#pragma unroll
-            for (int k = 0; k < kColVec; k++) s[k] += f[k];
-        }
-    }
 #pragma unroll
     for (int k = 0; k < kColVec; k++) red[k][ty][tx] = s[k];
     __syncthreads();
@@ -60,6 +49,25 @@ __device__ __forceinline__ void block_colsum(int64_t r0, int64_t r1, bool active
     }
 #pragma unroll
     for (int k = 0; k < kColVec; k++) out[k] = red[k][0][tx];
+}
+
+// The block's sums over rows [r0, r1) of the kColVec values row(r, f) gives for thread
+// tx's columns (active: the thread has columns), lane ty's rows in order. Thread (tx, 0)
+// gets them in out. Every thread of the block calls it.
+template <typename Row>
+__device__ __forceinline__ void block_colsum(int64_t r0, int64_t r1, bool active, ColRed &red, float *out, Row &&row)
+{
+    float s[kColVec] = {};
+    if (active) {
+#pragma unroll 4
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
+            float f[kColVec];
+            row(r, f);
+#pragma unroll
+            for (int k = 0; k < kColVec; k++) s[k] += f[k];
+        }
+    }
+    colsum_block_reduce(s, red, out);
 }
 
 template <typename D> __device__ __forceinline__ void store_cols(D *o, const float *t, bool acc)
