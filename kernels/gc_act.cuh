@@ -101,6 +101,38 @@ template <int ACT, bool FAST> __device__ __forceinline__ float act_df(float x)
     }
 }
 
+// act_df(x), with *y = act_f(x) from the same exponentials (the same bits as act_f): the
+// backward that also remakes the activation (elementwise.cu, act_bias_bwd_kernel).
+template <int ACT, bool FAST> __device__ __forceinline__ float act_f_df(float x, float *y)
+{
+    if constexpr (ACT == GC_ACT_GELU_ERF) {
+        if constexpr (FAST) {
+            float e;
+            const float c = one_plus_erf_fast(x * kSqrt1_2, &e);
+            *y = 0.5f * x * c;
+            return 0.5f * c + x * kInvSqrt2Pi * e;
+        }
+        const float c = 1.0f + erff(x * kSqrt1_2);
+        *y = 0.5f * x * c;
+        return 0.5f * c + x * kInvSqrt2Pi * exp_f<FAST>(-0.5f * x * x);
+    } else if constexpr (ACT == GC_ACT_GELU_TANH) {
+        float s = sigmoid_f<FAST>(gelu_tanh_2u(x));
+        *y = x * s;
+        return s + 2.0f * x * s * (1.0f - s) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * x * x);
+    } else if constexpr (ACT == GC_ACT_QUICK_GELU) {
+        float s = sigmoid_f<FAST>(kQuickGeluC * x);
+        *y = x * s;
+        return s + kQuickGeluC * x * s * (1.0f - s);
+    } else if constexpr (ACT == GC_ACT_SILU) {
+        float s = sigmoid_f<FAST>(x);
+        *y = x * s;
+        return s * (1.0f + x * (1.0f - s));
+    } else {
+        *y = x;
+        return 1.0f;
+    }
+}
+
 } // namespace gc_act_detail
 
 #endif
