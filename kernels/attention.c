@@ -107,10 +107,9 @@ static int attn_mode = -1;
 
 static int attn_mode_get(void)
 {
-    if (attn_mode < 0) { /* a name it does not take leaves auto (gc_ops_env_check says so) */
-        const char *e = getenv("GC_ATTN_IMPL");
-        attn_mode = ATTN_MODE_AUTO;
-        if (e && *e && gc_attention_set_impl(e) != GC_OK) gc_error_clear();
+    if (attn_mode < 0) { /* once; a name it does not take leaves auto (gc_ops_env_check says so) */
+        const int i = gc_name_index(gc_attention_impl_names, getenv("GC_ATTN_IMPL"));
+        attn_mode = i < 0 ? ATTN_MODE_AUTO : attn_name_mode[i];
     }
     return attn_mode;
 }
@@ -119,13 +118,14 @@ static bool force_gemm(void) { return attn_mode_get() == ATTN_MODE_GEMM; }
 
 gc_status gc_attention_set_impl(const char *name)
 {
-    for (int i = 0; name && gc_attention_impl_names[i]; i++)
-        if (!strcmp(name, gc_attention_impl_names[i])) {
-            attn_mode = attn_name_mode[i];
-            return GC_OK;
-        }
-    return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected auto, ref, flash, gemm or flash-split",
-                        name ? name : "(null)");
+    const int i = gc_name_index(gc_attention_impl_names, name);
+    if (i >= 0) {
+        attn_mode = attn_name_mode[i];
+        return GC_OK;
+    }
+    char list[64];
+    return gc_error_set(GC_ERR_INVALID, "attention implementation '%s': expected one of %s", name ? name : "(null)",
+                        gc_names_join(gc_attention_impl_names, list, sizeof list));
 }
 
 const char *gc_attention_get_impl(void) { return gc_attention_impl_names[attn_mode_get()]; }

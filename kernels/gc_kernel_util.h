@@ -32,6 +32,11 @@ bool gc_check_index(const char *op, const gc_tensor *t);  /* i32 or i64 */
 #define GC_CUDA_DISPATCH(call) gc_error_set(GC_ERR_DEVICE, "%s: this build has no CUDA backend", __func__)
 #endif
 
+/* Named settings (matmul.c): the index of v in the NULL-ended names (-1: none, or v NULL),
+ * and the names joined by ", " into buf (cut to n bytes) for the message that lists them. */
+int gc_name_index(const char *const *names, const char *v);
+const char *gc_names_join(const char *const *names, char *buf, size_t n);
+
 /* A contiguous tensor from x (x itself if already), for kernels that need one. */
 gc_tensor *gc_contiguous_raw(gc_tensor *x); /* non-differentiable, pool-owned */
 

@@ -95,30 +95,37 @@ static int sm90_mode = -1;
 /* the modes by number */
 static const char *const sm90_modes[] = {"off", "act", "all", NULL};
 
-/* the index of v in the NULL-ended names, or -1 */
-static int name_index(const char *const *names, const char *v)
+int gc_name_index(const char *const *names, const char *v)
 {
     for (int i = 0; v && names[i]; i++)
         if (!strcmp(v, names[i])) return i;
     return -1;
 }
 
+const char *gc_names_join(const char *const *names, char *buf, size_t n)
+{
+    if (n) buf[0] = '\0';
+    for (int j = 0; names[j] && n; j++) snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", j ? ", " : "", names[j]);
+    return buf;
+}
+
 gc_status gc_gemm_set_sm90(const char *mode)
 {
-    const int i = name_index(sm90_modes, mode);
+    const int i = gc_name_index(sm90_modes, mode);
     if (i >= 0) {
         sm90_mode = i;
         return GC_OK;
     }
-    return gc_error_set(GC_ERR_INVALID, "gemm sm90 mode '%s': expected off, act or all", mode ? mode : "(null)");
+    char list[64];
+    return gc_error_set(GC_ERR_INVALID, "gemm sm90 mode '%s': expected one of %s", mode ? mode : "(null)",
+                        gc_names_join(sm90_modes, list, sizeof list));
 }
 
 int gc_gemm_sm90_mode(void)
 {
-    if (sm90_mode < 0) { /* a value it does not take leaves it off (gc_ops_env_check says so) */
-        const char *e = getenv("GC_GEMM_SM90");
-        sm90_mode = 0;
-        if (e && *e && gc_gemm_set_sm90(e) != GC_OK) gc_error_clear();
+    if (sm90_mode < 0) { /* once; a value it does not take leaves it off (gc_ops_env_check says so) */
+        const int i = gc_name_index(sm90_modes, getenv("GC_GEMM_SM90"));
+        sm90_mode = i < 0 ? 0 : i;
     }
     return sm90_mode;
 }
@@ -140,8 +147,12 @@ gc_status gc_gemm_set_sm90_tuning(const char *sched, const char *bn, const char 
     const char *v[3] = {sched, bn, cluster};
     int idx[3];
     for (int i = 0; i < 3; i++) {
-        idx[i] = v[i] ? name_index(sm90_knobs[i].values, v[i]) : 0;
-        if (idx[i] < 0) return gc_error_set(GC_ERR_INVALID, "gemm sm90 %s '%s': not a value it takes", sm90_knobs[i].var, v[i]);
+        idx[i] = v[i] ? gc_name_index(sm90_knobs[i].values, v[i]) : 0;
+        if (idx[i] < 0) {
+            char list[64];
+            return gc_error_set(GC_ERR_INVALID, "gemm sm90 %s '%s': expected one of %s", sm90_knobs[i].var, v[i],
+                                gc_names_join(sm90_knobs[i].values, list, sizeof list));
+        }
     }
     memcpy(sm90_tune, idx, sizeof idx);
     return GC_OK;
@@ -151,7 +162,7 @@ void gc_gemm_sm90_tuning(int *coop, int *bn, int *cluster)
 {
     if (sm90_tune[0] < 0) /* once; a value a knob does not take leaves its default (gc_ops_env_check says so) */
         for (int i = 0; i < 3; i++) {
-            const int j = name_index(sm90_knobs[i].values, getenv(sm90_knobs[i].var));
+            const int j = gc_name_index(sm90_knobs[i].values, getenv(sm90_knobs[i].var));
             sm90_tune[i] = j < 0 ? 0 : j;
         }
     static const int bns[] = {0, 128, 256}, clusters[] = {1, 2};
@@ -162,10 +173,9 @@ void gc_gemm_sm90_tuning(int *coop, int *bn, int *cluster)
 static gc_status env_check_one(const char *var, const char *const *values)
 {
     const char *e = getenv(var);
-    if (!e || !*e || name_index(values, e) >= 0) return GC_OK;
-    char list[64] = "";
-    for (int j = 0; values[j]; j++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", j ? ", " : "", values[j]);
-    return gc_error_set(GC_ERR_INVALID, "%s=%s: expected one of %s", var, e, list);
+    if (!e || !*e || gc_name_index(values, e) >= 0) return GC_OK;
+    char list[64];
+    return gc_error_set(GC_ERR_INVALID, "%s=%s: expected one of %s", var, e, gc_names_join(values, list, sizeof list));
 }
 
 gc_status gc_ops_env_check(void)

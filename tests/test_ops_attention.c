@@ -473,6 +473,7 @@ START_TEST(test_flash_env_on_cpu)
     ck_assert_int_eq(gc_attention_set_impl("gemm"), GC_OK);
     ck_assert_int_eq(gc_attention_set_impl("nonsense"), GC_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(gc_error_message(), "nonsense"));
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "auto, ref, flash, gemm, flash-split"));
     ck_assert_int_eq(gc_attention_set_impl(NULL), GC_ERR_INVALID);
     ck_assert_str_eq(gc_attention_get_impl(), "gemm");
     ck_assert_int_eq(gc_attention_set_impl("flash"), GC_OK);

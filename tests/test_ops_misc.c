@@ -388,6 +388,36 @@ START_TEST(test_rope_errors)
 }
 END_TEST
 
+/* the named settings of the GPU paths, set on any build: a value they do not take is an
+ * error that lists the ones they do; the environment's are checked once at start-up */
+START_TEST(test_named_settings)
+{
+    ck_assert_int_eq(gc_gemm_set_sm90("fast"), GC_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "'fast': expected one of off, act, all"));
+    ck_assert_int_eq(gc_gemm_set_sm90("all"), GC_OK);
+    ck_assert_int_eq(gc_gemm_sm90_mode(), 2);
+    ck_assert_int_eq(gc_gemm_set_sm90("off"), GC_OK);
+    ck_assert_int_eq(gc_gemm_sm90_mode(), 0);
+    gc_error_clear(); /* (the first error stands until cleared) */
+    ck_assert_int_eq(gc_gemm_set_sm90_tuning(NULL, "512", NULL), GC_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "GC_GEMM_SM90_BN '512': expected one of auto, 128, 256"));
+    ck_assert_int_eq(gc_gemm_set_sm90_tuning(NULL, NULL, NULL), GC_OK);
+    gc_error_clear();
+    ck_assert_int_eq(setenv("GC_GEMM_SM90", "fast", 1), 0);
+    ck_assert_int_eq(gc_ops_env_check(), GC_ERR_INVALID);
+    ck_assert_str_eq(gc_error_message(), "GC_GEMM_SM90=fast: expected one of off, act, all");
+    ck_assert_int_eq(unsetenv("GC_GEMM_SM90"), 0);
+    ck_assert_int_eq(setenv("GC_ATTN_IMPL", "cudnn", 1), 0);
+    gc_error_clear();
+    ck_assert_int_eq(gc_ops_env_check(), GC_ERR_INVALID);
+    ck_assert_str_eq(gc_error_message(), "GC_ATTN_IMPL=cudnn: expected one of auto, ref, flash, gemm, flash-split");
+    ck_assert_int_eq(setenv("GC_ATTN_IMPL", "gemm", 1), 0);
+    gc_error_clear();
+    ck_assert_int_eq(gc_ops_env_check(), GC_OK);
+    ck_assert_int_eq(unsetenv("GC_ATTN_IMPL"), 0);
+}
+END_TEST
+
 int main(void)
 {
 #ifdef M_PERTURB
@@ -407,6 +437,7 @@ int main(void)
     tcase_add_test(tc, test_rope_vs_complex_rotation);
     tcase_add_test(tc, test_rope_grad);
     tcase_add_test(tc, test_rope_errors);
+    tcase_add_test(tc, test_named_settings);
     suite_add_tcase(s, tc);
     return gc_test_run(s);
 }
