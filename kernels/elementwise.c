@@ -493,14 +493,14 @@ gc_tensor *gc_act_bias_apply(gc_tensor *x, gc_tensor *b, gc_act act)
     if (!x) return NULL;
     if (!b) return gc_activation(x, act);
     const int64_t cols = gc_tensor_cols(x), rows = gc_tensor_rows(x);
-    if (b->ndim != 1 || b->shape[0] != cols || b->dtype != x->dtype || !gc_device_eq(b->device, x->device) ||
-        !gc_tensor_is_contiguous(x) || !gc_tensor_is_contiguous(b)) {
+    if (b->ndim != 1 || b->shape[0] != cols || b->dtype != x->dtype || !gc_device_eq(b->device, x->device)) {
         char sx[GC_SHAPE_STR_LEN], sb[GC_SHAPE_STR_LEN];
-        gc_error_set(GC_ERR_SHAPE, "activation: bias %s %s %s does not fit the input %s %s (contiguous, one value a column)",
+        gc_error_set(GC_ERR_SHAPE, "activation: bias %s %s %s does not fit the input %s %s (one value a column)",
                      gc_tensor_label(b), gc_dtype_name(b->dtype), gc_shape_str(b, sb, sizeof sb), gc_dtype_name(x->dtype),
                      gc_shape_str(x, sx, sizeof sx));
         return NULL;
     }
+    if (!(x = gc_contiguous_raw(x)) || !(b = gc_contiguous_raw(b))) return NULL;
     gc_tensor *y = gc_op_new(x->dtype, x->device, x->ndim, x->shape);
     if (!y) return NULL;
 #ifdef GC_WITH_CUDA

@@ -48,7 +48,7 @@ gc_tensor *gc_contiguous_raw(gc_tensor *x); /* non-differentiable, pool-owned */
  * all where it fits (a bias, C % 8 == 0, 16-byte aligned, gb f32). */
 gc_status gc_act_backward_into(gc_tensor *gx, bool acc, const gc_tensor *gy, const gc_tensor *x, const gc_tensor *b,
                                gc_act act, gc_tensor *gb, bool gb_acc, gc_tensor *a_out);
-/* act(x + b) off the tape, x [..., C] contiguous, b [C] of x's dtype (NULL: act(x)): a new
+/* act(x + b) off the tape, x [..., C], b [C] of x's dtype (NULL: act(x)): a new
  * pool-owned tensor, or NULL with the error set. */
 gc_tensor *gc_act_bias_apply(gc_tensor *x, gc_tensor *b, gc_act act);
 

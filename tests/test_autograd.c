@@ -171,6 +171,20 @@ START_TEST(test_mlp_act_bias_grad)
     }
     for (int j = 0; j < 5; j++)
         for (int64_t k = 0; k < gc_tensor_numel(in[j]); k++) ck_assert_float_eq(grads[0][j][k], grads[1][j][k]);
+    /* an activation bias that does not fit fc2's input is an error that names it */
+    p = gc_pool_push();
+    gc_tensor *a = NULL, *xb = NULL, *bad = gc_pool_add(gc_test_param(1, GC_SHAPE(5), 9, 0.5));
+    gc_tensor *h = gc_linear_and_act(in[0], in[1], in[2], GC_ACT_QUICK_GELU, &a, &xb);
+    gc_tensor_set_name(bad, "fc1.bias?");
+    gc_error_clear();
+    ck_assert_ptr_null(gc_linear_act_given(h, a, GC_ACT_QUICK_GELU, in[3], in[4], NULL, NULL, bad));
+    ck_assert_msg(strstr(gc_error_message(), "activation bias") && strstr(gc_error_message(), "fc1.bias?"), "%s",
+                  gc_error_message());
+    gc_error_clear();
+    ck_assert_ptr_null(gc_linear_and_act(in[0], in[1], in[2], GC_ACT_QUICK_GELU, &a, NULL));
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "NULL result pointer"));
+    gc_error_clear();
+    gc_pool_pop(p);
     for (int j = 0; j < 7; j++) gc_tensor_release(in[j]);
 }
 END_TEST
