@@ -640,8 +640,8 @@ gc_status unary_bwd(gc_tensor *gx, const gc_tensor *gy, const gc_tensor *saved, 
 // Both kernels take gc_colsum.cuh's block, a thread's 8 columns (16 bytes of bf16) in a
 // lane of rows, so a thread loads its bias once and the backward sums its columns as it
 // goes. Rows of `cols` with cols % kColVec == 0, every pointer 16-byte aligned
-// (act_bias_fits). In place (y, a may be x; gx may be gy) nothing is __restrict__, so the
-// loads of a group of rows are issued together by hand before any of its stores.
+// (act_bias_fits). In place (y, a may be x; gx may be gy): each element is read before
+// it is written, by the same thread, so only the bias is __restrict__.
 
 // y = act(x + b): one row a thread (the grid covers the rows, striding past 65535 blocks)
 template <typename T, int ACT>
