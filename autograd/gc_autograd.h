@@ -17,6 +17,8 @@
 typedef struct gc_node gc_node;
 typedef struct gc_tape gc_tape;
 
+#define GC_SLOT_MAX_REGIONS 8
+
 typedef struct gc_grad_slot {
     int refcount;
     gc_tensor *grad;     /* accumulated gradient (contiguous), NULL until some flows */
@@ -27,6 +29,17 @@ typedef struct gc_grad_slot {
     gc_device device;
     int ndim;
     int64_t shape[GC_MAX_DIMS];
+    /* A slice's gradient can live in place, as a region of its parent's gradient buffer
+     * (gc_grad_target_view): one buffer for q, k and v sliced from one [.., 3D] output. */
+    struct gc_grad_slot *parent; /* the sliced tensor's slot (retained), or NULL */
+    int dim;                     /* the slice: [start, end) along the parent's dim */
+    int64_t start, end;
+    gc_tensor *region;           /* that region of parent->grad, once a consumer wrote there */
+    /* As a parent: while partial, grad holds only the regions slices were given (written,
+     * along written_dim); the rest is unwritten until the gradient is read, then zeroed. */
+    bool partial;
+    int n_written, written_dim;
+    int64_t written[GC_SLOT_MAX_REGIONS][2];
 } gc_grad_slot;
 
 #define GC_NODE_MAX_IN 6
@@ -96,7 +109,17 @@ gc_node *gc_autograd_record(const char *op, gc_backward_fn bw, gc_tensor *out,
 /* The gradient buffer for input i of node: allocated on first use. *accumulate tells
  * whether to add to it (true) or overwrite it (false: freshly allocated, uninitialised). */
 gc_tensor *gc_grad_target(gc_node *node, int i, bool *accumulate);
-/* Convenience: add g (any strides, same shape) into input i's gradient. */
+/* The same for an op that can write a strided gradient (a copy, kernels that take
+ * strides): where input i is a slice of a tensor on the tape (gc_slice), the gradient is
+ * that region of the parent's own gradient buffer, written in place (= where no slice
+ * wrote before), and the slice's backward has nothing left to do. The parent's regions
+ * that no slice wrote are zeroed before anything reads its gradient. Otherwise, as
+ * gc_grad_target. */
+gc_tensor *gc_grad_target_view(gc_node *node, int i, bool *accumulate);
+/* gc_slice's link of y = x[start:end] along dim (y's node just recorded) to x's slot. */
+void gc_autograd_slice_of(gc_tensor *y, const gc_tensor *x, int dim, int64_t start, int64_t end);
+/* Convenience: add g (any strides, same shape) into input i's gradient (in place where
+ * gc_grad_target_view gives a region). */
 gc_status gc_grad_accumulate(gc_node *node, int i, const gc_tensor *g);
 /* Input i's gradient is gy itself, the node's output gradient, as in an add or a reshape
  * (same element count, order and dtype): the first such input of the node that has no

@@ -6,6 +6,9 @@
 
 #include "../runtime/gc_rng.h"
 
+/* runtime/tensor.c: a view sharing x's storage */
+gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
+
 struct gc_tape {
     gc_node **nodes;
     int n, cap;
@@ -80,6 +83,8 @@ void gc_autograd_slot_release(gc_grad_slot *s)
 {
     if (!s || --s->refcount > 0) return;
     gc_tensor_release(s->grad);
+    gc_tensor_release(s->region);
+    gc_autograd_slot_release(s->parent);
     free(s);
 }
 
@@ -155,7 +160,9 @@ static void node_free(gc_node *nd)
         if (nd->out->node == nd) nd->out->node = NULL;
         if (!nd->out->is_leaf) { /* an intermediate's gradient is needed no longer */
             gc_tensor_release(nd->out->grad);
-            nd->out->grad = NULL;
+            gc_tensor_release(nd->out->region);
+            nd->out->grad = nd->out->region = NULL;
+            nd->out->partial = false;
         }
         gc_autograd_slot_release(nd->out);
     }
@@ -209,24 +216,123 @@ gc_node *gc_autograd_record(const char *op, gc_backward_fn bw, gc_tensor *out, i
     return record(op, bw, out, n_in, inputs, n_saved, saved);
 }
 
+/* ---------------------------------------------------------------- slices' regions
+ *
+ * A slice y of x (both on the tape) whose consumer can write strided gradients gets, as
+ * its gradient, the region of x's gradient buffer it views (y->slot->region): written
+ * in place, so the slice's backward, which would copy y's gradient into x's, never runs
+ * (it runs only for y->slot->grad, a buffer of y's own). x's buffer is then "partial":
+ * only the regions handed out hold gradients. They are recorded (disjoint intervals
+ * along one dim), and the rest is zeroed before anything reads x's gradient whole
+ * (slot_complete): x's backward, or a consumer adding into it. A slice that cannot
+ * have its region (x a leaf, overlapping or crossing regions) gets a buffer of its own,
+ * as before. */
+
+/* The view of parent p's gradient buffer that slice slot s covers. */
+static gc_tensor *region_view(const gc_grad_slot *s)
+{
+    const gc_grad_slot *p = s->parent;
+    int64_t st[GC_MAX_DIMS], m = 1;
+    for (int d = p->ndim - 1; d >= 0; d--) { st[d] = m; m *= p->shape[d]; }
+    return gc_tensor_view_of(p->grad, s->ndim, s->shape, st, p->grad->offset + s->start * st[s->dim]);
+}
+
+/* Zeroes what no region of s's partial buffer covers; s's gradient is then whole. */
+static gc_status slot_complete(gc_grad_slot *s)
+{
+    if (!s->partial) return GC_OK;
+    int dim = s->written_dim, n = s->n_written;
+    int64_t at = 0, st[GC_MAX_DIMS], m = 1;
+    for (int d = s->ndim - 1; d >= 0; d--) { st[d] = m; m *= s->shape[d]; }
+    s->partial = false;
+    s->n_written = 0;
+    for (int k = 0; k <= n; k++) {
+        /* the gap before the k-th region in order (the regions sorted by start) */
+        int64_t next = s->shape[dim], till = s->shape[dim];
+        for (int j = 0; j < n; j++)
+            if (s->written[j][0] >= at && s->written[j][0] < next) next = s->written[j][0], till = s->written[j][1];
+        if (next > at) {
+            int64_t sh[GC_MAX_DIMS];
+            memcpy(sh, s->shape, sizeof sh);
+            sh[dim] = next - at;
+            gc_tensor *gap = gc_tensor_view_of(s->grad, s->ndim, sh, st, s->grad->offset + at * st[dim]);
+            gc_status r = gap ? gc_tensor_fill_zero(gap) : GC_PENDING();
+            gc_tensor_release(gap);
+            if (r != GC_OK) return r;
+        }
+        at = till;
+    }
+    return GC_OK;
+}
+
+/* s's region of its parent's buffer, with *accumulate; NULL without an error where s
+ * cannot have one (then it gets a buffer of its own). */
+static gc_tensor *region_take(gc_grad_slot *s, bool *accumulate)
+{
+    gc_grad_slot *p = s->parent;
+    if (p->is_leaf) return NULL; /* a parameter's gradient stays whole and its own */
+    if (!p->grad) {
+        if (!slot_grad_alloc(p, false)) return NULL;
+        p->partial = true;
+        p->n_written = 0;
+    }
+    if (!p->partial) {
+        *accumulate = true; /* the parent's gradient is whole: add into it */
+    } else {
+        if (p->n_written == GC_SLOT_MAX_REGIONS || (p->n_written && p->written_dim != s->dim)) return NULL;
+        for (int j = 0; j < p->n_written; j++)
+            if (s->start < p->written[j][1] && p->written[j][0] < s->end) return NULL;
+        p->written_dim = s->dim;
+        p->written[p->n_written][0] = s->start;
+        p->written[p->n_written++][1] = s->end;
+        *accumulate = false;
+    }
+    return s->region = region_view(s);
+}
+
 gc_tensor *gc_grad_target(gc_node *node, int i, bool *accumulate)
 {
     gc_grad_slot *s = node->in[i];
     if (!s) return NULL;
+    if (slot_complete(s) != GC_OK) return NULL;
     *accumulate = s->grad != NULL;
     return slot_grad_alloc(s, false);
+}
+
+gc_tensor *gc_grad_target_view(gc_node *node, int i, bool *accumulate)
+{
+    gc_grad_slot *s = node->in[i];
+    if (!s) return NULL;
+    if (s->region && !s->grad) {
+        *accumulate = true;
+        return s->region;
+    }
+    if (s->parent && !s->grad) {
+        gc_tensor *r = region_take(s, accumulate);
+        if (r || gc_error_code() != GC_OK) return r;
+    }
+    return gc_grad_target(node, i, accumulate);
+}
+
+void gc_autograd_slice_of(gc_tensor *y, const gc_tensor *x, int dim, int64_t start, int64_t end)
+{
+    gc_grad_slot *s = y ? y->slot : NULL;
+    if (!s || !x || !x->slot || s->parent || !s->node) return;
+    s->parent = slot_retain(x->slot);
+    s->dim = dim;
+    s->start = start;
+    s->end = end;
 }
 
 gc_status gc_grad_accumulate(gc_node *node, int i, const gc_tensor *g)
 {
     bool acc;
-    gc_tensor *t = gc_grad_target(node, i, &acc);
+    gc_tensor *t = gc_grad_target_view(node, i, &acc);
     if (!node->in[i]) return GC_OK;
     if (!t) return GC_PENDING();
     return gc_tensor_copy_into(t, g, acc);
 }
 
-gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
 
 gc_status gc_grad_pass(gc_node *node, int i, gc_tensor *gy)
 {
@@ -324,9 +430,10 @@ gc_status gc_backward(gc_tape *t, int n, gc_tensor *const *outs, gc_tensor *cons
     for (; i >= 0 && st == GC_OK; i--) {
         gc_node *nd = t->nodes[i];
         t->n = i; /* the node leaves the tape whatever happens */
-        if (nd->out->grad) {
+        if (nd->out->grad) { /* (a slice's gradient written in place, out->region only, is done) */
             gc_pool *p = gc_pool_push();
-            st = recompute_saved(nd);
+            st = slot_complete(nd->out);
+            if (st == GC_OK) st = recompute_saved(nd);
             if (st == GC_OK) st = nd->backward(nd, nd->out->grad);
             if (st != GC_OK && gc_error_code() == GC_OK) st = gc_error_set(st, "backward of %s failed", nd->op);
             gc_pool_pop(p);

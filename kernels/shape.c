@@ -97,7 +97,9 @@ static gc_status reshape_backward(gc_node *nd, gc_tensor *gy) { return gc_grad_p
 
 /* The gradient of a strided view y of x: scatter gy into x's gradient through the
  * view's geometry. x's gradient is contiguous with x's shape, so the view geometry
- * is re-expressed relative to a contiguous layout (recorded at forward time). */
+ * is re-expressed relative to a contiguous layout (recorded at forward time). A slice
+ * whose consumers wrote its gradient in place, into x's (gc_grad_target_view), has no
+ * buffer of its own, and this does not run. */
 static gc_status view_backward(gc_node *nd, gc_tensor *gy)
 {
     view_geom *g = nd->aux;
@@ -237,6 +239,7 @@ gc_tensor *gc_slice(gc_tensor *x, int dim, int64_t start, int64_t end)
         if (!nd) { free(g); return NULL; }
         nd->aux = g;
         nd->aux_free = free;
+        gc_autograd_slice_of(y, x, dim, start, end); /* y's gradient may be written into x's in place */
     }
     return y;
 }

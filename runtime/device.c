@@ -48,10 +48,19 @@ bool gc_cuda_available(void)
 static gc_memory_stats host_stats;
 #define HOST_HDR 64
 
+static int host_poison = -1; /* -1: GC_HOST_POISON not read yet */
+
+void gc_host_poison_set(bool on) { host_poison = on; }
+
 static void *host_alloc(size_t n)
 {
     char *p = aligned_alloc(64, (n + HOST_HDR + 63) / 64 * 64);
     if (!p) { gc_error_set(GC_ERR_OOM, "out of host memory allocating %zu bytes", n); return NULL; }
+    if (host_poison < 0) {
+        const char *e = getenv("GC_HOST_POISON");
+        host_poison = e && *e && strcmp(e, "0");
+    }
+    if (host_poison) memset(p + HOST_HDR, 0xff, n); /* NaN in every float dtype: reads of unwritten memory show */
     *(size_t *)p = n;
     host_stats.current += n;
     host_stats.reserved += n;

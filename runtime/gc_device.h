@@ -49,6 +49,10 @@ gc_memory_stats gc_memory_stats_get(gc_device d);
 void gc_memory_reset_peak(gc_device d);
 /* Return cached free blocks to the system. */
 void gc_memory_release_cached(gc_device d);
+/* Debugging: fill every new host allocation with 0xff bytes (NaN in f32 and bf16), so a
+ * read of memory nothing wrote shows in the numbers. Off by default; GC_HOST_POISON=1
+ * turns it on from the start. */
+void gc_host_poison_set(bool on);
 
 /* Timing: CUDA events on the GPU (no synchronisation until read), the host clock on the CPU. */
 typedef struct gc_timer gc_timer;

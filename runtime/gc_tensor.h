@@ -96,7 +96,7 @@ char *gc_shape_str(const gc_tensor *t, char *buf, size_t n);
 /* ---- raw (non-differentiable) data movement; tensors may live on any device ---- */
 /* dst[...] = src[...] (or += if accumulate), converting dtype; shapes must match; any strides. */
 gc_status gc_tensor_copy_into(gc_tensor *dst, const gc_tensor *src, bool accumulate);
-gc_status gc_tensor_fill_zero(gc_tensor *t); /* t must be contiguous */
+gc_status gc_tensor_fill_zero(gc_tensor *t); /* any strides */
 gc_status gc_tensor_fill(gc_tensor *t, double value);
 /* A new contiguous copy on dev with dtype dt (caller owns). */
 gc_tensor *gc_tensor_to(const gc_tensor *t, gc_device dev, gc_dtype dt);

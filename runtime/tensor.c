@@ -426,8 +426,15 @@ gc_status gc_tensor_copy_into(gc_tensor *dst, const gc_tensor *src, bool accumul
 gc_status gc_tensor_fill_zero(gc_tensor *t)
 {
     if (!t) return GC_PENDING();
-    if (!gc_tensor_is_contiguous(t)) return gc_error_set(GC_ERR_INVALID, "fill of a non-contiguous %s", gc_tensor_label(t));
-    return gc_memzero(t->device, gc_tensor_data(t), gc_tensor_nbytes(t));
+    if (gc_tensor_is_contiguous(t)) return gc_memzero(t->device, gc_tensor_data(t), gc_tensor_nbytes(t));
+    /* a strided region (of a gradient shared by slices): a copy of one zero, every stride 0 */
+    gc_tensor *z = gc_tensor_zeros(t->dtype, t->device, 0, NULL);
+    const int64_t st[GC_MAX_DIMS] = {0};
+    gc_tensor *zv = z ? gc_tensor_view_of(z, t->ndim, t->shape, st, 0) : NULL;
+    gc_status s = zv ? gc_tensor_copy_into(t, zv, false) : GC_PENDING();
+    gc_tensor_release(zv);
+    gc_tensor_release(z);
+    return s;
 }
 
 gc_status gc_tensor_fill(gc_tensor *t, double value)

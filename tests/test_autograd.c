@@ -323,6 +323,61 @@ START_TEST(test_view_grads)
 }
 END_TEST
 
+/* Slices of one linear output, their gradients written into its gradient in place
+ * (gc_grad_target_view): disjoint column slices (columns 2 and 7 in none: zeroed), one
+ * overlapping them and one along the other dim (buffers of their own, added in after),
+ * a slice of a slice, and the output read whole too. Under GC_HOST_POISON an unzeroed
+ * gap is NaN. */
+static gc_tensor *f_regions(gc_tensor *const *in, void *ctx)
+{
+    const int *order = ctx;
+    gc_tensor *y = gc_linear(in[0], in[1], in[2]); /* [5, 8] */
+    gc_tensor *sl[6] = {
+        gc_slice(y, 1, 0, 2), gc_slice(y, 1, 3, 5), gc_slice(y, 1, 5, 7), /* disjoint */
+        gc_slice(y, 1, 1, 4),                                             /* overlaps the first two */
+        gc_slice(y, 0, 2, 3),                                             /* a row: the other dim */
+        NULL,
+    };
+    sl[5] = gc_slice(sl[2], 0, 2, 4); /* rows of a slice */
+    gc_tensor *parts[7];
+    for (int i = 0; i < 6; i++) { /* consumers in the given order: the tape runs them last to first */
+        gc_tensor *c = gc_concat(1, &sl[order[i]], 0); /* a copy: its backward writes the region */
+        parts[i] = gc_view(gc_mul(c, c), 1, GC_SHAPE(-1));
+    }
+    parts[6] = gc_view(order[6] == 1 ? y : sl[order[6] ? 4 : 0], 1, GC_SHAPE(-1)); /* the first to run */
+    return gc_concat(2, (gc_tensor *[]){gc_concat(4, parts, 0), gc_concat(3, parts + 4, 0)}, 0);
+}
+
+START_TEST(test_slice_regions)
+{
+    gc_host_poison_set(true);
+    const int orders[4][7] = {{0, 1, 2, 3, 4, 5, 1}, {5, 4, 3, 2, 1, 0, 0}, {3, 0, 5, 2, 4, 1, 1}, {0, 1, 2, 3, 5, 4, 2}};
+    for (int k = 0; k < 4; k++) {
+        gc_tensor *x = gc_test_param(2, GC_SHAPE(5, 3), 11, 1.0);
+        gc_tensor *w = gc_test_param(2, GC_SHAPE(8, 3), 12, 1.0), *b = gc_test_param(1, GC_SHAPE(8), 13, 1.0);
+        gc_tensor *in[3] = {x, w, b};
+        GC_ASSERT_GRADCHECK(f_regions, (void *)orders[k], 3, in, NULL);
+        gc_tensor_release(x), gc_tensor_release(w), gc_tensor_release(b);
+    }
+    /* a slice of a leaf keeps a buffer of its own (the leaf's gradient stays whole) */
+    gc_pool *p = gc_pool_push();
+    gc_tensor *w = gc_pool_add(gc_test_param(2, GC_SHAPE(4, 2), 14, 1.0));
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_tensor *y = gc_concat(2, (gc_tensor *[]){gc_contiguous(gc_slice(w, 0, 0, 1)), gc_contiguous(gc_slice(w, 0, 2, 3))}, 0);
+    gc_tape_end(t);
+    gc_tensor *g = gc_pool_add(gc_tensor_from_data(GC_F32, GC_CPU, 2, GC_SHAPE(2, 2), (float[]){1, 2, 3, 4}));
+    ck_assert_int_eq(gc_backward(t, 1, &y, &g), GC_OK);
+    gc_tape_free(t);
+    float gw[8];
+    gc_tensor_to_host_f32(gc_tensor_grad(w), gw);
+    const float want[8] = {1, 2, 0, 0, 3, 4, 0, 0};
+    for (int i = 0; i < 8; i++) ck_assert_float_eq(gw[i], want[i]);
+    gc_pool_pop(p);
+    gc_host_poison_set(false);
+}
+END_TEST
+
 /* y = sum-like output through a linear; seed gradient supplied. */
 START_TEST(test_accumulate_seed_frozen_detach)
 {
@@ -615,6 +670,7 @@ int main(void)
     tcase_add_test(tc, test_mlp_act_bias_grad);
     tcase_add_test(tc, test_linear_scaled_grad);
     tcase_add_test(tc, test_view_grads);
+    tcase_add_test(tc, test_slice_regions);
     tcase_add_test(tc, test_accumulate_seed_frozen_detach);
     tcase_add_test(tc, test_saved_tensors_released);
     tcase_add_test(tc, test_checkpoint_matches);
