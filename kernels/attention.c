@@ -275,14 +275,18 @@ static gc_status ref_backward_node(gc_node *nd, const attn_geom *g, gc_tensor *g
         if (nd->in[i] && !(t[i] = calloc((size_t)n[i] + 1, sizeof(double))))
             st = gc_error_set(GC_ERR_OOM, "attention backward: out of host memory");
     if (st == GC_OK) st = ref_backward(g, q, k, v, gc_tensor_data(P), gc_tensor_data(gy), t[0], t[1], t[2]);
-    /* targets fetched one at a time, in order: q, k, v may be one tensor */
+    /* targets fetched one at a time, in order: q, k, v may be one tensor; a target may be
+     * strided (a region of a fused q/k/v's gradient) */
     for (int i = 0; i < 3 && st == GC_OK; i++) {
         if (!t[i]) continue;
         bool acc;
-        gc_tensor *gx = gc_grad_target(nd, i, &acc);
-        if (!gx) { st = GC_PENDING(); break; }
-        float *o = gc_tensor_data(gx);
-        for (int64_t e = 0; e < n[i]; e++) o[e] = (float)(acc ? o[e] + t[i][e] : t[i][e]);
+        gc_tensor *gx = gc_grad_target_view(nd, i, &acc);
+        gc_tensor *tf = gx ? gc_tensor_new(GC_F32, GC_CPU, gx->ndim, gx->shape) : NULL;
+        if (!tf) { st = GC_PENDING(); break; }
+        float *o = gc_tensor_data(tf);
+        for (int64_t e = 0; e < n[i]; e++) o[e] = (float)t[i][e];
+        st = gc_tensor_copy_into(gx, tf, acc);
+        gc_tensor_release(tf);
     }
     for (int i = 0; i < 3; i++) free(t[i]);
     return st;
@@ -452,11 +456,12 @@ static gc_status gemm_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
     gc_tensor *Pd = g->p > 0 && nd->in[2] ? gc_op_new(dt, dev, 4, P->shape) : NULL;
     if (!dS || (g->p > 0 && nd->in[2] && !Pd)) return GC_PENDING();
     GC_TRY(rows_bwd(g, P, dP, dS, Pd));
-    /* targets fetched one at a time, in order, right before use: q, k, v may be one tensor */
+    /* targets fetched one at a time, in order, right before use: q, k, v may be one tensor
+     * (from_heads_major writes any strides) */
     for (int i = 0; i < 3; i++) {
         if (!nd->in[i]) continue;
         bool acc;
-        gc_tensor *gx = gc_grad_target(nd, i, &acc);
+        gc_tensor *gx = gc_grad_target_view(nd, i, &acc);
         if (!gx) return GC_PENDING();
         gc_tensor *t;
         if (i == 0) { /* dQ = dS K scale: [M, Lk] @ [Lk, D] */
@@ -513,8 +518,8 @@ static gc_status flash_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
      * by several of them is overwritten first and accumulated into after */
     gc_tensor *gx[3] = {NULL, NULL, NULL};
     bool acc[3] = {false, false, false};
-    for (int i = 0; i < 3; i++)
-        if (nd->in[i] && !(gx[i] = gc_grad_target(nd, i, &acc[i]))) return GC_PENDING();
+    for (int i = 0; i < 3; i++) /* strided targets (views of a fused q/k/v's gradient) welcome */
+        if (nd->in[i] && !(gx[i] = gc_grad_target_view(nd, i, &acc[i]))) return GC_PENDING();
 #ifndef GC_WITH_CUDA
     (void)k, (void)v, (void)mask, (void)out, (void)lse, (void)acc;
 #endif
@@ -543,7 +548,7 @@ static gc_status zeros_backward(gc_node *nd, gc_tensor *gy)
     for (int i = 0; i < nd->n_in; i++) {
         bool acc;
         if (!nd->in[i]) continue;
-        gc_tensor *gx = gc_grad_target(nd, i, &acc);
+        gc_tensor *gx = gc_grad_target_view(nd, i, &acc);
         if (!gx) return GC_PENDING();
         if (!acc) GC_TRY(gc_tensor_fill_zero(gx));
     }

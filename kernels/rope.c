@@ -15,23 +15,26 @@
 #include "gc_kernel_util.h"
 
 #ifdef GC_WITH_CUDA
-/* y (+)= rope(x) (inverse false) or its transpose (inverse true); cs/sn f32 [(B,) n, D] */
-gc_status gc_cuda_rope(const void *x, gc_dtype dt, const float *cs, const float *sn, bool per_sample, int64_t B,
-                       int64_t L, int64_t H, int64_t D, int64_t n, int64_t start, bool inverse, void *y, gc_dtype y_dt,
-                       bool acc);
+/* y (+)= rope(x) (inverse false) or its transpose (inverse true); cs/sn f32 [(B,) n, D];
+ * x and y [B, L, H, D] with strides xs, ys (elements, of dims 0..2; dim 3's is 1): one may
+ * be a view of a fused q/k/v (or of its gradient) */
+gc_status gc_cuda_rope(const void *x, const int64_t *xs, gc_dtype dt, const float *cs, const float *sn, bool per_sample,
+                       int64_t B, int64_t L, int64_t H, int64_t D, int64_t n, int64_t start, bool inverse, void *y,
+                       const int64_t *ys, gc_dtype y_dt, bool acc);
 #endif
 
 /* ---------------------------------------------------------------- CPU reference */
 
-static void cpu_rope(const float *x, const float *cs, const float *sn, bool per_sample, int64_t B, int64_t L, int64_t H,
-                     int64_t D, int64_t n, int64_t start, bool inverse, float *y, bool acc)
+static void cpu_rope(const float *x, const int64_t *xs, const float *cs, const float *sn, bool per_sample, int64_t B,
+                     int64_t L, int64_t H, int64_t D, int64_t n, int64_t start, bool inverse, float *y,
+                     const int64_t *ys, bool acc)
 {
     int64_t h = D / 2;
 #pragma omp parallel for schedule(static) if (B * L * H * D > 65536)
     for (int64_t row = 0; row < B * L * H; row++) {
-        int64_t b = row / (L * H), l = (row / H) % L, t = l - start;
-        const float *xr = x + row * D;
-        float *yr = y + row * D;
+        int64_t b = row / (L * H), l = (row / H) % L, hd = row % H, t = l - start;
+        const float *xr = x + b * xs[0] + l * xs[1] + hd * xs[2];
+        float *yr = y + b * ys[0] + l * ys[1] + hd * ys[2];
         const float *c = t >= 0 && t < n ? cs + ((per_sample ? b * n : 0) + t) * D : NULL;
         const float *s = c ? sn + (c - cs) : NULL;
         for (int64_t d = 0; d < h; d++) {
@@ -60,14 +63,15 @@ static gc_status rope_backward(gc_node *nd, gc_tensor *gy)
     const int64_t *a = nd->iarg;
     gc_tensor *cs = nd->saved[0], *sn = nd->saved[1];
     bool acc;
-    gc_tensor *gx = gc_grad_target(nd, 0, &acc);
+    gc_tensor *gx = gc_grad_target_view(nd, 0, &acc); /* strided: a region of a fused q/k's gradient */
     if (!gx) return GC_PENDING();
+    if (gx->stride[3] != 1) return gc_error_set(GC_ERR_INVALID, "rope backward: a gradient with inner stride %lld", (long long)gx->stride[3]);
     if (gx->device.type == GC_DEVICE_CUDA)
-        return GC_CUDA_DISPATCH(gc_cuda_rope(gc_tensor_data(gy), gy->dtype, gc_tensor_data(cs), gc_tensor_data(sn),
-                                             a[6], a[0], a[1], a[2], a[3], a[4], a[5], true, gc_tensor_data(gx),
-                                             gx->dtype, acc));
-    cpu_rope(gc_tensor_data(gy), gc_tensor_data(cs), gc_tensor_data(sn), a[6], a[0], a[1], a[2], a[3], a[4], a[5], true,
-             gc_tensor_data(gx), acc);
+        return GC_CUDA_DISPATCH(gc_cuda_rope(gc_tensor_data(gy), gy->stride, gy->dtype, gc_tensor_data(cs),
+                                             gc_tensor_data(sn), a[6], a[0], a[1], a[2], a[3], a[4], a[5], true,
+                                             gc_tensor_data(gx), gx->stride, gx->dtype, acc));
+    cpu_rope(gc_tensor_data(gy), gy->stride, gc_tensor_data(cs), gc_tensor_data(sn), a[6], a[0], a[1], a[2], a[3], a[4],
+             a[5], true, gc_tensor_data(gx), gx->stride, acc);
     return GC_OK;
 }
 
@@ -101,18 +105,19 @@ gc_tensor *gc_rope(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start)
                      (long long)L, gc_tensor_label(x), gc_shape_str(x, sx, sizeof sx));
         return NULL;
     }
-    gc_tensor *xc = gc_contiguous(x), *cc = gc_contiguous_raw(cos), *scn = gc_contiguous_raw(sin);
+    /* x read through its strides (q or k viewed in a fused q/k/v), unless its rows are strided */
+    gc_tensor *xc = x->stride[3] == 1 ? x : gc_contiguous(x), *cc = gc_contiguous_raw(cos), *scn = gc_contiguous_raw(sin);
     if (!xc || !cc || !scn) return NULL;
     gc_tensor *y = gc_op_new(x->dtype, x->device, 4, x->shape);
     if (!y) return NULL;
     if (x->device.type == GC_DEVICE_CUDA) {
-        if (GC_CUDA_DISPATCH(gc_cuda_rope(gc_tensor_data(xc), xc->dtype, gc_tensor_data(cc), gc_tensor_data(scn),
-                                          per_sample, B, L, H, D, n, start, false, gc_tensor_data(y), y->dtype,
-                                          false)) != GC_OK)
+        if (GC_CUDA_DISPATCH(gc_cuda_rope(gc_tensor_data(xc), xc->stride, xc->dtype, gc_tensor_data(cc),
+                                          gc_tensor_data(scn), per_sample, B, L, H, D, n, start, false,
+                                          gc_tensor_data(y), y->stride, y->dtype, false)) != GC_OK)
             return NULL;
     } else {
-        cpu_rope(gc_tensor_data(xc), gc_tensor_data(cc), gc_tensor_data(scn), per_sample, B, L, H, D, n, start, false,
-                 gc_tensor_data(y), false);
+        cpu_rope(gc_tensor_data(xc), xc->stride, gc_tensor_data(cc), gc_tensor_data(scn), per_sample, B, L, H, D, n, start,
+                 false, gc_tensor_data(y), y->stride, false);
     }
     if (gc_autograd_should_record(1, &xc)) {
         gc_tensor *sv[2] = {cc, scn};

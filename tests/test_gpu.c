@@ -1364,6 +1364,17 @@ static gc_tensor *f_rope(gc_tensor *const *in, void *ctx)
     return gc_rope(in[0], gc_cast(in[1], GC_F32), gc_cast(in[2], GC_F32), *(const int64_t *)ctx);
 }
 
+/* q and k roped as views of one fused [B, L, 3H, D] tensor (DINOv3's q/k/v): strided
+ * reads, and gradients written into the fused gradient in place, v's third zeroed */
+static gc_tensor *f_rope_fused(gc_tensor *const *in, void *ctx)
+{
+    const int64_t H = in[0]->shape[2] / 3, start = *(const int64_t *)ctx;
+    gc_tensor *cs = gc_cast(in[1], GC_F32), *sn = gc_cast(in[2], GC_F32);
+    gc_tensor *qkv = gc_scale(in[0], 1.5); /* not a leaf */
+    gc_tensor *ys[2] = {gc_rope(gc_slice(qkv, 2, 0, H), cs, sn, start), gc_rope(gc_slice(qkv, 2, H, 2 * H), cs, sn, start)};
+    return gc_concat(2, ys, 0);
+}
+
 /* HF-style tables: position pos = first + t (+ b for [B, n, D]), frequency base^(-2i/D),
  * the same angle in both halves */
 static void rope_tables(int nd, int64_t B, int64_t n, int64_t D, int64_t first, gc_tensor **cs, gc_tensor **sn)
@@ -1428,6 +1439,11 @@ START_TEST(test_embedding_gather_rope)
     rope_tables(2, 1, 196, 64, 0, &cs, &sn);
     gc_tensor *r5[3] = {PARAM(522, 1.0, 4, 201, 12, 64), cs, sn};
     cmp2(&lg, "rope [4,201,12,64] cos [196,64] start 5", f_rope, &s5, 3, r5, TOL32, TOL16);
+    gc_tensor *r6[3] = {PARAM(523, 1.0, 4, 201, 36, 64), cs, sn};
+    cmp2(&lg, "rope of fused q/k views [4,201,3x12,64] start 5", f_rope_fused, &s5, 3, r6, TOL32, TOL16);
+    rope_tables(2, 1, 11, 6, 0, &cs, &sn);
+    gc_tensor *r7[3] = {PARAM(524, 1.0, 2, 11, 9, 6), cs, sn};
+    cmp2(&lg, "rope of fused q/k views [2,11,3x3,6] (scalar path)", f_rope_fused, &zero, 3, r7, TOL32, TOL16);
     gc_pool_pop(p);
     CMP_DONE(lg);
 }

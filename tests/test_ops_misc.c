@@ -328,6 +328,20 @@ static gc_tensor *f_rope_twice(gc_tensor *const *in, void *ctx)
     return gc_concat(2, ys, 0);
 }
 
+/* q and k as views of one fused [B, L, 3H, D] tensor on the tape (the models' q/k/v):
+ * rope reads them through their strides and writes its gradients into the fused
+ * tensor's, in place; v's third is read by nothing, so its gradient is the zeros
+ * the tape fills in (NaN under GC_HOST_POISON if it did not) */
+static gc_tensor *f_rope_fused(gc_tensor *const *in, void *ctx)
+{
+    const rope_ctx *c = ctx;
+    const int64_t H = in[0]->shape[2] / 3;
+    gc_tensor *qkv = gc_scale(in[0], 1.5); /* not a leaf: its gradient can be shared */
+    gc_tensor *ys[2] = {gc_rope(gc_slice(qkv, 2, 0, H), c->cos, c->sin, c->start),
+                        gc_rope(gc_slice(qkv, 2, H, 2 * H), c->cos, c->sin, c->start)};
+    return gc_concat(2, ys, 0);
+}
+
 START_TEST(test_rope_grad)
 {
     gc_pool *p = gc_pool_push();
@@ -346,6 +360,10 @@ START_TEST(test_rope_grad)
     gc_tensor *xt = gc_pool_add(gc_test_param(4, GC_SHAPE(2, 3, 5, 6), 26, 1.0));
     rope_ctx c = {c3, s3, 2};
     GC_ASSERT_GRADCHECK(f_rope_twice, &c, 1, &xt, &o);
+    gc_host_poison_set(true);
+    gc_tensor *xf = gc_pool_add(gc_test_param(4, GC_SHAPE(2, 5, 6, 6), 27, 1.0));
+    GC_ASSERT_GRADCHECK(f_rope_fused, &c, 1, &xf, &o);
+    gc_host_poison_set(false);
     gc_pool_pop(p);
 }
 END_TEST
