@@ -95,6 +95,9 @@ gc_status gc_tensor_requires_grad(gc_tensor *t, bool on);
  * gc_tensor_grad stays NULL if none does (the gradient cache checks that every tower's
  * representations received one). */
 gc_status gc_tensor_make_leaf(gc_tensor *t);
+/* A trainable leaf's gradient becomes g (f32, t's shape, contiguous; e.g. a region of a
+ * buffer the gradients of packed parameters share), in place of its own. */
+gc_status gc_tensor_set_grad(gc_tensor *t, gc_tensor *g);
 bool gc_tensor_needs_grad(const gc_tensor *t);
 gc_tensor *gc_tensor_grad(const gc_tensor *t); /* the leaf's gradient buffer or NULL */
 gc_status gc_tensor_zero_grad(gc_tensor *t);

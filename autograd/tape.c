@@ -6,8 +6,6 @@
 
 #include "../runtime/gc_rng.h"
 
-/* runtime/tensor.c: a view sharing x's storage */
-gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
 
 struct gc_tape {
     gc_node **nodes;
@@ -129,6 +127,19 @@ gc_status gc_tensor_make_leaf(gc_tensor *t)
     gc_autograd_slot_release(t->slot);
     t->slot = slot_new(t, true, t->dtype == GC_F64 ? GC_F32 : t->dtype);
     return t->slot ? GC_OK : GC_PENDING();
+}
+
+gc_status gc_tensor_set_grad(gc_tensor *t, gc_tensor *g)
+{
+    if (!t || !g) return GC_PENDING();
+    if (!t->slot || !t->slot->is_leaf || g->dtype != t->slot->dtype || !gc_shape_eq(t, g) || !gc_tensor_is_contiguous(g) ||
+        !gc_device_eq(g->device, t->device))
+        return gc_error_set(GC_ERR_INVALID, "%s: a gradient buffer for a trainable leaf must be contiguous %s of its shape",
+                            gc_tensor_label(t), gc_dtype_name(t->slot ? t->slot->dtype : GC_F32));
+    gc_tensor_retain(g);
+    gc_tensor_release(t->slot->grad);
+    t->slot->grad = g;
+    return GC_OK;
 }
 
 bool gc_tensor_needs_grad(const gc_tensor *t) { return t && t->slot; }

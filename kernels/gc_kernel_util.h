@@ -9,9 +9,6 @@
 #include "../runtime/gc_tensor.h"
 #include "gc_ops.h"
 
-/* A view of x's storage with the given geometry (runtime/tensor.c); caller owns it. */
-gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
-
 /* New op output on x's device: owned by the innermost pool. */
 static inline gc_tensor *gc_op_new(gc_dtype dt, gc_device dev, int ndim, const int64_t *shape)
 {

@@ -227,6 +227,7 @@ static gc_status decl_tower(gc_clip *m, bool vision)
         GC_TRY(decl_lin(m, &b->q, ap, "q_proj", D, D, true));
         GC_TRY(decl_lin(m, &b->k, ap, "k_proj", D, D, true));
         GC_TRY(decl_lin(m, &b->v, ap, "v_proj", D, D, true));
+        GC_TRY(gc_block_pack_qkv(&m->params, b)); /* one GEMM for the three */
         GC_TRY(decl_lin(m, &b->o, ap, "out_proj", D, D, true));
         snprintf(n, sizeof n, "%s.layer_norm2.weight", p); b->ln2_w = decl(m, n, 1, GC_SHAPE(D));
         snprintf(n, sizeof n, "%s.layer_norm2.bias", p);   b->ln2_b = decl(m, n, 1, GC_SHAPE(D));

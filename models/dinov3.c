@@ -227,6 +227,7 @@ static gc_status declare(gc_dinov3 *m)
         GC_TRY(gc_lin_declare(ps, &b->q, ap, "q_proj", D, D, c->query_bias, &m->opt.lora));
         GC_TRY(gc_lin_declare(ps, &b->k, ap, "k_proj", D, D, c->key_bias, &m->opt.lora));
         GC_TRY(gc_lin_declare(ps, &b->v, ap, "v_proj", D, D, c->value_bias, &m->opt.lora));
+        GC_TRY(gc_block_pack_qkv(ps, b)); /* one GEMM for the three */
         GC_TRY(gc_lin_declare(ps, &b->o, ap, "o_proj", D, D, c->proj_bias, &m->opt.lora));
         snprintf(n, sizeof n, "%s.layer_scale1.lambda1", p); b->ls1 = gc_param_declare(ps, n, 1, GC_SHAPE(D));
         snprintf(n, sizeof n, "%s.norm2.weight", p); b->ln2_w = gc_param_declare(ps, n, 1, GC_SHAPE(D));

@@ -39,6 +39,9 @@ gc_status gc_params_freeze_base(gc_params *ps);
 typedef struct gc_block {
     gc_tensor *ln1_w, *ln1_b, *ln2_w, *ln2_b;
     gc_lin q, k, v, o, fc1, fc2;
+    /* q, k and v's weights [3D, D] and biases [3D] packed (gc_block_pack_qkv; not owned),
+     * or NULL: one GEMM makes all three where nothing comes between (no LoRA on them) */
+    gc_tensor *qkv_w, *qkv_b;
     gc_tensor *ls1, *ls2;  /* layer scale [D] (DINOv3), or NULL */
     int64_t heads;
     gc_act act;
@@ -62,6 +65,10 @@ typedef struct gc_block {
      * embedding of those rows; otherwise, and at 0, every token. */
     int64_t out_rows;
 } gc_block;
+
+/* Packs b's q, k and v weights, and their biases (an absent one a gap of zeros), in ps
+ * (gc_params_pack), for b->qkv_w and b->qkv_b: call after declaring them. */
+gc_status gc_block_pack_qkv(gc_params *ps, gc_block *b);
 
 /* x [B, L, D] -> [B, L, D] (or [B, out_rows, D]):
  * h = x + dp(ls1*o(attn(ln1 x)));  y = h + dp(ls2*fc2(act(fc1(ln2 h))))

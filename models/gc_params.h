@@ -14,13 +14,29 @@ typedef struct gc_param {
     gc_tensor *value;    /* compute copy: a leaf; its grad is f32 */
     gc_tensor *master;   /* f32 master weights, or NULL when frozen in bf16 */
     bool trainable;
+    int pack;            /* the pack its value lies in (gc_params_pack), or -1 */
 } gc_param;
+
+/* A pack: parameters whose values lie one after another in one buffer, and whose f32
+ * gradients do in another while all of them train, so that one GEMM reads them and
+ * writes their gradients as a whole (q, k and v's weights as one [3D, D]). A gap is a
+ * region of zeros that is no parameter (DINOv3's absent key bias). */
+#define GC_PACK_MAX 4
+typedef struct gc_param_pack {
+    gc_tensor *value;    /* the whole, [rows, ...]: a leaf whose gradient holds the members'
+                            while every member trains, frozen otherwise */
+    int n;
+    int idx[GC_PACK_MAX];      /* the members' items, -1 for a gap */
+    int64_t rows[GC_PACK_MAX]; /* each one's rows (dim 0) */
+} gc_param_pack;
 
 typedef struct gc_params {
     gc_param *items;
     int n, cap;
     gc_device device;
     gc_dtype dtype;      /* compute dtype of values */
+    gc_param_pack *packs;
+    int n_packs;
 } gc_params;
 
 void gc_params_init(gc_params *ps, gc_device dev, gc_dtype dtype);
@@ -28,6 +44,12 @@ void gc_params_free(gc_params *ps);
 /* Declares a parameter (uninitialised, trainable); returns its index or -1. */
 int gc_params_add(gc_params *ps, const char *name, int ndim, const int64_t *shape);
 gc_param *gc_params_find(gc_params *ps, const char *name);
+int gc_params_index(const gc_params *ps, const gc_tensor *value); /* the item whose value it is, or -1 */
+/* Packs items idx[0..n) along dim 0, in that order (idx[i] = -1: a gap of gap_rows[i]
+ * rows of zeros; gap_rows may be NULL without gaps). The members share every dim but the
+ * first and are in no pack yet; their values are kept. Returns the pack's value (owned by
+ * ps), or NULL with the error set. */
+gc_tensor *gc_params_pack(gc_params *ps, int n, const int *idx, const int64_t *gap_rows);
 static inline gc_tensor *gc_params_value(gc_params *ps, int i) { return ps->items[i].value; }
 int64_t gc_params_count(const gc_params *ps, bool trainable_only); /* number of scalars */
 

@@ -89,6 +89,55 @@ static gc_tensor *row_causal_mask(gc_tensor *rows, int64_t B, int64_t L, gc_devi
     return mask;
 }
 
+/* Whether pack is exactly the parts (NULL: a gap of its size), one after another, in its
+ * values and, while they train, in its gradient: then a linear over the pack is the three
+ * of the parts (a member frozen alone, or moved, and it is not). */
+static bool pack_whole(const gc_tensor *pack, gc_tensor *const *part, int64_t rows)
+{
+    const bool g = gc_tensor_needs_grad(pack);
+    const gc_tensor *G = gc_tensor_grad(pack);
+    const int64_t rn = gc_tensor_numel(pack) / pack->shape[0];
+    for (int j = 0; j < 3; j++) {
+        const gc_tensor *t = part[j], *tg = gc_tensor_grad(t);
+        if (!t) continue; /* a gap (a bias that is not there) */
+        const int64_t off = j * rows * rn;
+        if (t->storage != pack->storage || t->offset != pack->offset + off || gc_tensor_needs_grad(t) != g ||
+            (g && (!tg || tg->storage != G->storage || tg->offset != G->offset + off)))
+            return false;
+    }
+    return true;
+}
+
+/* One GEMM for q, k and v: the weights packed and whole, and nothing between (LoRA). */
+static bool qkv_fused(const gc_block *b)
+{
+    if (!b->qkv_w || b->q.lora_a || b->k.lora_a || b->v.lora_a) return false;
+    const int64_t D = b->q.w->shape[0];
+    gc_tensor *w[3] = {b->q.w, b->k.w, b->v.w}, *bs[3] = {b->q.b, b->k.b, b->v.b};
+    if (!pack_whole(b->qkv_w, w, D)) return false;
+    return b->qkv_b ? pack_whole(b->qkv_b, bs, D) : !bs[0] && !bs[1] && !bs[2];
+}
+
+gc_status gc_block_pack_qkv(gc_params *ps, gc_block *b)
+{
+    const gc_lin *l[3] = {&b->q, &b->k, &b->v};
+    int iw[3], ib[3];
+    int64_t gap[3];
+    bool any_b = false;
+    for (int j = 0; j < 3; j++) {
+        iw[j] = gc_params_index(ps, l[j]->w);
+        ib[j] = gc_params_index(ps, l[j]->b);
+        gap[j] = l[j]->w ? l[j]->w->shape[0] : 0;
+        any_b = any_b || l[j]->b;
+        if (iw[j] < 0 || (l[j]->b && ib[j] < 0))
+            return gc_error_set(GC_ERR_INVALID, "pack of q, k and v: a weight or bias is not among the parameters");
+    }
+    if (!(b->qkv_w = gc_params_pack(ps, 3, iw, NULL))) return GC_PENDING();
+    b->qkv_b = NULL;
+    if (any_b && !(b->qkv_b = gc_params_pack(ps, 3, ib, gap))) return GC_PENDING();
+    return GC_OK;
+}
+
 /* The block on query rows: the first n (n == L: all), or with rows [B] (n == 1) row
  * rows[b] of sample b; keys and values from every token either way. */
 static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_tensor *rows)
@@ -110,13 +159,24 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     /* n < L: q of every row, the query rows copied out and the rest freed at once (before
      * k and v are made): q's projection adds its gradient into h's as in the whole block
      * (zero rows and all), bit for bit */
-    gc_pool *qp = gc_pool_push();
-    gc_tensor *q = gc_lin_forward(&b->q, h, b->op_base + 1);                 /* [B, L, D] */
-    q = rows ? gc_gather_rows(q, rows) : n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q;
-    q = gc_pool_keep(gc_view(q, 4, GC_SHAPE(B, n, H, D / H)));
-    gc_pool_pop(qp);
-    gc_tensor *k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
-    gc_tensor *v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
+    gc_tensor *q, *k, *v;
+    if (n == L && !rows && qkv_fused(b)) {
+        /* one GEMM [B, L, 3D]; q, k and v are views of it, and their gradients regions of
+         * its gradient (gc_grad_target_view), so its backward is one GEMM too. (On fewer
+         * query rows, the tape would keep all of q with k and v: three GEMMs there.) */
+        gc_tensor *qkv = gc_view(gc_linear(h, b->qkv_w, b->qkv_b), 4, GC_SHAPE(B, L, 3 * H, D / H));
+        q = gc_slice(qkv, 2, 0, H);
+        k = gc_slice(qkv, 2, H, 2 * H);
+        v = gc_slice(qkv, 2, 2 * H, 3 * H);
+    } else {
+        gc_pool *qp = gc_pool_push();
+        q = gc_lin_forward(&b->q, h, b->op_base + 1);                             /* [B, L, D] */
+        q = rows ? gc_gather_rows(q, rows) : n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q;
+        q = gc_pool_keep(gc_view(q, 4, GC_SHAPE(B, n, H, D / H)));
+        gc_pool_pop(qp);
+        k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
+        v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
+    }
     if (b->rope_cos) { /* the first n < L rows are below rope_start: never rotated; rows never get here */
         if (n == L) q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
         k = gc_rope(k, b->rope_cos, b->rope_sin, b->rope_start);

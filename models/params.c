@@ -22,6 +22,8 @@ void gc_params_free(gc_params *ps)
         gc_tensor_release(p->value);
         free(p->name);
     }
+    for (int k = 0; k < ps->n_packs; k++) gc_tensor_release(ps->packs[k].value);
+    free(ps->packs);
     free(ps->items);
     memset(ps, 0, sizeof *ps);
 }
@@ -49,8 +51,113 @@ int gc_params_add(gc_params *ps, const char *name, int ndim, const int64_t *shap
         gc_tensor_set_name(p->value, name);
     }
     p->trainable = true;
+    p->pack = -1;
     if (gc_tensor_requires_grad(p->value, true) != GC_OK) return -1;
     return ps->n++;
+}
+
+int gc_params_index(const gc_params *ps, const gc_tensor *value)
+{
+    for (int i = 0; value && i < ps->n; i++)
+        if (ps->items[i].value == value) return i;
+    return -1;
+}
+
+/* ---------------------------------------------------------------- packs */
+
+/* Elements of one row (dims 1..) of t. */
+static int64_t row_numel(const gc_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 1; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+/* The pack's gradient after a change of its members' trainability: while every member
+ * trains, one f32 buffer (the pack value's gradient) of which each member's gradient is
+ * its region, what a member had accumulated copied in; otherwise the pack is frozen and
+ * the members keep gradients of their own. */
+static gc_status pack_sync(gc_params *ps, gc_param_pack *pk)
+{
+    bool all = true;
+    for (int j = 0; j < pk->n; j++)
+        if (pk->idx[j] >= 0) all = all && ps->items[pk->idx[j]].trainable;
+    if (!all) return gc_tensor_requires_grad(pk->value, false);
+    GC_TRY(gc_tensor_requires_grad(pk->value, true)); /* zeros, unless it had one */
+    gc_tensor *G = gc_tensor_grad(pk->value);
+    const int64_t rn = row_numel(pk->value);
+    int64_t off = 0;
+    for (int j = 0; j < pk->n; off += pk->rows[j++] * rn) {
+        if (pk->idx[j] < 0) continue;
+        gc_tensor *v = ps->items[pk->idx[j]].value, *g = gc_tensor_grad(v);
+        if (g && g->storage == G->storage && g->offset == G->offset + off) continue;
+        gc_tensor *r = gc_tensor_view_of(G, v->ndim, v->shape, v->stride, G->offset + off);
+        gc_status st = r ? GC_OK : GC_PENDING();
+        if (st == GC_OK && g) st = gc_tensor_copy_into(r, g, false);
+        if (st == GC_OK) st = gc_tensor_set_grad(v, r);
+        gc_tensor_release(r);
+        GC_TRY(st);
+    }
+    return GC_OK;
+}
+
+gc_tensor *gc_params_pack(gc_params *ps, int n, const int *idx, const int64_t *gap_rows)
+{
+    const gc_tensor *t0 = NULL;
+    for (int j = 0; j < n && n <= GC_PACK_MAX; j++)
+        if (idx[j] >= 0 && idx[j] < ps->n && !t0) t0 = ps->items[idx[j]].value;
+    if (n < 1 || n > GC_PACK_MAX || !t0 || t0->ndim < 1) {
+        gc_error_set(GC_ERR_INVALID, "gc_params_pack: 1 to %d members, one at least a parameter of rank >= 1", GC_PACK_MAX);
+        return NULL;
+    }
+    int64_t rows[GC_PACK_MAX], total = 0;
+    for (int j = 0; j < n; j++) {
+        const gc_tensor *v = idx[j] >= 0 && idx[j] < ps->n ? ps->items[idx[j]].value : NULL;
+        bool ok = v ? v->ndim == t0->ndim && v->dtype == t0->dtype && gc_tensor_is_contiguous(v) &&
+                          ps->items[idx[j]].pack < 0 && !memcmp(v->shape + 1, t0->shape + 1, sizeof(int64_t) * (size_t)(v->ndim - 1))
+                    : idx[j] < 0 && gap_rows && gap_rows[j] > 0;
+        if (!ok) {
+            gc_error_set(GC_ERR_INVALID, "gc_params_pack: member %d (%s) does not fit the pack of %s", j,
+                         v ? ps->items[idx[j]].name : "a gap", gc_tensor_label(t0));
+            return NULL;
+        }
+        total += rows[j] = v ? v->shape[0] : gap_rows[j];
+    }
+    gc_param_pack *pk = realloc(ps->packs, sizeof *pk * (size_t)(ps->n_packs + 1));
+    if (!pk) {
+        gc_error_set(GC_ERR_OOM, "out of host memory");
+        return NULL;
+    }
+    ps->packs = pk;
+    pk = &ps->packs[ps->n_packs];
+    memset(pk, 0, sizeof *pk);
+    int64_t sh[GC_MAX_DIMS];
+    memcpy(sh, t0->shape, sizeof sh);
+    sh[0] = total;
+    if (!(pk->value = gc_tensor_zeros(t0->dtype, t0->device, t0->ndim, sh))) return NULL;
+    char name[300];
+    snprintf(name, sizeof name, "pack of %s", gc_tensor_label(t0));
+    gc_tensor_set_name(pk->value, name);
+    pk->n = n;
+    const int64_t rn = row_numel(t0);
+    int64_t off = 0;
+    for (int j = 0; j < n; off += rows[j++] * rn) {
+        pk->idx[j] = idx[j];
+        pk->rows[j] = rows[j];
+        if (idx[j] < 0) continue;
+        gc_tensor *v = ps->items[idx[j]].value;
+        gc_tensor *r = gc_tensor_view_of(pk->value, v->ndim, v->shape, v->stride, off);
+        gc_status st = r ? gc_tensor_copy_into(r, v, false) : GC_PENDING(); /* its values move with it */
+        gc_tensor_release(r);
+        if (st == GC_OK) st = gc_tensor_rebind(v, pk->value, off); /* (the master too, where it is the value) */
+        if (st != GC_OK) {
+            gc_tensor_release(pk->value);
+            return NULL;
+        }
+        ps->items[idx[j]].pack = ps->n_packs;
+    }
+    ps->n_packs++;
+    return pack_sync(ps, pk) == GC_OK ? pk->value : NULL;
 }
 
 gc_param *gc_params_find(gc_params *ps, const char *name)
@@ -77,7 +184,7 @@ gc_status gc_params_set_trainable(gc_params *ps, int i, bool on)
         gc_tensor_release(p->master);
         p->master = NULL;
     }
-    return GC_OK;
+    return p->pack >= 0 ? pack_sync(ps, &ps->packs[p->pack]) : GC_OK;
 }
 
 gc_status gc_params_sync_values(gc_params *ps)
@@ -91,7 +198,11 @@ gc_status gc_params_sync_values(gc_params *ps)
 
 gc_status gc_params_zero_grad(gc_params *ps)
 {
-    for (int i = 0; i < ps->n; i++) GC_TRY(gc_tensor_zero_grad(ps->items[i].value));
+    /* a pack's gradient in one pass (its gaps too, where a GEMM's bias gradient wrote) */
+    for (int k = 0; k < ps->n_packs; k++) GC_TRY(gc_tensor_zero_grad(ps->packs[k].value));
+    for (int i = 0; i < ps->n; i++)
+        if (ps->items[i].pack < 0 || !gc_tensor_needs_grad(ps->packs[ps->items[i].pack].value))
+            GC_TRY(gc_tensor_zero_grad(ps->items[i].value));
     return GC_OK;
 }
 

@@ -71,6 +71,13 @@ gc_tensor *gc_tensor_wrap(gc_dtype dt, gc_device dev, int ndim, const int64_t *s
 gc_tensor *gc_tensor_retain(gc_tensor *t);
 void gc_tensor_release(gc_tensor *t);
 void gc_tensor_set_name(gc_tensor *t, const char *name);
+/* A view: a new header over x's storage with this geometry (elements from offset); the
+ * caller owns it. */
+gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset);
+/* Moves contiguous t's elements' home to base's storage, from element offset on (t's
+ * values there are whatever the storage holds): parameters packed into one buffer
+ * (gc_params_pack), while nothing else views t's old storage. */
+gc_status gc_tensor_rebind(gc_tensor *t, const gc_tensor *base, int64_t offset);
 const char *gc_tensor_label(const gc_tensor *t); /* name or "tensor" */
 
 /* ---- pools: op results are owned by the innermost pool ---- */

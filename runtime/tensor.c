@@ -206,6 +206,20 @@ gc_tensor *gc_tensor_view_of(const gc_tensor *x, int ndim, const int64_t *shape,
     return t;
 }
 
+gc_status gc_tensor_rebind(gc_tensor *t, const gc_tensor *base, int64_t offset)
+{
+    if (!t || !base) return GC_PENDING();
+    if (t->dtype != base->dtype || !gc_device_eq(t->device, base->device) || !gc_tensor_is_contiguous(t) || offset < 0 ||
+        (size_t)(offset + gc_tensor_numel(t)) * gc_dtype_size(t->dtype) > base->storage->nbytes)
+        return gc_error_set(GC_ERR_INVALID, "rebind of %s: not a contiguous %s region of the buffer", gc_tensor_label(t),
+                            gc_dtype_name(base->dtype));
+    base->storage->refcount++;
+    storage_release(t->storage);
+    t->storage = base->storage;
+    t->offset = offset;
+    return GC_OK;
+}
+
 /* ---------------------------------------------------------------- pools */
 
 struct gc_pool {

@@ -283,6 +283,68 @@ static model_run clip_step(gc_clip *m, gc_tensor *pixels, gc_tensor *ids, int64_
 
 /* CLIP fixtures (clip_dropout in training mode: attention dropout on; clip_lora: PEFT's
  * adapter with dropout), without and with the cache, without and with checkpointing. */
+/* Nodes the block's forward records. */
+static int blk_nodes(blk *k)
+{
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    ck_assert(gc_block_forward(&k->b, k->x));
+    gc_tape_end(t);
+    int n = gc_tape_size(t);
+    gc_pool_pop(p);
+    gc_tape_free(t);
+    return n;
+}
+
+/* q, k and v packed (gc_block_pack_qkv): one GEMM of [3D, D] (one linear node where there
+ * were three, and one view where there were three: one node fewer, three slices), the
+ * numbers of three (the output bit for bit: each output column is the same dot product;
+ * gradients to rounding: dX sums over 3D at once), the members' gradients regions of the
+ * pack's. A member frozen alone: three GEMMs again, the others' gradients as before;
+ * trained again: one. */
+START_TEST(test_block_qkv_pack)
+{
+    const int64_t B = 3, L = 9, D = 64, H = 2, F = 96;
+    blk k;
+    blk_init(&k, B, L, D, H, F, NULL, true);
+    const int64_t n_out = B * L * D, n_grads = gc_params_count(&k.ps, false) + B * L * D;
+    const int three = blk_nodes(&k);
+    blk_run r0 = blk_step(&k, k.x, 1, false, true);
+    ck_assert_int_eq(gc_block_pack_qkv(&k.ps, &k.b), GC_OK);
+    ck_assert(k.b.qkv_w && k.b.qkv_b);
+    ck_assert_int_eq(blk_nodes(&k), three - 1);
+    blk_run r1 = blk_step(&k, k.x, 1, false, true);
+    const bool cpu = gc_test_device().type == GC_DEVICE_CPU;
+    const double tol = gc_test_dtype() == GC_F32 ? 1e-5 : 2e-2;
+    if (cpu) ck_assert_msg(!memcmp(r0.out, r1.out, sizeof(double) * (size_t)n_out), "packed: the output differs");
+    else ck_assert_double_le(gc_test_vec_rel_err(r1.out, r0.out, n_out), tol);
+    ck_assert_double_le(gc_test_vec_rel_err(r1.grads, r0.grads, n_grads), tol);
+    gc_tensor *G = gc_tensor_grad(k.b.qkv_w), *gk = gc_tensor_grad(k.b.k.w);
+    ck_assert(G && gk && gk->storage == G->storage && gk->offset == G->offset + D * D);
+    /* k's weight frozen alone, then trained again */
+    const int ik = gc_params_index(&k.ps, k.b.k.w);
+    ck_assert_int_eq(gc_params_set_trainable(&k.ps, ik, false), GC_OK);
+    ck_assert(!gc_tensor_needs_grad(k.b.qkv_w));
+    ck_assert_int_eq(blk_nodes(&k), three);
+    blk_run r2 = blk_step(&k, k.x, 1, false, true);
+    const int64_t off = (int64_t)(k.b.k.w->offset - k.b.qkv_w->offset); /* k's weight among the flat gradients */
+    int64_t at = 0;
+    for (int i = 0; i < ik; i++) at += gc_tensor_numel(k.ps.items[i].value);
+    ck_assert_int_eq(off, D * D);
+    for (int64_t i = at; i < at + D * D; i++) ck_assert(r2.grads[i] == 0); /* no gradient */
+    memcpy(r2.grads + at, r0.grads + at, sizeof(double) * (size_t)(D * D));
+    ck_assert_double_le(gc_test_vec_rel_err(r2.grads, r0.grads, n_grads), tol);
+    ck_assert_int_eq(gc_params_set_trainable(&k.ps, ik, true), GC_OK);
+    ck_assert(gc_tensor_needs_grad(k.b.qkv_w));
+    ck_assert_int_eq(blk_nodes(&k), three - 1);
+    blk_run r3 = blk_step(&k, k.x, 1, false, true);
+    ck_assert_double_le(gc_test_vec_rel_err(r3.grads, r0.grads, n_grads), tol);
+    blk_run_free(&r0), blk_run_free(&r1), blk_run_free(&r2), blk_run_free(&r3);
+    blk_free(&k);
+}
+END_TEST
+
 START_TEST(test_clip_bit_identical)
 {
     static const char *const names[] = {"clip_gelu_eos", "clip_dropout", "clip_lora"};
@@ -378,6 +440,7 @@ int main(void)
     TCase *tc = gc_test_tcase("recompute");
     tcase_add_loop_test(tc, test_block_saved_bytes_and_grads, 0, N_BLK_CASES);
     tcase_add_test(tc, test_two_blocks_peak);
+    tcase_add_test(tc, test_block_qkv_pack);
     tcase_add_test(tc, test_vit_b16_block_bytes);
     tcase_add_test(tc, test_block_allocator_steady_state);
     tcase_add_loop_test(tc, test_clip_bit_identical, 0, 3);
