@@ -438,14 +438,15 @@ static gc_status act_bias_bwd_composed(gc_tensor *gx, bool acc, const gc_tensor 
     bool prev = gc_grad_set_enabled(false);
     gc_tensor *xb = b ? gc_add((gc_tensor *)x, (gc_tensor *)b) : (gc_tensor *)x;
     gc_status st = xb ? GC_OK : GC_PENDING();
-    if (st == GC_OK && gb) { /* the gradient alone first, for its column sums */
-        gc_tensor *t = gc_op_new(gy->dtype, gy->device, gy->ndim, gy->shape);
-        st = t ? gc_cuda_act_bwd(t, gy, xb, act, false) : GC_PENDING();
-        if (st == GC_OK)
-            st = gc_cuda_sum_rows(gc_tensor_data(t), t->dtype, gc_tensor_data(gb), gb->dtype, gc_tensor_rows(t),
-                                  gc_tensor_cols(t), gb_acc);
-    }
+    /* the column sums of the gradient: of gx itself where it is new, else of a gradient
+     * made alone first (gx then holds more than this gradient) */
+    gc_tensor *t = gb && (acc || !gx) ? gc_op_new(gy->dtype, gy->device, gy->ndim, gy->shape) : gx;
+    if (st == GC_OK && gb && !t) st = GC_PENDING();
+    if (st == GC_OK && t && t != gx) st = gc_cuda_act_bwd(t, gy, xb, act, false);
     if (st == GC_OK && gx) st = gc_cuda_act_bwd(gx, gy, xb, act, acc);
+    if (st == GC_OK && gb)
+        st = gc_cuda_sum_rows(gc_tensor_data(t), t->dtype, gc_tensor_data(gb), gb->dtype, gc_tensor_rows(t),
+                              gc_tensor_cols(t), gb_acc);
     if (st == GC_OK && a_out) st = gc_cuda_act_fwd(a_out, xb, act); /* last: a_out may be x */
     gc_grad_set_enabled(prev);
     gc_pool_pop(p);

@@ -691,12 +691,6 @@ __global__ void act_bias_bwd_kernel(T *gx, bool acc, const T *gy, const T *x, co
     if constexpr (SUM) colsum_finish(part, cols, c, red, t, gb, gb_acc);
 }
 
-dim3 act_bias_grid(int64_t rows, int64_t cols, int64_t *rpc)
-{
-    *rpc = colsum_rows_per_chunk(rows);
-    return dim3((unsigned)((cols + kColsPerBlock - 1) / kColsPerBlock), (unsigned)((rows + *rpc - 1) / *rpc));
-}
-
 } // namespace
 
 extern "C" gc_status gc_cuda_add_fwd(gc_tensor *y, const gc_tensor *a, const gc_tensor *b, int ndim, const int64_t *shape,
@@ -865,7 +859,7 @@ extern "C" gc_status gc_cuda_act_bias_bwd(void *gx, bool acc, const void *gy, co
         return GC_OK;
     }
     int64_t rpc;
-    const dim3 grid = act_bias_grid(rows, cols, &rpc);
+    const dim3 grid = colsum_grid(rows, cols, &rpc);
     float *part = gb ? (float *)gc_cuda_alloc(sizeof(float) * (size_t)(grid.y * cols)) : nullptr;
     if (gb && !part) return GC_PENDING();
     gc_status st = with_type(dt, "activation backward", [&](auto tag) {

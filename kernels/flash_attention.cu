@@ -719,31 +719,31 @@ __device__ __forceinline__ void dkv_tile(const FlashArgs &a, int b, int h, int q
     }
 }
 
+// This thread's part of keys j0, j1 (< Lk) of a [B, Lk, Hkv, D] gradient g (row strides
+// s0, s1, s2; f32 or bf16) at (b, hk), times scale: = or += per acc.
+template <int D>
+__device__ __forceinline__ void store_key_rows(void *g, bool f32, int64_t s0, int64_t s1, int64_t s2, bool acc, int b,
+                                               int hk, int j0, int j1, int Lk, float scale, const float (&v)[D / 8][4])
+{
+    const int t = (threadIdx.x & 31) & 3;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int j = r ? j1 : j0;
+        if (j >= Lk) continue;
+        const int64_t row = b * s0 + (int64_t)j * s1 + hk * s2;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) grad_store2(g, f32, row + n * 8 + 2 * t, scale * v[n][2 * r], scale * v[n][2 * r + 1], acc);
+    }
+}
+
 // dK, then dV, of this thread's keys j0, j1 of kv head hk: they may be one buffer
 // (self-attention), the later one accumulating, so a block barrier parts them; a thread
 // stores the same (key, column) elements of both.
 template <int D> __device__ __forceinline__ void store_dkv(const FlashArgs &a, int b, int hk, int j0, int j1, const float (&dk)[D / 8][4], const float (&dv)[D / 8][4])
 {
-    constexpr int NO = D / 8;
-    const int t = (threadIdx.x & 31) & 3;
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int j = r ? j1 : j0;
-        if (j >= a.Lk || !a.dk) continue;
-        const int64_t row = b * a.dks0 + (int64_t)j * a.dks1 + hk * a.dks2;
-#pragma unroll
-        for (int n = 0; n < NO; n++)
-            grad_store2(a.dk, a.dk_f32, row + n * 8 + 2 * t, a.scale * dk[n][2 * r], a.scale * dk[n][2 * r + 1], a.acc_k);
-    }
+    if (a.dk) store_key_rows<D>(a.dk, a.dk_f32, a.dks0, a.dks1, a.dks2, a.acc_k, b, hk, j0, j1, a.Lk, a.scale, dk);
     __syncthreads();
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int j = r ? j1 : j0;
-        if (j >= a.Lk || !a.dv) continue;
-        const int64_t row = b * a.dvs0 + (int64_t)j * a.dvs1 + hk * a.dvs2;
-#pragma unroll
-        for (int n = 0; n < NO; n++) grad_store2(a.dv, a.dv_f32, row + n * 8 + 2 * t, dv[n][2 * r], dv[n][2 * r + 1], a.acc_v);
-    }
+    if (a.dv) store_key_rows<D>(a.dv, a.dv_f32, a.dvs0, a.dvs1, a.dvs2, a.acc_v, b, hk, j0, j1, a.Lk, 1.0f, dv);
 }
 
 template <int D, bool DROP, bool MASK>
@@ -965,10 +965,12 @@ template <auto Kernel> gc_status allow_smem(size_t smem)
     return GC_OK;
 }
 
-template <auto Kernel> gc_status launch(dim3 grid, size_t smem, const FlashArgs &a)
+// smem_max: the attribute's size, for a kernel whose launches differ in size (0: smem)
+template <auto Kernel>
+gc_status launch(dim3 grid, size_t smem, const FlashArgs &a, unsigned threads = kThreadsFa, size_t smem_max = 0)
 {
-    GC_TRY(allow_smem<Kernel>(smem));
-    gc_launch(Kernel, grid, kThreadsFa, smem, gc_cuda_stream(), a);
+    GC_TRY(allow_smem<Kernel>(smem_max ? smem_max : smem));
+    gc_launch(Kernel, grid, threads, smem, gc_cuda_stream(), a);
     GC_CUDA_LAUNCH_CHECK();
     return GC_OK;
 }
@@ -1029,13 +1031,9 @@ template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
             GC_TRY(launch_delta(a, D));
             const int nw = (a.Lk + 15) / 16;
             const dim3 grid(1u, (unsigned)(a.H / a.G), (unsigned)a.B);
-            return with_variant(a, [&](auto drop, auto mask) {
-                constexpr auto kernel = flash_bwd_fused_kernel<D, drop.value, mask.value>;
-                // the attribute for the largest block, once; this launch's size below it
-                GC_TRY(allow_smem<kernel>(FusedCfg<D>::bytes(FusedCfg<D>::MAXW)));
-                gc_launch(kernel, grid, 32 * nw, FusedCfg<D>::bytes(nw), gc_cuda_stream(), a);
-                GC_CUDA_LAUNCH_CHECK();
-                return GC_OK;
+            return with_variant(a, [&](auto drop, auto mask) { // a warp a 16 keys; the attribute for the largest block
+                return launch<flash_bwd_fused_kernel<D, drop.value, mask.value>>(
+                    grid, FusedCfg<D>::bytes(nw), a, 32 * nw, FusedCfg<D>::bytes(FusedCfg<D>::MAXW));
             });
         }
     if (a.dq) { // also writes Delta

@@ -78,31 +78,9 @@ template <int ACT, bool FAST> __device__ __forceinline__ float act_f(float x)
     else return x;
 }
 
-template <int ACT, bool FAST> __device__ __forceinline__ float act_df(float x)
-{
-    if constexpr (ACT == GC_ACT_GELU_ERF) {
-        if constexpr (FAST) {
-            float e; // exp(-x^2 / 2)
-            const float c = one_plus_erf_fast(x * kSqrt1_2, &e);
-            return 0.5f * c + x * kInvSqrt2Pi * e;
-        }
-        return 0.5f * (1.0f + erff(x * kSqrt1_2)) + x * kInvSqrt2Pi * exp_f<FAST>(-0.5f * x * x);
-    } else if constexpr (ACT == GC_ACT_GELU_TANH) { // s = sigmoid(2u) = (1 + tanh u) / 2, 1 - tanh^2 u = 4 s (1 - s)
-        float s = sigmoid_f<FAST>(gelu_tanh_2u(x));
-        return s + 2.0f * x * s * (1.0f - s) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * x * x);
-    } else if constexpr (ACT == GC_ACT_QUICK_GELU) {
-        float s = sigmoid_f<FAST>(kQuickGeluC * x);
-        return s + kQuickGeluC * x * s * (1.0f - s);
-    } else if constexpr (ACT == GC_ACT_SILU) {
-        float s = sigmoid_f<FAST>(x);
-        return s * (1.0f + x * (1.0f - s));
-    } else {
-        return 1.0f;
-    }
-}
-
-// act_df(x), with *y = act_f(x) from the same exponentials (the same bits as act_f): the
-// backward that also remakes the activation (elementwise.cu, act_bias_bwd_kernel).
+// The derivative act'(x), with *y = act_f(x) from the same exponentials (the same bits as
+// act_f): the backward that also remakes the activation (elementwise.cu,
+// act_bias_bwd_kernel) uses both; act_df below only the derivative.
 template <int ACT, bool FAST> __device__ __forceinline__ float act_f_df(float x, float *y)
 {
     if constexpr (ACT == GC_ACT_GELU_ERF) {
@@ -131,6 +109,14 @@ template <int ACT, bool FAST> __device__ __forceinline__ float act_f_df(float x,
         *y = x;
         return 1.0f;
     }
+}
+
+// The derivative alone: act_f_df with the activation dropped (the compiler drops its
+// arithmetic).
+template <int ACT, bool FAST> __device__ __forceinline__ float act_df(float x)
+{
+    float y;
+    return act_f_df<ACT, FAST>(x, &y);
 }
 
 } // namespace gc_act_detail

@@ -31,6 +31,14 @@ inline int64_t colsum_rows_per_chunk(int64_t rows)
     return rpc;
 }
 
+// The grid of a column-sum launch over [rows, cols]: x the column groups, y the chunks of
+// *rpc rows each.
+inline dim3 colsum_grid(int64_t rows, int64_t cols, int64_t *rpc)
+{
+    *rpc = colsum_rows_per_chunk(rows);
+    return dim3((unsigned)((cols + kColsPerBlock - 1) / kColsPerBlock), (unsigned)((rows + *rpc - 1) / *rpc));
+}
+
 // The block's column sums from each thread's own sums s (over its lane's rows): the 32
 // lanes meet in a fixed tree, and thread (tx, 0) gets the block's in out. Every thread of
 // the block calls it (it synchronises).

@@ -475,8 +475,9 @@ gc_status colsum(const S *src, D *dst, int64_t rows, int64_t cols, bool acc)
 {
     const int64_t col_blocks = (cols + 31) / 32;
     if (col_blocks > 0x7fffffffLL) return gc_error_set(GC_ERR_SHAPE, "sum_rows: %lld columns is too many", (long long)cols);
-    const int64_t rpc = colsum_rows_per_chunk(rows);
-    int64_t chunks = (rows + rpc - 1) / rpc;
+    int64_t rpc;
+    const dim3 grid = colsum_grid(rows, cols, &rpc);
+    const int64_t chunks = grid.y, groups = grid.x;
     // the partial sums are 256-byte aligned: the second pass takes the same path
     const bool vec = cols % kColVec == 0 && aligned16(src);
     if (chunks <= 1) {
@@ -486,10 +487,9 @@ gc_status colsum(const S *src, D *dst, int64_t rows, int64_t cols, bool acc)
     }
     float *part = (float *)gc_cuda_alloc(sizeof(float) * (size_t)(chunks * cols));
     if (!part) return GC_PENDING();
-    const int64_t groups = (cols + kColsPerBlock - 1) / kColsPerBlock;
     cudaError_t e = cudaSuccess;
     if (vec && groups <= kMaxTickets) { // one launch
-        gc_launch(colsum_fused_kernel<S, D>, dim3((unsigned)groups, (unsigned)chunks), dim3(kColThreads, kRowLanes), 0,
+        gc_launch(colsum_fused_kernel<S, D>, grid, dim3(kColThreads, kRowLanes), 0,
                   gc_cuda_stream(), src, rows, cols, rpc, part, dst, acc);
         e = cudaGetLastError();
     } else {
