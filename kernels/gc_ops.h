@@ -166,6 +166,11 @@ gc_tensor *gc_gather_rows(gc_tensor *x, gc_tensor *idx);
  * x [B, L, H, D]; cos/sin f32 [n, D] or [B, n, D]; rotates tokens start..start+n-1,
  * leaves the others as they are. */
 gc_tensor *gc_rope(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start);
+/* The same written over x (rows of unit inner stride), returned as a new view of it: for an
+ * x nothing else reads afterwards (q and k in a block's fused q/k/v output, whose storage
+ * the attention keeps for v anyway: rotating elsewhere would keep both). Its backward
+ * needs no x. */
+gc_tensor *gc_rope_in_place(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start);
 
 /* ---- shape.c: views (gc_tensor.h), copies and assembly ---- */
 gc_tensor *gc_concat(int n, gc_tensor *const *xs, int dim);

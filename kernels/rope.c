@@ -17,7 +17,8 @@
 #ifdef GC_WITH_CUDA
 /* y (+)= rope(x) (inverse false) or its transpose (inverse true); cs/sn f32 [(B,) n, D];
  * x and y [B, L, H, D] with strides xs, ys (elements, of dims 0..2; dim 3's is 1): one may
- * be a view of a fused q/k/v (or of its gradient) */
+ * be a view of a fused q/k/v (or of its gradient); y may be x (each pair is read, then
+ * written, by one thread) */
 gc_status gc_cuda_rope(const void *x, const int64_t *xs, gc_dtype dt, const float *cs, const float *sn, bool per_sample,
                        int64_t B, int64_t L, int64_t H, int64_t D, int64_t n, int64_t start, bool inverse, void *y,
                        const int64_t *ys, gc_dtype y_dt, bool acc);
@@ -75,7 +76,7 @@ static gc_status rope_backward(gc_node *nd, gc_tensor *gy)
     return GC_OK;
 }
 
-gc_tensor *gc_rope(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start)
+static gc_tensor *rope_impl(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start, bool in_place)
 {
     if (!x || !cos || !sin) return NULL;
     gc_tensor *ins[3] = {x, cos, sin};
@@ -105,10 +106,15 @@ gc_tensor *gc_rope(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start)
                      (long long)L, gc_tensor_label(x), gc_shape_str(x, sx, sizeof sx));
         return NULL;
     }
+    if (in_place && x->stride[3] != 1) {
+        gc_error_set(GC_ERR_INVALID, "rope in place: %s has inner stride %lld", gc_tensor_label(x), (long long)x->stride[3]);
+        return NULL;
+    }
     /* x read through its strides (q or k viewed in a fused q/k/v), unless its rows are strided */
     gc_tensor *xc = x->stride[3] == 1 ? x : gc_contiguous(x), *cc = gc_contiguous_raw(cos), *scn = gc_contiguous_raw(sin);
     if (!xc || !cc || !scn) return NULL;
-    gc_tensor *y = gc_op_new(x->dtype, x->device, 4, x->shape);
+    gc_tensor *y = in_place ? gc_pool_add(gc_tensor_view_of(x, 4, x->shape, x->stride, x->offset))
+                            : gc_op_new(x->dtype, x->device, 4, x->shape);
     if (!y) return NULL;
     if (x->device.type == GC_DEVICE_CUDA) {
         if (GC_CUDA_DISPATCH(gc_cuda_rope(gc_tensor_data(xc), xc->stride, xc->dtype, gc_tensor_data(cc),
@@ -127,4 +133,11 @@ gc_tensor *gc_rope(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start)
         memcpy(nd->iarg, args, sizeof args);
     }
     return y;
+}
+
+gc_tensor *gc_rope(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start) { return rope_impl(x, cos, sin, start, false); }
+
+gc_tensor *gc_rope_in_place(gc_tensor *x, gc_tensor *cos, gc_tensor *sin, int64_t start)
+{
+    return rope_impl(x, cos, sin, start, true);
 }

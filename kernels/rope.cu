@@ -20,10 +20,11 @@ template <typename I> struct Strides3 { I s0, s1, s2; };
 // y (+)= rope(x) or its transpose (inverse); cs/sn f32 [(B,) n, D]; x, y strided (q or k
 // in a fused q/k/v, or its gradient). I: the index type, int when every offset fits
 // (64-bit divisions per vector made the kernel compute-bound).
+// y may be x (gc_rope_in_place): a thread reads a pair, then writes it; no __restrict__.
 template <typename T, typename G, int V, typename I>
-__global__ void rope_kernel(const T *__restrict__ x, Strides3<I> xs, const float *__restrict__ cs,
-                            const float *__restrict__ sn, bool per_sample, I B, I L, I H, I D, I n, I start,
-                            bool inverse, G *__restrict__ y, Strides3<I> ys, bool acc)
+__global__ void rope_kernel(const T *x, Strides3<I> xs, const float *__restrict__ cs, const float *__restrict__ sn,
+                            bool per_sample, I B, I L, I H, I D, I n, I start, bool inverse, G *y, Strides3<I> ys,
+                            bool acc)
 {
     GC_PDL_WAIT();
     const I h = D / 2, per_row = h / V, total = B * L * H * per_row;

@@ -160,7 +160,8 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
      * k and v are made): q's projection adds its gradient into h's as in the whole block
      * (zero rows and all), bit for bit */
     gc_tensor *q, *k, *v;
-    if (n == L && !rows && qkv_fused(b)) {
+    const bool fused = n == L && !rows && qkv_fused(b);
+    if (fused) {
         /* one GEMM [B, L, 3D]; q, k and v are views of it, and their gradients regions of
          * its gradient (gc_grad_target_view), so its backward is one GEMM too. (On fewer
          * query rows, the tape would keep all of q with k and v: three GEMMs there.) */
@@ -178,8 +179,11 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
         v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
     }
     if (b->rope_cos) { /* the first n < L rows are below rope_start: never rotated; rows never get here */
-        if (n == L) q = gc_rope(q, b->rope_cos, b->rope_sin, b->rope_start);
-        k = gc_rope(k, b->rope_cos, b->rope_sin, b->rope_start);
+        /* q and k of the fused output rotated where they are: the attention keeps that
+         * storage for v, and would keep it besides rotated copies */
+        gc_tensor *(*rope)(gc_tensor *, gc_tensor *, gc_tensor *, int64_t) = fused ? gc_rope_in_place : gc_rope;
+        if (n == L) q = rope(q, b->rope_cos, b->rope_sin, b->rope_start);
+        k = rope(k, b->rope_cos, b->rope_sin, b->rope_start);
     }
     q = gc_tensor_retain(q), k = gc_tensor_retain(k), v = gc_tensor_retain(v); /* until the attention has run */
     gc_pool_pop(st);

@@ -306,8 +306,16 @@ static int blk_nodes(blk *k)
 START_TEST(test_block_qkv_pack)
 {
     const int64_t B = 3, L = 9, D = 64, H = 2, F = 96;
+    const bool rope = _i; /* DINOv3's: tokens 1.. rotated, q and k in place in the fused output */
     blk k;
     blk_init(&k, B, L, D, H, F, NULL, true);
+    gc_tensor *cs = NULL, *sn = NULL;
+    if (rope) {
+        gc_tensor *hc = gc_test_randn(2, GC_SHAPE(L - 1, D / H), 41, 1.0), *hs = gc_test_randn(2, GC_SHAPE(L - 1, D / H), 42, 1.0);
+        cs = gc_tensor_to(hc, gc_test_device(), GC_F32), sn = gc_tensor_to(hs, gc_test_device(), GC_F32);
+        gc_tensor_release(hc), gc_tensor_release(hs);
+        k.b.rope_cos = cs, k.b.rope_sin = sn, k.b.rope_start = 1;
+    }
     const int64_t n_out = B * L * D, n_grads = gc_params_count(&k.ps, false) + B * L * D;
     const int three = blk_nodes(&k);
     blk_run r0 = blk_step(&k, k.x, 1, false, true);
@@ -315,6 +323,9 @@ START_TEST(test_block_qkv_pack)
     ck_assert(k.b.qkv_w && k.b.qkv_b);
     ck_assert_int_eq(blk_nodes(&k), three - 1);
     blk_run r1 = blk_step(&k, k.x, 1, false, true);
+    /* what the forward leaves held: one [B, L, 3D] for q, k and v as three [B, L, D] did,
+     * rotated or not */
+    ck_assert_uint_eq(r1.mem, r0.mem);
     const bool cpu = gc_test_device().type == GC_DEVICE_CPU;
     const double tol = gc_test_dtype() == GC_F32 ? 1e-5 : 2e-2;
     if (cpu) ck_assert_msg(!memcmp(r0.out, r1.out, sizeof(double) * (size_t)n_out), "packed: the output differs");
@@ -342,6 +353,7 @@ START_TEST(test_block_qkv_pack)
     ck_assert_double_le(gc_test_vec_rel_err(r3.grads, r0.grads, n_grads), tol);
     blk_run_free(&r0), blk_run_free(&r1), blk_run_free(&r2), blk_run_free(&r3);
     blk_free(&k);
+    gc_tensor_release(cs), gc_tensor_release(sn);
 }
 END_TEST
 
@@ -440,7 +452,7 @@ int main(void)
     TCase *tc = gc_test_tcase("recompute");
     tcase_add_loop_test(tc, test_block_saved_bytes_and_grads, 0, N_BLK_CASES);
     tcase_add_test(tc, test_two_blocks_peak);
-    tcase_add_test(tc, test_block_qkv_pack);
+    tcase_add_loop_test(tc, test_block_qkv_pack, 0, 2);
     tcase_add_test(tc, test_vit_b16_block_bytes);
     tcase_add_test(tc, test_block_allocator_steady_state);
     tcase_add_loop_test(tc, test_clip_bit_identical, 0, 3);
