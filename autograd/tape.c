@@ -6,7 +6,6 @@
 
 #include "../runtime/gc_rng.h"
 
-
 struct gc_tape {
     gc_node **nodes;
     int n, cap;
@@ -276,14 +275,18 @@ static gc_status slot_complete(gc_grad_slot *s)
     return GC_OK;
 }
 
-/* s's region of its parent's buffer, with *accumulate; NULL without an error where s
- * cannot have one (then it gets a buffer of its own). */
-static gc_tensor *region_take(gc_grad_slot *s, bool *accumulate)
+/* s's region of its parent's buffer, with *accumulate; NULL where s cannot have one (then
+ * it gets a buffer of its own), or with *failed and the error set. */
+static gc_tensor *region_take(gc_grad_slot *s, bool *accumulate, bool *failed)
 {
     gc_grad_slot *p = s->parent;
+    *failed = false;
     if (p->is_leaf) return NULL; /* a parameter's gradient stays whole and its own */
     if (!p->grad) {
-        if (!slot_grad_alloc(p, false)) return NULL;
+        if (!slot_grad_alloc(p, false)) {
+            *failed = true;
+            return NULL;
+        }
         p->partial = true;
         p->n_written = 0;
     }
@@ -298,7 +301,8 @@ static gc_tensor *region_take(gc_grad_slot *s, bool *accumulate)
         p->written[p->n_written++][1] = s->end;
         *accumulate = false;
     }
-    return s->region = region_view(s);
+    if (!(s->region = region_view(s))) *failed = true;
+    return s->region;
 }
 
 gc_tensor *gc_grad_target(gc_node *node, int i, bool *accumulate)
@@ -319,8 +323,9 @@ gc_tensor *gc_grad_target_view(gc_node *node, int i, bool *accumulate)
         return s->region;
     }
     if (s->parent && !s->grad) {
-        gc_tensor *r = region_take(s, accumulate);
-        if (r || gc_error_code() != GC_OK) return r;
+        bool failed;
+        gc_tensor *r = region_take(s, accumulate, &failed);
+        if (r || failed) return r;
     }
     return gc_grad_target(node, i, accumulate);
 }
@@ -343,7 +348,6 @@ gc_status gc_grad_accumulate(gc_node *node, int i, const gc_tensor *g)
     if (!t) return GC_PENDING();
     return gc_tensor_copy_into(t, g, acc);
 }
-
 
 gc_status gc_grad_pass(gc_node *node, int i, gc_tensor *gy)
 {

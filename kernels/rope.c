@@ -66,7 +66,8 @@ static gc_status rope_backward(gc_node *nd, gc_tensor *gy)
     bool acc;
     gc_tensor *gx = gc_grad_target_view(nd, 0, &acc); /* strided: a region of a fused q/k's gradient */
     if (!gx) return GC_PENDING();
-    if (gx->stride[3] != 1) return gc_error_set(GC_ERR_INVALID, "rope backward: a gradient with inner stride %lld", (long long)gx->stride[3]);
+    if (gx->stride[3] != 1)
+        return gc_error_set(GC_ERR_INVALID, "rope backward: a gradient with inner stride %lld", (long long)gx->stride[3]);
     if (gx->device.type == GC_DEVICE_CUDA)
         return GC_CUDA_DISPATCH(gc_cuda_rope(gc_tensor_data(gy), gy->stride, gy->dtype, gc_tensor_data(cs),
                                              gc_tensor_data(sn), a[6], a[0], a[1], a[2], a[3], a[4], a[5], true,

@@ -90,8 +90,9 @@ static gc_tensor *row_causal_mask(gc_tensor *rows, int64_t B, int64_t L, gc_devi
 }
 
 /* Whether pack is exactly the parts (NULL: a gap of its size), one after another, in its
- * values and, while they train, in its gradient: then a linear over the pack is the three
- * of the parts (a member frozen alone, or moved, and it is not). */
+ * values and, while they train, in its gradient: then one linear over the pack is the
+ * three. A member frozen alone, or given storage of its own, and it is not: three
+ * linears then. */
 static bool pack_whole(const gc_tensor *pack, gc_tensor *const *part, int64_t rows)
 {
     const bool g = gc_tensor_needs_grad(pack);
@@ -156,9 +157,6 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
     gc_pool *st = gc_pool_push();
     gc_tensor *h = gc_layernorm(x, b->ln1_w, b->ln1_b, b->eps);
     gc_tensor *norm = gc_tensor_retain(h);
-    /* n < L: q of every row, the query rows copied out and the rest freed at once (before
-     * k and v are made): q's projection adds its gradient into h's as in the whole block
-     * (zero rows and all), bit for bit */
     gc_tensor *q, *k, *v;
     const bool fused = n == L && !rows && qkv_fused(b);
     if (fused) {
@@ -170,6 +168,9 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
         k = gc_slice(qkv, 2, H, 2 * H);
         v = gc_slice(qkv, 2, 2 * H, 3 * H);
     } else {
+        /* n < L: q of every row, the query rows copied out and the rest freed at once
+         * (before k and v are made): q's projection adds its gradient into h's as in the
+         * whole block (zero rows and all), bit for bit */
         gc_pool *qp = gc_pool_push();
         q = gc_lin_forward(&b->q, h, b->op_base + 1);                             /* [B, L, D] */
         q = rows ? gc_gather_rows(q, rows) : n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q;
