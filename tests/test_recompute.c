@@ -357,6 +357,55 @@ START_TEST(test_block_qkv_pack)
 }
 END_TEST
 
+/* gc_params_pack itself: the values kept, a gap of zeros, the gradients one buffer
+ * (zero_grad clears it whole, the gap too), and bad packs refused with their names. */
+START_TEST(test_params_pack)
+{
+    gc_params ps;
+    gc_params_init(&ps, GC_CPU, GC_F32);
+    int a = gc_params_add(&ps, "a.weight", 2, GC_SHAPE(2, 3)), b = gc_params_add(&ps, "b.weight", 2, GC_SHAPE(1, 3));
+    int c = gc_params_add(&ps, "c.weight", 2, GC_SHAPE(2, 4)), d = gc_params_add(&ps, "d.bias", 1, GC_SHAPE(2));
+    ck_assert(a >= 0 && b >= 0 && c >= 0 && d >= 0);
+    float *va = gc_tensor_data(ps.items[a].value), *vb = gc_tensor_data(ps.items[b].value);
+    for (int i = 0; i < 6; i++) va[i] = (float)(i + 1);
+    for (int i = 0; i < 3; i++) vb[i] = (float)(-i - 1);
+    gc_tensor *pk = gc_params_pack(&ps, 3, (const int[]){a, -1, b}, (const int64_t[]){0, 2, 0});
+    ck_assert_msg(pk, "%s", gc_error_message());
+    ck_assert(pk->shape[0] == 5 && pk->shape[1] == 3);
+    const float want[15] = {1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0, -1, -2, -3};
+    ck_assert(!memcmp(gc_tensor_data(pk), want, sizeof want)); /* the values moved with their members */
+    ck_assert(gc_tensor_data(ps.items[b].value) == (float *)gc_tensor_data(pk) + 12);
+    gc_tensor *G = gc_tensor_grad(pk), *gb = gc_tensor_grad(ps.items[b].value);
+    ck_assert(G && gb && gb->storage == G->storage && gb->offset == G->offset + 12);
+    ck_assert_int_eq(gc_tensor_fill(G, 7.0), GC_OK); /* the gap too, as a bias gradient's sums would */
+    ck_assert_int_eq(gc_params_zero_grad(&ps), GC_OK);
+    float g[15];
+    ck_assert_int_eq(gc_tensor_to_host_f32(G, g), GC_OK);
+    for (int i = 0; i < 15; i++) ck_assert(g[i] == 0);
+    /* refused: packed twice, other trailing dims, a gap of no rows, no members */
+    struct { int n; int idx[3]; int64_t gap[3]; const char *names; } bad[] = {
+        {2, {a, c}, {0, 0}, "a.weight"}, {2, {c, d}, {0, 0}, "d.bias"}, {2, {c, -1}, {0, 0}, "a gap"}, {0, {0}, {0}, "members"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        gc_error_clear();
+        ck_assert_msg(!gc_params_pack(&ps, bad[i].n, bad[i].idx, bad[i].gap), "case %zu", i);
+        ck_assert_int_eq(gc_error_code(), GC_ERR_INVALID);
+        ck_assert_msg(strstr(gc_error_message(), bad[i].names), "case %zu: %s", i, gc_error_message());
+    }
+    /* the helpers refuse what does not fit, with the tensor's name */
+    gc_error_clear();
+    ck_assert_int_eq(gc_tensor_rebind(ps.items[c].value, pk, 10), GC_ERR_INVALID); /* past the end */
+    ck_assert_ptr_nonnull(strstr(gc_error_message(), "c.weight"));
+    gc_tensor *wrong = gc_tensor_zeros(GC_F32, GC_CPU, 2, GC_SHAPE(3, 2));
+    gc_error_clear();
+    ck_assert_int_eq(gc_tensor_set_grad(ps.items[a].value, wrong), GC_ERR_INVALID);
+    ck_assert_msg(strstr(gc_error_message(), "a.weight"), "%s", gc_error_message());
+    gc_tensor_release(wrong);
+    gc_error_clear();
+    gc_params_free(&ps);
+}
+END_TEST
+
 START_TEST(test_clip_bit_identical)
 {
     static const char *const names[] = {"clip_gelu_eos", "clip_dropout", "clip_lora"};
@@ -453,6 +502,7 @@ int main(void)
     tcase_add_loop_test(tc, test_block_saved_bytes_and_grads, 0, N_BLK_CASES);
     tcase_add_test(tc, test_two_blocks_peak);
     tcase_add_loop_test(tc, test_block_qkv_pack, 0, 2);
+    tcase_add_test(tc, test_params_pack);
     tcase_add_test(tc, test_vit_b16_block_bytes);
     tcase_add_test(tc, test_block_allocator_steady_state);
     tcase_add_loop_test(tc, test_clip_bit_identical, 0, 3);
