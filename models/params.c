@@ -114,7 +114,8 @@ gc_tensor *gc_params_pack(gc_params *ps, int n, const int *idx, const int64_t *g
     for (int j = 0; j < n; j++) {
         const gc_tensor *v = idx[j] >= 0 && idx[j] < ps->n ? ps->items[idx[j]].value : NULL;
         bool ok = v ? v->ndim == t0->ndim && v->dtype == t0->dtype && gc_tensor_is_contiguous(v) &&
-                          ps->items[idx[j]].pack < 0 && !memcmp(v->shape + 1, t0->shape + 1, sizeof(int64_t) * (size_t)(v->ndim - 1))
+                          ps->items[idx[j]].pack < 0 &&
+                          !memcmp(v->shape + 1, t0->shape + 1, sizeof(int64_t) * (size_t)(v->ndim - 1))
                     : idx[j] < 0 && gap_rows && gap_rows[j] > 0;
         if (!ok) {
             gc_error_set(GC_ERR_INVALID, "gc_params_pack: member %d (%s) does not fit the pack of %s", j,
@@ -150,7 +151,9 @@ gc_tensor *gc_params_pack(gc_params *ps, int n, const int *idx, const int64_t *g
         gc_status st = r ? gc_tensor_copy_into(r, v, false) : GC_PENDING(); /* its values move with it */
         gc_tensor_release(r);
         if (st == GC_OK) st = gc_tensor_rebind(v, pk->value, off); /* (the master too, where it is the value) */
-        if (st != GC_OK) {
+        if (st != GC_OK) { /* no pack: the members moved so far keep their new storage, in none */
+            for (int i = 0; i < j; i++)
+                if (idx[i] >= 0) ps->items[idx[i]].pack = -1;
             gc_tensor_release(pk->value);
             return NULL;
         }
