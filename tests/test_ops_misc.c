@@ -397,6 +397,12 @@ START_TEST(test_rope_errors)
         ck_assert_msg(gc_error_code() == cases[i].code, "case %zu: %s", i, gc_error_message());
         ck_assert_ptr_nonnull(strstr(gc_error_message(), "rope"));
     }
+    /* in place over a tensor whose rows are not unit-stride: refused, not copied */
+    gc_error_clear();
+    gc_tensor *xt = gc_pool_add(gc_tensor_zeros(GC_F32, GC_CPU, 4, GC_SHAPE(2, 5, 6, 6)));
+    ck_assert_ptr_null(gc_rope_in_place(gc_transpose(xt, 2, 3), c, c, 0));
+    ck_assert_int_eq(gc_error_code(), GC_ERR_INVALID);
+    ck_assert_msg(strstr(gc_error_message(), "rope in place"), "%s", gc_error_message());
     gc_error_clear();
     /* the whole range, and an empty range (identity) */
     ck_assert_ptr_nonnull(gc_rope(x, c, c, 2));
