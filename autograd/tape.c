@@ -238,22 +238,20 @@ gc_node *gc_autograd_record(const char *op, gc_backward_fn bw, gc_tensor *out, i
  * have its region (x a leaf, overlapping or crossing regions) gets a buffer of its own,
  * as before. */
 
-/* The view of parent p's gradient buffer that slice slot s covers. */
+/* The view of parent p's gradient buffer (contiguous, p's shape) that slice slot s covers. */
 static gc_tensor *region_view(const gc_grad_slot *s)
 {
-    const gc_grad_slot *p = s->parent;
-    int64_t st[GC_MAX_DIMS], m = 1;
-    for (int d = p->ndim - 1; d >= 0; d--) { st[d] = m; m *= p->shape[d]; }
-    return gc_tensor_view_of(p->grad, s->ndim, s->shape, st, p->grad->offset + s->start * st[s->dim]);
+    const gc_tensor *g = s->parent->grad;
+    return gc_tensor_view_of(g, s->ndim, s->shape, g->stride, g->offset + s->start * g->stride[s->dim]);
 }
 
 /* Zeroes what no region of s's partial buffer covers; s's gradient is then whole. */
 static gc_status slot_complete(gc_grad_slot *s)
 {
     if (!s->partial) return GC_OK;
-    int dim = s->written_dim, n = s->n_written;
-    int64_t at = 0, st[GC_MAX_DIMS], m = 1;
-    for (int d = s->ndim - 1; d >= 0; d--) { st[d] = m; m *= s->shape[d]; }
+    const int dim = s->written_dim, n = s->n_written;
+    const int64_t *st = s->grad->stride; /* contiguous, s's shape */
+    int64_t at = 0;
     s->partial = false;
     s->n_written = 0;
     for (int k = 0; k <= n; k++) {
