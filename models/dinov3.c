@@ -51,6 +51,8 @@ struct rope_grid {
     bool augment;          /* the latest forward of this grid augmented its coordinates */
     struct aug_tables aug[AUG_CACHE];
     int next_aug;
+    /* layers + 1: every layer, then the last one again on the class token's row alone
+     * (out_rows 1: what the class-token embedding reads) */
     struct grid_layer layers[];
 };
 
@@ -531,7 +533,7 @@ static struct rope_grid *find_grid(gc_dinov3 *m, int64_t gh, int64_t gw)
     struct rope_grid **gs = realloc(m->grids, sizeof *gs * (size_t)(m->n_grids + 1));
     if (!gs) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
     m->grids = gs;
-    struct rope_grid *g = calloc(1, sizeof *g + sizeof(struct grid_layer) * (size_t)m->cfg.layers);
+    struct rope_grid *g = calloc(1, sizeof *g + sizeof(struct grid_layer) * (size_t)(m->cfg.layers + 1));
     if (!g) { gc_error_set(GC_ERR_OOM, "out of host memory"); return NULL; }
     if (rope_tables(m, gh, gw, NULL, &g->cos, &g->sin) != GC_OK) { free(g); return NULL; }
     g->gh = gh;
@@ -554,6 +556,10 @@ static struct rope_grid *grid_layers(gc_dinov3 *m, int64_t gh, int64_t gw)
         l->block = m->blocks[i];
         l->block.rope_cos = g->cos;
         l->block.rope_sin = g->sin;
+    }
+    if (m->cfg.layers) {
+        g->layers[m->cfg.layers] = g->layers[m->cfg.layers - 1];
+        g->layers[m->cfg.layers].block.out_rows = 1;
     }
     return g;
 }
@@ -585,7 +591,10 @@ static gc_tensor *layer_forward(gc_tensor *x, void *closure)
 
 /* ---------------------------------------------------------------- forward */
 
-gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
+/* The last hidden states [B, L, D], or with cls_only [B, 1, D]: the class token's row alone,
+ * its last layer run on that row (keys and values from every token), the same numbers
+ * as row 0 of the whole output. */
+static gc_tensor *hidden_states(gc_dinov3 *m, gc_tensor *pixels, bool cls_only)
 {
     if (!pixels) return NULL;
     const gc_dinov3_config *c = &m->cfg;
@@ -607,19 +616,26 @@ gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels)
     gc_tensor *prefix = c->registers ? gc_concat(2, (gc_tensor *[]){m->cls, m->registers}, 1) : m->cls; /* [1, 1+R, D] */
     gc_tensor *h = gc_pool_keep(gc_concat(2, (gc_tensor *[]){gc_add(zeros, prefix), x}, 1)); /* [B, 1+R+N, D] */
     gc_pool_pop(emb);
-    for (int64_t i = 0; i < c->layers; i++)
-        h = m->opt.checkpointing ? gc_checkpoint(layer_forward, &g->layers[i], h) : layer_forward(h, &g->layers[i]);
-    gc_tensor *y = gc_pool_keep(gc_layernorm(h, m->norm_w, m->norm_b, c->eps));
+    for (int64_t i = 0; i < c->layers; i++) {
+        struct grid_layer *l = &g->layers[cls_only && i == c->layers - 1 ? i + 1 : i];
+        h = m->opt.checkpointing ? gc_checkpoint(layer_forward, l, h) : layer_forward(h, l);
+    }
+    gc_tensor *y = gc_layernorm(h, m->norm_w, m->norm_b, c->eps);
+    /* no layers, or a last block that ran every row (gc_block.out_rows: attention dropout) */
+    if (cls_only && y && y->shape[1] != 1) y = gc_slice(y, 1, 0, 1);
+    y = gc_pool_keep(y);
     gc_pool_pop(pool);
     return y;
 }
 
+gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels) { return hidden_states(m, pixels, false); }
+
 gc_tensor *gc_dinov3_encode(gc_dinov3 *m, gc_tensor *pixels)
 {
-    gc_tensor *h = gc_dinov3_forward(m, pixels);
+    const bool mean = m->opt.pool == GC_DINOV3_POOL_MEAN;
+    gc_tensor *h = hidden_states(m, pixels, !mean);
     if (!h) return NULL;
     int64_t B = h->shape[0], D = h->shape[2];
-    if (m->opt.pool == GC_DINOV3_POOL_MEAN)
-        return gc_mean_dim(gc_slice(h, 1, 1 + m->cfg.registers, h->shape[1]), 1);
-    return gc_view(gc_slice(h, 1, 0, 1), 2, GC_SHAPE(B, D));
+    if (mean) return gc_mean_dim(gc_slice(h, 1, 1 + m->cfg.registers, h->shape[1]), 1);
+    return gc_view(h, 2, GC_SHAPE(B, D)); /* [B, 1, D]: the class token */
 }

@@ -278,6 +278,65 @@ START_TEST(test_mean_pooling)
 }
 END_TEST
 
+/* The class-token embedding runs the last layer on the class token's row alone: the same
+ * numbers as row 0 of the whole forward (bit for bit on the CPU, where no GEMM depends on
+ * the row count) and, seeded on that row, the same gradient of every parameter, from a
+ * tape that holds less. With and without checkpointing. */
+static double *class_row_grads(gc_dinov3 *m, gc_tensor *px, gc_tensor *g, bool whole, double *out, size_t *saved)
+{
+    gc_params *ps = gc_dinov3_params(m);
+    ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
+    gc_tape *t = gc_tape_init();
+    gc_tape_begin(t);
+    gc_pool *p = gc_pool_push();
+    gc_tensor *y = whole ? gc_dinov3_forward(m, px) : gc_dinov3_encode(m, px);
+    ck_assert_msg(y != NULL, "%s", gc_error_message());
+    if (whole) y = gc_view(gc_slice(y, 1, 0, 1), 2, GC_SHAPE(y->shape[0], y->shape[2]));
+    gc_tape_end(t);
+    *saved = gc_tape_saved_bytes(t);
+    ck_assert_int_eq(gc_tensor_to_host_f64(y, out), GC_OK);
+    gc_tensor *gd = gc_tensor_to(g, y->device, y->dtype);
+    ck_assert_msg(gc_backward(t, 1, &y, &gd) == GC_OK, "%s", gc_error_message());
+    gc_tensor_release(gd);
+    gc_pool_pop(p);
+    gc_tape_free(t);
+    return gc_test_flat_grads(ps);
+}
+
+START_TEST(test_encode_class_row)
+{
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        gc_dinov3_options o = test_options();
+        o.checkpointing = ckpt;
+        fixture f;
+        fixture_open(&f, CASES[_i], &o);
+        int64_t B = f.pa->shape[0], D = gc_dinov3_get_config(f.m)->hidden, n = gc_params_count(gc_dinov3_params(f.m), false);
+        gc_tensor *g = gc_test_randn(2, GC_SHAPE(B, D), 17, 1.0);
+        double *y[2], *gr[2];
+        size_t saved[2];
+        for (int whole = 0; whole < 2; whole++) {
+            y[whole] = calloc((size_t)(B * D), sizeof(double));
+            gr[whole] = class_row_grads(f.m, f.pa, g, whole, y[whole], &saved[whole]);
+        }
+        double ey = gc_test_vec_rel_err(y[0], y[1], B * D), eg = gc_test_vec_rel_err(gr[0], gr[1], n);
+        printf("%-40s class row%s: output rel err %.2e, gradients %.2e; the tape holds %zu bytes, %zu whole\n", CASES[_i],
+               ckpt ? " (checkpointed)" : "", ey, eg, saved[0], saved[1]);
+        ck_assert_uint_lt(saved[0], saved[1]);
+        if (o.device.type == GC_DEVICE_CPU) {
+            ck_assert_msg(!memcmp(y[0], y[1], sizeof(double) * (size_t)(B * D)), "the class row differs");
+            /* q, k and v: one GEMM on every row, three on the class row (the sums of their
+             * input gradients in another order) */
+            ck_assert_msg(eg < 1e-6, "class row: gradients differ by %.3g", eg);
+        } else {
+            ck_assert_msg(ey < tolerance() / 10 && eg < tolerance() / 10, "class row: output %.3g, gradients %.3g", ey, eg);
+        }
+        for (int whole = 0; whole < 2; whole++) free(y[whole]), free(gr[whole]);
+        gc_tensor_release(g);
+        fixture_close(&f);
+    }
+}
+END_TEST
+
 /* ---------------------------------------------------------------- training */
 
 /* AdamW steps through the gradient cache lower the loss; the mask token (no gradient,
@@ -791,6 +850,7 @@ int main(void)
     tcase_add_loop_test(tc, test_checkpointing_matches_transformers, 0, N_CASES);
     tcase_add_test(tc, test_checkpointing_two_grids);
     tcase_add_loop_test(tc, test_mean_pooling, 0, N_CASES);
+    tcase_add_loop_test(tc, test_encode_class_row, 0, N_CASES);
     tcase_add_test(tc, test_train_steps);
     tcase_add_loop_test(tc, test_save_reload, 0, N_CASES);
     tcase_add_test(tc, test_bad_checkpoints_are_named);

@@ -52,15 +52,20 @@ static double median(double *v, int n)
     return n ? (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])) : 0;
 }
 
-/* Forward FLOPs of a CLIP tower's blocks on N tokens: each block's matmuls, and the last
- * one's q, k and v on every token but the rest (o, the MLP, attention) on one row only:
- * the class token (vision) or the pooled EOS token (text). */
+/* Forward FLOPs of a tower's blocks on N tokens: each block's matmuls, and the last one's
+ * q, k and v on every token but the rest (o, the MLP, attention) on one row only: the
+ * class token (CLIP's vision, DINOv3's class-token embedding) or the pooled EOS token
+ * (CLIP's text). */
+static double blocks_flops(int64_t layers, double D, double F, double N)
+{
+    double fl = (double)layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D);
+    if (layers) fl -= (N - 1) * (2 * D * D + 4 * D * F + 4 * N * D);
+    return fl;
+}
+
 static double clip_blocks_flops(const gc_clip_tower_config *tw, double N)
 {
-    double D = (double)tw->hidden, F = (double)tw->intermediate;
-    double fl = (double)tw->layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D);
-    if (tw->layers) fl -= (N - 1) * (2 * D * D + 4 * D * F + 4 * N * D);
-    return fl;
+    return blocks_flops(tw->layers, (double)tw->hidden, (double)tw->intermediate, N);
 }
 
 /* Forward GFLOP of one (image, text) pair: matmuls only, 2 per multiply-add; *image: the
@@ -76,13 +81,13 @@ static double clip_pair_flops(const gc_clip_config *c, int64_t text_len, double 
     return fl + clip_blocks_flops(t, (double)text_len) + 2 * (double)t->hidden * (double)c->projection_dim;
 }
 
-/* Forward GFLOP of one image through DINOv3 (a pair is two of these). */
+/* Forward GFLOP of one image through DINOv3 to its class-token embedding (a pair is two
+ * of these). */
 static double dinov3_image_flops(const gc_dinov3_config *c)
 {
     double g = (double)(c->image_size / c->patch), N = g * g + 1 + (double)c->registers, D = (double)c->hidden;
     double F = (double)c->intermediate;
-    return (double)c->layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D) +
-           2 * g * g * (double)(c->channels * c->patch * c->patch) * D;
+    return blocks_flops(c->layers, D, F, N) + 2 * g * g * (double)(c->channels * c->patch * c->patch) * D;
 }
 
 /* One model under test: its parameters, and one step's forward + backward. */
