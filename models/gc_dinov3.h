@@ -70,7 +70,7 @@ gc_status gc_dinov3_rope(gc_dinov3 *m, int64_t gh, int64_t gw, gc_tensor **cos, 
 gc_tensor *gc_dinov3_forward(gc_dinov3 *m, gc_tensor *pixels);
 /* pixels -> pooled embedding [B, D] (class token, or mean of patch tokens). For the class
  * token the last layer runs on that row alone (gc_block.out_rows; keys and values from
- * every token): row 0 of the forward's output, at 1/6 of the last layer's cost. */
+ * every token): row 0 of the forward's output, at about a sixth of the last layer's cost. */
 gc_tensor *gc_dinov3_encode(gc_dinov3 *m, gc_tensor *pixels);
 
 #endif

@@ -82,7 +82,8 @@ gc_tensor *gc_block_run(const gc_block *b, gc_tensor *x, bool checkpoint);
  * wait for the GPU) -> [B, 1, D]: row rows[b] of sample b's block output, the same
  * numbers as gc_gather_rows of the whole output (CLIP's last text block: the embedding
  * reads only the pooled token). Keys and values come from every token; q (projected on
- * every row, then gathered), attention, o, the residual and the MLP run on those rows.
+ * every row, then gathered, only under LoRA dropout on q), attention, o, the residual and
+ * the MLP run on those rows.
  * A causal block masks keys after rows[b] ([B, 1, L], additive). With attention
  * dropout, drop_path or a rotary embedding the whole block runs and its rows are
  * gathered. b->out_rows does not apply. */

@@ -168,12 +168,17 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
         k = gc_slice(qkv, 2, H, 2 * H);
         v = gc_slice(qkv, 2, 2 * H, 3 * H);
     } else {
-        /* n < L: q of every row, the query rows copied out and the rest freed at once
-         * (before k and v are made): q's projection adds its gradient into h's as in the
-         * whole block (zero rows and all), bit for bit */
+        /* n < L: q of the query rows alone, projected from their rows of h. Under LoRA
+         * dropout on q (its mask keyed by the element's place in x) q is projected on
+         * every row and its query rows copied out, as the whole block draws. */
         gc_pool *qp = gc_pool_push();
-        q = gc_lin_forward(&b->q, h, b->op_base + 1);                             /* [B, L, D] */
-        q = rows ? gc_gather_rows(q, rows) : n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q;
+        if (n < L && !(b->q.lora_a && b->q.lora_dropout > 0)) {
+            gc_tensor *hq = rows ? gc_gather_rows(h, rows) : gc_contiguous(gc_slice(h, 1, 0, n)); /* [B, n, D] */
+            q = gc_lin_forward(&b->q, hq, b->op_base + 1);
+        } else {
+            q = gc_lin_forward(&b->q, h, b->op_base + 1);                             /* [B, L, D] */
+            q = rows ? gc_gather_rows(q, rows) : n < L ? gc_contiguous(gc_slice(q, 1, 0, n)) : q;
+        }
         q = gc_pool_keep(gc_view(q, 4, GC_SHAPE(B, n, H, D / H)));
         gc_pool_pop(qp);
         k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));

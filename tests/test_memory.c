@@ -89,10 +89,10 @@ START_TEST(test_block_forward_peak)
 }
 END_TEST
 
-/* out_rows 1 (CLIP's last vision block): the first row of the whole block's output, and
- * with a cotangent on that row only, the same gradients of every parameter and of x
- * (bit for bit on the CPU, where no GEMM depends on the row count); the tape keeps k, v
- * and one row of the rest. */
+/* out_rows 1 (CLIP's last vision block): the first row of the whole block's output (bit
+ * for bit on the CPU, where no GEMM depends on the row count), and with a cotangent on
+ * that row only, the same gradients of every parameter and of x (to 1e-6 on the CPU); the
+ * tape keeps k, v and one row of the rest. */
 START_TEST(test_block_head_rows)
 {
     const int64_t B = 3, L = 11, D = 32, H = 4, F = 128;
@@ -135,9 +135,9 @@ START_TEST(test_block_head_rows)
     ck_assert_uint_lt(end[1], end[0]);
     if (dev.type == GC_DEVICE_CPU) {
         ck_assert_msg(!memcmp(out[0], out[1], sizeof(double) * (size_t)(B * D)), "the first row differs");
-        for (int64_t i = 0; i < np + nx; i++)
-            ck_assert_msg(!memcmp(&grads[0][i], &grads[1][i], sizeof(double)), "gradient %lld: %.9g vs %.9g", (long long)i,
-                          grads[0][i], grads[1][i]);
+        /* q's input gradient joins h's as a copy, not inside its GEMM: rounded once more */
+        double eg = gc_test_vec_rel_err(grads[1], grads[0], np + nx);
+        ck_assert_msg(eg < 1e-6, "gradients differ by %.3g", eg);
     } else { /* a GEMM of other rows may round differently */
         double tol = dt == GC_F32 ? 1e-5 : 2e-2, e = 0, n = 0;
         for (int64_t i = 0; i < np + nx; i++) {
@@ -197,8 +197,8 @@ static rows_run rows_block_run(rows_ctx *c, gc_params *ps, gc_tensor *x, gc_tens
 /* gc_block_run_rows on a causal block (CLIP's last text block: one pooled row per sample,
  * here at the first, the last and inner positions): the rows of the whole block's output
  * and, with a cotangent on those rows only, the same gradients of every parameter and of
- * x, with and without checkpointing (bit for bit on the CPU); the tape keeps k, v and one
- * row of the rest. The numbers would change with a key more or less in the mask. Rows
+ * x, with and without checkpointing (the output bit for bit on the CPU, the gradients to
+ * 1e-6); the tape keeps k, v and one row of the rest. The numbers would change with a key more or less in the mask. Rows
  * outside [0, L) or of the wrong shape are errors. */
 START_TEST(test_block_pooled_rows)
 {
@@ -225,9 +225,8 @@ START_TEST(test_block_pooled_rows)
             for (int64_t i = 0; i < B * D; i++)
                 ck_assert_msg(!memcmp(&r[0].out[i], &r[mode].out[i], sizeof(double)), "mode %d: output %lld: %.9g vs %.9g",
                               mode, (long long)i, r[0].out[i], r[mode].out[i]);
-            for (int64_t i = 0; i < n; i++)
-                ck_assert_msg(!memcmp(&r[0].grads[i], &r[mode].grads[i], sizeof(double)),
-                              "mode %d: gradient %lld: %.9g vs %.9g", mode, (long long)i, r[0].grads[i], r[mode].grads[i]);
+            double eg = gc_test_vec_rel_err(r[mode].grads, r[0].grads, n); /* as in test_block_head_rows */
+            ck_assert_msg(eg < 1e-6, "mode %d: gradients differ by %.3g", mode, eg);
         } else { /* a GEMM of other rows may round differently */
             double tol = dt == GC_F32 ? 1e-5 : 2e-2;
             double eo = gc_test_vec_rel_err(r[mode].out, r[0].out, B * D), eg = gc_test_vec_rel_err(r[mode].grads, r[0].grads, n);

@@ -53,13 +53,13 @@ static double median(double *v, int n)
 }
 
 /* Forward FLOPs of a tower's blocks on N tokens: each block's matmuls, and the last one's
- * q, k and v on every token but the rest (o, the MLP, attention) on one row only: the
+ * k and v on every token but the rest (q, o, the MLP, attention) on one row only: the
  * class token (CLIP's vision, DINOv3's class-token embedding) or the pooled EOS token
  * (CLIP's text). */
 static double blocks_flops(int64_t layers, double D, double F, double N)
 {
     double fl = (double)layers * (8 * N * D * D + 4 * N * D * F + 4 * N * N * D);
-    if (layers) fl -= (N - 1) * (2 * D * D + 4 * D * F + 4 * N * D);
+    if (layers) fl -= (N - 1) * (4 * D * D + 4 * D * F + 4 * N * D);
     return fl;
 }
 
