@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# session 15, first call: DINOv3's class-token embedding on the class row alone in the last
+# layer, and q on the query rows alone in every rows block (CLIP's last blocks too): the
+# whole GPU suite, then the rows against the session's start (.head0 = cfea896),
+# alternating.
+. tools/bench/build.sh
+(cd .head0 && ln -sfn ../.device-debs .device-debs && meson setup build-gpu -Dcuda=enabled && ninja -C build-gpu tools/gcache) >/tmp/head0.log 2>&1 &
+. tools/bench/suite.sh
+wait
+. tools/bench/ab.sh
+{
+for k in 1 2; do
+  for side in before after; do
+    row $side "dinov3 256/64" --model dinov3-vit-b16 --batch 256 --chunk 64
+    row $side "b16 128/64" --model clip-vit-b16 --batch 128 --chunk 64
+  done
+done
+for side in before after; do
+  row $side "b16 4096/256" --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1
+done
+} 2>&1 | tee "$OUT/ab-summary.txt"
+echo "all took $(( $(date +%s) - t0 )) s"
