@@ -17,7 +17,9 @@ void gc_clip_task_init(gc_clip_task *t, gc_clip *m, gc_tensor *pixels, gc_tensor
     memset(t, 0, sizeof *t);
     t->model = m;
     t->gc.n_towers = 2;
-    t->gc.towers[0] = (gc_gradcache_tower){{image_tower, m, "image tower"}, chunk, 1, {pixels}};
+    gc_device dev = gc_params_value(gc_clip_params(m), 0)->device;
+    /* the pixels go to the model's device a chunk ahead; the ids stay where they are */
+    t->gc.towers[0] = (gc_gradcache_tower){{image_tower, m, "image tower"}, chunk, 1, {pixels}, 1u, dev};
     t->gc.towers[1] = (gc_gradcache_tower){{text_tower, m, "text tower"}, chunk, 1, {ids}};
     t->gc.loss = clip_loss_fn;
     t->gc.loss_user = t;
@@ -42,7 +44,9 @@ gc_status gc_clip_task_embed(gc_clip *m, gc_tensor *pixels, gc_tensor *ids, int6
     for (int i = 0; i < 2; i++) {
         *out[i] = NULL;
         if (!in[i]) continue;
-        gc_gradcache g = {.n_towers = 1, .towers = {{{fns[i], m, i ? "text tower" : "image tower"}, chunk, 1, {in[i]}}}};
+        gc_device dev = gc_params_value(gc_clip_params(m), 0)->device;
+        gc_gradcache g = {.n_towers = 1,
+                          .towers = {{{fns[i], m, i ? "text tower" : "image tower"}, chunk, 1, {in[i]}, i ? 0u : 1u, dev}}};
         gc_tensor *reps = NULL;
         GC_TRY(gc_gradcache_embed(&g, gc_rand_context_get(), &reps));
         gc_pool *p = gc_pool_push();

@@ -22,8 +22,8 @@ gc_status gc_dinov3_task_init(gc_dinov3_task *t, gc_dinov3 *m, gc_tensor *a, gc_
     if (!t->log_scale) return GC_PENDING();
     t->model = m;
     t->gc.n_towers = 2;
-    t->gc.towers[0] = (gc_gradcache_tower){{view_tower, m, "view a"}, chunk, 1, {a}};
-    t->gc.towers[1] = (gc_gradcache_tower){{view_tower, m, "view b"}, chunk, 1, {b}};
+    t->gc.towers[0] = (gc_gradcache_tower){{view_tower, m, "view a"}, chunk, 1, {a}, 1u, dev}; /* pixels a chunk ahead */
+    t->gc.towers[1] = (gc_gradcache_tower){{view_tower, m, "view b"}, chunk, 1, {b}, 1u, dev};
     t->gc.loss = pair_loss;
     t->gc.loss_user = t;
     t->gc.use_cache = chunk > 0;

@@ -44,6 +44,12 @@ typedef struct gc_gradcache_tower {
     int64_t chunk_size;                          /* rows per chunk; <= 0: the whole batch */
     int n_inputs;
     gc_tensor *inputs[GC_TOWER_MAX_INPUTS];      /* full-batch inputs, split by rows (dim 0) */
+    /* Inputs (bit i: inputs[i]) the function wants on upload_to: each chunk's rows are
+     * uploaded there a chunk ahead, beside the computation (gc_upload_begin), so the copy
+     * of the next chunk overlaps this one's work. The others come as views of their rows,
+     * where they are (CLIP's token ids stay on the host, where pooling reads them). */
+    unsigned upload;
+    gc_device upload_to;
 } gc_gradcache_tower;
 
 typedef struct gc_gradcache {

@@ -38,13 +38,42 @@ static gc_status check_towers(const gc_gradcache *gc)
     return GC_OK;
 }
 
-/* Rows [start, end) of a tower's inputs (views: no copy), then its function. */
-static gc_tensor *run_chunk(const gc_gradcache_tower *tw, int64_t start, int64_t end)
+/* A chunk's inputs are views of rows [start, end) of the tower's inputs, but for those in
+ * tw->upload: device copies, begun a chunk ahead (stage), so that the copy of the next
+ * chunk's rows overlaps this chunk's work. up[i].t is set for the staged inputs. */
+static gc_status stage(const gc_gradcache_tower *tw, int64_t start, int64_t end, gc_upload *up)
+{
+    gc_status st = GC_OK;
+    gc_pool *p = gc_pool_push(); /* the views; an upload holds what it needs */
+    for (int i = 0; i < GC_TOWER_MAX_INPUTS; i++) {
+        up[i] = (gc_upload){0};
+        if (st != GC_OK || i >= tw->n_inputs || !(tw->upload >> i & 1u)) continue;
+        gc_tensor *v = gc_rows(tw->inputs[i], start, end);
+        st = v ? gc_upload_begin(&up[i], v, tw->upload_to) : GC_PENDING();
+    }
+    gc_pool_pop(p);
+    return st;
+}
+
+/* Ends staged uploads that no chunk took (an error path) */
+static void unstage(gc_upload *up)
+{
+    for (int i = 0; i < GC_TOWER_MAX_INPUTS; i++)
+        if (up[i].t) gc_tensor_release(gc_upload_end(&up[i]));
+}
+
+/* The inputs of rows [start, end) (views, or the staged uploads, ended here: the work
+ * queued from now on waits for them), then the tower's function. */
+static gc_tensor *run_chunk(const gc_gradcache_tower *tw, int64_t start, int64_t end, gc_upload *up)
 {
     gc_tensor *in[GC_TOWER_MAX_INPUTS];
-    for (int i = 0; i < tw->n_inputs; i++) in[i] = gc_rows(tw->inputs[i], start, end);
-    for (int i = 0; i < tw->n_inputs; i++)
-        if (!in[i]) return NULL;
+    bool ok = true;
+    for (int i = 0; i < tw->n_inputs; i++) {
+        in[i] = up[i].t ? gc_pool_add(gc_upload_end(&up[i])) : gc_rows(tw->inputs[i], start, end);
+        ok = ok && in[i];
+    }
+    unstage(up);
+    if (!ok) return NULL;
     gc_tensor *y = tw->func.fn(tw->func.closure, tw->n_inputs, in);
     if (y && (y->ndim != 2 || y->shape[0] != end - start)) {
         char s[GC_SHAPE_STR_LEN];
@@ -82,16 +111,25 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
 {
     int64_t B = batch_rows(tw), C = chunk_of(tw);
     gc_tensor *reps = NULL;
+    gc_upload up[GC_TOWER_MAX_INPUTS], next[GC_TOWER_MAX_INPUTS] = {{0}};
     bool prev = gc_grad_set_enabled(false);
+    if (stage(tw, 0, C, up) != GC_OK) { unstage(up); return NULL; }
     for (int64_t s = 0; s < B; s += C) {
         int64_t e = s + C < B ? s + C : B;
         bool graph = keep && e == B;
         gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, s)); /* RandContext of this chunk */
         gc_tape *tape = graph ? gc_tape_init() : NULL;
-        if (graph && !tape) { gc_tensor_release(reps); reps = NULL; break; }
+        if ((graph && !tape) || (e < B && stage(tw, e, e + C < B ? e + C : B, next) != GC_OK)) {
+            gc_tensor_release(reps);
+            reps = NULL;
+            gc_tape_free(tape);
+            break;
+        }
         if (graph) gc_grad_set_enabled(prev), gc_tape_begin(tape);
         gc_pool *p = gc_pool_push();
-        gc_tensor *y = run_chunk(tw, s, e);
+        gc_tensor *y = run_chunk(tw, s, e, up);
+        memcpy(up, next, sizeof up);
+        memset(next, 0, sizeof next);
         if (graph) gc_tape_end(tape), gc_grad_set_enabled(false);
         if (y && !reps) reps = gc_tensor_new(GC_F32, y->device, 2, GC_SHAPE(B, y->shape[1]));
         gc_tensor *dst = y && reps ? gc_rows(reps, s, e) : NULL;
@@ -103,6 +141,8 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
         else gc_pool_pop(p);
         if (st != GC_OK) { gc_tensor_release(reps); reps = NULL; break; }
     }
+    unstage(up); /* after an error: uploads begun for a chunk that did not run */
+    unstage(next);
     gc_grad_set_enabled(prev);
     return reps;
 }
@@ -158,7 +198,10 @@ static gc_status step_full_batch(gc_gradcache *gc, gc_rand_context rng, gc_gradc
     gc_status st = GC_OK;
     for (int t = 0; t < gc->n_towers && st == GC_OK; t++) {
         gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, 0));
-        reps[t] = gc_cast(run_chunk(&gc->towers[t], 0, batch_rows(&gc->towers[t])), GC_F32);
+        gc_upload up[GC_TOWER_MAX_INPUTS];
+        st = stage(&gc->towers[t], 0, batch_rows(&gc->towers[t]), up);
+        reps[t] = st == GC_OK ? gc_cast(run_chunk(&gc->towers[t], 0, batch_rows(&gc->towers[t]), up), GC_F32) : NULL;
+        unstage(up);
         if (!reps[t]) st = GC_PENDING();
     }
     gc_tensor *loss = st == GC_OK ? gc->loss(gc->loss_user, gc->n_towers, reps) : NULL;
@@ -225,19 +268,26 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
     for (int t = 0; t < gc->n_towers && st == GC_OK; t++) {
         gc_gradcache_tower *tw = &gc->towers[t];
         int64_t B = batch_rows(tw), C = chunk_of(tw);
-        for (int64_t s = 0; s < B && st == GC_OK; s += C) {
-            int64_t e = s + C < B ? s + C : B;
-            if (t == 0 && !gc->replay_all && e == B) continue; /* the kept chunk: done */
+        int64_t end = t == 0 && !gc->replay_all ? (B - 1) / C * C : B; /* tower 0's kept chunk: done */
+        gc_upload up[GC_TOWER_MAX_INPUTS] = {{0}}, next[GC_TOWER_MAX_INPUTS] = {{0}};
+        if (end > 0) st = stage(tw, 0, C < end ? C : end, up);
+        for (int64_t s = 0; s < end && st == GC_OK; s += C) {
+            int64_t e = s + C < end ? s + C : end;
+            if (e < end && (st = stage(tw, e, e + C < end ? e + C : end, next)) != GC_OK) break;
             gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, s));
             kept_chunk c = {gc_tape_init(), NULL, NULL, s, e};
             if (!c.tape) { st = GC_PENDING(); break; }
             gc_tape_begin(c.tape);
             c.pool = gc_pool_push();
-            c.y = run_chunk(tw, s, e);
+            c.y = run_chunk(tw, s, e, up);
             gc_tape_end(c.tape);
+            memcpy(up, next, sizeof up);
+            memset(next, 0, sizeof next);
             st = chunk_backward(tw, res->reps[t], &c);
             kept_free(&c);
         }
+        unstage(up); /* after an error: uploads begun for a chunk that did not run */
+        unstage(next);
     }
     for (int t = 0; t < gc->n_towers && res->reps[t]; t++) gc_tensor_requires_grad(res->reps[t], false);
     if (st == GC_OK) st = gc_tensor_item(loss, &res->loss);

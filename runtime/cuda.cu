@@ -16,6 +16,11 @@
 // it returns before it has read the memory, so the host writes into (or frees) such a
 // buffer only after a stream sync that follows the upload (gc_cuda_host_unregister syncs
 // before the memory is freed; tools/loader.c syncs before a batch buffer is refilled).
+// The one exception to (1): uploads on the copy stream (gc_cuda_copy_async, for
+// gc_upload_begin). Each waits for the compute stream's work queued before it (the
+// previous users of its block), and the compute stream waits for it (gc_cuda_copy_wait)
+// before anything queued later can use the block, so its block too is handed out again in
+// the compute stream's order. The syncs above take both streams.
 //
 // The caching allocator. Sizes are rounded up to a size class: multiples of 512 B below
 // 1 MiB, above that 8 classes per power of two (1/8 steps: at most 12.5% waste). A
@@ -66,6 +71,7 @@ struct Runtime {
     gc_status init_status = GC_OK;
     char init_msg[512] = "";
     cudaStream_t stream = nullptr;
+    cudaStream_t copy = nullptr; // uploads beside the compute (gc_cuda_copy_async)
     int sm_count = 1;
     cublasLtHandle_t lt = nullptr;
     void *workspace = nullptr;
@@ -98,6 +104,7 @@ void init_once()
     const char *step = "cudaSetDevice(0)";
     e = cudaSetDevice(0);
     if (e == cudaSuccess) { step = "cudaStreamCreateWithFlags"; e = cudaStreamCreateWithFlags(&rt.stream, cudaStreamNonBlocking); }
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&rt.copy, cudaStreamNonBlocking);
     if (e == cudaSuccess) { step = "cudaDeviceGetAttribute(SM count)"; e = cudaDeviceGetAttribute(&rt.sm_count, cudaDevAttrMultiProcessorCount, 0); }
     if (e == cudaSuccess) { step = "cudaMalloc(cuBLASLt workspace)"; e = cudaMalloc(&rt.workspace, GC_CUBLASLT_WORKSPACE); }
     if (e != cudaSuccess) {
@@ -133,9 +140,17 @@ size_t size_class(size_t n)
 double mib(size_t n) { return (double)n / (1024.0 * 1024.0); }
 
 // al.mu held. Frees every cached block; returns the first error (kept going regardless).
+// Both streams: the compute stream, and uploads beside it (gc_cuda_copy_async)
+cudaError_t sync_streams()
+{
+    cudaError_t e = cudaStreamSynchronize(rt.stream);
+    cudaError_t c = rt.copy ? cudaStreamSynchronize(rt.copy) : cudaSuccess;
+    return e != cudaSuccess ? e : c;
+}
+
 cudaError_t release_cached_locked()
 {
-    cudaError_t first = cudaStreamSynchronize(rt.stream);
+    cudaError_t first = sync_streams();
     for (auto &kv : al.free_lists) {
         for (void *p : kv.second) {
             cudaError_t e = cudaFree(p);
@@ -284,6 +299,42 @@ extern "C" gc_status gc_cuda_memcpy(void *dst, const void *src, size_t n, int ki
     return GC_OK;
 }
 
+// The block dst may be one the compute stream's queued work still reads or writes (the
+// allocator reuses a block at once, in that stream's order): the copy stream waits for
+// that work first. The compute stream waits for the copy in gc_cuda_copy_wait.
+extern "C" gc_status gc_cuda_copy_async(void *dst, const void *src, size_t n, void **done)
+{
+    *done = nullptr;
+    GC_TRY(gc_cuda_init());
+    cudaEvent_t freed = nullptr, copied = nullptr;
+    cudaError_t e = cudaEventCreateWithFlags(&freed, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&copied, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(freed, rt.stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(rt.copy, freed, 0);
+    if (e == cudaSuccess && n) e = cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, rt.copy);
+    if (e == cudaSuccess) e = cudaEventRecord(copied, rt.copy);
+    if (freed) (void)cudaEventDestroy(freed); // released once it has completed
+    if (e != cudaSuccess) {
+        if (copied) (void)cudaEventDestroy(copied);
+        (void)cudaGetLastError();
+        return gc_error_set(GC_ERR_CUDA, "an upload of %zu bytes on the copy stream: %s", n, cudaGetErrorString(e));
+    }
+    *done = copied;
+    return GC_OK;
+}
+
+extern "C" gc_status gc_cuda_copy_wait(void *done)
+{
+    if (!done) return GC_OK;
+    cudaError_t e = cudaStreamWaitEvent(rt.stream, (cudaEvent_t)done, 0);
+    (void)cudaEventDestroy((cudaEvent_t)done);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return gc_error_set(GC_ERR_CUDA, "waiting for an upload: %s", cudaGetErrorString(e));
+    }
+    return GC_OK;
+}
+
 extern "C" gc_status gc_cuda_memzero(void *p, size_t n)
 {
     if (!n) return GC_OK;
@@ -328,7 +379,7 @@ extern "C" gc_status gc_cuda_host_unregister(void *p)
     if (!p) return GC_OK;
     GC_TRY(gc_cuda_init());
     // Queued uploads may still read the memory, which is about to be freed: let them finish.
-    GC_CUDA_CHECK(cudaStreamSynchronize(rt.stream));
+    GC_CUDA_CHECK(sync_streams());
     GC_CUDA_CHECK(cudaHostUnregister(p));
     return GC_OK;
 }

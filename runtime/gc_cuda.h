@@ -39,6 +39,11 @@ gc_status gc_cuda_sync(void);
 gc_status gc_cuda_host_register(void *p, size_t n, const char *what, bool *registered);
 /* Undo gc_cuda_host_register, after a stream sync (copies from it may still be queued). */
 gc_status gc_cuda_host_unregister(void *p);
+/* Host -> device copy of n bytes on the copy stream, after the work queued on the compute
+ * stream so far (dst's previous users); *done: its completion event, for gc_cuda_copy_wait,
+ * which makes the compute stream wait for it and destroys it. */
+gc_status gc_cuda_copy_async(void *dst, const void *src, size_t n, void **done);
+gc_status gc_cuda_copy_wait(void *done);
 gc_memory_stats gc_cuda_memory_stats(void);
 void gc_cuda_memory_reset_peak(void);
 void gc_cuda_release_cached(void);

@@ -126,6 +126,23 @@ gc_status gc_tensor_item(const gc_tensor *t, double *out);
 gc_status gc_tensor_pin(gc_tensor *t);
 bool gc_tensor_is_pinned(const gc_tensor *t); /* its storage was pinned by gc_tensor_pin */
 
+/* An upload that runs beside the computation: the copy of host tensor src to dev goes on a
+ * stream of its own (a copy engine), after the work queued so far has let go of the
+ * memory it lands in; gc_upload_end makes the work queued after it wait for the copy and
+ * hands the device tensor over (a new reference; NULL on error). So an upload begun before
+ * one chunk's work is queued overlaps that work (gradcache.c: the next chunk's pixels).
+ * src must be contiguous and pinned (gc_tensor_pin) for the copy to be asynchronous; the
+ * rule at gc_tensor_pin holds until the upload is ended and the stream synchronised.
+ * Where src is on dev already, or dev is the CPU, or src is not a contiguous host tensor,
+ * it is a plain copy (or a new reference to src when src is on dev). End every begun
+ * upload, also on an error path: its memory is reused only after. */
+typedef struct gc_upload {
+    gc_tensor *t;
+    void *done; /* the copy's completion event (GPU), or NULL */
+} gc_upload;
+gc_status gc_upload_begin(gc_upload *u, gc_tensor *src, gc_device dev);
+gc_tensor *gc_upload_end(gc_upload *u);
+
 /* bf16 / f16 helpers (round to nearest even) */
 static inline float gc_bf16_to_f32(uint16_t h) { union { uint32_t u; float f; } v = { (uint32_t)h << 16 }; return v.f; }
 static inline uint16_t gc_f32_to_bf16(float f)

@@ -477,6 +477,40 @@ gc_tensor *gc_tensor_to(const gc_tensor *t, gc_device dev, gc_dtype dt)
     return o;
 }
 
+gc_status gc_upload_begin(gc_upload *u, gc_tensor *src, gc_device dev)
+{
+    *u = (gc_upload){0};
+    if (!src) return GC_PENDING();
+    if (gc_device_eq(src->device, dev)) {
+        u->t = gc_tensor_retain(src);
+        return GC_OK;
+    }
+#ifdef GC_WITH_CUDA
+    if (src->device.type == GC_DEVICE_CPU && dev.type == GC_DEVICE_CUDA && gc_tensor_is_contiguous(src)) {
+        gc_tensor *t = gc_tensor_new(src->dtype, dev, src->ndim, src->shape);
+        if (!t) return GC_PENDING();
+        gc_status st = gc_cuda_copy_async(gc_tensor_data(t), gc_tensor_data(src), gc_tensor_nbytes(t), &u->done);
+        if (st != GC_OK) { gc_tensor_release(t); return st; }
+        u->t = t;
+        return GC_OK;
+    }
+#endif
+    u->t = gc_tensor_to(src, dev, src->dtype);
+    return u->t ? GC_OK : GC_PENDING();
+}
+
+gc_tensor *gc_upload_end(gc_upload *u)
+{
+    gc_tensor *t = u->t;
+    gc_status st = GC_OK;
+#ifdef GC_WITH_CUDA
+    st = gc_cuda_copy_wait(u->done);
+#endif
+    *u = (gc_upload){0};
+    if (st != GC_OK) { gc_tensor_release(t); return NULL; }
+    return t;
+}
+
 static gc_status to_host(const gc_tensor *t, gc_dtype dt, void *out)
 {
     if (!t) return GC_PENDING();

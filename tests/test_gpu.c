@@ -1945,6 +1945,64 @@ START_TEST(test_pinned_uploads)
 }
 END_TEST
 
+/* gc_upload_begin / gc_upload_end (gradcache.c's chunks a chunk ahead): rows of a pinned
+ * host batch uploaded on the copy stream, each begun before the previous one has ended,
+ * into blocks the compute stream has just released while work that writes them is still
+ * queued (the copy must wait for it, or that work's -5s land after it): every upload
+ * exact. A source on the device is handed back itself; a strided host source is copied. */
+START_TEST(test_uploads)
+{
+    cmp_log lg = {0};
+#define EXPECT(cond, ...) do { lg.total++; if (!(cond)) log_fail(&lg, __VA_ARGS__); } while (0)
+    gc_pool *p = gc_pool_push();
+    const int64_t R = 4096, C = 1000, CH = 512;
+    gc_tensor *ref = gc_pool_add(gc_test_uniform(2, GC_SHAPE(R, C), 1201, -1, 1));
+    gc_tensor *x = gc_pool_add(gc_tensor_to(ref, GC_CPU, GC_F32));
+    EXPECT(x && gc_tensor_pin(x) == GC_OK, "pin: %s", gc_error_message());
+    gc_tensor *busy = gc_pool_add(gc_tensor_new(GC_F32, GC_CUDA0, 1, GC_SHAPE((int64_t)1 << 26))); /* 256 MB */
+    enum { NC = 8 };
+    gc_tensor *got[NC] = {0};
+    gc_upload up = {0}, next = {0};
+    for (int k = 0; k < NC; k++) {
+        /* queued work that writes a block of the chunk's size class, released at once */
+        for (int i = 0; i < 4 && busy; i++) EXPECT(gc_tensor_fill(busy, (double)i) == GC_OK, "fill: %s", gc_error_message());
+        gc_tensor *junk = gc_tensor_new(GC_F32, GC_CUDA0, 2, GC_SHAPE(CH, C));
+        EXPECT(junk && gc_tensor_fill(junk, -5.0) == GC_OK, "junk: %s", gc_error_message());
+        gc_tensor_release(junk);
+        EXPECT(gc_upload_begin(k ? &next : &up, gc_rows(x, k * CH, (k + 1) * CH), GC_CUDA0) == GC_OK, "begin %d: %s", k,
+               gc_error_message());
+        if (k) {
+            got[k - 1] = gc_pool_add(gc_upload_end(&up)); /* the previous chunk's, after the next began */
+            up = next;
+            next = (gc_upload){0};
+        }
+    }
+    got[NC - 1] = gc_pool_add(gc_upload_end(&up));
+    for (int k = 0; k < NC; k++) {
+        double e = got[k] ? gc_test_rel_err(got[k], gc_rows(ref, k * CH, (k + 1) * CH)) : INFINITY;
+        EXPECT(got[k] && got[k]->device.type == GC_DEVICE_CUDA && e == 0, "upload %d: rel err %.3g (%s)", k, e,
+               gc_error_message());
+    }
+    printf("%-40s %d chunks of [%lld, %lld] f32 on the copy stream, into blocks just released: exact\n", "uploads", NC,
+           (long long)CH, (long long)C);
+    gc_error_clear();
+    /* already on the device: itself; a strided host view: a plain copy */
+    gc_upload u;
+    EXPECT(got[0] && gc_upload_begin(&u, got[0], GC_CUDA0) == GC_OK && u.t == got[0], "a device source: %s", gc_error_message());
+    gc_tensor_release(gc_upload_end(&u));
+    gc_tensor *xt = gc_transpose(gc_rows(x, 0, 64), 0, 1);
+    EXPECT(xt && gc_upload_begin(&u, xt, GC_CUDA0) == GC_OK, "a strided host source: %s", gc_error_message());
+    gc_tensor *ut = gc_pool_add(gc_upload_end(&u));
+    EXPECT(ut && gc_test_rel_err(ut, gc_transpose(gc_rows(ref, 0, 64), 0, 1)) == 0, "a strided host source: %s",
+           gc_error_message());
+    gc_error_clear();
+    EXPECT(gc_device_sync(GC_CUDA0) == GC_OK, "the GPU after the uploads: %s", gc_error_message());
+    gc_pool_pop(p);
+#undef EXPECT
+    CMP_DONE(lg);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- error paths on the GPU */
 
 START_TEST(test_gpu_errors)
@@ -2034,7 +2092,7 @@ int main(void)
     Suite *s = suite_create("gpu");
     struct { const char *name; const TTest *test; } tests[] = {
         {"runtime", test_copy_fill}, {"runtime", test_allocator}, {"runtime", test_allocator_steady_state},
-        {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"gemm", test_gemm}, {"gemm", test_mlp_act_bias}, {"gemm", test_gemm_plan}, {"gemm", test_matmul_linear},
+        {"runtime", test_gpu_errors}, {"pinned", test_pinned_uploads}, {"pinned", test_uploads}, {"gemm", test_gemm}, {"gemm", test_mlp_act_bias}, {"gemm", test_gemm_plan}, {"gemm", test_matmul_linear},
         {"gemm_sm90", test_gemm_sm90}, {"gemm_sm90_bench", test_gemm_sm90_bench},
         {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
         {"attention", test_attention},
