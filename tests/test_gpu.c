@@ -1948,8 +1948,9 @@ END_TEST
 /* gc_upload_begin / gc_upload_end (gradcache.c's chunks a chunk ahead): rows of a pinned
  * host batch uploaded on the copy stream, each begun before the previous one has ended,
  * into blocks the compute stream has just released while work that writes them is still
- * queued (the copy must wait for it, or that work's -5s land after it): every upload
- * exact. A source on the device is handed back itself; a strided host source is copied. */
+ * queued (the copy must wait for it, or that work's -5s land after it), each read by a
+ * kernel as soon as it is ended (a conversion to bf16, launched as a programmatic
+ * dependent): every upload exact. A source on the device is handed back itself; a strided host source is copied. */
 START_TEST(test_uploads)
 {
     cmp_log lg = {0};
@@ -1971,15 +1972,16 @@ START_TEST(test_uploads)
         gc_tensor_release(junk);
         EXPECT(gc_upload_begin(k ? &next : &up, gc_rows(x, k * CH, (k + 1) * CH), GC_CUDA0) == GC_OK, "begin %d: %s", k,
                gc_error_message());
-        if (k) {
-            got[k - 1] = gc_pool_add(gc_upload_end(&up)); /* the previous chunk's, after the next began */
+        if (k) { /* the previous chunk's, after the next began; a kernel reads it at once */
+            got[k - 1] = gc_pool_add(gc_tensor_to(gc_pool_add(gc_upload_end(&up)), GC_CUDA0, GC_BF16));
             up = next;
             next = (gc_upload){0};
         }
     }
-    got[NC - 1] = gc_pool_add(gc_upload_end(&up));
+    got[NC - 1] = gc_pool_add(gc_tensor_to(gc_pool_add(gc_upload_end(&up)), GC_CUDA0, GC_BF16));
     for (int k = 0; k < NC; k++) {
-        double e = got[k] ? gc_test_rel_err(got[k], gc_rows(ref, k * CH, (k + 1) * CH)) : INFINITY;
+        gc_tensor *want = gc_pool_add(gc_tensor_to(gc_rows(ref, k * CH, (k + 1) * CH), GC_CPU, GC_BF16));
+        double e = got[k] ? gc_test_rel_err(got[k], want) : INFINITY;
         EXPECT(got[k] && got[k]->device.type == GC_DEVICE_CUDA && e == 0, "upload %d: rel err %.3g (%s)", k, e,
                gc_error_message());
     }
