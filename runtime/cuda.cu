@@ -346,7 +346,7 @@ extern "C" gc_status gc_cuda_memzero(void *p, size_t n)
 extern "C" gc_status gc_cuda_sync(void)
 {
     GC_TRY(gc_cuda_init());
-    GC_CUDA_CHECK(cudaStreamSynchronize(rt.stream)); // reports faults of queued kernels
+    GC_CUDA_CHECK(sync_streams()); // reports faults of queued kernels; uploads not yet ended too
     GC_CUDA_CHECK(cudaGetLastError());
     return GC_OK;
 }
