@@ -3,11 +3,7 @@
 # regions of their parent's, strided rope, the packed weights) and the review mends: the
 # whole GPU suite, then the rows against the session's start (.head0 = f0c08ef), twice,
 # alternating.
-. tools/bench/build.sh
-(cd .head0 && ln -sfn ../.device-debs .device-debs && meson setup build-gpu -Dcuda=enabled && ninja -C build-gpu tools/gcache) >/tmp/head0.log 2>&1 &
-. tools/bench/suite.sh
-wait
-. tools/bench/ab.sh
+. tools/bench/suite_ab.sh
 {
 for k in 1 2; do
   for side in before after; do

@@ -3,11 +3,7 @@
 # layer, and q on the query rows alone in every rows block (CLIP's last blocks too): the
 # whole GPU suite, then the rows against the session's start (.head0 = cfea896),
 # alternating.
-. tools/bench/build.sh
-(cd .head0 && ln -sfn ../.device-debs .device-debs && meson setup build-gpu -Dcuda=enabled && ninja -C build-gpu tools/gcache) >/tmp/head0.log 2>&1 &
-. tools/bench/suite.sh
-wait
-. tools/bench/ab.sh
+. tools/bench/suite_ab.sh
 {
 for k in 1 2; do
   for side in before after; do

@@ -2,11 +2,7 @@
 # session 15, second call: uploads beside the computation (gc_upload, the gradient cache's
 # chunks a chunk ahead): the whole GPU suite, then B/16 4096/256 with host pixels against
 # the tree before it (.head0 = cddb9a8, after s15a's change), alternating.
-. tools/bench/build.sh
-(cd .head0 && ln -sfn ../.device-debs .device-debs && meson setup build-gpu -Dcuda=enabled && ninja -C build-gpu tools/gcache) >/tmp/head0.log 2>&1 &
-. tools/bench/suite.sh
-wait
-. tools/bench/ab.sh
+. tools/bench/suite_ab.sh
 {
 for k in 1 2; do
   for side in before after; do
