@@ -139,7 +139,6 @@ size_t size_class(size_t n)
 
 double mib(size_t n) { return (double)n / (1024.0 * 1024.0); }
 
-// al.mu held. Frees every cached block; returns the first error (kept going regardless).
 // Both streams: the compute stream, and uploads beside it (gc_cuda_copy_async)
 cudaError_t sync_streams()
 {
@@ -148,6 +147,7 @@ cudaError_t sync_streams()
     return e != cudaSuccess ? e : c;
 }
 
+// al.mu held. Frees every cached block; returns the first error (kept going regardless).
 cudaError_t release_cached_locked()
 {
     cudaError_t first = sync_streams();
