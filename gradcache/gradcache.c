@@ -112,8 +112,8 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
     int64_t B = batch_rows(tw), C = chunk_of(tw);
     gc_tensor *reps = NULL;
     gc_upload up[GC_TOWER_MAX_INPUTS], next[GC_TOWER_MAX_INPUTS] = {{0}};
-    bool prev = gc_grad_set_enabled(false);
     if (stage(tw, 0, C, up) != GC_OK) { unstage(up); return NULL; }
+    bool prev = gc_grad_set_enabled(false);
     for (int64_t s = 0; s < B; s += C) {
         int64_t e = s + C < B ? s + C : B;
         bool graph = keep && e == B;
