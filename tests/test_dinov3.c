@@ -547,7 +547,7 @@ static double same_tol(void)
 }
 static double diff_tol(void) { return fmax(1e-3, 10 * same_tol()); }
 
-typedef struct train_opts { double shift, jitter, rescale, drop_path; } train_opts;
+typedef struct train_opts { double shift, jitter, rescale, drop_path, attn_dropout; } train_opts;
 
 /* The fixture's weights and config with the train-mode options `a` (0: None), through
  * config.json (saved, reloaded: the options survive the round trip). */
@@ -563,6 +563,7 @@ static gc_dinov3 *load_variant(const char *name, train_opts a, bool checkpointin
     c.pos_embed_jitter = a.jitter;
     c.pos_embed_rescale = a.rescale;
     c.drop_path = a.drop_path;
+    c.attn_dropout = a.attn_dropout;
     snprintf(path, sizeof path, "%s/config.json", dir);
     ck_assert_msg(gc_dinov3_config_save(&c, path) == GC_OK, "%s", gc_error_message());
     snprintf(from, sizeof from, "%s/model.safetensors", src);
@@ -575,7 +576,7 @@ static gc_dinov3 *load_variant(const char *name, train_opts a, bool checkpointin
     gc_test_rm_rf(dir);
     const gc_dinov3_config *g = gc_dinov3_get_config(m);
     ck_assert(g->pos_embed_shift == a.shift && g->pos_embed_jitter == a.jitter && g->pos_embed_rescale == a.rescale &&
-              g->drop_path == a.drop_path);
+              g->drop_path == a.drop_path && g->attn_dropout == a.attn_dropout);
     return m;
 }
 
@@ -744,6 +745,46 @@ END_TEST
 
 /* Stochastic depth: per-sample masks keyed by the sample's index in the batch, so the
  * gradients do not depend on the chunking; they differ from rate 0; eval ignores it. */
+/* Under attention dropout (training) the last layer's class row cannot run alone (its masks
+ * are keyed by the query's index among all of them): the whole layer runs and the
+ * embedding is its row 0, the same numbers as the forward's under the same RandContext. */
+START_TEST(test_encode_under_attention_dropout)
+{
+    fixture f;
+    fixture_open(&f, "dinov3_reg4", NULL);
+    gc_dinov3 *m = load_variant("dinov3_reg4", (train_opts){.attn_dropout = 0.3}, false);
+    gc_dinov3_set_training(m, true);
+    int64_t B = f.pa->shape[0], D = gc_dinov3_get_config(m)->hidden;
+    double *y[3];
+    gc_rand_context saved = gc_rand_context_get();
+    bool prev = gc_grad_set_enabled(false);
+    for (int k = 0; k < 3; k++) { /* the forward's row 0, the embedding, the embedding in eval mode */
+        gc_rand_context_set((gc_rand_context){0xa77, 3, 0});
+        if (k == 2) gc_dinov3_set_training(m, false);
+        gc_pool *p = gc_pool_push();
+        gc_tensor *h = k ? gc_dinov3_encode(m, f.pa) : gc_dinov3_forward(m, f.pa);
+        ck_assert_msg(h != NULL, "%s", gc_error_message());
+        if (!k) h = gc_slice(h, 1, 0, 1);
+        ck_assert_int_eq(gc_tensor_numel(h), B * D);
+        y[k] = calloc((size_t)(B * D), sizeof(double));
+        ck_assert_int_eq(gc_tensor_to_host_f64(h, y[k]), GC_OK);
+        gc_pool_pop(p);
+    }
+    gc_grad_set_enabled(prev);
+    gc_rand_context_set(saved);
+    double e = gc_test_vec_rel_err(y[1], y[0], B * D), e_eval = gc_test_vec_rel_err(y[2], y[0], B * D);
+    printf("dinov3_reg4 attention dropout 0.3: embedding vs the forward's class row %.2e; vs eval mode %.2e\n", e, e_eval);
+    if (test_options().device.type == GC_DEVICE_CPU)
+        ck_assert_msg(!memcmp(y[0], y[1], sizeof(double) * (size_t)(B * D)), "the embedding is not the forward's row 0");
+    else
+        ck_assert_msg(e < tolerance() / 10, "the embedding differs from the forward's row 0 by %.3g", e);
+    ck_assert_msg(e_eval > 1e-3, "attention dropout changed nothing (%.3g)", e_eval);
+    for (int k = 0; k < 3; k++) free(y[k]);
+    gc_dinov3_free(m);
+    fixture_close(&f);
+}
+END_TEST
+
 START_TEST(test_drop_path_chunk_invariant)
 {
     fixture f;
@@ -858,6 +899,7 @@ int main(void)
     tcase_add_loop_test(tc, test_rope_augmentation_chunk_invariant, 0, N_AUG_CASES);
     tcase_add_loop_test(tc, test_rope_augmentation_math, 0, N_AUG_CASES);
     tcase_add_test(tc, test_drop_path_chunk_invariant);
+    tcase_add_test(tc, test_encode_under_attention_dropout);
     tcase_add_test(tc, test_drop_path_masks);
     suite_add_tcase(s, tc);
     return gc_test_run(s);
