@@ -131,6 +131,52 @@ START_TEST(test_matches_peft)
 }
 END_TEST
 
+/* LoRA dropout on (training): the adapter gradients are the same for every chunk size, with
+ * and without checkpointing, and differ from dropout off. The masks are keyed by the
+ * sample's index in the whole batch, so each chunk draws what the whole batch draws. */
+START_TEST(test_lora_dropout_chunk_invariance)
+{
+    gc_tensor *pixels, *ids;
+    load_inputs(&pixels, &ids);
+    int64_t B = pixels->shape[0];
+    const int64_t chunks[5] = {0, 1, 3, B, 2};
+    double *ref = NULL;
+    int64_t total = 0;
+    for (int mode = 0; mode < 6; mode++) { /* 0..3: the chunks; 4: chunk 2 checkpointed; 5: dropout off */
+        gc_clip_options o = test_options();
+        o.lora_dropout = 0.3;
+        o.checkpointing = mode == 4;
+        gc_clip *m = load_model(&o);
+        gc_lora_options lo = lora_of(&o);
+        ck_assert_msg(gc_lora_load_peft(gc_clip_params(m), &lo, ADAPTER) == GC_OK, "%s", gc_error_message());
+        gc_clip_set_training(m, mode < 5);
+        gc_params *ps = gc_clip_params(m);
+        ck_assert_int_eq(gc_params_zero_grad(ps), GC_OK);
+        gc_clip_task task;
+        gc_clip_task_init(&task, m, pixels, ids, chunks[mode < 5 ? mode : 0]);
+        gc_gradcache_result res;
+        ck_assert_msg(gc_clip_task_step(&task, (gc_rand_context){9, 2, 0}, &res) == GC_OK, "%s", gc_error_message());
+        gc_gradcache_result_clear(&res);
+        double *got = gc_test_flat_grads(ps);
+        total = gc_params_count(ps, false);
+        gc_clip_free(m);
+        if (!mode) {
+            ref = got;
+            continue;
+        }
+        double e = gc_test_vec_rel_err(got, ref, total);
+        printf("lora dropout 0.3, %s: adapter gradients vs the whole batch %.2e\n",
+               mode < 4 ? "chunked" : mode == 4 ? "chunk 2 checkpointed" : "dropout off", e);
+        if (mode < 5) ck_assert_msg(e < tolerance() / 10, "mode %d: gradients differ by %.3g", mode, e);
+        else ck_assert_msg(e > 0.05, "dropout off gives the same gradients (%.3g): LoRA dropout is inactive", e);
+        free(got);
+    }
+    free(ref);
+    gc_tensor_release(pixels);
+    gc_tensor_release(ids);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- save / load */
 
 static cJSON *load_json(const char *path)
@@ -497,6 +543,7 @@ int main(void)
     TCase *tc = gc_test_tcase("peft");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_matches_peft);
+    tcase_add_test(tc, test_lora_dropout_chunk_invariance);
     tcase_add_test(tc, test_save_matches_peft_and_reloads);
     tcase_add_test(tc, test_save_numbers);
     tcase_add_test(tc, test_merge_matches_peft);
