@@ -62,6 +62,33 @@ static void unstage(gc_upload *up)
         if (up[i].t) gc_tensor_release(gc_upload_end(&up[i]));
 }
 
+static int64_t chunk_end(int64_t s, int64_t C, int64_t end) { return s + C < end ? s + C : end; }
+
+/* A loop's staged inputs: those of the chunk about to run (cur) and of the one after it
+ * (next). Each turn stages the next chunk, runs cur (run_chunk ends it), advances. */
+typedef struct staged {
+    gc_upload cur[GC_TOWER_MAX_INPUTS], next[GC_TOWER_MAX_INPUTS];
+} staged;
+
+/* The chunk at s of rows [0, end) into next; nothing at or past end */
+static gc_status stage_next(const gc_gradcache_tower *tw, staged *sg, int64_t s, int64_t C, int64_t end)
+{
+    return s < end ? stage(tw, s, chunk_end(s, C, end), sg->next) : GC_OK;
+}
+
+static void staged_advance(staged *sg)
+{
+    memcpy(sg->cur, sg->next, sizeof sg->cur);
+    memset(sg->next, 0, sizeof sg->next);
+}
+
+/* after an error: uploads begun for chunks that did not run */
+static void staged_clear(staged *sg)
+{
+    unstage(sg->cur);
+    unstage(sg->next);
+}
+
 /* The inputs of rows [start, end) (views, or the staged uploads, ended here: the work
  * queued from now on waits for them), then the tower's function. */
 static gc_tensor *run_chunk(const gc_gradcache_tower *tw, int64_t start, int64_t end, gc_upload *up)
@@ -111,15 +138,17 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
 {
     int64_t B = batch_rows(tw), C = chunk_of(tw);
     gc_tensor *reps = NULL;
-    gc_upload up[GC_TOWER_MAX_INPUTS], next[GC_TOWER_MAX_INPUTS] = {{0}};
-    if (stage(tw, 0, C, up) != GC_OK) { unstage(up); return NULL; }
+    staged sg = {0};
+    gc_status first = stage_next(tw, &sg, 0, C, B);
+    staged_advance(&sg);
+    if (first != GC_OK) { staged_clear(&sg); return NULL; }
     bool prev = gc_grad_set_enabled(false);
     for (int64_t s = 0; s < B; s += C) {
-        int64_t e = s + C < B ? s + C : B;
+        int64_t e = chunk_end(s, C, B);
         bool graph = keep && e == B;
         gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, s)); /* RandContext of this chunk */
         gc_tape *tape = graph ? gc_tape_init() : NULL;
-        if ((graph && !tape) || (e < B && stage(tw, e, e + C < B ? e + C : B, next) != GC_OK)) {
+        if ((graph && !tape) || stage_next(tw, &sg, e, C, B) != GC_OK) {
             gc_tensor_release(reps);
             reps = NULL;
             gc_tape_free(tape);
@@ -127,9 +156,8 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
         }
         if (graph) gc_grad_set_enabled(prev), gc_tape_begin(tape);
         gc_pool *p = gc_pool_push();
-        gc_tensor *y = run_chunk(tw, s, e, up);
-        memcpy(up, next, sizeof up);
-        memset(next, 0, sizeof next);
+        gc_tensor *y = run_chunk(tw, s, e, sg.cur);
+        staged_advance(&sg);
         if (graph) gc_tape_end(tape), gc_grad_set_enabled(false);
         if (y && !reps) reps = gc_tensor_new(GC_F32, y->device, 2, GC_SHAPE(B, y->shape[1]));
         gc_tensor *dst = y && reps ? gc_rows(reps, s, e) : NULL;
@@ -141,8 +169,7 @@ static gc_tensor *forward_no_grad(const gc_gradcache_tower *tw, int t, gc_rand_c
         else gc_pool_pop(p);
         if (st != GC_OK) { gc_tensor_release(reps); reps = NULL; break; }
     }
-    unstage(up); /* after an error: uploads begun for a chunk that did not run */
-    unstage(next);
+    staged_clear(&sg);
     gc_grad_set_enabled(prev);
     return reps;
 }
@@ -269,25 +296,24 @@ gc_status gc_gradcache_step(gc_gradcache *gc, gc_rand_context rng, gc_gradcache_
         gc_gradcache_tower *tw = &gc->towers[t];
         int64_t B = batch_rows(tw), C = chunk_of(tw);
         int64_t end = t == 0 && !gc->replay_all ? (B - 1) / C * C : B; /* tower 0's kept chunk: done */
-        gc_upload up[GC_TOWER_MAX_INPUTS] = {{0}}, next[GC_TOWER_MAX_INPUTS] = {{0}};
-        if (end > 0) st = stage(tw, 0, C < end ? C : end, up);
+        staged sg = {0};
+        st = stage_next(tw, &sg, 0, C, end);
+        staged_advance(&sg);
         for (int64_t s = 0; s < end && st == GC_OK; s += C) {
-            int64_t e = s + C < end ? s + C : end;
-            if (e < end && (st = stage(tw, e, e + C < end ? e + C : end, next)) != GC_OK) break;
+            int64_t e = chunk_end(s, C, end);
+            if ((st = stage_next(tw, &sg, e, C, end)) != GC_OK) break;
             gc_rand_context_set(gc_gradcache_chunk_rng(rng, t, s));
             kept_chunk c = {gc_tape_init(), NULL, NULL, s, e};
             if (!c.tape) { st = GC_PENDING(); break; }
             gc_tape_begin(c.tape);
             c.pool = gc_pool_push();
-            c.y = run_chunk(tw, s, e, up);
+            c.y = run_chunk(tw, s, e, sg.cur);
             gc_tape_end(c.tape);
-            memcpy(up, next, sizeof up);
-            memset(next, 0, sizeof next);
+            staged_advance(&sg);
             st = chunk_backward(tw, res->reps[t], &c);
             kept_free(&c);
         }
-        unstage(up); /* after an error: uploads begun for a chunk that did not run */
-        unstage(next);
+        staged_clear(&sg);
     }
     for (int t = 0; t < gc->n_towers && res->reps[t]; t++) gc_tensor_requires_grad(res->reps[t], false);
     if (st == GC_OK) st = gc_tensor_item(loss, &res->loss);
