@@ -15,3 +15,12 @@ row() {
   echo "[$side $label] $(grep -E '^ *step ' /tmp/one.txt | head -1) | $(grep -E 'peak memory' /tmp/one.txt | head -1) | $(grep -E 'pairs/s' /tmp/one.txt | head -1)"
   grep '^{' /tmp/one.txt | sed "s|^{|{\"side\":\"$side\",\"label\":\"$label\",|" >>"$OUT/ab.jsonl"
 }
+# The rows most A/Bs start with: DINOv3 256/64 and B/16 128/64, before and after, twice.
+rows_small() {
+  for k in 1 2; do
+    for side in before after; do
+      row $side "dinov3 256/64" --model dinov3-vit-b16 --batch 256 --chunk 64
+      row $side "b16 128/64" --model clip-vit-b16 --batch 128 --chunk 64
+    done
+  done
+}

@@ -4,12 +4,7 @@
 . tools/bench/build.sh
 . tools/bench/ab.sh
 {
-for k in 1 2; do
-  for side in before after; do
-    row $side "dinov3 256/64" --model dinov3-vit-b16 --batch 256 --chunk 64
-    row $side "b16 128/64" --model clip-vit-b16 --batch 128 --chunk 64
-  done
-done
+rows_small
 for side in before after before after; do
   row $side "b16 4096/256 host" --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1 --pixels host
 done
