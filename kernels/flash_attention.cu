@@ -23,12 +23,13 @@
 //   flash_bwd_dkv_kernel block = (64 keys, kv head, batch): per head of the group and
 //                        32-query tile S^T = K Q^T, dPd^T = V dO^T, dV += Pd^T dO,
 //                        dK += dS^T Q. GQA sums the group inside the block: no atomics.
-//   flash_delta_kernel   Delta alone, for the fused kernel or a backward that wants no dQ.
+//   flash_delta_kernel   Delta alone, for a backward that wants no dQ.
 //   flash_bwd_fused_kernel block = (kv head, batch) holding every key (Lk <= 256, D <= 64;
-//                        ceil(Lk / 16) warps): per 32-query tile as dK/dV, then dQ = dS K
-//                        from dS^T in shared memory. Replaces the two above where it
-//                        applies; "flash-split" (gc_attention_set_impl) keeps them, for
-//                        tests and measurements.
+//                        ceil(Lk / 16) warps): per 32-query tile Delta from its dO and O
+//                        rows, dK/dV as above, then dQ = dS K from dS^T in shared memory,
+//                        a tile behind. Replaces the dQ and dK/dV kernels where it applies;
+//                        "flash-split" (gc_attention_set_impl) keeps them, for tests and
+//                        measurements.
 // A warp skips the products whose every entry is hidden from all its rows: key columns
 // past the last key its queries see (the tail of L = 197 in a 256-wide grid of tiles, the
 // causal triangle), whole warps of padding rows. Those entries are -inf scores and zero
@@ -644,19 +645,50 @@ template <int D, int LD> __device__ __forceinline__ void load_rows(bf16 *s, cons
 }
 
 // The query tile (head h, queries qs .. qs+BM-1) of batch b into buf, asynchronously, for the
-// dK/dV and fused kernels: Q, dO [BM][LD] bf16, then lse, Delta [BM] f32.
-template <int D, int LD, int BM> __device__ __forceinline__ void load_q_tile(const FlashArgs &a, unsigned char *buf, int b, int h, int qs)
+// dK/dV and fused kernels: Q, dO [BM][LD] bf16, (WITH_O: O [BM][LD] bf16,) then lse, Delta
+// [BM] f32. WITH_O leaves Delta to tile_delta, from the dO and O rows.
+template <int D, int LD, int BM, bool WITH_O = false>
+__device__ __forceinline__ void load_q_tile(const FlashArgs &a, unsigned char *buf, int b, int h, int qs)
 {
-    bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
-    float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
+    bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD, *o = go + BM * LD;
+    float *ls = reinterpret_cast<float *>(WITH_O ? o + BM * LD : o), *de = ls + BM;
     load_rows<D, LD>(q, a.q + b * a.qs0 + h * a.qs2, a.qs1, qs, BM, a.Lq);
     load_rows<D, LD>(go, a.dout + b * a.os0 + h * a.os2, a.os1, qs, BM, a.Lq);
+    if (WITH_O) load_rows<D, LD>(o, a.o + ((int64_t)b * a.Lq * a.H + h) * D, (int64_t)a.H * D, qs, BM, a.Lq);
     const int64_t rb = ((int64_t)b * a.H + h) * a.Lq;
     for (int r = threadIdx.x; r < BM; r += blockDim.x) {
         // padding rows read 0: their scores are -inf, so P = 0 whatever lse is
         const bool ok = qs + r < a.Lq;
         cp_async4(ls + r, ok ? a.lse + rb + qs + r : a.lse, ok);
-        cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
+        if (!WITH_O) cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
+    }
+}
+
+// Delta = rowsum(dO * O) of a query tile loaded by load_q_tile<.., true>, into its Delta
+// slot. Each thread reads the 16-byte pieces of dO and O that load_rows gave it to copy, so
+// its own cp.async.wait_group is all it waits for; a row's D / 8 pieces are consecutive
+// lanes (blockDim is a multiple of 32), summed by shuffles. Padding rows were loaded as
+// zeros: Delta 0. The caller's next block barrier publishes it.
+template <int D, int LD, int BM> __device__ __forceinline__ void tile_delta(unsigned char *buf)
+{
+    constexpr int CH = D / 8;
+    const bf16 *go = reinterpret_cast<const bf16 *>(buf) + BM * LD, *o = go + BM * LD;
+    float *de = reinterpret_cast<float *>(buf + sizeof(bf16) * 3 * BM * LD) + BM; // past Q, dO, O and lse
+    for (int e = threadIdx.x; e < BM * CH; e += blockDim.x) { // warp-uniform: BM CH is a multiple of 32
+        const int r = e / CH, c = e % CH;
+        const uint4 gv = *reinterpret_cast<const uint4 *>(go + r * LD + c * 8);
+        const uint4 ov = *reinterpret_cast<const uint4 *>(o + r * LD + c * 8);
+        const __nv_bfloat162 *gp = reinterpret_cast<const __nv_bfloat162 *>(&gv), *op = reinterpret_cast<const __nv_bfloat162 *>(&ov);
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 gf = __bfloat1622float2(gp[k]), of = __bfloat1622float2(op[k]);
+            s = fmaf(gf.x, of.x, s);
+            s = fmaf(gf.y, of.y, s);
+        }
+#pragma unroll
+        for (int off = CH / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (c == 0) de[r] = s;
     }
 }
 
@@ -825,18 +857,69 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
 // One block per (batch, kv head) holds every key: warp w owns keys 16 w .. 16 w + 15 (as the
 // dK/dV kernel's warps do), and the block has ceil(Lk / 16) warps. Per 32-query tile it
 // computes S^T, dPd^T, Pd^T, dS^T and dV, dK as flash_bwd_dkv_kernel does, and writes dS^T
-// (bf16, the value the dK product rounds it to) into shared memory; after a block barrier the
-// warps take the tile's dQ = dS K between them, over every key, and store it: no atomics, and
-// S and dP are made once instead of twice (5 products, not the 7 of the dQ + dK/dV kernels).
-// Delta comes from flash_delta_kernel, launched first.
+// (bf16, the value the dK product rounds it to) into shared memory; the warps then take the
+// tile's dQ = dS K between them, over every key, and store it: no atomics, and S and dP are
+// made once instead of twice (5 products, not the 7 of the dQ + dK/dV kernels).
+// dQ runs a tile behind, from a second dS^T buffer: tile t's dK/dV and tile t - 1's dQ sit
+// between the same two barriers, so a tile costs one barrier, and the warps that make no dQ
+// (or hold the last, partial 16 keys, whose tile path is the slower one) wait less.
+// Delta = rowsum(dO * O) is made per tile as it lands (tile_delta): no kernel of its own.
 
 template <int D> struct FusedCfg {
     static constexpr int BM = 32, LD = D + 8, LDS = BM + 8, MAXW = 16; // LDS: dS^T rows, 16-byte pad
-    typedef DkvCfg<D> Q; // the double-buffered query tiles, as the dK/dV kernel's
-    // smem: K, V [16 nw][LD]; dS^T [16 nw][LDS]; then two query-tile buffers
-    static constexpr size_t bytes(int nw) { return sizeof(bf16) * (size_t)16 * nw * (2 * LD + LDS) + 2 * Q::buf_bytes; }
-    static_assert((sizeof(bf16) * 16 * (2 * LD + LDS)) % 16 == 0, "the query buffers must stay 16-byte aligned");
+    // a query tile: Q, dO, O [BM][LD] bf16; lse, Delta [BM] f32 (load_q_tile<.., true>)
+    static constexpr size_t buf_bytes = sizeof(bf16) * (size_t)3 * BM * LD + sizeof(float) * 2 * BM;
+    // smem: K, V [16 nw][LD]; dS^T twice [16 nw][LDS]; then two query-tile buffers
+    static constexpr size_t bytes(int nw) { return sizeof(bf16) * (size_t)16 * nw * (2 * LD + 2 * LDS) + 2 * buf_bytes; }
+    static_assert(buf_bytes % 16 == 0, "cp.async needs 16-byte aligned tiles");
+    static_assert((sizeof(bf16) * 16 * (2 * LD + 2 * LDS)) % 16 == 0, "the query buffers must stay 16-byte aligned");
 };
+
+// dQ of one query tile (head h, queries qs ..) = dS K over the block's nw 16-key steps, from
+// dS^T [16 nw][LDS] in shared memory: units of 16 queries x 16 columns, over the warps. The
+// key loop is unrolled to MAXW steps (nw at run time) so that every shared-memory address is
+// a constant offset from two per-thread bases.
+template <int D, int LD, int LDS, int BM, int MAXW>
+__device__ __forceinline__ void fused_dq(const FlashArgs &a, int b, int h, int qs, int nw, const bf16 *sDS, const bf16 *sK)
+{
+    constexpr int UM = BM / 16, UN = D / 16;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int un = warp; un < UM * UN; un += nw) {
+        const int mb = un / UN, np = un % UN;
+        // two accumulator pairs (even and odd key steps): half the dependent chain
+        float q0[4] = {}, q1[4] = {}, q2[4] = {}, q3[4] = {};
+        // A = dS (queries x keys) from dS^T through ldmatrix .trans; B = rows of K (.trans)
+        const bf16 *pa = sDS + ((lane & 7) + (lane >> 4) * 8) * LDS + mb * 16 + ((lane >> 3) & 1) * 8;
+        const bf16 *pb = sK + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + np * 16 + (lane >> 4) * 8;
+#pragma unroll
+        for (int kk = 0; kk < MAXW; kk += 2) {
+            if (kk < nw) {
+                uint32_t fa[4], fb[4];
+                ldsm_x4_t(fa, pa + kk * 16 * LDS);
+                ldsm_x4_t(fb, pb + kk * 16 * LD);
+                mma16816(q0, fa, fb[0], fb[1]);
+                mma16816(q1, fa, fb[2], fb[3]);
+            }
+            if (kk + 1 < nw) {
+                uint32_t fa[4], fb[4];
+                ldsm_x4_t(fa, pa + (kk + 1) * 16 * LDS);
+                ldsm_x4_t(fb, pb + (kk + 1) * 16 * LD);
+                mma16816(q2, fa, fb[0], fb[1]);
+                mma16816(q3, fa, fb[2], fb[3]);
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) q0[e] += q2[e], q1[e] += q3[e];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = qs + mb * 16 + g + 8 * r;
+            if (i >= a.Lq || !a.dq) continue;
+            const int64_t row = b * a.dqs0 + (int64_t)i * a.dqs1 + h * a.dqs2 + np * 16 + 2 * t;
+            grad_store2(a.dq, a.dq_f32, row, a.scale * q0[2 * r], a.scale * q0[2 * r + 1], a.acc_q);
+            grad_store2(a.dq, a.dq_f32, row + 8, a.scale * q1[2 * r], a.scale * q1[2 * r + 1], a.acc_q);
+        }
+    }
+}
 
 template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_kernel(const FlashArgs a)
@@ -845,44 +928,46 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
     typedef FusedCfg<D> C;
     constexpr int BM = C::BM, LD = C::LD, LDS = C::LDS, NS = BM / 8, NO = D / 8;
     const int nw = blockDim.x / 32, BN = 16 * nw; // keys held (Lk <= BN)
-    bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD, *sDS = sV + BN * LD;
-    unsigned char *bufs = reinterpret_cast<unsigned char *>(sDS + BN * LDS);
+    bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD, *sDS0 = sV + BN * LD;
+    unsigned char *bufs = reinterpret_cast<unsigned char *>(sDS0 + 2 * BN * LDS);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hk = blockIdx.y, b = blockIdx.z;
     const int n_qt = (a.Lq + BM - 1) / BM, n_tiles = a.G * n_qt;
-    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM>(a, bufs + u * C::Q::buf_bytes, b, h, qs); };
+    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM, true>(a, bufs + u * C::buf_bytes, b, h, qs); };
 
     load_rows<D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, 0, BN, a.Lk); // keys >= Lk: zero rows
     load_rows<D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, 0, BN, a.Lk);
-    cp_async_commit();
     load_q(hk * a.G, 0, 0);
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
 
     const int j0 = warp * 16 + g, j1 = j0 + 8;
     const bool w_all = warp * 16 + 16 <= a.Lk; // the warp's keys are all real (each warp has one)
-    const int64_t wq_lo = a.causal ? (int64_t)warp * 16 - (a.Lk - a.Lq) : 0;
+    const int wq_lo = a.causal ? warp * 16 - (a.Lk - a.Lq) : 0; // Lk <= 256, Lq < 2^30: int
     float dk[NO][4], dv[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
 
-    int h = hk * a.G, qs = 0;
-    for (int it = 0, u = 0; it < n_tiles; it++, u ^= 1) {
+    int h = hk * a.G, qs = 0, hp = 0, qp = 0; // this tile's head and first query; the last tile's
+    for (int it = 0; it < n_tiles; it++) {
+        const int u = it & 1;
+        cp_async_wait<0>();
+        tile_delta<D, LD, BM>(bufs + u * C::buf_bytes);
+        // tile it is in, with its Delta; every warp is done with tile it - 1 (its query
+        // buffer, the next prefetch's) and has written its dS^T; tile it - 2's dQ reads are done
+        __syncthreads();
         const int qn = qs + BM < a.Lq ? qs + BM : 0, hn = qs + BM < a.Lq ? h : h + 1;
         if (it + 1 < n_tiles) load_q(hn, qn, u ^ 1);
         cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads(); // the tile is in; the last tile's dQ reads of sDS are done
-        const unsigned char *buf = bufs + u * C::Q::buf_bytes;
+        const unsigned char *buf = bufs + u * C::buf_bytes;
         const bf16 *sQ = reinterpret_cast<const bf16 *>(buf), *sG = sQ + BM * LD;
-        const float *sLse = reinterpret_cast<const float *>(sG + BM * LD), *sDel = sLse + BM;
+        const float *sLse = reinterpret_cast<const float *>(sG + 2 * BM * LD), *sDel = sLse + BM; // past O
+        bf16 *sDS = sDS0 + u * BN * LDS;
 
         const int n_lo = wq_lo - qs >= 8 * NS ? NS : wq_lo - qs > 0 ? (int)(wq_lo - qs) / 8 : 0;
         const int n_hi = tiles_for<NS>(a.Lq - qs);
-        const bool full = w_all && qs + BM <= a.Lq && (!a.causal || qs >= (int64_t)warp * 16 + 15 - (a.Lk - a.Lq));
+        const bool full = w_all && qs + BM <= a.Lq && (!a.causal || qs >= wq_lo + 15);
         float st[NS][4], dpt[NS][4]; // [keys x queries]
 #pragma unroll
         for (int n = 0; n < NS; n++)
@@ -901,38 +986,11 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
             for (int r = 0; r < 2; r++)
                 *reinterpret_cast<uint32_t *>(sDS + (warp * 16 + g + 8 * r) * LDS + n * 8 + 2 * t) =
                     pack_bf16(dpt[n][2 * r], dpt[n][2 * r + 1]);
-        __syncthreads(); // every key's dS^T is in; every warp is done with buffer u
-
-        // dQ of the tile = dS K over all BN keys: units of 16 queries x 16 columns, over the warps
-        constexpr int UM = BM / 16, UN = NO / 2;
-        for (int un = warp; un < UM * UN; un += nw) {
-            const int mb = un / UN, np = un % UN;
-            // two accumulator pairs (even and odd key steps): half the dependent chain
-            float q0[4] = {}, q1[4] = {}, q2[4] = {}, q3[4] = {};
-            // A = dS (queries x keys) from dS^T through ldmatrix .trans
-            const bf16 *pa = sDS + ((lane & 7) + (lane >> 4) * 8) * LDS + mb * 16 + ((lane >> 3) & 1) * 8;
-            for (int kk = 0; kk < nw; kk += 2) {
-                uint32_t fa[4];
-                ldsm_x4_t(fa, pa + kk * 16 * LDS);
-                mma_b2<LD>(q0, q1, fa, sK, 2 * np, kk * 16);
-                if (kk + 1 < nw) {
-                    ldsm_x4_t(fa, pa + (kk + 1) * 16 * LDS);
-                    mma_b2<LD>(q2, q3, fa, sK, 2 * np, (kk + 1) * 16);
-                }
-            }
-#pragma unroll
-            for (int e = 0; e < 4; e++) q0[e] += q2[e], q1[e] += q3[e];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int i = qs + mb * 16 + g + 8 * r;
-                if (i >= a.Lq || !a.dq) continue;
-                const int64_t row = b * a.dqs0 + (int64_t)i * a.dqs1 + h * a.dqs2 + np * 16 + 2 * t;
-                grad_store2(a.dq, a.dq_f32, row, a.scale * q0[2 * r], a.scale * q0[2 * r + 1], a.acc_q);
-                grad_store2(a.dq, a.dq_f32, row + 8, a.scale * q1[2 * r], a.scale * q1[2 * r + 1], a.acc_q);
-            }
-        }
-        h = hn, qs = qn;
+        if (it > 0) fused_dq<D, LD, LDS, BM, C::MAXW>(a, b, hp, qp, nw, sDS0 + (u ^ 1) * BN * LDS, sK);
+        hp = h, qp = qs, h = hn, qs = qn;
     }
+    __syncthreads(); // the last tile's dS^T is in
+    if (n_tiles > 0) fused_dq<D, LD, LDS, BM, C::MAXW>(a, b, hp, qp, nw, sDS0 + ((n_tiles - 1) & 1) * BN * LDS, sK);
     // dQ (above), then dK, then dV, each after a block barrier: they may share one buffer
     __syncthreads();
     store_dkv<D>(a, b, hk, j0, j1, dk, dv);
@@ -1028,7 +1086,6 @@ template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
 {
     if constexpr (D <= 64) // registers: the fused kernel holds dK, dV and a tile's S^T, dP^T
         if (!split && a.dq && a.Lk <= 16 * FusedCfg<D>::MAXW) {
-            GC_TRY(launch_delta(a, D));
             const int nw = (a.Lk + 15) / 16;
             const dim3 grid(1u, (unsigned)(a.H / a.G), (unsigned)a.B);
             return with_variant(a, [&](auto drop, auto mask) { // a warp a 16 keys; the attribute for the largest block
