@@ -24,3 +24,13 @@ rows_small() {
     done
   done
 }
+# rows_small, then B/16 4096/256 before and after, once; the lines also in $OUT/ab-summary.txt
+# (s15a, s16b).
+rows_ab() {
+  {
+    rows_small
+    for side in before after; do
+      row $side "b16 4096/256" --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1
+    done
+  } 2>&1 | tee "$OUT/ab-summary.txt"
+}

@@ -4,10 +4,5 @@
 # whole GPU suite, then the rows against the session's start (.head0 = cfea896),
 # alternating.
 . tools/bench/suite_ab.sh
-{
-rows_small
-for side in before after; do
-  row $side "b16 4096/256" --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1
-done
-} 2>&1 | tee "$OUT/ab-summary.txt"
+rows_ab
 echo "all took $(( $(date +%s) - t0 )) s"

@@ -17,10 +17,5 @@ ncu -i "$OUT/ncu-fused.ncu-rep" --page source --csv --print-source sass >"$OUT/n
 rm -f "$OUT/ncu-fused.ncu-rep"
 wait
 . tools/bench/ab.sh
-{
-rows_small
-for side in before after; do
-  row $side "b16 4096/256" --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1
-done
-} 2>&1 | tee "$OUT/ab-summary.txt"
+rows_ab
 echo "all took $(( $(date +%s) - t0 )) s"
