@@ -61,6 +61,7 @@ gc_status gc_cuda_attention_bwd(const void *P, const float *dP, void *dS, void *
                                 int64_t sample_offset);
 /* flash_attention.cu */
 bool gc_cuda_flash_attention_supported(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v);
+bool gc_cuda_flash_attention_bwd_fused(int64_t D, int64_t Lk, bool dq, bool split);
 gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
                                       gc_tensor *out, gc_tensor *lse, float scale, bool causal, float p, uint32_t op,
                                       gc_rand_context rc);
@@ -512,20 +513,26 @@ static gc_status flash_backward(gc_node *nd, const attn_geom *g, gc_tensor *gy)
         gy = gc_pool_add(gc_tensor_to(gy, gy->device, q->dtype)); /* the kernels read dO as q's dtype, aligned */
         if (!gy) return GC_PENDING();
     }
-    gc_tensor *delta = gc_op_new(GC_F32, q->device, 3, GC_SHAPE(g->B, g->H, g->Lq));
-    if (!delta) return GC_PENDING();
     /* fetched in order q, k, v; the kernels write dQ, then dK, then dV, so a buffer shared
      * by several of them is overwritten first and accumulated into after */
     gc_tensor *gx[3] = {NULL, NULL, NULL};
     bool acc[3] = {false, false, false};
     for (int i = 0; i < 3; i++) /* strided targets (views of a fused q/k/v's gradient) welcome */
         if (nd->in[i] && !(gx[i] = gc_grad_target_view(nd, i, &acc[i]))) return GC_PENDING();
-#ifndef GC_WITH_CUDA
-    (void)k, (void)v, (void)mask, (void)out, (void)lse, (void)acc;
+    const bool split = attn_mode_get() == ATTN_MODE_SPLIT;
+#ifdef GC_WITH_CUDA
+    /* Delta = rowsum(dO O), B x H x Lq f32 of scratch, unless the fused kernel runs: it
+     * makes each tile's itself */
+    gc_tensor *delta = NULL;
+    if (!gc_cuda_flash_attention_bwd_fused(g->D, g->Lk, gx[0] != NULL, split) &&
+        !(delta = gc_op_new(GC_F32, q->device, 3, GC_SHAPE(g->B, g->H, g->Lq))))
+        return GC_PENDING();
+#else
+    (void)k, (void)v, (void)mask, (void)out, (void)lse, (void)acc, (void)split;
 #endif
     return GC_CUDA_DISPATCH(gc_cuda_flash_attention_bwd(q, k, v, mask, out, lse, gy, delta, gx[0], acc[0], gx[1], acc[1],
                                                         gx[2], acc[2], (float)g->scale, g->causal, g->p, g->op,
-                                                        attn_rc(g), attn_mode_get() == ATTN_MODE_SPLIT));
+                                                        attn_rc(g), split));
 }
 
 /* ================================================================ the op */

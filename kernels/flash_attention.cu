@@ -254,6 +254,28 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+// The sum of the 8 products of two 16-byte pieces of bf16 rows (Delta's dO . O), in order
+__device__ __forceinline__ float dot8_bf16(const uint4 &x, const uint4 &y)
+{
+    const __nv_bfloat162 *xp = reinterpret_cast<const __nv_bfloat162 *>(&x), *yp = reinterpret_cast<const __nv_bfloat162 *>(&y);
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 xf = __bfloat1622float2(xp[k]), yf = __bfloat1622float2(yp[k]);
+        s = fmaf(xf.x, yf.x, s);
+        s = fmaf(xf.y, yf.y, s);
+    }
+    return s;
+}
+
+// The sum of s over each aligned group of n consecutive lanes (n a power of two <= 32),
+// in every lane of the group: a row's pieces of Delta
+__device__ __forceinline__ float lane_group_sum(float s, int n)
+{
+    for (int off = n / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+}
+
 // The A fragment of a warp's 16 rows from row0, 16 columns from k0, of a [.][LD] smem tile.
 // Loaded again for every tile instead of kept: registers decide how many blocks fit on an
 // SM, and these kernels need the warps more than the shared-memory bandwidth.
@@ -490,11 +512,9 @@ __global__ void __launch_bounds__(256) flash_delta_kernel(const FlashArgs a, int
         const int h = (int)(r % a.H), i = (int)((r / a.H) % a.Lq), b = (int)(r / ((int64_t)a.H * a.Lq));
         const uint4 ov = *reinterpret_cast<const uint4 *>(a.o + r * D + c);
         const uint4 gv = *reinterpret_cast<const uint4 *>(a.dout + b * a.os0 + (int64_t)i * a.os1 + h * a.os2 + c);
-        const bf16 *op = reinterpret_cast<const bf16 *>(&ov), *gp = reinterpret_cast<const bf16 *>(&gv);
-#pragma unroll
-        for (int e = 0; e < 8; e++) s += __bfloat162float(op[e]) * __bfloat162float(gp[e]);
+        s = dot8_bf16(gv, ov);
     }
-    for (int off = tpr / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    s = lane_group_sum(s, tpr);
     if (r < rows && threadIdx.x % tpr == 0) {
         const int h = (int)(r % a.H), i = (int)((r / a.H) % a.Lq), b = (int)(r / ((int64_t)a.H * a.Lq));
         a.delta[((int64_t)b * a.H + h) * a.Lq + i] = s;
@@ -542,9 +562,7 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
             for (int c = 0; c < D / 2; c += 8) {
                 const uint4 ov = *reinterpret_cast<const uint4 *>(orow + c);
                 const uint4 gv = *reinterpret_cast<const uint4 *>(sG + r * LD + c0 + c);
-                const bf16 *op = reinterpret_cast<const bf16 *>(&ov), *gp = reinterpret_cast<const bf16 *>(&gv);
-#pragma unroll
-                for (int e = 0; e < 8; e++) dsum += __bfloat162float(op[e]) * __bfloat162float(gp[e]);
+                dsum += dot8_bf16(gv, ov);
             }
         }
         dsum += __shfl_xor_sync(0xffffffffu, dsum, 1);
@@ -645,49 +663,41 @@ template <int D, int LD> __device__ __forceinline__ void load_rows(bf16 *s, cons
 }
 
 // The query tile (head h, queries qs .. qs+BM-1) of batch b into buf, asynchronously, for the
-// dK/dV and fused kernels: Q, dO [BM][LD] bf16, (WITH_O: O [BM][LD] bf16,) then lse, Delta
-// [BM] f32. WITH_O leaves Delta to tile_delta, from the dO and O rows.
-template <int D, int LD, int BM, bool WITH_O = false>
-__device__ __forceinline__ void load_q_tile(const FlashArgs &a, unsigned char *buf, int b, int h, int qs)
+// dK/dV and fused kernels: Q, dO [BM][LD] bf16, then lse, Delta [BM] f32. With o (the fused
+// kernel), O's rows go to o [BM][LD] instead of Delta's, for tile_delta.
+template <int D, int LD, int BM>
+__device__ __forceinline__ void load_q_tile(const FlashArgs &a, unsigned char *buf, int b, int h, int qs, bf16 *o = nullptr)
 {
-    bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD, *o = go + BM * LD;
-    float *ls = reinterpret_cast<float *>(WITH_O ? o + BM * LD : o), *de = ls + BM;
+    bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
+    float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
     load_rows<D, LD>(q, a.q + b * a.qs0 + h * a.qs2, a.qs1, qs, BM, a.Lq);
     load_rows<D, LD>(go, a.dout + b * a.os0 + h * a.os2, a.os1, qs, BM, a.Lq);
-    if (WITH_O) load_rows<D, LD>(o, a.o + ((int64_t)b * a.Lq * a.H + h) * D, (int64_t)a.H * D, qs, BM, a.Lq);
+    if (o) load_rows<D, LD>(o, a.o + ((int64_t)b * a.Lq * a.H + h) * D, (int64_t)a.H * D, qs, BM, a.Lq);
     const int64_t rb = ((int64_t)b * a.H + h) * a.Lq;
     for (int r = threadIdx.x; r < BM; r += blockDim.x) {
         // padding rows read 0: their scores are -inf, so P = 0 whatever lse is
         const bool ok = qs + r < a.Lq;
         cp_async4(ls + r, ok ? a.lse + rb + qs + r : a.lse, ok);
-        if (!WITH_O) cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
+        if (!o) cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
     }
 }
 
-// Delta = rowsum(dO * O) of a query tile loaded by load_q_tile<.., true>, into its Delta
-// slot. Each thread reads the 16-byte pieces of dO and O that load_rows gave it to copy, so
-// its own cp.async.wait_group is all it waits for; a row's D / 8 pieces are consecutive
-// lanes (blockDim is a multiple of 32), summed by shuffles. Padding rows were loaded as
-// zeros: Delta 0. The caller's next block barrier publishes it.
-template <int D, int LD, int BM> __device__ __forceinline__ void tile_delta(unsigned char *buf)
+// Delta = rowsum(dO * O) of a query tile loaded by load_q_tile with o, into its Delta slot.
+// Each thread reads the 16-byte pieces of dO and O that load_rows gave it to copy, so its
+// own cp.async.wait_group is all it waits for (and O needs one buffer: the next tile's piece
+// is copied by the same thread, after this read); a row's D / 8 pieces are consecutive lanes
+// (blockDim is a multiple of 32), summed by shuffles. Padding rows were loaded as zeros:
+// Delta 0. The caller's next block barrier publishes it.
+template <int D, int LD, int BM> __device__ __forceinline__ void tile_delta(unsigned char *buf, const bf16 *o)
 {
     constexpr int CH = D / 8;
-    const bf16 *go = reinterpret_cast<const bf16 *>(buf) + BM * LD, *o = go + BM * LD;
-    float *de = reinterpret_cast<float *>(buf + sizeof(bf16) * 3 * BM * LD) + BM; // past Q, dO, O and lse
+    const bf16 *go = reinterpret_cast<const bf16 *>(buf) + BM * LD;
+    float *de = reinterpret_cast<float *>(buf + sizeof(bf16) * 2 * BM * LD) + BM; // past Q, dO and lse
     for (int e = threadIdx.x; e < BM * CH; e += blockDim.x) { // warp-uniform: BM CH is a multiple of 32
         const int r = e / CH, c = e % CH;
-        const uint4 gv = *reinterpret_cast<const uint4 *>(go + r * LD + c * 8);
-        const uint4 ov = *reinterpret_cast<const uint4 *>(o + r * LD + c * 8);
-        const __nv_bfloat162 *gp = reinterpret_cast<const __nv_bfloat162 *>(&gv), *op = reinterpret_cast<const __nv_bfloat162 *>(&ov);
-        float s = 0.f;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float2 gf = __bfloat1622float2(gp[k]), of = __bfloat1622float2(op[k]);
-            s = fmaf(gf.x, of.x, s);
-            s = fmaf(gf.y, of.y, s);
-        }
-#pragma unroll
-        for (int off = CH / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        const float s = lane_group_sum(dot8_bf16(*reinterpret_cast<const uint4 *>(go + r * LD + c * 8),
+                                                 *reinterpret_cast<const uint4 *>(o + r * LD + c * 8)),
+                                       CH);
         if (c == 0) de[r] = s;
     }
 }
@@ -867,11 +877,12 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
 
 template <int D> struct FusedCfg {
     static constexpr int BM = 32, LD = D + 8, LDS = BM + 8, MAXW = 16; // LDS: dS^T rows, 16-byte pad
-    // a query tile: Q, dO, O [BM][LD] bf16; lse, Delta [BM] f32 (load_q_tile<.., true>)
-    static constexpr size_t buf_bytes = sizeof(bf16) * (size_t)3 * BM * LD + sizeof(float) * 2 * BM;
-    // smem: K, V [16 nw][LD]; dS^T twice [16 nw][LDS]; then two query-tile buffers
-    static constexpr size_t bytes(int nw) { return sizeof(bf16) * (size_t)16 * nw * (2 * LD + 2 * LDS) + 2 * buf_bytes; }
-    static_assert(buf_bytes % 16 == 0, "cp.async needs 16-byte aligned tiles");
+    typedef DkvCfg<D> Q; // the double-buffered query tiles, as the dK/dV kernel's
+    // smem: K, V [16 nw][LD]; dS^T twice [16 nw][LDS]; two query-tile buffers; O [BM][LD]
+    static constexpr size_t bytes(int nw)
+    {
+        return sizeof(bf16) * (size_t)16 * nw * (2 * LD + 2 * LDS) + 2 * Q::buf_bytes + sizeof(bf16) * BM * LD;
+    }
     static_assert((sizeof(bf16) * 16 * (2 * LD + 2 * LDS)) % 16 == 0, "the query buffers must stay 16-byte aligned");
 };
 
@@ -890,22 +901,16 @@ __device__ __forceinline__ void fused_dq(const FlashArgs &a, int b, int h, int q
         float q0[4] = {}, q1[4] = {}, q2[4] = {}, q3[4] = {};
         // A = dS (queries x keys) from dS^T through ldmatrix .trans; B = rows of K (.trans)
         const bf16 *pa = sDS + ((lane & 7) + (lane >> 4) * 8) * LDS + mb * 16 + ((lane >> 3) & 1) * 8;
-        const bf16 *pb = sK + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + np * 16 + (lane >> 4) * 8;
 #pragma unroll
         for (int kk = 0; kk < MAXW; kk += 2) {
+            uint32_t fa[4];
             if (kk < nw) {
-                uint32_t fa[4], fb[4];
                 ldsm_x4_t(fa, pa + kk * 16 * LDS);
-                ldsm_x4_t(fb, pb + kk * 16 * LD);
-                mma16816(q0, fa, fb[0], fb[1]);
-                mma16816(q1, fa, fb[2], fb[3]);
+                mma_b2<LD>(q0, q1, fa, sK, 2 * np, kk * 16);
             }
             if (kk + 1 < nw) {
-                uint32_t fa[4], fb[4];
                 ldsm_x4_t(fa, pa + (kk + 1) * 16 * LDS);
-                ldsm_x4_t(fb, pb + (kk + 1) * 16 * LD);
-                mma16816(q2, fa, fb[0], fb[1]);
-                mma16816(q3, fa, fb[2], fb[3]);
+                mma_b2<LD>(q2, q3, fa, sK, 2 * np, (kk + 1) * 16);
             }
         }
 #pragma unroll
@@ -930,10 +935,11 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
     const int nw = blockDim.x / 32, BN = 16 * nw; // keys held (Lk <= BN)
     bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD, *sDS0 = sV + BN * LD;
     unsigned char *bufs = reinterpret_cast<unsigned char *>(sDS0 + 2 * BN * LDS);
+    bf16 *sO = reinterpret_cast<bf16 *>(bufs + 2 * C::Q::buf_bytes); // one buffer (tile_delta)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hk = blockIdx.y, b = blockIdx.z;
     const int n_qt = (a.Lq + BM - 1) / BM, n_tiles = a.G * n_qt;
-    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM, true>(a, bufs + u * C::buf_bytes, b, h, qs); };
+    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM>(a, bufs + u * C::Q::buf_bytes, b, h, qs, sO); };
 
     load_rows<D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, 0, BN, a.Lk); // keys >= Lk: zero rows
     load_rows<D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, 0, BN, a.Lk);
@@ -953,16 +959,16 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
     for (int it = 0; it < n_tiles; it++) {
         const int u = it & 1;
         cp_async_wait<0>();
-        tile_delta<D, LD, BM>(bufs + u * C::buf_bytes);
+        tile_delta<D, LD, BM>(bufs + u * C::Q::buf_bytes, sO);
         // tile it is in, with its Delta; every warp is done with tile it - 1 (its query
         // buffer, the next prefetch's) and has written its dS^T; tile it - 2's dQ reads are done
         __syncthreads();
         const int qn = qs + BM < a.Lq ? qs + BM : 0, hn = qs + BM < a.Lq ? h : h + 1;
         if (it + 1 < n_tiles) load_q(hn, qn, u ^ 1);
         cp_async_commit();
-        const unsigned char *buf = bufs + u * C::buf_bytes;
+        const unsigned char *buf = bufs + u * C::Q::buf_bytes;
         const bf16 *sQ = reinterpret_cast<const bf16 *>(buf), *sG = sQ + BM * LD;
-        const float *sLse = reinterpret_cast<const float *>(sG + 2 * BM * LD), *sDel = sLse + BM; // past O
+        const float *sLse = reinterpret_cast<const float *>(sG + BM * LD), *sDel = sLse + BM;
         bf16 *sDS = sDS0 + u * BN * LDS;
 
         const int n_lo = wq_lo - qs >= 8 * NS ? NS : wq_lo - qs > 0 ? (int)(wq_lo - qs) / 8 : 0;
@@ -1082,10 +1088,17 @@ gc_status launch_delta(const FlashArgs &a, int D)
     return GC_OK;
 }
 
+// Does the backward run the fused kernel? Where it holds every key (Lk <= 16 MAXW) and D <= 64
+// (registers: it holds dK, dV and a tile's S^T, dP^T), dQ is wanted and split is not asked.
+bool fused_bwd(int64_t D, int64_t Lk, bool dq, bool split)
+{
+    return D <= 64 && Lk <= 16 * FusedCfg<64>::MAXW && dq && !split;
+}
+
 template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
 {
-    if constexpr (D <= 64) // registers: the fused kernel holds dK, dV and a tile's S^T, dP^T
-        if (!split && a.dq && a.Lk <= 16 * FusedCfg<D>::MAXW) {
+    if constexpr (D <= 64)
+        if (fused_bwd(D, a.Lk, a.dq, split)) {
             const int nw = (a.Lk + 15) / 16;
             const dim3 grid(1u, (unsigned)(a.H / a.G), (unsigned)a.B);
             return with_variant(a, [&](auto drop, auto mask) { // a warp a 16 keys; the attribute for the largest block
@@ -1093,6 +1106,7 @@ template <int D> gc_status launch_bwd(const FlashArgs &a, bool split)
                     grid, FusedCfg<D>::bytes(nw), a, 32 * nw, FusedCfg<D>::bytes(FusedCfg<D>::MAXW));
             });
         }
+    if (!a.delta) return gc_error_set(GC_ERR_INVALID, "flash attention backward: no Delta scratch for the split kernels");
     if (a.dq) { // also writes Delta
         const dim3 grid((unsigned)((a.Lq + DqCfg<D>::BM - 1) / DqCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
         GC_TRY(with_variant(a, [&](auto drop, auto mask) {
@@ -1142,12 +1156,19 @@ extern "C" gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_te
     }
 }
 
+// Does gc_cuda_flash_attention_bwd run the fused kernel, which needs no Delta scratch?
+extern "C" bool gc_cuda_flash_attention_bwd_fused(int64_t D, int64_t Lk, bool dq, bool split)
+{
+    return fused_bwd(D, Lk, dq, split);
+}
+
 // Gradients into dq [B, Lq, H, D], dk/dv [B, Lk, Hkv, D] (f32 or bf16, innermost stride 1;
 // null: not wanted), = or += per acc_*. dout: dO [B, Lq, H, D] bf16; delta: scratch f32
-// [B, H, Lq]. The launches run dQ, then dK, then dV: buffers shared between q, k, v must
-// be given with acc set on the later ones (gc_grad_target does this when fetched in order).
-// Where Lk <= 256 and D <= 64 one fused kernel makes all three (after Delta), unless split
-// asks for the dQ and dK/dV kernels (gc_attention_set_impl "flash-split").
+// [B, H, Lq], null where gc_cuda_flash_attention_bwd_fused. The launches run dQ, then dK,
+// then dV: buffers shared between q, k, v must be given with acc set on the later ones
+// (gc_grad_target does this when fetched in order). Where Lk <= 256 and D <= 64 one fused
+// kernel makes all three, Delta inside, unless split asks for the dQ and dK/dV kernels
+// (gc_attention_set_impl "flash-split").
 extern "C" gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v,
                                                 const gc_tensor *mask, const gc_tensor *out, const gc_tensor *lse,
                                                 const gc_tensor *dout, gc_tensor *delta, gc_tensor *dq, bool acc_q,
@@ -1165,7 +1186,7 @@ extern "C" gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_te
     a.o = static_cast<bf16 *>(gc_tensor_data(out));
     a.dout = static_cast<const bf16 *>(gc_tensor_data(dout));
     a.os0 = dout->stride[0], a.os1 = dout->stride[1], a.os2 = dout->stride[2];
-    a.delta = static_cast<float *>(gc_tensor_data(delta));
+    a.delta = delta ? static_cast<float *>(gc_tensor_data(delta)) : nullptr;
     if (dq) {
         a.dq = gc_tensor_data(dq), a.dq_f32 = dq->dtype == GC_F32, a.acc_q = acc_q;
         a.dqs0 = dq->stride[0], a.dqs1 = dq->stride[1], a.dqs2 = dq->stride[2];
