@@ -64,8 +64,7 @@ bool gc_cuda_flash_attention_supported(const gc_tensor *q, const gc_tensor *k, c
 bool gc_cuda_flash_attention_bwd_fused(int64_t D, int64_t Lk, bool dq, bool split);
 gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
                                       gc_tensor *out, gc_tensor *lse, float scale, bool causal, float p, uint32_t op,
-                                      gc_rand_context rc, const gc_tensor *rope_cos, const gc_tensor *rope_sin,
-                                      int64_t rope_start);
+                                      gc_rand_context rc);
 gc_status gc_cuda_flash_attention_bwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v, const gc_tensor *mask,
                                       const gc_tensor *out, const gc_tensor *lse, const gc_tensor *dout, gc_tensor *delta,
                                       gc_tensor *dq, bool acc_q, gc_tensor *dk, bool acc_k, gc_tensor *dv, bool acc_v,
@@ -489,18 +488,17 @@ static inline gc_rand_context attn_rc(const attn_geom *g)
 }
 
 /* out [B, Lq, H, D] and *lse_out [B, H, Lq] f32, pool-owned. */
-/* rcos/rsin: contiguous rope tables (gc_attn_opts), the forward's alone (no backward is recorded) */
 static gc_tensor *flash_forward(const attn_geom *g, gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_tensor *mask,
-                                const gc_tensor *rcos, const gc_tensor *rsin, int64_t rstart, gc_tensor **lse_out)
+                                gc_tensor **lse_out)
 {
     gc_tensor *out = gc_op_new(q->dtype, q->device, 4, GC_SHAPE(g->B, g->Lq, g->H, g->D));
     gc_tensor *lse = gc_op_new(GC_F32, q->device, 3, GC_SHAPE(g->B, g->H, g->Lq));
     if (!out || !lse) return NULL;
 #ifndef GC_WITH_CUDA
-    (void)k, (void)v, (void)mask, (void)rcos, (void)rsin, (void)rstart; /* flash_applies was false: not reached */
+    (void)k, (void)v, (void)mask; /* flash_applies was false: not reached */
 #endif
     if (GC_CUDA_DISPATCH(gc_cuda_flash_attention_fwd(q, k, v, mask, out, lse, (float)g->scale, g->causal, g->p, g->op,
-                                                     attn_rc(g), rcos, rsin, rstart)) != GC_OK)
+                                                     attn_rc(g))) != GC_OK)
         return NULL;
     *lse_out = lse;
     return out;
@@ -570,50 +568,6 @@ static gc_tensor *attn_fail(gc_pool *pool)
     return NULL;
 }
 
-/* The rope tables of o fit q and k: both f32 [n, D] or [B, n, D], start >= 0 */
-static bool rope_tables_ok(const gc_tensor *q, const gc_attn_opts *o)
-{
-    const gc_tensor *c = o->rope_cos, *sn = o->rope_sin;
-    const int64_t B = q->shape[0], D = q->shape[3];
-    if (c && sn && gc_shape_eq(c, sn) && c->dtype == GC_F32 && sn->dtype == GC_F32 && gc_device_eq(c->device, q->device) &&
-        gc_device_eq(sn->device, q->device) && (c->ndim == 2 || (c->ndim == 3 && c->shape[0] == B)) &&
-        c->shape[c->ndim - 1] == D && D % 2 == 0 && o->rope_start >= 0)
-        return true;
-    char sc[GC_SHAPE_STR_LEN] = "-", ss[GC_SHAPE_STR_LEN] = "-", sq[GC_SHAPE_STR_LEN];
-    if (c) gc_shape_str(c, sc, sizeof sc);
-    if (sn) gc_shape_str(sn, ss, sizeof ss);
-    gc_error_set(GC_ERR_SHAPE,
-                 "attention: rope cos %s %s %s and sin %s %s %s must both be f32 [n, D] or [B, n, D] on q's device, "
-                 "start %lld >= 0, for q %s %s (D even)",
-                 c ? gc_tensor_label(c) : "(none)", c ? gc_dtype_name(c->dtype) : "", sc,
-                 sn ? gc_tensor_label(sn) : "(none)", sn ? gc_dtype_name(sn->dtype) : "", ss, (long long)o->rope_start,
-                 gc_tensor_label(q), gc_shape_str(q, sq, sizeof sq));
-    return false;
-}
-
-/* x [B, L, H, D] rotated as gc_attn_opts says: rows start .. of it, by the table rows it has */
-static gc_tensor *rope_rows(gc_tensor *x, const gc_attn_opts *o)
-{
-    const int64_t L = x->shape[1], start = o->rope_start, nd = o->rope_cos->ndim;
-    if (L <= start) return x; /* no row is rotated */
-    gc_tensor *c = o->rope_cos, *sn = o->rope_sin;
-    if (c->shape[nd - 2] > L - start) c = gc_slice(c, nd - 2, 0, L - start), sn = gc_slice(sn, nd - 2, 0, L - start);
-    return (o->rope_in_place ? gc_rope_in_place : gc_rope)(x, c, sn, start);
-}
-
-/* attention(rope(q), rope(k), v) with q and k rotated first */
-static gc_tensor *rope_first(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_opts *o)
-{
-    gc_attn_opts plain = *o;
-    plain.rope_cos = plain.rope_sin = NULL;
-    gc_pool *pool = gc_pool_push();
-    gc_tensor *qr = rope_rows(q, o), *kr = k == q ? qr : rope_rows(k, o); /* q = k: one rotation */
-    gc_tensor *out = qr && kr ? gc_attention(qr, kr, v, &plain) : NULL;
-    if (out) gc_pool_keep(out);
-    gc_pool_pop(pool);
-    return out;
-}
-
 gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_opts *opts)
 {
     if (!q || !k || !v) return NULL;
@@ -658,13 +612,6 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
     g.impl = attn_impl_pick(q, k, v);
     /* the flash kernels take the row maximum of raw products (score_kept): a positive scale */
     if (g.impl == ATTN_FLASH && !((float)g.scale > 0)) g.impl = ATTN_GEMM;
-    /* a rotary embedding: in the flash forward's tiles where nothing records a backward (the
-     * backward would need the rotated q and k), else on q and k first */
-    const bool rope_tiles = (opts->rope_cos || opts->rope_sin) && g.impl == ATTN_FLASH && !gc_autograd_should_record(3, ins);
-    if (opts->rope_cos || opts->rope_sin) {
-        if (!rope_tables_ok(q, opts)) return NULL;
-        if (!rope_tiles) return rope_first(q, k, v, opts);
-    }
 
     const gc_tensor *m = opts->mask;
     int64_t mask_bstride = 0;
@@ -710,10 +657,8 @@ gc_tensor *gc_attention(gc_tensor *q, gc_tensor *k, gc_tensor *v, const gc_attn_
                 return attn_fail(pool);
             saved[0] = q, saved[1] = k, saved[2] = v, saved[3] = P;
         } else if (g.impl == ATTN_FLASH) {
-            gc_tensor *lse = NULL, *rc = NULL, *rs = NULL;
-            if (rope_tiles && (!(rc = gc_contiguous_raw(opts->rope_cos)) || !(rs = gc_contiguous_raw(opts->rope_sin))))
-                return attn_fail(pool);
-            out = flash_forward(&g, q, k, v, mc, rc, rs, opts->rope_start, &lse);
+            gc_tensor *lse = NULL;
+            out = flash_forward(&g, q, k, v, mc, &lse);
             if (!out) return attn_fail(pool);
             saved[0] = q, saved[1] = k, saved[2] = v, saved[3] = out, saved[4] = lse, saved[5] = mc;
             n_saved = mc ? 6 : 5;

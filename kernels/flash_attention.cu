@@ -87,11 +87,6 @@ struct FlashArgs {
     int64_t sample_offset;
     bf16 *o;    // out [B, Lq, H, D] contiguous: written by the forward, read by Delta
     float *lse; // [B, H, Lq]
-    // the forward's rotary embedding of q and k (gc_rope's): f32 [(B,) rn, D] contiguous,
-    // rows at positions rstart .. rstart + rn - 1; rcos null: none
-    const float *rcos, *rsin;
-    int rn, rstart;
-    bool rps; // per sample [B, rn, D]
     // backward
     const bf16 *dout; // dO, strides os0..2 like q's
     int64_t os0, os1, os2;
@@ -188,59 +183,6 @@ __device__ __forceinline__ void load_tile(bf16 *s, const bf16 *g, int64_t rs, in
         const int r = e / CH, c = e % CH;
         const bool ok = r0 + r < L;
         cp_async16(s + r * LD + c * 8, ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g, ok);
-    }
-}
-
-// load_tile with the pieces in another order: a thread copies a row's 16-byte chunk c and
-// its rope partner c + D/16 (columns d and d + D/2), so that rope_tile can rotate what it
-// copied itself, after its own cp.async.wait_group and before the block barrier.
-template <int R, int D, int LD>
-__device__ __forceinline__ void load_tile_pairs(bf16 *s, const bf16 *g, int64_t rs, int r0, int L)
-{
-    constexpr int HP = D / 16, N = R * HP; // chunk pairs per row, per tile
-#pragma unroll
-    for (int it = 0; it < (N + kThreadsFa - 1) / kThreadsFa; it++) {
-        const int e = it * kThreadsFa + threadIdx.x;
-        if (N % kThreadsFa != 0 && e >= N) break;
-        const int r = e / HP, c = e % HP;
-        const bool ok = r0 + r < L;
-        const bf16 *src = ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g;
-        cp_async16(s + r * LD + c * 8, src, ok);
-        cp_async16(s + r * LD + c * 8 + D / 2, ok ? src + D / 2 : g, ok);
-    }
-}
-
-// The rows of a [R][LD] tile from position r0 (batch b) that load_tile_pairs gave this thread,
-// rotated in place as gc_rope rotates q and k: position r0 + r by table row r0 + r - rstart
-// where that is in [0, rn). Zero rows (past L) stay zero.
-template <int R, int D, int LD> __device__ __forceinline__ void rope_tile(const FlashArgs &a, bf16 *s, int r0, int b)
-{
-    constexpr int HP = D / 16, N = R * HP;
-#pragma unroll
-    for (int it = 0; it < (N + kThreadsFa - 1) / kThreadsFa; it++) {
-        const int e = it * kThreadsFa + threadIdx.x;
-        if (N % kThreadsFa != 0 && e >= N) break;
-        const int r = e / HP, c = e % HP, tp = r0 + r - a.rstart;
-        if (tp < 0 || tp >= a.rn) continue;
-        bf16 *lo = s + r * LD + c * 8, *hi = lo + D / 2;
-        const int64_t t0 = ((a.rps ? (int64_t)b * a.rn : 0) + tp) * D + c * 8;
-        uint4 xl = *reinterpret_cast<const uint4 *>(lo), xh = *reinterpret_cast<const uint4 *>(hi);
-        __nv_bfloat162 *pl = reinterpret_cast<__nv_bfloat162 *>(&xl), *ph = reinterpret_cast<__nv_bfloat162 *>(&xh);
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float2 c1 = *reinterpret_cast<const float2 *>(a.rcos + t0 + 2 * k);
-            const float2 c2 = *reinterpret_cast<const float2 *>(a.rcos + t0 + D / 2 + 2 * k);
-            const float2 s1 = *reinterpret_cast<const float2 *>(a.rsin + t0 + 2 * k);
-            const float2 s2 = *reinterpret_cast<const float2 *>(a.rsin + t0 + D / 2 + 2 * k);
-            const float2 l = __bfloat1622float2(pl[k]), h = __bfloat1622float2(ph[k]);
-            float l0, l1, h0, h1;
-            rope_pair(l.x, h.x, c1.x, c2.x, s1.x, s2.x, false, l0, h0);
-            rope_pair(l.y, h.y, c1.y, c2.y, s1.y, s2.y, false, l1, h1);
-            pl[k] = __floats2bfloat162_rn(l0, l1);
-            ph[k] = __floats2bfloat162_rn(h0, h1);
-        }
-        *reinterpret_cast<uint4 *>(lo) = xl;
-        *reinterpret_cast<uint4 *>(hi) = xh;
     }
 }
 
@@ -404,9 +346,8 @@ template <int D> struct FwdCfg {
     static constexpr size_t bytes = sizeof(bf16) * (size_t)(BM + 4 * BN) * LD; // Q; K and V, twice
 };
 
-// DROP: a.p > 0 (the Philox code costs registers when compiled in); MASK: a.mask != null;
-// ROPE: a.rcos != null (likewise)
-template <int D, bool DROP, bool MASK, bool ROPE>
+// DROP: a.p > 0 (the Philox code costs registers when compiled in); MASK: a.mask != null
+template <int D, bool DROP, bool MASK>
 __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_fwd_kernel(const FlashArgs a)
 {
     GC_PDL_WAIT();
@@ -424,17 +365,12 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
     const bf16 *vg = a.v + b * a.vs0 + hk * a.vs2;
     const int kv_end = key_end(a, q0 + BM);
 
-    // with a rotary embedding, Q and K tiles are rotated as they land (rope_tile)
-    constexpr bool rope = ROPE;
-    if constexpr (rope) load_tile_pairs<BM, D, LD>(sQ, a.q + b * a.qs0 + h * a.qs2, a.qs1, q0, a.Lq);
-    else load_tile<BM, D, LD>(sQ, a.q + b * a.qs0 + h * a.qs2, a.qs1, q0, a.Lq);
+    load_tile<BM, D, LD>(sQ, a.q + b * a.qs0 + h * a.qs2, a.qs1, q0, a.Lq);
     cp_async_commit();
-    if constexpr (rope) load_tile_pairs<BN, D, LD>(sKV, kg, a.ks1, 0, a.Lk);
-    else load_tile<BN, D, LD>(sKV, kg, a.ks1, 0, a.Lk);
+    load_tile<BN, D, LD>(sKV, kg, a.ks1, 0, a.Lk);
     load_tile<BN, D, LD>(sKV + BN * LD, vg, a.vs1, 0, a.Lk);
     cp_async_commit();
     cp_async_wait<1>(); // Q is in; the first K, V tiles may still be on their way
-    if constexpr (rope) rope_tile<BM, D, LD>(a, sQ, q0, b);
     __syncthreads();
 
     // this thread's two query rows; keys at or past wk_end are hidden from all the warp's rows
@@ -454,13 +390,11 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
         const bf16 *sK = sKV + 2 * u * BN * LD, *sV = sK + BN * LD;
         if (k0 + BN < kv_end) { // the next tile into the other buffer (its readers passed the barrier below)
             bf16 *nK = sKV + 2 * (u ^ 1) * BN * LD;
-            if constexpr (rope) load_tile_pairs<BN, D, LD>(nK, kg, a.ks1, k0 + BN, a.Lk);
-            else load_tile<BN, D, LD>(nK, kg, a.ks1, k0 + BN, a.Lk);
+            load_tile<BN, D, LD>(nK, kg, a.ks1, k0 + BN, a.Lk);
             load_tile<BN, D, LD>(nK + BN * LD, vg, a.vs1, k0 + BN, a.Lk);
         }
         cp_async_commit(); // possibly empty: one group per iteration keeps the count below right
         cp_async_wait<1>(); // this tile is in
-        if constexpr (rope) rope_tile<BN, D, LD>(a, sKV + 2 * u * BN * LD, k0, b);
         __syncthreads();
 
         // FULL: every row of the warp sees every key of the tile (the bulk of the tiles): no
@@ -1142,8 +1076,7 @@ template <int D> gc_status launch_fwd(const FlashArgs &a)
 {
     const dim3 grid((unsigned)((a.Lq + FwdCfg<D>::BM - 1) / FwdCfg<D>::BM), (unsigned)a.H, (unsigned)a.B);
     return with_variant(a, [&](auto drop, auto mask) {
-        return a.rcos ? launch<flash_fwd_kernel<D, drop.value, mask.value, true>>(grid, FwdCfg<D>::bytes, a)
-                      : launch<flash_fwd_kernel<D, drop.value, mask.value, false>>(grid, FwdCfg<D>::bytes, a);
+        return launch<flash_fwd_kernel<D, drop.value, mask.value>>(grid, FwdCfg<D>::bytes, a);
     });
 }
 
@@ -1208,25 +1141,12 @@ extern "C" bool gc_cuda_flash_attention_supported(const gc_tensor *q, const gc_t
 // [B, Lq, Lk] or null. rc: the RandContext of the forward (dropout).
 extern "C" gc_status gc_cuda_flash_attention_fwd(const gc_tensor *q, const gc_tensor *k, const gc_tensor *v,
                                                 const gc_tensor *mask, gc_tensor *out, gc_tensor *lse, float scale,
-                                                bool causal, float p, uint32_t op, gc_rand_context rc,
-                                                const gc_tensor *rope_cos, const gc_tensor *rope_sin, int64_t rope_start)
+                                                bool causal, float p, uint32_t op, gc_rand_context rc)
 {
     if (!gc_cuda_flash_attention_supported(q, k, v) || out->dtype != GC_BF16 || !gc_tensor_is_contiguous(out))
         return gc_error_set(GC_ERR_INVALID, "flash attention: unsupported inputs (see gc_cuda_flash_attention_supported)");
     FlashArgs a = base_args(q, k, v, mask, lse, scale, causal, p, op, rc);
     a.o = static_cast<bf16 *>(gc_tensor_data(out));
-    if (rope_cos) { // shapes checked by attention.c: [n, D] or [B, n, D] each
-        const gc_tensor *t[2] = {rope_cos, rope_sin};
-        for (int i = 0; i < 2; i++)
-            if (t[i]->dtype != GC_F32 || !gc_tensor_is_contiguous(t[i]) || (uintptr_t)gc_tensor_data(t[i]) % 16 != 0 ||
-                gc_tensor_numel(t[i]) >= INT32_MAX || rope_start < 0 || rope_start >= INT32_MAX)
-                return gc_error_set(GC_ERR_INVALID, "flash attention: rope table %s is not contiguous aligned f32 of int size",
-                                    gc_tensor_label(t[i]));
-        a.rcos = static_cast<const float *>(gc_tensor_data(rope_cos));
-        a.rsin = static_cast<const float *>(gc_tensor_data(rope_sin));
-        a.rps = rope_cos->ndim == 3;
-        a.rn = (int)rope_cos->shape[rope_cos->ndim - 2], a.rstart = (int)rope_start;
-    }
     if (a.B == 0 || a.Lq == 0 || a.Lk == 0 || a.H == 0) /* attention.c handles empty shapes */
         return gc_error_set(GC_ERR_SHAPE, "flash attention: empty shapes are not launched");
     switch (q->shape[3]) {

@@ -40,17 +40,6 @@ __device__ __forceinline__ float fast_rcp(float x)
     return y;
 }
 
-// The rotary embedding of one pair (x[d], x[d + D/2]) = (lo, hi), with c1, c2 = cos[d],
-// cos[d + D/2] and s1, s2 = sin[d], sin[d + D/2]: the forward, or its transpose (kernels/rope.c
-// has the formulas). One expression for rope.cu and the flash forward, which rotates its
-// tiles: both round alike.
-__device__ __forceinline__ void rope_pair(float lo, float hi, float c1, float c2, float s1, float s2, bool inverse,
-                                          float &o1, float &o2)
-{
-    o1 = inverse ? fmaf(lo, c1, hi * s2) : fmaf(lo, c1, -(hi * s1));
-    o2 = inverse ? fmaf(hi, c2, -(lo * s1)) : fmaf(hi, c2, lo * s2);
-}
-
 // Calls f(Tag<T>{}) for the storage type of dt (f32 or bf16).
 template <typename F> gc_status with_type(gc_dtype dt, const char *what, F &&f)
 {

@@ -140,16 +140,6 @@ typedef struct gc_attn_opts {
     double scale;         /* 0: head_dim^-0.5 */
     double dropout;       /* probability on the attention weights (training) */
     uint32_t dropout_op;  /* op id for the random stream (see gc_rng.h) */
-    /* Rotary embedding: q and k are taken as gc_rope(x, rope_cos, rope_sin, rope_start)
-     * (tables f32 [n, D] or [B, n, D]; a table row past a tensor's last row is not used, and
-     * q of rope_start rows or fewer is not rotated); NULL: none. The flash forward rotates
-     * its tiles as they land where no backward is recorded (the gradient cache's no-grad
-     * forwards); elsewhere q and k are rotated first, by gc_rope, or where rope_in_place
-     * says they may be (views nothing else reads, overlapping neither each other nor v: a
-     * block's fused q/k/v), by gc_rope_in_place. */
-    gc_tensor *rope_cos, *rope_sin;
-    int64_t rope_start;
-    bool rope_in_place;
 } gc_attn_opts;
 /* q [B, Lq, H, D], k/v [B, Lk, Hkv, D] (H % Hkv == 0: grouped-query) -> [B, Lq, H, D].
  * softmax(q k^T * scale + mask) v, softmax in f32. */

@@ -49,8 +49,19 @@ __global__ void rope_kernel(const T *x, Strides3<I> xs, const float *__restrict_
             load_v<V>(cs + base + d + h, c2);
             load_v<V>(sn + base + d, s1);
             load_v<V>(sn + base + d + h, s2);
+            if (!inverse) {
 #pragma unroll
-            for (int k = 0; k < V; k++) rope_pair(lo[k], hi[k], c1[k], c2[k], s1[k], s2[k], inverse, o1[k], o2[k]);
+                for (int k = 0; k < V; k++) {
+                    o1[k] = lo[k] * c1[k] - hi[k] * s1[k];
+                    o2[k] = hi[k] * c2[k] + lo[k] * s2[k];
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < V; k++) {
+                    o1[k] = lo[k] * c1[k] + hi[k] * s2[k];
+                    o2[k] = hi[k] * c2[k] - lo[k] * s1[k];
+                }
+            }
         }
         store_v<V>(yr + d, o1, acc);
         store_v<V>(yr + d + h, o2, acc);

@@ -184,18 +184,20 @@ static gc_tensor *block_forward(const gc_block *b, gc_tensor *x, int64_t n, gc_t
         k = gc_view(gc_lin_forward(&b->k, h, b->op_base + 2), 4, GC_SHAPE(B, L, H, D / H));
         v = gc_view(gc_lin_forward(&b->v, h, b->op_base + 3), 4, GC_SHAPE(B, L, H, D / H));
     }
+    if (b->rope_cos) { /* the first n < L rows are below rope_start: never rotated; rows never get here */
+        /* q and k of the fused output rotated where they are: the attention keeps that
+         * storage for v, and would keep it besides rotated copies */
+        gc_tensor *(*rope)(gc_tensor *, gc_tensor *, gc_tensor *, int64_t) = fused ? gc_rope_in_place : gc_rope;
+        if (n == L) q = rope(q, b->rope_cos, b->rope_sin, b->rope_start);
+        k = rope(k, b->rope_cos, b->rope_sin, b->rope_start);
+    }
     q = gc_tensor_retain(q), k = gc_tensor_retain(k), v = gc_tensor_retain(v); /* until the attention has run */
     gc_pool_pop(st);
     /* the layernorm outputs are cheap to redo: the tape frees them until their
      * consumers' backward (kept where they escaped or are not on the tape) */
     gc_recompute_release(norm);
     st = gc_pool_push();
-    /* the rotary embedding inside the attention (its flash forward rotates the tiles where
-     * nothing records a backward); else q and k of the fused output are rotated where they
-     * are: the attention keeps that storage for v, and would keep it besides rotated copies.
-     * The first n < L rows are below rope_start: never rotated; rows never get here. */
-    gc_attn_opts ao = {.causal = b->causal && !rows, .mask = mask, .dropout = b->attn_dropout, .dropout_op = b->op_base,
-                       .rope_cos = b->rope_cos, .rope_sin = b->rope_sin, .rope_start = b->rope_start, .rope_in_place = fused};
+    gc_attn_opts ao = {.causal = b->causal && !rows, .mask = mask, .dropout = b->attn_dropout, .dropout_op = b->op_base};
     gc_tensor *a = gc_view(gc_attention(q, k, v, &ao), 3, GC_SHAPE(B, n, D));
     gc_tensor_release(q), gc_tensor_release(k), gc_tensor_release(v); /* the GEMM path saved copies */
     gc_tensor *xr = rows ? gc_view(gc_gather_rows(x, rows), 3, GC_SHAPE(B, 1, D)) : n < L ? gc_slice(x, 1, 0, n) : x;

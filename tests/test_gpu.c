@@ -1449,110 +1449,6 @@ START_TEST(test_embedding_gather_rope)
 }
 END_TEST
 
-/* ---------------------------------------------------------------- rope inside the attention
- * gc_attn_opts' rotary embedding: the flash forward rotates its Q and K tiles where nothing
- * records a backward (rope_tile), else q and k are rotated first. Against the CPU (the op,
- * untaped and taped), and on the GPU the tiles against gc_rope by hand, which must agree to
- * the bit (rope_pair: one expression) and must not allocate rotated copies. */
-
-typedef struct rope_attn_case {
-    int64_t B, Lq, Lk, H, Hkv, D;
-    bool causal;
-    int nd;              /* tables [n, D] (2) or [B, n, D] (3) */
-    int64_t n, start;
-} rope_attn_case;
-
-typedef struct rope_attn_ctx {
-    const rope_attn_case *c;
-    gc_tensor *cs, *sn; /* CPU f32 */
-    bool by_hand;
-} rope_attn_ctx;
-
-/* x rotated by gc_rope with the tables' rows it has */
-static gc_tensor *rope_attn_by_hand(gc_tensor *x, gc_tensor *cs, gc_tensor *sn, int64_t start)
-{
-    const int64_t L = x->shape[1], nd = cs->ndim, n = cs->shape[nd - 2];
-    if (L <= start) return x;
-    if (n > L - start) cs = gc_slice(cs, nd - 2, 0, L - start), sn = gc_slice(sn, nd - 2, 0, L - start);
-    return gc_rope(x, cs, sn, start);
-}
-
-static gc_tensor *f_rope_attn(gc_tensor *const *in, void *vctx)
-{
-    const rope_attn_ctx *x = vctx;
-    gc_tensor *cs = gc_pool_add(gc_tensor_to(x->cs, in[0]->device, GC_F32));
-    gc_tensor *sn = gc_pool_add(gc_tensor_to(x->sn, in[0]->device, GC_F32));
-    gc_attn_opts o = {.causal = x->c->causal};
-    if (x->by_hand)
-        return gc_attention(rope_attn_by_hand(in[0], cs, sn, x->c->start), rope_attn_by_hand(in[1], cs, sn, x->c->start),
-                            in[2], &o);
-    o.rope_cos = cs, o.rope_sin = sn, o.rope_start = x->c->start;
-    return gc_attention(in[0], in[1], in[2], &o);
-}
-
-static void rope_attn_run(cmp_log *lg, const char *label, const rope_attn_case *c, uint64_t seed)
-{
-    gc_tensor *cs, *sn;
-    rope_tables(c->nd, c->B, c->n, c->D, 3, &cs, &sn);
-    rope_attn_ctx x = {c, cs, sn, false};
-    char l[160];
-    /* untaped: the tiles rotated in the flash forward; taped: q and k rotated first */
-    for (int taped = 0; taped < 2; taped++) {
-        gc_tensor *in[3];
-        for (int i = 0; i < 3; i++) {
-            const int64_t *sh = i ? GC_SHAPE(c->B, c->Lk, c->Hkv, c->D) : GC_SHAPE(c->B, c->Lq, c->H, c->D);
-            in[i] = taped ? param(4, sh, seed + i, 1.0) : randn(4, sh, seed + i, 1.0);
-        }
-        snprintf(l, sizeof l, "%s%s", label, taped ? " [taped]" : "");
-        cmp(lg, l, f_rope_attn, &x, 3, in, GC_BF16, TOL16);
-    }
-    /* on the GPU, no tape: the tiles against gc_rope by hand, to the bit, without copies */
-    gc_pool *p = gc_pool_push();
-    gc_tensor *in[3];
-    for (int i = 0; i < 3; i++) {
-        const int64_t *sh = i ? GC_SHAPE(c->B, c->Lk, c->Hkv, c->D) : GC_SHAPE(c->B, c->Lq, c->H, c->D);
-        in[i] = gc_pool_add(gc_tensor_to(randn(4, sh, seed + 10 + i, 1.0), GC_CUDA0, GC_BF16));
-    }
-    const bool prev = gc_grad_set_enabled(false);
-    size_t extra[2] = {0, 0};
-    gc_tensor *y[2];
-    for (int h = 0; h < 2; h++) {
-        x.by_hand = h;
-        gc_device_sync(GC_CUDA0);
-        const size_t before = gc_memory_stats_get(GC_CUDA0).current;
-        gc_memory_reset_peak(GC_CUDA0);
-        y[h] = f_rope_attn(in, &x);
-        extra[h] = gc_memory_stats_get(GC_CUDA0).peak - before;
-    }
-    gc_grad_set_enabled(prev);
-    lg->total++;
-    const double e = y[0] && y[1] ? gc_test_rel_err(y[0], y[1]) : INFINITY;
-    printf("%-40s tiles vs gc_rope: rel err %.2e, peak %zu vs %zu bytes\n", label, e, extra[0], extra[1]);
-    if (!(e == 0)) log_fail(lg, "%s: rope in the tiles against gc_rope by hand: rel err %.3g (bit for bit expected)", label, e);
-    /* by hand allocates rotated copies of k (and of q past start): the tiles do not */
-    const size_t copies = (size_t)(c->B * c->Lk * c->Hkv * c->D) * 2;
-    lg->total++;
-    if (!(extra[0] + copies <= extra[1]))
-        log_fail(lg, "%s: the tiles' peak %zu bytes is not a k copy (%zu) below gc_rope's %zu: were they rotated?", label,
-                 extra[0], copies, extra[1]);
-    gc_pool_pop(p);
-}
-
-START_TEST(test_flash_rope)
-{
-    gc_pool *p = gc_pool_push();
-    cmp_log lg = {0};
-    /* B, Lq, Lk, H, Hkv, D, causal, table dims, n, start */
-    rope_attn_run(&lg, "rope DINOv3 [2,201,12,64] start 5", &(rope_attn_case){2, 201, 201, 12, 12, 64, false, 2, 196, 5}, 700);
-    rope_attn_run(&lg, "rope per sample causal D32 L50", &(rope_attn_case){2, 50, 50, 3, 3, 32, true, 3, 49, 1}, 710);
-    rope_attn_run(&lg, "rope GQA D128 L70, rows past n", &(rope_attn_case){2, 70, 70, 4, 2, 128, false, 2, 60, 3}, 720);
-    rope_attn_run(&lg, "rope D64 L257 from row 0", &(rope_attn_case){1, 257, 257, 2, 2, 64, false, 2, 257, 0}, 730);
-    rope_attn_run(&lg, "rope Lq3 <= start, Lk40", &(rope_attn_case){2, 3, 40, 2, 2, 64, false, 2, 35, 5}, 740);
-    gc_pool_pop(p);
-    CMP_DONE(lg);
-}
-END_TEST
-
 /* ---------------------------------------------------------------- shape ops, patches */
 
 static gc_tensor *f_concat(gc_tensor *const *in, void *ctx)
@@ -2202,7 +2098,7 @@ int main(void)
         {"gemm_sm90", test_gemm_sm90}, {"gemm_sm90_bench", test_gemm_sm90_bench},
         {"elementwise", test_elementwise}, {"elementwise", test_elementwise_vector}, {"norm", test_norms_softmax},
         {"attention", test_attention},
-        {"flash", test_flash_dispatch}, {"flash", test_attention_nan}, {"flash", test_flash_vs_cpu}, {"flash", test_flash_rope}, {"flash_bench", test_flash_clip_bench},
+        {"flash", test_flash_dispatch}, {"flash", test_attention_nan}, {"flash", test_flash_vs_cpu}, {"flash_bench", test_flash_clip_bench},
         {"misc", test_embedding_gather_rope}, {"misc", test_shape_ops}, {"misc", test_reduce_loss_dropout},
     };
     TCase *tc = NULL;

@@ -3,7 +3,7 @@
  * the CPU (gc_attention_set_impl "ref": the reference loops; "gemm": the GEMM + row-kernel path that
  * CUDA runs, with its score rows padded to 8 elements), the two against each other, known
  * values, the dropout stream's layout and its independence of batch chunking, and
- * argument errors; the rotary embedding inside the op against gc_rope by hand. The CUDA-only flash kernels are compared with the CPU reference in
+ * argument errors. The CUDA-only flash kernels are compared with the CPU reference in
  * tests/test_gpu.c (CK_RUN_CASE=flash). */
 #include "gc_test.h"
 
@@ -502,156 +502,6 @@ START_TEST(test_flash_env_on_cpu)
 }
 END_TEST
 
-/* ---------------------------------------------------------------- rotary embedding */
-
-/* f32 tables [(B,) n, D] of angles (b + 1) (t + start + 1) / (d % (D/2) + 1.5), on dev */
-static void rope_tables(int64_t B, int64_t n, int64_t D, int64_t start, gc_device dev, gc_tensor **cs, gc_tensor **sn)
-{
-    const int64_t nb = B > 0 ? B : 1;
-    float *c = malloc(sizeof(float) * (size_t)(nb * n * D + 1)), *s = malloc(sizeof(float) * (size_t)(nb * n * D + 1));
-    for (int64_t b = 0; b < nb; b++)
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t d = 0; d < D; d++) {
-                double a = (double)(b + 1) * (double)(t + start + 1) / ((double)(d % (D / 2)) + 1.5);
-                c[(b * n + t) * D + d] = (float)cos(a), s[(b * n + t) * D + d] = (float)sin(a);
-            }
-    *cs = gc_pool_add(B > 0 ? gc_tensor_from_data(GC_F32, dev, 3, GC_SHAPE(B, n, D), c)
-                            : gc_tensor_from_data(GC_F32, dev, 2, GC_SHAPE(n, D), c));
-    *sn = gc_pool_add(B > 0 ? gc_tensor_from_data(GC_F32, dev, 3, GC_SHAPE(B, n, D), s)
-                            : gc_tensor_from_data(GC_F32, dev, 2, GC_SHAPE(n, D), s));
-    free(c);
-    free(s);
-}
-
-typedef struct rctx {
-    actx a;
-    int64_t B, n, start; /* B > 0: per-sample tables */
-    bool by_hand;        /* gc_rope on q and k (tables made for each's rows), then the plain op */
-} rctx;
-
-static gc_tensor *rope_by_hand(gc_tensor *x, const rctx *c)
-{
-    const int64_t L = x->shape[1], n = L - c->start < c->n ? L - c->start : c->n;
-    if (n <= 0) return x;
-    gc_tensor *cs, *sn;
-    rope_tables(c->B, n, x->shape[3], c->start, x->device, &cs, &sn);
-    return gc_rope(x, cs, sn, c->start);
-}
-
-static gc_tensor *f_rope(gc_tensor *const *in, void *vctx)
-{
-    rctx *c = vctx;
-    ck_assert_int_eq(gc_attention_set_impl(c->a.impl), GC_OK);
-    gc_attn_opts o = c->a.o;
-    gc_tensor *q = in[0], *k = in[1], *v = in[2];
-    if (c->a.layout == 1) { /* slices of a fused q/k/v made here, which the op may rotate in place */
-        gc_tensor *qkv = gc_scale(in[0], 1.0);
-        q = gc_slice(qkv, 2, 0, c->a.H), k = gc_slice(qkv, 2, c->a.H, 2 * c->a.H), v = gc_slice(qkv, 2, 2 * c->a.H, 3 * c->a.H);
-    }
-    if (c->by_hand) return gc_attention(rope_by_hand(q, c), rope_by_hand(k, c), v, &o);
-    rope_tables(c->B, c->n, q->shape[3], c->start, q->device, &o.rope_cos, &o.rope_sin);
-    o.rope_start = c->start;
-    return gc_attention(q, k, v, &o);
-}
-
-/* the op with the tables against gc_rope by hand: out and every gradient, both implementations;
- * and finite differences through the op */
-static void check_rope(const char *label, rctx c, int n, gc_tensor *const *in)
-{
-    for (int m = 0; m < 2; m++) {
-        c.a.impl = impls[m];
-        double *out[2], *g[2][3];
-        int64_t nout[2];
-        for (int h = 0; h < 2; h++) {
-            c.by_hand = h;
-            for (int i = 0; i < n; i++) gc_tensor_zero_grad(in[i]);
-            gc_pool *p = gc_pool_push();
-            gc_tape *t = gc_tape_init();
-            gc_tape_begin(t);
-            gc_tensor *y = f_rope(in, &c);
-            gc_tape_end(t);
-            ck_assert_msg(y != NULL, "%s: forward failed: %s", label, gc_error_message());
-            gc_tensor *R = gc_pool_add(gc_test_randn(y->ndim, y->shape, 31, 1.0));
-            ck_assert_int_eq(gc_backward(t, 1, &y, &R), GC_OK);
-            nout[h] = gc_tensor_numel(y);
-            out[h] = malloc(sizeof(double) * (size_t)(nout[h] + 1));
-            ck_assert_int_eq(gc_tensor_to_host_f64(y, out[h]), GC_OK);
-            for (int i = 0; i < n; i++) {
-                g[h][i] = malloc(sizeof(double) * (size_t)(gc_tensor_numel(in[i]) + 1));
-                ck_assert_int_eq(gc_tensor_to_host_f64(gc_tensor_grad(in[i]), g[h][i]), GC_OK);
-            }
-            gc_tape_free(t);
-            gc_pool_pop(p);
-        }
-        double e = rel_err(out[0], out[1], nout[0]);
-        ck_assert_msg(nout[0] == nout[1] && e < 1e-6, "%s (%s): out rel err %.3g against gc_rope by hand", label, impls[m], e);
-        for (int i = 0; i < n; i++) {
-            e = rel_err(g[0][i], g[1][i], gc_tensor_numel(in[i]));
-            ck_assert_msg(e < 1e-6, "%s (%s): grad[%d] rel err %.3g against gc_rope by hand", label, impls[m], i, e);
-        }
-        for (int h = 0; h < 2; h++) {
-            free(out[h]);
-            for (int i = 0; i < n; i++) free(g[h][i]);
-        }
-        c.by_hand = false;
-        double r = gc_test_gradcheck(f_rope, &c, n, in, NULL);
-        ck_assert_msg(r <= 1.0, "%s (%s): gradient check error %.3g x the tolerance", label, impls[m], r);
-    }
-}
-
-START_TEST(test_rope)
-{
-    struct { const char *what; shp s; int64_t B, n, start; bool causal; } cases[] = {
-        {"rope [n, D], prefix rows unrotated", {2, 6, 6, 2, 2, 8}, 0, 4, 2, false},
-        {"rope per sample [B, n, D], causal, GQA", {2, 5, 5, 4, 2, 6}, 2, 3, 1, true},
-        {"rope q of start rows or fewer: k alone", {2, 2, 7, 2, 2, 4}, 0, 4, 3, false},
-        {"rope tables longer than the rows", {1, 5, 4, 2, 1, 8}, 0, 9, 1, false},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        gc_tensor *in[3];
-        make_qkv(cases[i].s, 60 + 3 * i, in);
-        rctx c = {.a = {.o = {.causal = cases[i].causal}, .rc = {77, 1, 0}}, .B = cases[i].B, .n = cases[i].n,
-                  .start = cases[i].start};
-        check_rope(cases[i].what, c, 3, in);
-        release_all(3, in);
-    }
-    /* slices of a fused q/k/v, rotated in place (rope_in_place), against copies by hand */
-    gc_tensor *qkv = gc_test_param(4, GC_SHAPE(2, 6, 3 * 2, 8), 71, 1.0);
-    rctx c = {.a = {.o = {.rope_in_place = true}, .layout = 1, .H = 2, .rc = {77, 1, 0}}, .n = 5, .start = 1};
-    check_rope("rope in place on fused q/k/v slices", c, 1, &qkv);
-    gc_tensor_release(qkv);
-}
-END_TEST
-
-START_TEST(test_rope_errors)
-{
-    gc_pool *p = gc_pool_push();
-    gc_tensor *q = gc_pool_add(gc_test_randn(4, GC_SHAPE(2, 5, 2, 6), 1, 1.0));
-    gc_tensor *c, *s, *c7, *s7, *cb, *sb, *c3, *s3;
-    rope_tables(0, 4, 6, 1, GC_CPU, &c, &s);
-    rope_tables(0, 4, 8, 1, GC_CPU, &c7, &s7); /* D 8 != 6 */
-    rope_tables(3, 4, 6, 1, GC_CPU, &cb, &sb); /* B 3 != 2 */
-    rope_tables(0, 3, 6, 1, GC_CPU, &c3, &s3); /* n 3 != cos's 4 */
-    gc_tensor *c16 = gc_pool_add(gc_tensor_to(c, GC_CPU, GC_BF16));
-    struct { gc_tensor *cos, *sin; int64_t start; const char *what; } cases[] = {
-        {c, NULL, 0, "cos without sin"},   {NULL, s, 0, "sin without cos"}, {c7, s7, 0, "D 8 tables for D 6"},
-        {cb, sb, 0, "per-sample B 3 for B 2"}, {c, s3, 0, "cos and sin shapes differ"}, {c16, s, 0, "bf16 cos"},
-        {c, s, -1, "start -1"},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        gc_error_clear();
-        gc_attn_opts o = {.rope_cos = cases[i].cos, .rope_sin = cases[i].sin, .rope_start = cases[i].start};
-        ck_assert_msg(gc_attention(q, q, q, &o) == NULL, "%s: accepted", cases[i].what);
-        ck_assert_msg(gc_error_code() == GC_ERR_SHAPE, "%s: got %s (%s)", cases[i].what, gc_status_name(gc_error_code()),
-                      gc_error_message());
-        ck_assert(strchr(gc_error_message(), '\n') == NULL && strstr(gc_error_message(), "attention: rope"));
-    }
-    gc_error_clear();
-    ck_assert_ptr_nonnull(gc_attention(q, q, q, &(gc_attn_opts){.rope_cos = c, .rope_sin = s, .rope_start = 1}));
-    gc_pool_pop(p);
-}
-END_TEST
-
 START_TEST(test_errors)
 {
     gc_pool *p = gc_pool_push();
@@ -718,8 +568,6 @@ int main(void)
     tcase_add_test(tc, test_empty);
     tcase_add_test(tc, test_flash_env_on_cpu);
     tcase_add_test(tc, test_errors);
-    tcase_add_test(tc, test_rope);
-    tcase_add_test(tc, test_rope_errors);
     suite_add_tcase(s, tc);
     return gc_test_run(s);
 }
