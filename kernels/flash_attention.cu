@@ -663,36 +663,35 @@ template <int D, int LD> __device__ __forceinline__ void load_rows(bf16 *s, cons
 }
 
 // The query tile (head h, queries qs .. qs+BM-1) of batch b into buf, asynchronously, for the
-// dK/dV and fused kernels: Q, dO [BM][LD] bf16, then lse, Delta [BM] f32. With o (the fused
-// kernel), O's rows go to o [BM][LD] instead of Delta's, for tile_delta.
-template <int D, int LD, int BM>
-__device__ __forceinline__ void load_q_tile(const FlashArgs &a, unsigned char *buf, int b, int h, int qs, bf16 *o = nullptr)
+// dK/dV and fused kernels: Q, dO [BM][LD] bf16, (WITH_O: O [BM][LD] bf16,) then lse, Delta
+// [BM] f32. WITH_O leaves Delta to tile_delta, from the dO and O rows.
+template <int D, int LD, int BM, bool WITH_O = false>
+__device__ __forceinline__ void load_q_tile(const FlashArgs &a, unsigned char *buf, int b, int h, int qs)
 {
-    bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD;
-    float *ls = reinterpret_cast<float *>(go + BM * LD), *de = ls + BM;
+    bf16 *q = reinterpret_cast<bf16 *>(buf), *go = q + BM * LD, *o = go + BM * LD;
+    float *ls = reinterpret_cast<float *>(WITH_O ? o + BM * LD : o), *de = ls + BM;
     load_rows<D, LD>(q, a.q + b * a.qs0 + h * a.qs2, a.qs1, qs, BM, a.Lq);
     load_rows<D, LD>(go, a.dout + b * a.os0 + h * a.os2, a.os1, qs, BM, a.Lq);
-    if (o) load_rows<D, LD>(o, a.o + ((int64_t)b * a.Lq * a.H + h) * D, (int64_t)a.H * D, qs, BM, a.Lq);
+    if (WITH_O) load_rows<D, LD>(o, a.o + ((int64_t)b * a.Lq * a.H + h) * D, (int64_t)a.H * D, qs, BM, a.Lq);
     const int64_t rb = ((int64_t)b * a.H + h) * a.Lq;
     for (int r = threadIdx.x; r < BM; r += blockDim.x) {
         // padding rows read 0: their scores are -inf, so P = 0 whatever lse is
         const bool ok = qs + r < a.Lq;
         cp_async4(ls + r, ok ? a.lse + rb + qs + r : a.lse, ok);
-        if (!o) cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
+        if (!WITH_O) cp_async4(de + r, ok ? a.delta + rb + qs + r : a.delta, ok);
     }
 }
 
-// Delta = rowsum(dO * O) of a query tile loaded by load_q_tile with o, into its Delta slot.
-// Each thread reads the 16-byte pieces of dO and O that load_rows gave it to copy, so its
-// own cp.async.wait_group is all it waits for (and O needs one buffer: the next tile's piece
-// is copied by the same thread, after this read); a row's D / 8 pieces are consecutive lanes
-// (blockDim is a multiple of 32), summed by shuffles. Padding rows were loaded as zeros:
-// Delta 0. The caller's next block barrier publishes it.
-template <int D, int LD, int BM> __device__ __forceinline__ void tile_delta(unsigned char *buf, const bf16 *o)
+// Delta = rowsum(dO * O) of a query tile loaded by load_q_tile<.., true>, into its Delta
+// slot. Each thread reads the 16-byte pieces of dO and O that load_rows gave it to copy, so
+// its own cp.async.wait_group is all it waits for; a row's D / 8 pieces are consecutive
+// lanes (blockDim is a multiple of 32), summed by shuffles. Padding rows were loaded as
+// zeros: Delta 0. The caller's next block barrier publishes it.
+template <int D, int LD, int BM> __device__ __forceinline__ void tile_delta(unsigned char *buf)
 {
     constexpr int CH = D / 8;
-    const bf16 *go = reinterpret_cast<const bf16 *>(buf) + BM * LD;
-    float *de = reinterpret_cast<float *>(buf + sizeof(bf16) * 2 * BM * LD) + BM; // past Q, dO and lse
+    const bf16 *go = reinterpret_cast<const bf16 *>(buf) + BM * LD, *o = go + BM * LD;
+    float *de = reinterpret_cast<float *>(buf + sizeof(bf16) * 3 * BM * LD) + BM; // past Q, dO, O and lse
     for (int e = threadIdx.x; e < BM * CH; e += blockDim.x) { // warp-uniform: BM CH is a multiple of 32
         const int r = e / CH, c = e % CH;
         const float s = lane_group_sum(dot8_bf16(*reinterpret_cast<const uint4 *>(go + r * LD + c * 8),
@@ -877,12 +876,11 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
 
 template <int D> struct FusedCfg {
     static constexpr int BM = 32, LD = D + 8, LDS = BM + 8, MAXW = 16; // LDS: dS^T rows, 16-byte pad
-    typedef DkvCfg<D> Q; // the double-buffered query tiles, as the dK/dV kernel's
-    // smem: K, V [16 nw][LD]; dS^T twice [16 nw][LDS]; two query-tile buffers; O [BM][LD]
-    static constexpr size_t bytes(int nw)
-    {
-        return sizeof(bf16) * (size_t)16 * nw * (2 * LD + 2 * LDS) + 2 * Q::buf_bytes + sizeof(bf16) * BM * LD;
-    }
+    // a query tile: Q, dO, O [BM][LD] bf16; lse, Delta [BM] f32 (load_q_tile<.., true>)
+    static constexpr size_t buf_bytes = sizeof(bf16) * (size_t)3 * BM * LD + sizeof(float) * 2 * BM;
+    // smem: K, V [16 nw][LD]; dS^T twice [16 nw][LDS]; then two query-tile buffers
+    static constexpr size_t bytes(int nw) { return sizeof(bf16) * (size_t)16 * nw * (2 * LD + 2 * LDS) + 2 * buf_bytes; }
+    static_assert(buf_bytes % 16 == 0, "cp.async needs 16-byte aligned tiles");
     static_assert((sizeof(bf16) * 16 * (2 * LD + 2 * LDS)) % 16 == 0, "the query buffers must stay 16-byte aligned");
 };
 
@@ -901,16 +899,23 @@ __device__ __forceinline__ void fused_dq(const FlashArgs &a, int b, int h, int q
         float q0[4] = {}, q1[4] = {}, q2[4] = {}, q3[4] = {};
         // A = dS (queries x keys) from dS^T through ldmatrix .trans; B = rows of K (.trans)
         const bf16 *pa = sDS + ((lane & 7) + (lane >> 4) * 8) * LDS + mb * 16 + ((lane >> 3) & 1) * 8;
+        // mma_b2's address, its base kept: calling mma_b2 measured 1 % slower (more spills, s17b)
+        const bf16 *pb = sK + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + np * 16 + (lane >> 4) * 8;
 #pragma unroll
         for (int kk = 0; kk < MAXW; kk += 2) {
-            uint32_t fa[4];
             if (kk < nw) {
+                uint32_t fa[4], fb[4];
                 ldsm_x4_t(fa, pa + kk * 16 * LDS);
-                mma_b2<LD>(q0, q1, fa, sK, 2 * np, kk * 16);
+                ldsm_x4_t(fb, pb + kk * 16 * LD);
+                mma16816(q0, fa, fb[0], fb[1]);
+                mma16816(q1, fa, fb[2], fb[3]);
             }
             if (kk + 1 < nw) {
+                uint32_t fa[4], fb[4];
                 ldsm_x4_t(fa, pa + (kk + 1) * 16 * LDS);
-                mma_b2<LD>(q2, q3, fa, sK, 2 * np, (kk + 1) * 16);
+                ldsm_x4_t(fb, pb + (kk + 1) * 16 * LD);
+                mma16816(q2, fa, fb[0], fb[1]);
+                mma16816(q3, fa, fb[2], fb[3]);
             }
         }
 #pragma unroll
@@ -935,11 +940,10 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
     const int nw = blockDim.x / 32, BN = 16 * nw; // keys held (Lk <= BN)
     bf16 *sK = reinterpret_cast<bf16 *>(flash_smem), *sV = sK + BN * LD, *sDS0 = sV + BN * LD;
     unsigned char *bufs = reinterpret_cast<unsigned char *>(sDS0 + 2 * BN * LDS);
-    bf16 *sO = reinterpret_cast<bf16 *>(bufs + 2 * C::Q::buf_bytes); // one buffer (tile_delta)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int hk = blockIdx.y, b = blockIdx.z;
     const int n_qt = (a.Lq + BM - 1) / BM, n_tiles = a.G * n_qt;
-    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM>(a, bufs + u * C::Q::buf_bytes, b, h, qs, sO); };
+    auto load_q = [&](int h, int qs, int u) { load_q_tile<D, LD, BM, true>(a, bufs + u * C::buf_bytes, b, h, qs); };
 
     load_rows<D, LD>(sK, a.k + b * a.ks0 + hk * a.ks2, a.ks1, 0, BN, a.Lk); // keys >= Lk: zero rows
     load_rows<D, LD>(sV, a.v + b * a.vs0 + hk * a.vs2, a.vs1, 0, BN, a.Lk);
@@ -959,16 +963,16 @@ __global__ void __launch_bounds__(32 * FusedCfg<D>::MAXW, 1) flash_bwd_fused_ker
     for (int it = 0; it < n_tiles; it++) {
         const int u = it & 1;
         cp_async_wait<0>();
-        tile_delta<D, LD, BM>(bufs + u * C::Q::buf_bytes, sO);
+        tile_delta<D, LD, BM>(bufs + u * C::buf_bytes);
         // tile it is in, with its Delta; every warp is done with tile it - 1 (its query
         // buffer, the next prefetch's) and has written its dS^T; tile it - 2's dQ reads are done
         __syncthreads();
         const int qn = qs + BM < a.Lq ? qs + BM : 0, hn = qs + BM < a.Lq ? h : h + 1;
         if (it + 1 < n_tiles) load_q(hn, qn, u ^ 1);
         cp_async_commit();
-        const unsigned char *buf = bufs + u * C::Q::buf_bytes;
+        const unsigned char *buf = bufs + u * C::buf_bytes;
         const bf16 *sQ = reinterpret_cast<const bf16 *>(buf), *sG = sQ + BM * LD;
-        const float *sLse = reinterpret_cast<const float *>(sG + BM * LD), *sDel = sLse + BM;
+        const float *sLse = reinterpret_cast<const float *>(sG + 2 * BM * LD), *sDel = sLse + BM; // past O
         bf16 *sDS = sDS0 + u * BN * LDS;
 
         const int n_lo = wq_lo - qs >= 8 * NS ? NS : wq_lo - qs > 0 ? (int)(wq_lo - qs) / 8 : 0;
