@@ -26,7 +26,7 @@
 enum { NORM_LAYER = 0, NORM_RMS = 1, NORM_L2 = 2 }; /* same values in norm.cu */
 
 /* rows per partial-sum chunk of the GPU dw/db reduction (norm.cu reads it as given) */
-#define NORM_WB_CHUNK_ROWS 64
+#define NORM_WB_CHUNK_ROWS 128
 
 #ifdef GC_WITH_CUDA
 gc_status gc_cuda_norm_fwd(int mode, const void *x, const void *w, const void *b, void *y, gc_dtype dt, float *mean,
