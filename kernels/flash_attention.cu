@@ -499,8 +499,8 @@ __global__ void __launch_bounds__(kThreadsFa, D <= 64 ? kMinBlocks64 : 1) flash_
 // ---------------------------------------------------------------- backward: Delta alone
 
 // delta[b, h, i] = sum_d dO[b, i, h, d] O[b, i, h, d]: D / 8 threads a row (b, i, h), 16
-// bytes of each a thread. For the fused backward, and a backward that wants no dQ (the dQ
-// kernel computes Delta for its rows itself).
+// bytes of each a thread. For a backward that wants no dQ (the dQ kernel computes Delta for
+// its rows itself, and the fused kernel per tile).
 __global__ void __launch_bounds__(256) flash_delta_kernel(const FlashArgs a, int D)
 {
     GC_PDL_WAIT();
