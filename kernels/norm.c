@@ -25,7 +25,9 @@
 
 enum { NORM_LAYER = 0, NORM_RMS = 1, NORM_L2 = 2 }; /* same values in norm.cu */
 
-/* rows per partial-sum chunk of the GPU dw/db reduction (norm.cu reads it as given) */
+/* rows per partial-sum chunk of the GPU dw/db reduction (norm.cu reads it as given): 128
+ * took 15.2 us a launch at DINOv3's chunk of 64 images where 32, 64 and 256 took 20.4 to
+ * 22.9 (docs/BENCHMARKS.md, session 17) */
 #define NORM_WB_CHUNK_ROWS 128
 
 #ifdef GC_WITH_CUDA

@@ -14,19 +14,17 @@ GC_GEMM_SM90=dact timeout 330 meson test -C build-gpu --suite gpu --print-errorl
 grep -E "^ *[0-9]+/[0-9]+ " "$OUT/gpu_tests.log" | sort -u | tee "$OUT/gpu-tests.txt"
 echo "suite done $(( $(date +%s) - t0 )) s"
 P="$OUT/h200.gemmplan"
-G=./build-gpu/tools/gcache
+. tools/bench/one.sh
 {
 for k in 1 2; do
   for sm in off dact; do
     [ $(( $(date +%s) - t0 )) -lt 520 ] || break
-    GC_GEMM_SM90=$sm $G bench --model dinov3-vit-b16 --batch 256 --chunk 64 --no-recompute --gemm-plan "$P" >/tmp/one.txt 2>&1
-    echo "[$sm dinov3 256/64 best] $(grep -E '^ *step ' /tmp/one.txt | head -1)"
+    one $sm "dinov3 256/64 best" --model dinov3-vit-b16 --batch 256 --chunk 64 --no-recompute --gemm-plan "$P"
   done
 done
 for sm in off dact; do
   [ $(( $(date +%s) - t0 )) -lt 540 ] || break
-  GC_GEMM_SM90=$sm $G bench --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1 --pixels host --gemm-plan "$P" >/tmp/one.txt 2>&1
-  echo "[$sm b16 4096/256 best] $(grep -E 'pairs/s' /tmp/one.txt | head -1)"
+  one $sm "b16 4096/256 best" --model clip-vit-b16 --batch 4096 --chunk 256 --steps 3 --warmup 1 --pixels host --gemm-plan "$P"
 done
 } 2>&1 | tee "$OUT/dact-rows.txt"
 echo "all took $(( $(date +%s) - t0 )) s"

@@ -12,13 +12,7 @@ python3 tools/bench/ncu_agg.py "$OUT/ncu-dinov3.csv" >"$OUT/ncu-dinov3-128-64-ke
 gzip -f "$OUT/ncu-dinov3.csv"
 echo "ncu done $(( $(date +%s) - t0 )) s"
 P="$OUT/h200.gemmplan"
-one() { # MODE LABEL BENCH-ARGS...
-  local sm=$1 label=$2; shift 2
-  GC_GEMM_SM90=$sm $G bench "$@" >/tmp/one.txt 2>&1
-  grep -v '^{' /tmp/one.txt | sed "s|^|[$sm $label] |" >>"$OUT/rows.txt"
-  echo "[$sm $label] $(grep -E '^ *step ' /tmp/one.txt | head -1) | $(grep -E 'peak memory' /tmp/one.txt | head -1) | $(grep -E 'pairs/s' /tmp/one.txt | head -1)"
-  grep '^{' /tmp/one.txt | sed "s|^{|{\"sm90\":\"$sm\",\"label\":\"$label\",|" >>"$OUT/rows.jsonl"
-}
+. tools/bench/one.sh
 {
 for k in 1 2; do
   for sm in off act; do

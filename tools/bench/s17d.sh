@@ -5,6 +5,7 @@
 # (incrementally), the two kernels of one DINOv3 128/64 step under ncu (the first 24 launches
 # of each), then DINOv3 256/64 at its best with 64 and the fastest other value, alternating.
 . tools/bench/build.sh
+orig=$(sed -n 's/^#define NORM_WB_CHUNK_ROWS //p' kernels/norm.c)
 for n in 32 64 128 256; do
   sed -i "s/^#define NORM_WB_CHUNK_ROWS .*/#define NORM_WB_CHUNK_ROWS $n/" kernels/norm.c
   ninja -C build-gpu tools/gcache >/dev/null 2>&1 && cp build-gpu/tools/gcache /tmp/gcache_$n || echo "build $n failed"
@@ -12,7 +13,7 @@ for n in 32 64 128 256; do
     /tmp/gcache_$n bench --model dinov3-vit-b16 --batch 128 --chunk 64 --no-recompute --steps 1 --warmup 0 >"$OUT/ncu-wb-$n.csv" 2>/dev/null
   python3 tools/bench/ncu_agg.py "$OUT/ncu-wb-$n.csv" | sed "s|^|[rows $n] |"
 done | tee "$OUT/wb-ncu.txt"
-sed -i "s/^#define NORM_WB_CHUNK_ROWS .*/#define NORM_WB_CHUNK_ROWS 64/" kernels/norm.c
+sed -i "s/^#define NORM_WB_CHUNK_ROWS .*/#define NORM_WB_CHUNK_ROWS $orig/" kernels/norm.c
 best=$(python3 - "$OUT" <<'PY'
 import sys,re
 t={}
